@@ -1,0 +1,147 @@
+//! A client's local data: each dataset it holds, split into a local train and test part.
+//!
+//! Rows stay here; only names and sizes go into the `Hello`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use shoal_proto::v1::DatasetInfo;
+use shoal_shared::data::builtin::Builtin;
+use shoal_shared::data::partition::Partitioner;
+use shoal_shared::data::{csv, stratified_split, Dataset};
+
+use crate::error::{ClientError, Result};
+
+/// Fraction of each local dataset kept for federated evaluation.
+pub const LOCAL_TEST_FRACTION: f64 = 0.2;
+
+/// One dataset as the client holds it.
+#[derive(Debug, Clone)]
+pub struct LocalData {
+    pub train: Arc<Dataset>,
+    pub test: Arc<Dataset>,
+}
+
+/// The datasets a client holds, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    datasets: BTreeMap<String, LocalData>,
+}
+
+impl Catalog {
+    pub fn new() -> Self {
+        Catalog::default()
+    }
+
+    /// Adds `data` under `name`, split into train and test with a seeded stratified split.
+    pub fn insert(&mut self, name: &str, data: Dataset, seed: u64) -> Result<()> {
+        if self.datasets.contains_key(name) {
+            return Err(ClientError::Config(format!(
+                "dataset `{name}` is given twice"
+            )));
+        }
+        if data.n_rows() < 2 {
+            return Err(ClientError::Config(format!(
+                "dataset `{name}` has {} rows; a client needs at least 2 (one to train, one to test)",
+                data.n_rows()
+            )));
+        }
+        let (train, test) =
+            stratified_split(&data.labels, data.n_classes(), LOCAL_TEST_FRACTION, seed);
+        let (train, test) = if test.is_empty() || train.is_empty() {
+            // Too few rows per class to stratify: fall back to a plain cut, keeping both non-empty.
+            let n = data.n_rows();
+            let cut = n - (n / 5).max(1);
+            ((0..cut).collect(), (cut..n).collect())
+        } else {
+            (train, test)
+        };
+        self.datasets.insert(
+            name.to_string(),
+            LocalData {
+                train: Arc::new(data.select(&train)),
+                test: Arc::new(data.select(&test)),
+            },
+        );
+        Ok(())
+    }
+
+    /// Adds a CSV file under `name`.
+    pub fn add_csv(
+        &mut self,
+        name: &str,
+        path: &Path,
+        label_column: Option<&str>,
+        seed: u64,
+    ) -> Result<()> {
+        let data = csv::load_csv(path, label_column)?;
+        self.insert(name, data, seed)
+    }
+
+    /// Derives this client's own shard of a built-in dataset, locally: no rows cross the network.
+    pub fn add_builtin(
+        &mut self,
+        dataset: Builtin,
+        scheme: &Partitioner,
+        shard: usize,
+        n_shards: usize,
+        seed: u64,
+    ) -> Result<()> {
+        let data = dataset.shard(scheme, shard, n_shards, seed)?;
+        self.insert(dataset.name(), data, seed)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&LocalData> {
+        self.datasets.get(name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.datasets.is_empty()
+    }
+
+    /// What the `Hello` announces: names and sizes only.
+    pub fn infos(&self) -> Vec<DatasetInfo> {
+        self.datasets
+            .iter()
+            .map(|(name, d)| {
+                let mut classes: Vec<String> = Vec::new();
+                for (i, n) in d.train.class_names.iter().enumerate() {
+                    let present = d.train.labels.contains(&i) || d.test.labels.contains(&i);
+                    if present {
+                        classes.push(n.clone());
+                    }
+                }
+                DatasetInfo {
+                    name: name.clone(),
+                    train_examples: d.train.n_rows() as u64,
+                    test_examples: d.test.n_rows() as u64,
+                    feature_names: d.train.feature_names.clone(),
+                    class_names: classes,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_shard_is_split_and_announced() {
+        let mut c = Catalog::new();
+        c.add_builtin(Builtin::Digits, &Partitioner::Iid, 0, 10, 42)
+            .unwrap();
+        let d = c.get("digits").unwrap();
+        let info = &c.infos()[0];
+        assert_eq!(info.name, "digits");
+        assert_eq!(info.feature_names.len(), 64);
+        assert_eq!(
+            info.train_examples + info.test_examples,
+            (d.train.n_rows() + d.test.n_rows()) as u64
+        );
+        assert!(d.test.n_rows() > 0 && d.train.n_rows() > d.test.n_rows());
+        assert!(c.add_builtin(Builtin::Digits, &Partitioner::Iid, 1, 10, 42).is_err());
+    }
+}

@@ -1,0 +1,224 @@
+//! The client's life: connect, say Hello, serve tasks, and reconnect with exponential backoff and
+//! jitter whenever the stream breaks, until shut down.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use shoal_proto::v1::{
+    client_message, coordinator_message, federation_client::FederationClient, ClientMessage,
+    Heartbeat, Hello,
+};
+use shoal_proto::PROTOCOL_VERSION;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::catalog::Catalog;
+use crate::error::{ClientError, Result};
+use crate::executor;
+
+/// Settings of one client.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `http://host:port` of the coordinator.
+    pub coordinator: String,
+    /// Unique name of this client in the federation.
+    pub name: String,
+    pub catalog: Arc<Catalog>,
+    /// First reconnect delay; doubles up to `max_backoff`.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Give up after this long without a working connection (`None`: never).
+    pub give_up_after: Option<Duration>,
+    pub max_message_bytes: usize,
+}
+
+impl ClientConfig {
+    pub fn new(coordinator: impl Into<String>, name: impl Into<String>, catalog: Catalog) -> Self {
+        ClientConfig {
+            coordinator: coordinator.into(),
+            name: name.into(),
+            catalog: Arc::new(catalog),
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+            give_up_after: None,
+            max_message_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Normalises a coordinator address: `host:port` gets `http://`; anything unparsable is an error
+/// that names it.
+pub fn endpoint(url: &str) -> Result<Endpoint> {
+    let url = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    };
+    Endpoint::from_shared(url.clone())
+        .map(|e| {
+            e.connect_timeout(Duration::from_secs(5))
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(20))
+                .keep_alive_while_idle(true)
+        })
+        .map_err(|e| ClientError::Config(format!("invalid coordinator address `{url}`: {e}")))
+}
+
+/// Runs the client until `shutdown` resolves (Ok), the coordinator rejects it, or
+/// `give_up_after` passes without a connection.
+pub async fn run(config: ClientConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    if config.catalog.is_empty() {
+        return Err(ClientError::Config("the client holds no dataset".into()));
+    }
+    let endpoint = endpoint(&config.coordinator)?;
+    let span = tracing::info_span!("client", client = %config.name);
+    async move {
+        tokio::pin!(shutdown);
+        let mut backoff = config.initial_backoff;
+        let mut down_since = tokio::time::Instant::now();
+        loop {
+            let outcome = tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                o = session(&config, &endpoint) => o,
+            };
+            match outcome {
+                Ok(()) => {
+                    info!("coordinator closed the stream; reconnecting");
+                    backoff = config.initial_backoff;
+                    down_since = tokio::time::Instant::now();
+                }
+                Err(Session::Rejected(reason)) => return Err(ClientError::Rejected(reason)),
+                Err(Session::Lost { connected, message }) => {
+                    if connected {
+                        backoff = config.initial_backoff;
+                        down_since = tokio::time::Instant::now();
+                    }
+                    if let Some(limit) = config.give_up_after {
+                        if down_since.elapsed() >= limit {
+                            return Err(ClientError::Unreachable {
+                                url: config.coordinator.clone(),
+                                message,
+                            });
+                        }
+                    }
+                    warn!(coordinator = %config.coordinator, "connection failed: {message}; retrying in {backoff:?}");
+                }
+            }
+            // Full jitter keeps a restarted coordinator from being hit by every client at once.
+            let wait = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+            }
+            backoff = (backoff * 2).min(config.max_backoff);
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+enum Session {
+    Rejected(String),
+    Lost { connected: bool, message: String },
+}
+
+fn lost(connected: bool, message: impl Into<String>) -> Session {
+    Session::Lost {
+        connected,
+        message: message.into(),
+    }
+}
+
+/// One connection: Hello, Welcome, then tasks until the stream ends.
+async fn session(config: &ClientConfig, endpoint: &Endpoint) -> std::result::Result<(), Session> {
+    let channel: Channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| lost(false, error_chain(&e)))?;
+    let mut client = FederationClient::new(channel)
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    let (tx, rx) = mpsc::channel::<ClientMessage>(16);
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client_name: config.name.clone(),
+        token: String::new(),
+        datasets: config.catalog.infos(),
+    };
+    tx.send(ClientMessage {
+        msg: Some(client_message::Msg::Hello(hello)),
+    })
+    .await
+    .map_err(|_| lost(false, "outbound stream closed"))?;
+    let mut inbound = client
+        .connect(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| lost(false, s.message().to_string()))?
+        .into_inner();
+    let heartbeat_every = match inbound.message().await {
+        Ok(Some(msg)) => match msg.msg {
+            Some(coordinator_message::Msg::Welcome(w)) => {
+                info!(coordinator = %config.coordinator, "connected");
+                Duration::from_millis(u64::from(w.heartbeat_interval_ms.max(500)))
+            }
+            Some(coordinator_message::Msg::Reject(r)) => return Err(Session::Rejected(r.reason)),
+            _ => return Err(lost(false, "coordinator did not answer Hello with Welcome")),
+        },
+        Ok(None) => return Err(lost(false, "stream closed before Welcome")),
+        Err(s) => return Err(lost(false, s.message().to_string())),
+    };
+    let mut ticker = tokio::time::interval(heartbeat_every);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let hb = ClientMessage { msg: Some(client_message::Msg::Heartbeat(Heartbeat { unix_ms: unix_ms() })) };
+                if tx.send(hb).await.is_err() {
+                    return Err(lost(true, "outbound stream closed"));
+                }
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(m)) => match m.msg {
+                    Some(coordinator_message::Msg::Task(task)) => {
+                        debug!(task = %task.task_id, "task received");
+                        let catalog = config.catalog.clone();
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let result = match tokio::task::spawn_blocking(move || executor::execute(&catalog, &task)).await {
+                                Ok(r) => r,
+                                Err(e) => { warn!("task panicked: {e}"); return; }
+                            };
+                            let _ = tx.send(ClientMessage { msg: Some(client_message::Msg::Result(result)) }).await;
+                        });
+                    }
+                    Some(coordinator_message::Msg::Reject(r)) => return Err(Session::Rejected(r.reason)),
+                    Some(coordinator_message::Msg::Heartbeat(_)) | Some(coordinator_message::Msg::Welcome(_)) | None => {}
+                },
+                Ok(None) => return Ok(()),
+                Err(s) => return Err(lost(true, s.message().to_string())),
+            }
+        }
+    }
+}
+
+/// An error and its causes on one line (tonic's transport errors hide the useful part in sources).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,120 @@
+//! `shoal-client`: parses flags, sets up tracing and signals, and runs [`shoal_client::run`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use shoal_client::{Catalog, ClientConfig};
+use shoal_shared::data::builtin::Builtin;
+use shoal_shared::data::partition::Partitioner;
+
+/// A Shoal federation client: holds private data, trains and evaluates locally on the
+/// coordinator's request, and sends back only parameters and metrics.
+#[derive(Debug, Parser)]
+#[command(name = "shoal-client", version, about)]
+struct Args {
+    /// Coordinator address, e.g. http://10.0.0.5:50051.
+    #[arg(long, env = "SHOAL_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    coordinator: String,
+    /// This client's unique name in the federation (default: `shard-I` with --shard, else
+    /// HOST-PID).
+    #[arg(long, env = "SHOAL_CLIENT_NAME")]
+    name: Option<String>,
+    /// A CSV dataset to serve, as NAME=PATH.csv (repeatable).
+    #[arg(long = "data", value_name = "NAME=PATH.csv", env = "SHOAL_DATA", value_delimiter = ',')]
+    data: Vec<String>,
+    /// Label column of the CSV files (default: the last column).
+    #[arg(long, env = "SHOAL_LABEL_COLUMN")]
+    label_column: Option<String>,
+    /// Serve this client's shard of a built-in dataset instead (digits, seed-fl, iris, winequality).
+    #[arg(long, env = "SHOAL_BUILTIN")]
+    builtin: Option<String>,
+    /// How the built-in dataset is split over clients: iid, dirichlet:ALPHA, shards:K, quantity:ALPHA.
+    #[arg(long, env = "SHOAL_PARTITION", default_value = "dirichlet:0.5")]
+    partition: String,
+    /// Which shard this client holds, as I/N (0-based), e.g. 3/10.
+    #[arg(long, env = "SHOAL_SHARD")]
+    shard: Option<String>,
+    /// Seed of the partition and of the local train/test split.
+    #[arg(long, env = "SHOAL_SEED", default_value_t = 42)]
+    seed: u64,
+    /// Exit with an error after this many seconds without a connection (default: keep trying).
+    #[arg(long, env = "SHOAL_GIVE_UP_AFTER", value_name = "SECS")]
+    give_up_after: Option<u64>,
+}
+
+fn parse_shard(s: &str) -> anyhow::Result<(usize, usize)> {
+    let (i, n) = s
+        .split_once('/')
+        .with_context(|| format!("--shard `{s}`: expected I/N, e.g. 3/10"))?;
+    let i: usize = i.trim().parse().with_context(|| format!("--shard `{s}`: `{i}` is not a number"))?;
+    let n: usize = n.trim().parse().with_context(|| format!("--shard `{s}`: `{n}` is not a number"))?;
+    if n == 0 || i >= n {
+        bail!("--shard `{s}`: I must be in 0..N (0-based) and N at least 1");
+    }
+    Ok((i, n))
+}
+
+fn build(args: &Args) -> anyhow::Result<ClientConfig> {
+    let mut catalog = Catalog::new();
+    let mut default_name = None;
+    for item in &args.data {
+        let (name, path) = item
+            .split_once('=')
+            .with_context(|| format!("--data `{item}`: expected NAME=PATH.csv"))?;
+        if name.is_empty() {
+            bail!("--data `{item}`: the dataset name before `=` is empty");
+        }
+        catalog.add_csv(name, &PathBuf::from(path), args.label_column.as_deref(), args.seed)?;
+    }
+    if let Some(b) = &args.builtin {
+        let dataset: Builtin = b.parse()?;
+        let scheme: Partitioner = args.partition.parse()?;
+        let shard = args
+            .shard
+            .as_deref()
+            .context("--builtin needs --shard I/N (which part of the dataset this client holds)")?;
+        let (i, n) = parse_shard(shard)?;
+        catalog.add_builtin(dataset, &scheme, i, n, args.seed)?;
+        default_name = Some(format!("shard-{i}"));
+    } else if args.shard.is_some() {
+        bail!("--shard only applies with --builtin");
+    }
+    if catalog.is_empty() {
+        bail!("no data: give --data NAME=PATH.csv or --builtin NAME --shard I/N");
+    }
+    let name = args.name.clone().or(default_name).unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "client".into());
+        format!("{host}-{}", std::process::id())
+    });
+    shoal_client::endpoint(&args.coordinator)?;
+    let mut config = ClientConfig::new(args.coordinator.clone(), name, catalog);
+    config.give_up_after = args.give_up_after.map(Duration::from_secs);
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,h2=warn,tower=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = build(&args)?;
+    for d in config.catalog.infos() {
+        tracing::info!(
+            dataset = %d.name,
+            train = d.train_examples,
+            test = d.test_examples,
+            classes = d.class_names.len(),
+            "serving"
+        );
+    }
+    shoal_client::run(config, shoal_client::shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,468 @@
+//! The `shoal-coordinator` command line: `serve`, `simulate`, `partition` and `job ...`.
+//!
+//! Parsing lives here so `main.rs` stays a few lines and tests can drive [`run_cli`].
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use shoal_proto::v1::{self, jobs_client::JobsClient};
+use shoal_shared::data::builtin::Builtin;
+use shoal_shared::data::partition::Partitioner;
+use shoal_shared::data::{csv, stratified_split, Dataset};
+use tokio::net::TcpListener;
+
+use crate::coordinator::{round_from_wire, Coordinator, CoordinatorConfig};
+use crate::report::{round_line, LogFormat};
+use crate::simulate::{simulate, SimulateOptions};
+use crate::spec::JobSpec;
+use crate::store::Store;
+
+/// Shoal's coordinator: serves the federation, runs jobs, and simulates whole federations on one
+/// machine.
+#[derive(Debug, Parser)]
+#[command(name = "shoal-coordinator", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the federation: clients connect here, jobs run here.
+    Serve(ServeArgs),
+    /// Run a coordinator and N clients in this process over loopback gRPC and run one job.
+    Simulate(SimulateArgs),
+    /// Split a dataset into per-client CSV shards plus test.csv, and print who holds what.
+    Partition(PartitionArgs),
+    /// Submit, inspect, watch and cancel jobs on a running coordinator.
+    #[command(subcommand)]
+    Job(JobCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SHOAL_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: String,
+    /// Directory of the coordinator's state (SQLite).
+    #[arg(long, env = "SHOAL_STATE_DIR", default_value = "shoal-state")]
+    pub state_dir: PathBuf,
+    /// Where run folders are written (`OUT/<job-id>/`).
+    #[arg(long, env = "SHOAL_OUT", default_value = "runs")]
+    pub out: PathBuf,
+    /// Format of the round lines on stdout.
+    #[arg(long, env = "SHOAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Submit this job file as soon as the server is up (handy for containers).
+    #[arg(long, env = "SHOAL_JOB")]
+    pub job: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// A job file (TOML); the flags below override its fields.
+    #[arg(long)]
+    pub job: Option<PathBuf>,
+    /// Built-in dataset: digits, seed-fl, iris, winequality [default: digits].
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Number of clients.
+    #[arg(long, default_value_t = 10)]
+    pub clients: usize,
+    /// How the dataset is split over clients: iid, dirichlet:ALPHA, shards:K, quantity:ALPHA.
+    #[arg(long, default_value = "dirichlet:0.5")]
+    pub partition: String,
+    /// Model: logreg [default: logreg].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Aggregation strategy: fedavg [default: fedavg].
+    #[arg(long)]
+    pub strategy: Option<String>,
+    /// Number of rounds [default: 30].
+    #[arg(long)]
+    pub rounds: Option<u32>,
+    /// Seed of partitioning, sampling, initialisation and local training [default: 42].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Where the run folder is written (`OUT/<job-id>/`).
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
+    /// Keep the coordinator's state in this directory (default: in memory).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Format of the round lines on stdout.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct PartitionArgs {
+    /// A built-in dataset (digits, seed-fl, iris, winequality) or a CSV file.
+    #[arg(long)]
+    pub dataset: String,
+    /// Label column when --dataset is a CSV file (default: the last column).
+    #[arg(long)]
+    pub label_column: Option<String>,
+    /// Number of clients.
+    #[arg(long)]
+    pub clients: usize,
+    /// iid, dirichlet:ALPHA, shards:K or quantity:ALPHA.
+    #[arg(long, default_value = "dirichlet:0.5")]
+    pub scheme: String,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Output directory: client-0.csv ... client-(N-1).csv and test.csv.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct Remote {
+    /// Coordinator address.
+    #[arg(long, env = "SHOAL_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    pub coordinator: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Submit a job file (TOML, or JSON when the name ends in .json).
+    Submit {
+        file: PathBuf,
+        /// Follow the job's rounds until it ends.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show one job.
+    Status {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List all jobs.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print a job's rounds as they happen; exits 0 if it finishes, 1 if it fails or is cancelled.
+    Watch {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Cancel a job.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub async fn run_cli(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Serve(a) => serve_cmd(a).await.map(|_| 0),
+        Command::Simulate(a) => simulate_cmd(a).await,
+        Command::Partition(a) => partition_cmd(&a).map(|_| 0),
+        Command::Job(j) => job_cmd(j).await,
+    }
+}
+
+async fn serve_cmd(a: ServeArgs) -> anyhow::Result<()> {
+    let initial = match &a.job {
+        Some(path) => Some(read_spec(path)?),
+        None => None,
+    };
+    let store = Store::open(&a.state_dir)?;
+    let coord = Coordinator::new(
+        CoordinatorConfig {
+            runs_dir: a.out.clone(),
+            log_format: a.log_format,
+            ..CoordinatorConfig::default()
+        },
+        store,
+    )?;
+    let listener = TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, state = %a.state_dir.display(), "coordinator listening");
+    if let Some(spec) = initial {
+        let row = coord.submit(spec)?;
+        println!("submitted job {} (run folder {})", row.id, row.run_dir);
+    }
+    crate::server::serve(listener, coord, shoal_client::shutdown_signal()).await
+}
+
+async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {
+    let mut spec = match &a.job {
+        Some(path) => read_spec(path)?,
+        None => JobSpec::from_toml("kind = \"train\"\nrounds = 30\n")?,
+    };
+    if let Some(d) = &a.dataset {
+        spec.dataset = d.clone();
+    }
+    if let Some(m) = &a.model {
+        spec.model = shoal_shared::model::ModelSpec::from_name(m)?;
+    }
+    if let Some(s) = &a.strategy {
+        spec.strategy = shoal_shared::strategy::StrategySpec::from_name(s)?;
+    }
+    if let Some(r) = a.rounds {
+        spec.rounds = r;
+    }
+    if let Some(s) = a.seed {
+        spec.seed = s;
+    }
+    let scheme: Partitioner = a
+        .partition
+        .parse()
+        .context("--partition")?;
+    let dataset: Builtin = spec.dataset.parse().with_context(|| {
+        "simulate runs built-in datasets; for your own CSV use `partition`, `serve` and `shoal-client`"
+    })?;
+    let outcome = simulate(SimulateOptions {
+        spec,
+        dataset,
+        clients: a.clients,
+        scheme,
+        out: a.out,
+        state_dir: a.state_dir,
+        log_format: a.log_format,
+    })
+    .await?;
+    Ok(if outcome.status == v1::JobStatus::Finished {
+        0
+    } else {
+        1
+    })
+}
+
+/// Reads a job file: TOML, or JSON when it ends in `.json`. Errors name the file.
+pub fn read_spec(path: &Path) -> anyhow::Result<JobSpec> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read job file {}", path.display()))?;
+    let spec = if path.extension().is_some_and(|e| e == "json") {
+        JobSpec::from_json(&text)
+    } else {
+        JobSpec::from_toml(&text)
+    };
+    spec.with_context(|| format!("job file {}", path.display()))
+}
+
+fn partition_cmd(a: &PartitionArgs) -> anyhow::Result<()> {
+    let scheme: Partitioner = a.scheme.parse().context("--scheme")?;
+    if a.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    let (shards, test): (Vec<Dataset>, Dataset) = match a.dataset.parse::<Builtin>() {
+        Ok(b) => (b.shards(&scheme, a.clients, a.seed)?, b.holdout()?),
+        Err(unknown) => {
+            let path = Path::new(&a.dataset);
+            if !path.exists() {
+                bail!("{unknown}, nor a CSV file that exists");
+            }
+            let data = csv::load_csv(path, a.label_column.as_deref())?;
+            let (train, test) = stratified_split(
+                &data.labels,
+                data.n_classes(),
+                shoal_shared::data::builtin::HOLDOUT_FRACTION,
+                a.seed,
+            );
+            let pool = data.select(&train);
+            let parts = scheme.partition(&pool.labels, pool.n_classes(), a.clients, a.seed)?;
+            (
+                parts.iter().map(|p| pool.select(p)).collect(),
+                data.select(&test),
+            )
+        }
+    };
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    for (i, s) in shards.iter().enumerate() {
+        s.to_csv(&a.out.join(format!("client-{i}.csv")))?;
+    }
+    test.to_csv(&a.out.join("test.csv"))?;
+    print!("{}", partition_table(&shards, &test));
+    println!(
+        "wrote {} shards and test.csv to {}",
+        shards.len(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// Rows and label histogram per client, one row per client.
+pub fn partition_table(shards: &[Dataset], test: &Dataset) -> String {
+    let classes = &test.class_names;
+    let width = classes.iter().map(String::len).max().unwrap_or(1).max(4);
+    let mut out = format!("{:<10}{:>6}", "client", "rows");
+    for c in classes {
+        out.push_str(&format!(" {c:>width$}"));
+    }
+    out.push('\n');
+    let mut row = |label: String, d: &Dataset| {
+        out.push_str(&format!("{label:<10}{:>6}", d.n_rows()));
+        for n in d.class_counts() {
+            out.push_str(&format!(" {n:>width$}"));
+        }
+        out.push('\n');
+    };
+    for (i, s) in shards.iter().enumerate() {
+        row(format!("client-{i}"), s);
+    }
+    row("test".into(), test);
+    out
+}
+
+async fn connect_jobs(url: &str) -> anyhow::Result<JobsClient<tonic::transport::Channel>> {
+    let endpoint = shoal_client::endpoint(url)?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg = format!("{msg}: {s}");
+            src = s.source();
+        }
+        anyhow::anyhow!("cannot reach the coordinator at {url}: {msg}")
+    })?;
+    Ok(JobsClient::new(channel))
+}
+
+fn status_name(s: i32) -> &'static str {
+    match v1::JobStatus::try_from(s).unwrap_or(v1::JobStatus::Unspecified) {
+        v1::JobStatus::Queued => "queued",
+        v1::JobStatus::Running => "running",
+        v1::JobStatus::Finished => "finished",
+        v1::JobStatus::Failed => "failed",
+        v1::JobStatus::Cancelled => "cancelled",
+        v1::JobStatus::Unspecified => "unknown",
+    }
+}
+
+fn describe(j: &v1::JobInfo) -> String {
+    let mut s = format!(
+        "{}  {}  {}  rounds {}/{}",
+        j.job_id,
+        j.kind,
+        status_name(j.status),
+        j.rounds_done,
+        j.rounds_total
+    );
+    if let Some(r) = &j.last_round {
+        if let Some(a) = r.test_accuracy {
+            s.push_str(&format!("  test_acc {a:.3}"));
+        }
+        if let Some(a) = r.fed_accuracy {
+            s.push_str(&format!("  fed_acc {a:.3}"));
+        }
+    }
+    if !j.error.is_empty() {
+        s.push_str(&format!("  error: {}", j.error));
+    }
+    s
+}
+
+fn rpc_error(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", s.message())
+}
+
+async fn job_cmd(cmd: JobCommand) -> anyhow::Result<i32> {
+    match cmd {
+        JobCommand::Submit {
+            file,
+            watch,
+            remote,
+        } => {
+            // Parse locally first: a bad file gets an error naming it, before any network.
+            read_spec(&file)?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read job file {}", file.display()))?;
+            let format = if file.extension().is_some_and(|e| e == "json") {
+                "json"
+            } else {
+                "toml"
+            };
+            let mut c = connect_jobs(&remote.coordinator).await?;
+            let info = c
+                .submit(v1::SubmitRequest {
+                    spec: text,
+                    format: format.into(),
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            println!("submitted job {} (run folder {})", info.job_id, info.run_dir);
+            if watch {
+                return watch_job(&mut c, &info.job_id).await;
+            }
+            Ok(0)
+        }
+        JobCommand::Status { id, remote } => {
+            let mut c = connect_jobs(&remote.coordinator).await?;
+            let j = c
+                .get(v1::GetRequest { job_id: id })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            println!("{}", describe(&j));
+            println!("run folder: {}", j.run_dir);
+            Ok(0)
+        }
+        JobCommand::List { remote } => {
+            let mut c = connect_jobs(&remote.coordinator).await?;
+            let list = c
+                .list(v1::ListRequest {})
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if list.jobs.is_empty() {
+                println!("no jobs");
+            }
+            for j in &list.jobs {
+                println!("{}", describe(j));
+            }
+            Ok(0)
+        }
+        JobCommand::Watch { id, remote } => {
+            let mut c = connect_jobs(&remote.coordinator).await?;
+            watch_job(&mut c, &id).await
+        }
+        JobCommand::Cancel { id, remote } => {
+            let mut c = connect_jobs(&remote.coordinator).await?;
+            let j = c
+                .cancel(v1::CancelRequest { job_id: id })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            println!("cancelling {}", describe(&j));
+            Ok(0)
+        }
+    }
+}
+
+/// Prints round lines until the job ends; 0 when it finished.
+pub async fn watch_job(
+    c: &mut JobsClient<tonic::transport::Channel>,
+    id: &str,
+) -> anyhow::Result<i32> {
+    let mut stream = c
+        .watch(v1::WatchRequest {
+            job_id: id.to_string(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    while let Some(ev) = stream.message().await.map_err(rpc_error)? {
+        match ev.event {
+            Some(v1::watch_event::Event::Round(r)) => println!("{}", round_line(&round_from_wire(&r))),
+            Some(v1::watch_event::Event::Finished(j)) => {
+                println!("{}", describe(&j));
+                return Ok(i32::from(j.status != v1::JobStatus::Finished as i32));
+            }
+            None => {}
+        }
+    }
+    bail!("the coordinator closed the watch before job {id} ended")
+}

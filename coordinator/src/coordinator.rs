@@ -1,0 +1,394 @@
+//! The coordinator: connected clients, the state store, and the jobs it runs.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use rand::Rng;
+use shoal_proto::v1::{self, watch_event};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, Instrument};
+
+use crate::error::{Error, Result};
+use crate::registry::Registry;
+use crate::report::{print_round, LogFormat, RunFolder, Summary};
+use crate::round::{unix_ms, JobCtx, RoundRecord};
+use crate::spec::JobSpec;
+use crate::store::{JobRow, JobStatus, Store};
+
+/// Settings of a coordinator process.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Where run folders go (`runs/<job-id>/`).
+    pub runs_dir: PathBuf,
+    /// How round lines are printed on stdout.
+    pub log_format: LogFormat,
+    /// Prefix round lines with the job id (useful when several jobs share one log).
+    pub prefix_job_id: bool,
+    /// Largest gRPC message accepted or sent.
+    pub max_message_bytes: usize,
+    /// How long a new stream may take to send its `Hello`.
+    pub hello_timeout: std::time::Duration,
+    /// Heartbeat interval announced to clients.
+    pub heartbeat_interval: std::time::Duration,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            runs_dir: PathBuf::from("runs"),
+            log_format: LogFormat::Text,
+            prefix_job_id: true,
+            max_message_bytes: 64 * 1024 * 1024,
+            hello_timeout: std::time::Duration::from_secs(10),
+            heartbeat_interval: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct JobHandle {
+    cancel: CancellationToken,
+    events: broadcast::Sender<v1::WatchEvent>,
+}
+
+/// Shared state of a coordinator process.
+#[derive(Debug)]
+pub struct Coordinator {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) config: CoordinatorConfig,
+    jobs: Mutex<HashMap<String, JobHandle>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Coordinator {
+    /// A coordinator over `store`. Jobs a previous process left unfinished are marked failed.
+    pub fn new(config: CoordinatorConfig, store: Store) -> Result<Arc<Self>> {
+        for id in store.fail_interrupted()? {
+            tracing::warn!(job = %id, "job was interrupted by a previous coordinator stop; marked failed");
+        }
+        Ok(Arc::new(Coordinator {
+            registry: Arc::new(Registry::default()),
+            store: Arc::new(store),
+            config,
+            jobs: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        }))
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub(crate) fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<String, JobHandle>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores the job, creates its run folder and starts it.
+    pub fn submit(self: &Arc<Self>, spec: JobSpec) -> Result<JobRow> {
+        if self.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        let id = format!(
+            "{}-{:04x}",
+            chrono::Utc::now().format("%Y%m%d-%H%M%S"),
+            rand::thread_rng().gen::<u16>()
+        );
+        let spec_toml = spec.to_toml();
+        let run = RunFolder::create(&self.config.runs_dir, &id, &spec_toml)?;
+        let row = JobRow {
+            id: id.clone(),
+            kind: spec.kind.clone(),
+            status: JobStatus::Queued,
+            spec_toml,
+            created_ms: unix_ms(),
+            rounds_total: spec.rounds,
+            rounds_done: 0,
+            error: None,
+            run_dir: run.dir().display().to_string(),
+        };
+        self.store.insert_job(&row)?;
+        let cancel = self.shutdown.child_token();
+        let (events, _) = broadcast::channel(256);
+        self.handles().insert(
+            id.clone(),
+            JobHandle {
+                cancel: cancel.clone(),
+                events: events.clone(),
+            },
+        );
+        let ctx = JobCtx {
+            id: id.clone(),
+            spec,
+            registry: self.registry.clone(),
+            cancel,
+        };
+        let me = self.clone();
+        let span = tracing::info_span!("job", job = %id);
+        self.tracker
+            .spawn(async move { me.run_job(ctx, run, events).await }.instrument(span));
+        info!(job = %id, "job submitted");
+        Ok(row)
+    }
+
+    async fn run_job(
+        self: Arc<Self>,
+        ctx: JobCtx,
+        mut run: RunFolder,
+        events: broadcast::Sender<v1::WatchEvent>,
+    ) {
+        let id = ctx.id.clone();
+        if let Err(e) = self.store.set_status(&id, JobStatus::Running, None) {
+            error!("cannot record job start: {e}");
+        }
+        let outcome = self.train(&ctx, &mut run, &events).await;
+        let (status, message) = match &outcome {
+            Ok(_) => (JobStatus::Finished, None),
+            Err(Error::Cancelled) if self.shutdown.is_cancelled() => (
+                JobStatus::Failed,
+                Some("interrupted: the coordinator shut down".to_string()),
+            ),
+            Err(Error::Cancelled) => (JobStatus::Cancelled, None),
+            Err(e) => (JobStatus::Failed, Some(e.to_string())),
+        };
+        match &outcome {
+            Ok(summary) => {
+                for line in summary.lines() {
+                    println!("{line}");
+                }
+            }
+            Err(_) => match &message {
+                Some(m) => error!("job {} failed: {m}", id),
+                None => info!("job {id} cancelled"),
+            },
+        }
+        if let Err(e) = self.store.set_status(&id, status, message.as_deref()) {
+            error!("cannot record job end: {e}");
+        }
+        if let Ok(info) = self.job_info(&id) {
+            let _ = events.send(v1::WatchEvent {
+                event: Some(watch_event::Event::Finished(info)),
+            });
+        }
+        self.handles().remove(&id);
+    }
+
+    /// A train job from first round to summary.
+    async fn train(
+        &self,
+        ctx: &JobCtx,
+        run: &mut RunFolder,
+        events: &broadcast::Sender<v1::WatchEvent>,
+    ) -> Result<Summary> {
+        let clients = ctx.wait_available(1, None).await?;
+        let facts = ctx.resolve_data(&clients).await?;
+        let mut state = ctx.init_state(facts)?;
+        info!(
+            dataset = %ctx.spec.dataset,
+            features = state.facts.n_features,
+            classes = state.facts.class_names.len(),
+            params = state.global.num_params(),
+            "job started"
+        );
+        let mut records: Vec<RoundRecord> = Vec::with_capacity(ctx.spec.rounds as usize);
+        for round in 1..=ctx.spec.rounds {
+            let rec = ctx.run_round(round, &mut state).await?;
+            self.store.record_round(&ctx.id, &rec)?;
+            run.append(&rec)?;
+            let job = self.config.prefix_job_id.then_some(ctx.id.as_str());
+            print_round(self.config.log_format, job, &rec);
+            let _ = events.send(v1::WatchEvent {
+                event: Some(watch_event::Event::Round(round_to_wire(&ctx.id, &rec))),
+            });
+            records.push(rec);
+        }
+        let mut summary = Summary::from_rounds(&ctx.id, &ctx.spec, &records);
+        if let (Some(b), true) = (
+            state.facts.builtin,
+            ctx.spec.evaluation.centralized_baseline,
+        ) {
+            summary.centralized_test_accuracy = centralized_baseline(ctx, b, &state).await;
+        }
+        run.write_json(
+            "model.json",
+            &serde_json::json!({
+                "model": ctx.spec.model,
+                "feature_names": state.facts.feature_names,
+                "class_names": state.facts.class_names,
+                "weights": state.global,
+            }),
+        )?;
+        run.write_json("summary.json", &summary)?;
+        Ok(summary)
+    }
+
+    /// The job's status as the API shows it.
+    pub fn job_info(&self, id: &str) -> Result<v1::JobInfo> {
+        let row = self.store.job(id)?;
+        let last = self.store.rounds(id)?.pop();
+        Ok(job_to_wire(&row, last.as_ref()))
+    }
+
+    pub fn list(&self) -> Result<Vec<v1::JobInfo>> {
+        self.store
+            .jobs()?
+            .iter()
+            .map(|row| Ok(job_to_wire(row, self.store.rounds(&row.id)?.last())))
+            .collect()
+    }
+
+    /// Asks a running job to stop; it ends as `cancelled` at its next await point.
+    pub fn cancel(&self, id: &str) -> Result<v1::JobInfo> {
+        let row = self.store.job(id)?;
+        if row.status.is_terminal() {
+            return Err(Error::JobEnded(id.to_string()));
+        }
+        if let Some(h) = self.handles().get(id) {
+            h.cancel.cancel();
+        }
+        self.job_info(id)
+    }
+
+    /// Round history of a job plus a receiver for what comes next (`None` when it has ended).
+    #[allow(clippy::type_complexity)]
+    pub fn watch(
+        &self,
+        id: &str,
+    ) -> Result<(
+        Vec<v1::WatchEvent>,
+        Option<broadcast::Receiver<v1::WatchEvent>>,
+    )> {
+        // Subscribe before reading history, so nothing falls between the two.
+        let rx = self.handles().get(id).map(|h| h.events.subscribe());
+        let row = self.store.job(id)?;
+        let mut history: Vec<v1::WatchEvent> = self
+            .store
+            .rounds(id)?
+            .iter()
+            .map(|r| v1::WatchEvent {
+                event: Some(watch_event::Event::Round(round_to_wire(id, r))),
+            })
+            .collect();
+        if row.status.is_terminal() || rx.is_none() {
+            history.push(v1::WatchEvent {
+                event: Some(watch_event::Event::Finished(self.job_info(id)?)),
+            });
+            return Ok((history, None));
+        }
+        Ok((history, rx))
+    }
+
+    /// Stops everything: jobs end, client streams close, new clients are refused.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.registry.close();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// The same model trained centrally on the pooled train rows for as many passes as the federated
+/// run made (rounds × local epochs), scored on the same test set. A reference, not a contestant.
+async fn centralized_baseline(
+    ctx: &JobCtx,
+    b: shoal_shared::data::builtin::Builtin,
+    state: &crate::round::TrainState,
+) -> Option<f64> {
+    let holdout = state.facts.holdout.clone()?;
+    let model = state.model.clone();
+    let mut local = ctx.spec.local.clone();
+    local.epochs = local.epochs.saturating_mul(ctx.spec.rounds);
+    let seed = ctx.spec.seed;
+    let init = {
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+        model.init(&mut rng)
+    };
+    let res = tokio::task::spawn_blocking(move || -> shoal_shared::Result<f64> {
+        let pool = b.train_pool()?;
+        let (w, _) = shoal_shared::model::train_local(model.as_ref(), init, &pool, &local, seed)?;
+        Ok(shoal_shared::model::evaluate(model.as_ref(), &w, &holdout)?.accuracy)
+    })
+    .await;
+    match res {
+        Ok(Ok(acc)) => Some(acc),
+        Ok(Err(e)) => {
+            tracing::warn!("centralized baseline failed: {e}");
+            None
+        }
+        Err(e) => {
+            tracing::warn!("centralized baseline panicked: {e}");
+            None
+        }
+    }
+}
+
+pub(crate) fn status_to_wire(s: JobStatus) -> v1::JobStatus {
+    match s {
+        JobStatus::Queued => v1::JobStatus::Queued,
+        JobStatus::Running => v1::JobStatus::Running,
+        JobStatus::Finished => v1::JobStatus::Finished,
+        JobStatus::Failed => v1::JobStatus::Failed,
+        JobStatus::Cancelled => v1::JobStatus::Cancelled,
+    }
+}
+
+fn job_to_wire(row: &JobRow, last: Option<&RoundRecord>) -> v1::JobInfo {
+    v1::JobInfo {
+        job_id: row.id.clone(),
+        kind: row.kind.clone(),
+        status: status_to_wire(row.status) as i32,
+        rounds_total: row.rounds_total,
+        rounds_done: row.rounds_done,
+        error: row.error.clone().unwrap_or_default(),
+        spec: row.spec_toml.clone(),
+        created_unix_ms: row.created_ms,
+        last_round: last.map(|r| round_to_wire(&row.id, r)),
+        run_dir: row.run_dir.clone(),
+    }
+}
+
+pub(crate) fn round_to_wire(job: &str, r: &RoundRecord) -> v1::RoundReport {
+    v1::RoundReport {
+        job_id: job.to_string(),
+        round: r.round,
+        rounds_total: r.rounds_total,
+        clients: r.clients,
+        clients_selected: r.clients_selected,
+        train_loss: r.train_loss,
+        fed_loss: r.fed_loss,
+        fed_accuracy: r.fed_accuracy,
+        test_accuracy: r.test_accuracy,
+        bytes_up: r.bytes_up,
+        bytes_down: r.bytes_down,
+        seconds: r.seconds,
+        rejected: r.rejected,
+    }
+}
+
+/// The inverse of [`round_to_wire`], for clients of the Jobs API that print round lines.
+pub fn round_from_wire(r: &v1::RoundReport) -> RoundRecord {
+    RoundRecord {
+        round: r.round,
+        rounds_total: r.rounds_total,
+        clients: r.clients,
+        clients_selected: r.clients_selected,
+        train_loss: r.train_loss,
+        fed_loss: r.fed_loss,
+        fed_accuracy: r.fed_accuracy,
+        test_accuracy: r.test_accuracy,
+        test_loss: None,
+        bytes_up: r.bytes_up,
+        bytes_down: r.bytes_down,
+        seconds: r.seconds,
+        rejected: r.rejected,
+    }
+}

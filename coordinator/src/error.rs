@@ -1,0 +1,61 @@
+//! The coordinator's error type and its one mapping to `tonic::Status`.
+
+use tonic::{Code, Status};
+
+/// Everything the coordinator's services and job runner can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("job `{0}` not found")]
+    JobNotFound(String),
+    #[error("invalid job spec: {0}")]
+    InvalidSpec(String),
+    #[error("job `{0}` has already ended")]
+    JobEnded(String),
+    #[error(transparent)]
+    Core(#[from] shoal_shared::Error),
+    #[error(transparent)]
+    Wire(#[from] shoal_proto::WireError),
+    #[error("state store: {0}")]
+    Store(#[from] rusqlite::Error),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A job cannot go on (quorum lost, no clients, bad data); the reason is shown to the user.
+    #[error("{0}")]
+    Job(String),
+    #[error("the job was cancelled")]
+    Cancelled,
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
+}
+
+/// Result alias for the coordinator.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::JobNotFound(_) => Code::NotFound,
+            Error::InvalidSpec(_) | Error::Wire(_) => Code::InvalidArgument,
+            Error::Core(shoal_shared::Error::Unknown { .. })
+            | Error::Core(shoal_shared::Error::InvalidValue { .. }) => Code::InvalidArgument,
+            Error::JobEnded(_) => Code::FailedPrecondition,
+            Error::Cancelled => Code::Cancelled,
+            Error::ShuttingDown => Code::Unavailable,
+            Error::Core(_) | Error::Store(_) | Error::Io { .. } | Error::Job(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}

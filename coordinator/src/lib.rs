@@ -1,0 +1,44 @@
+//! `shoal-coordinator`: the coordinator of a Shoal federation.
+//!
+//! A [`Coordinator`] keeps the registry of connected clients ([`registry::Registry`]), the state
+//! store ([`store::Store`], SQLite) and the running jobs. [`server::serve`] exposes it over gRPC: the
+//! `Federation` service (each client's long-lived stream), the `Jobs` service (operators) and gRPC
+//! health. Each `train` job runs round after round in the round engine ([`round::JobCtx`]): wait for
+//! clients, sample, push Fit tasks, validate updates into the strategy's streaming aggregate,
+//! evaluate, record. [`simulate::simulate`] runs a coordinator and N clients in one process over
+//! loopback gRPC.
+//!
+//! # Layout
+//! - `cli.rs`: the command line (`serve`, `simulate`, `partition`, `job ...`)
+//! - `coordinator.rs`: [`Coordinator`], job lifecycle
+//! - `round.rs`: the round engine and [`round::RoundRecord`]
+//! - `registry.rs`: connected clients and open tasks
+//! - `services.rs`: the gRPC handlers
+//! - `server.rs`: serving and shutdown
+//! - `spec.rs`: job specs ([`spec::JobSpec`])
+//! - `store.rs`: SQLite state
+//! - `report.rs`: round lines, run folders, summaries
+//! - `simulate.rs`: the one-process federation
+//! - `error.rs`: [`Error`] and its mapping to `tonic::Status`
+//!
+//! # Example
+//! ```
+//! use shoal_coordinator::spec::JobSpec;
+//! let spec = JobSpec::from_toml("kind = \"train\"\ndataset = \"digits\"\nrounds = 10\n").unwrap();
+//! assert_eq!(spec.clients.fraction_fit, 1.0);
+//! ```
+
+pub mod cli;
+pub mod coordinator;
+pub mod error;
+pub mod registry;
+pub mod report;
+pub mod round;
+pub mod server;
+pub mod services;
+pub mod simulate;
+pub mod spec;
+pub mod store;
+
+pub use coordinator::{Coordinator, CoordinatorConfig};
+pub use error::{Error, Result};

@@ -1,0 +1,30 @@
+//! `shoal-coordinator`: parses the command line, sets up tracing, and runs it.
+
+use clap::Parser;
+use shoal_coordinator::cli::{run_cli, Cli, Command};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // Round lines go to stdout; logs go to stderr, filtered by RUST_LOG. A simulation prints its
+    // rounds and summary and keeps quiet otherwise; a server logs who connects and what runs.
+    let default_filter = match cli.command {
+        Command::Simulate(_) | Command::Partition(_) | Command::Job(_) => "warn",
+        Command::Serve(_) => "warn,shoal_coordinator=info",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run_cli(cli).await {
+        Ok(code) => std::process::ExitCode::from(code as u8),
+        Err(e) => {
+            // One line: the error and its causes.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! How rounds and summaries look: the stdout line, and the run folder (`runs/<job-id>/`) that
+//! exports a job's state: `spec.toml`, `metrics.csv`, `metrics.jsonl`, `model.json`, `summary.json`.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::round::RoundRecord;
+
+/// The exact header of `metrics.csv`.
+pub const CSV_HEADER: &str =
+    "round,clients,train_loss,fed_loss,fed_accuracy,test_accuracy,bytes_up,bytes_down,seconds";
+
+/// How round lines are printed on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `round 7/30  clients 10/10  train_loss 0.231  ...`
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Decimal byte sizes as people read them: `512 B`, `12.3 kB`, `1.2 MB`.
+pub fn human_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b < 1e3 {
+        format!("{b} B")
+    } else if b < 1e6 {
+        format!("{:.1} kB", b / 1e3)
+    } else if b < 1e9 {
+        format!("{:.1} MB", b / 1e6)
+    } else {
+        format!("{:.2} GB", b / 1e9)
+    }
+}
+
+fn opt3(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"))
+}
+
+/// The human round line.
+pub fn round_line(r: &RoundRecord) -> String {
+    let mut line = format!(
+        "round {}/{}  clients {}/{}  train_loss {:.3}  fed_acc {}  test_acc {}  up {}  down {}  {:.2} s",
+        r.round,
+        r.rounds_total,
+        r.clients,
+        r.clients_selected,
+        r.train_loss,
+        opt3(r.fed_accuracy),
+        opt3(r.test_accuracy),
+        human_bytes(r.bytes_up),
+        human_bytes(r.bytes_down),
+        r.seconds
+    );
+    if r.rejected > 0 {
+        line.push_str(&format!("  rejected {}", r.rejected));
+    }
+    line
+}
+
+/// Prints one round to stdout in the chosen format; `job` prefixes the line when several jobs may
+/// share the output (`serve`).
+pub fn print_round(format: LogFormat, job: Option<&str>, r: &RoundRecord) {
+    let line = match format {
+        LogFormat::Text => match job {
+            Some(j) => format!("[{j}] {}", round_line(r)),
+            None => round_line(r),
+        },
+        LogFormat::Json => {
+            let mut v = serde_json::to_value(r).unwrap_or_default();
+            if let (Some(j), Some(obj)) = (job, v.as_object_mut()) {
+                obj.insert("job".into(), j.into());
+            }
+            v.to_string()
+        }
+    };
+    println!("{line}");
+}
+
+/// End-of-job summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub job_id: String,
+    pub dataset: String,
+    pub model: String,
+    pub strategy: String,
+    pub rounds: u32,
+    /// Round with the best test accuracy (or federated accuracy when there is no test set).
+    pub best_round: Option<u32>,
+    pub best_accuracy: Option<f64>,
+    pub final_test_accuracy: Option<f64>,
+    pub final_fed_accuracy: Option<f64>,
+    /// The same model trained centrally on the pooled train rows, scored on the same test set.
+    pub centralized_test_accuracy: Option<f64>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub seconds: f64,
+}
+
+impl Summary {
+    pub fn from_rounds(job_id: &str, spec: &crate::spec::JobSpec, rounds: &[RoundRecord]) -> Self {
+        let metric = |r: &RoundRecord| r.test_accuracy.or(r.fed_accuracy);
+        let best = rounds
+            .iter()
+            .filter_map(|r| metric(r).map(|m| (r.round, m)))
+            .fold(None, |best: Option<(u32, f64)>, (round, m)| match best {
+                Some((_, bm)) if bm >= m => best,
+                _ => Some((round, m)),
+            });
+        let last = rounds.last();
+        Summary {
+            job_id: job_id.to_string(),
+            dataset: spec.dataset.clone(),
+            model: spec.model.name().to_string(),
+            strategy: spec.strategy.name().to_string(),
+            rounds: rounds.len() as u32,
+            best_round: best.map(|b| b.0),
+            best_accuracy: best.map(|b| b.1),
+            final_test_accuracy: last.and_then(|r| r.test_accuracy),
+            final_fed_accuracy: rounds.iter().rev().find_map(|r| r.fed_accuracy),
+            centralized_test_accuracy: None,
+            bytes_up: rounds.iter().map(|r| r.bytes_up).sum(),
+            bytes_down: rounds.iter().map(|r| r.bytes_down).sum(),
+            seconds: rounds.iter().map(|r| r.seconds).sum(),
+        }
+    }
+
+    /// The human summary lines.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = vec![format!(
+            "summary  job {}  {} on {} with {}  {} rounds  {:.2} s  up {}  down {}",
+            self.job_id,
+            self.model,
+            self.dataset,
+            self.strategy,
+            self.rounds,
+            self.seconds,
+            human_bytes(self.bytes_up),
+            human_bytes(self.bytes_down)
+        )];
+        if let (Some(r), Some(a)) = (self.best_round, self.best_accuracy) {
+            out.push(format!("  best round {r}  accuracy {a:.4}"));
+        }
+        out.push(format!(
+            "  final test_acc {}  fed_acc {}",
+            opt3(self.final_test_accuracy),
+            opt3(self.final_fed_accuracy)
+        ));
+        if let Some(c) = self.centralized_test_accuracy {
+            out.push(format!(
+                "  centralized baseline (same model, pooled train rows) test_acc {c:.3}"
+            ));
+        }
+        out
+    }
+}
+
+/// A job's run folder.
+#[derive(Debug)]
+pub struct RunFolder {
+    dir: PathBuf,
+    csv: File,
+    jsonl: File,
+}
+
+impl RunFolder {
+    /// Creates `root/<job_id>/` with `spec.toml` and the metric files' headers.
+    pub fn create(root: &Path, job_id: &str, spec_toml: &str) -> Result<Self> {
+        let dir = root.join(job_id);
+        let ctx = |what: &str| format!("cannot write {what} in run folder {}", dir.display());
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(ctx("the folder"), e))?;
+        std::fs::write(dir.join("spec.toml"), spec_toml).map_err(|e| Error::io(ctx("spec.toml"), e))?;
+        let mut csv = File::create(dir.join("metrics.csv")).map_err(|e| Error::io(ctx("metrics.csv"), e))?;
+        writeln!(csv, "{CSV_HEADER}").map_err(|e| Error::io(ctx("metrics.csv"), e))?;
+        let jsonl = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(dir.join("metrics.jsonl"))
+            .map_err(|e| Error::io(ctx("metrics.jsonl"), e))?;
+        Ok(RunFolder { dir, csv, jsonl })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends one round to `metrics.csv` and `metrics.jsonl`.
+    pub fn append(&mut self, r: &RoundRecord) -> Result<()> {
+        let opt = |v: Option<f64>| v.map_or_else(String::new, |v| format!("{v:.6}"));
+        let row = format!(
+            "{},{},{:.6},{},{},{},{},{},{:.4}",
+            r.round,
+            r.clients,
+            r.train_loss,
+            opt(r.fed_loss),
+            opt(r.fed_accuracy),
+            opt(r.test_accuracy),
+            r.bytes_up,
+            r.bytes_down,
+            r.seconds
+        );
+        let ctx = |f: &str| format!("cannot append to {}", self.dir.join(f).display());
+        writeln!(self.csv, "{row}").map_err(|e| Error::io(ctx("metrics.csv"), e))?;
+        let json = serde_json::to_string(r).unwrap_or_default();
+        writeln!(self.jsonl, "{json}").map_err(|e| Error::io(ctx("metrics.jsonl"), e))?;
+        Ok(())
+    }
+
+    /// Writes a JSON document into the folder.
+    pub fn write_json(&self, name: &str, value: &impl Serialize) -> Result<()> {
+        let text = serde_json::to_string_pretty(value)
+            .map_err(|e| Error::Job(format!("cannot encode {name}: {e}")))?;
+        std::fs::write(self.dir.join(name), text)
+            .map_err(|e| Error::io(format!("cannot write {}", self.dir.join(name).display()), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(round: u32, test: Option<f64>) -> RoundRecord {
+        RoundRecord {
+            round,
+            rounds_total: 3,
+            clients: 10,
+            clients_selected: 10,
+            train_loss: 0.2314,
+            fed_loss: Some(0.3),
+            fed_accuracy: Some(0.9312),
+            test_accuracy: test,
+            test_loss: None,
+            bytes_up: 1_234_567,
+            bytes_down: 1_200_000,
+            seconds: 0.04,
+            rejected: 0,
+        }
+    }
+
+    #[test]
+    fn round_line_reads_as_documented() {
+        assert_eq!(
+            round_line(&rec(7, Some(0.938))),
+            "round 7/3  clients 10/10  train_loss 0.231  fed_acc 0.931  test_acc 0.938  up 1.2 MB  down 1.2 MB  0.04 s"
+        );
+        assert!(round_line(&rec(1, None)).contains("test_acc -"));
+    }
+
+    #[test]
+    fn run_folder_writes_header_and_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut f = RunFolder::create(tmp.path(), "j1", "kind = \"train\"").unwrap();
+        f.append(&rec(1, Some(0.5))).unwrap();
+        f.append(&rec(2, None)).unwrap();
+        let csv = std::fs::read_to_string(tmp.path().join("j1/metrics.csv")).unwrap();
+        let lines: Vec<_> = csv.lines().collect();
+        assert_eq!(lines[0], CSV_HEADER);
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[1].split(',').count(), 9);
+        assert!(lines[2].contains(",,"), "missing test accuracy is an empty cell");
+        let jsonl = std::fs::read_to_string(tmp.path().join("j1/metrics.jsonl")).unwrap();
+        assert_eq!(jsonl.lines().count(), 2);
+    }
+
+    #[test]
+    fn summary_picks_the_best_round() {
+        let spec = crate::spec::JobSpec::from_toml("kind = \"train\"").unwrap();
+        let s = Summary::from_rounds("j", &spec, &[rec(1, Some(0.5)), rec(2, Some(0.8)), rec(3, Some(0.7))]);
+        assert_eq!((s.best_round, s.best_accuracy), (Some(2), Some(0.8)));
+        assert_eq!(s.final_test_accuracy, Some(0.7));
+    }
+
+    #[test]
+    fn bytes_are_human() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(12_300), "12.3 kB");
+        assert_eq!(human_bytes(1_250_000), "1.2 MB");
+    }
+}

@@ -1,0 +1,544 @@
+//! The round engine of a `train` job: wait for clients, sample, push Fit tasks, collect and
+//! validate updates into the strategy's running aggregate, evaluate (federated and centralized),
+//! record.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use shoal_proto::v1::{self, task, task_result};
+use shoal_shared::data::builtin::Builtin;
+use shoal_shared::data::{self, Dataset};
+use shoal_shared::model::{self, Model};
+use shoal_shared::seed;
+use shoal_shared::tensor::Weights;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::error::{Error, Result};
+use crate::registry::{Arrived, ClientView, Registry};
+use crate::spec::JobSpec;
+
+/// One completed round, as stored, printed and exported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    pub round: u32,
+    pub rounds_total: u32,
+    /// Clients whose update entered the aggregate.
+    pub clients: u32,
+    /// Clients asked to train.
+    pub clients_selected: u32,
+    /// Example-weighted mean of the clients' local training loss.
+    pub train_loss: f64,
+    /// Example-weighted mean loss of the new global model on the clients' local test splits.
+    pub fed_loss: Option<f64>,
+    pub fed_accuracy: Option<f64>,
+    /// Accuracy of the new global model on the coordinator's test set, where there is one.
+    pub test_accuracy: Option<f64>,
+    pub test_loss: Option<f64>,
+    /// Bytes of task results received and tasks sent this round (protobuf-encoded sizes).
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub seconds: f64,
+    /// Results refused by validation this round.
+    pub rejected: u32,
+}
+
+/// Purposes mixed into derived seeds, so draws for different uses never coincide.
+const SEED_INIT: u64 = 1;
+const SEED_SAMPLE_FIT: u64 = 2;
+const SEED_SAMPLE_EVAL: u64 = 3;
+const SEED_TASK: u64 = 4;
+
+/// What a job knows about its data once clients have shown up.
+#[derive(Debug, Clone)]
+pub struct DataFacts {
+    pub n_features: usize,
+    pub feature_names: Vec<String>,
+    pub class_names: Vec<String>,
+    /// The coordinator's centralized test set, labels indexed into `class_names`.
+    pub holdout: Option<Arc<Dataset>>,
+    pub builtin: Option<Builtin>,
+}
+
+/// Everything a running job needs from the coordinator.
+#[derive(Debug, Clone)]
+pub struct JobCtx {
+    pub id: String,
+    pub spec: JobSpec,
+    pub registry: Arc<Registry>,
+    pub cancel: CancellationToken,
+}
+
+/// The state a train job carries from round to round.
+#[derive(Debug)]
+pub struct TrainState {
+    pub facts: DataFacts,
+    pub model: Arc<dyn Model>,
+    pub global: Weights,
+    pub strategy: Box<dyn shoal_shared::strategy::Strategy>,
+}
+
+/// Outcome of pushing one kind of task to a set of clients.
+#[derive(Debug, Default)]
+struct Phase {
+    accepted: usize,
+    rejected: usize,
+    failed: usize,
+    timed_out: usize,
+    bytes_up: u64,
+    bytes_down: u64,
+}
+
+impl JobCtx {
+    fn policy(&self) -> &crate::spec::ClientPolicy {
+        &self.spec.clients
+    }
+
+    /// Waits until at least `min_available_clients` compatible clients hold the dataset; fails
+    /// after `wait_for_clients_secs` with how many were needed and seen.
+    pub async fn wait_available(
+        &self,
+        round: u32,
+        facts: Option<&DataFacts>,
+    ) -> Result<Vec<ClientView>> {
+        let need = self.policy().min_available_clients as usize;
+        let limit = Instant::now() + secs(self.policy().wait_for_clients_secs);
+        let mut changes = self.registry.subscribe();
+        let mut told = false;
+        loop {
+            let avail: Vec<ClientView> = self
+                .registry
+                .available(&self.spec.dataset)
+                .into_iter()
+                .filter(|c| facts.is_none_or(|f| compatible(c, &self.spec.dataset, f)))
+                .collect();
+            if avail.len() >= need {
+                return Ok(avail);
+            }
+            if !told {
+                info!(round, have = avail.len(), need, dataset = %self.spec.dataset, "waiting for clients");
+                told = true;
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Err(Error::Cancelled),
+                _ = tokio::time::sleep_until(limit) => {
+                    return Err(Error::Job(format!(
+                        "round {round}: needed {need} connected clients holding dataset `{}` (clients.min_available_clients), saw {} after waiting {}s",
+                        self.spec.dataset, avail.len(), self.policy().wait_for_clients_secs
+                    )));
+                }
+                changed = changes.changed() => if changed.is_err() { return Err(Error::ShuttingDown) },
+            }
+        }
+    }
+
+    /// Works out features, classes and the test set from the dataset name, the clients and the
+    /// spec's holdout file.
+    pub async fn resolve_data(&self, clients: &[ClientView]) -> Result<DataFacts> {
+        let name = self.spec.dataset.clone();
+        if let Ok(b) = name.parse::<Builtin>() {
+            let holdout = tokio::task::spawn_blocking(move || b.holdout())
+                .await
+                .map_err(|e| Error::Job(format!("loading the {name} holdout: {e}")))??;
+            return Ok(DataFacts {
+                n_features: holdout.n_features(),
+                feature_names: holdout.feature_names.clone(),
+                class_names: holdout.class_names.clone(),
+                holdout: Some(Arc::new(holdout)),
+                builtin: Some(b),
+            });
+        }
+        // A dataset the clients registered: features from the first client, classes the union.
+        let first = clients
+            .first()
+            .and_then(|c| c.dataset(&name))
+            .ok_or_else(|| Error::Job(format!("no client holds dataset `{name}`")))?;
+        let feature_names = first.feature_names.clone();
+        let mut classes: Vec<String> = Vec::new();
+        for c in clients {
+            if let Some(d) = c.dataset(&name) {
+                if d.feature_names.len() != feature_names.len() {
+                    return Err(Error::Job(format!(
+                        "clients disagree on dataset `{name}`: `{}` has {} features, `{}` has {}",
+                        clients[0].name,
+                        feature_names.len(),
+                        c.name,
+                        d.feature_names.len()
+                    )));
+                }
+                classes.extend(d.class_names.iter().cloned());
+            }
+        }
+        let holdout = match &self.spec.evaluation.holdout {
+            Some(path) => {
+                let (path, col) = (path.clone(), self.spec.evaluation.label_column.clone());
+                let h = tokio::task::spawn_blocking(move || {
+                    data::csv::load_csv(std::path::Path::new(&path), col.as_deref())
+                })
+                .await
+                .map_err(|e| Error::Job(format!("loading the holdout: {e}")))??;
+                if h.n_features() != feature_names.len() {
+                    return Err(Error::Job(format!(
+                        "holdout has {} features but the clients' dataset `{name}` has {}",
+                        h.n_features(),
+                        feature_names.len()
+                    )));
+                }
+                classes.extend(h.class_names.iter().cloned());
+                Some(h)
+            }
+            None => None,
+        };
+        classes.sort();
+        classes.dedup();
+        data::sort_class_names(&mut classes);
+        let holdout = match holdout {
+            Some(h) => Some(Arc::new(h.remap_classes(&classes)?)),
+            None => None,
+        };
+        Ok(DataFacts {
+            n_features: feature_names.len(),
+            feature_names,
+            class_names: classes,
+            holdout,
+            builtin: None,
+        })
+    }
+
+    /// Sets up model, initial weights and strategy.
+    pub fn init_state(&self, facts: DataFacts) -> Result<TrainState> {
+        let model: Arc<dyn Model> = Arc::from(
+            self.spec
+                .model
+                .build(facts.n_features, facts.class_names.len())?,
+        );
+        let mut rng = ChaCha8Rng::seed_from_u64(seed::derive(self.spec.seed, &[SEED_INIT]));
+        let global = model.init(&mut rng);
+        Ok(TrainState {
+            facts,
+            model,
+            global,
+            strategy: self.spec.strategy.build(),
+        })
+    }
+
+    /// Runs round `round` and returns its record; `state.global` becomes the new global model.
+    pub async fn run_round(&self, round: u32, state: &mut TrainState) -> Result<RoundRecord> {
+        let span = info_span!("round", job = %self.id, round);
+        self.run_round_inner(round, state).instrument(span).await
+    }
+
+    async fn run_round_inner(&self, round: u32, state: &mut TrainState) -> Result<RoundRecord> {
+        let started = Instant::now();
+        let policy = self.policy().clone();
+        let avail = self.wait_available(round, Some(&state.facts)).await?;
+        let fit_clients = sample(
+            &avail,
+            policy.fraction_fit,
+            policy.min_fit_clients,
+            seed::derive(self.spec.seed, &[round.into(), SEED_SAMPLE_FIT]),
+        );
+        let quorum = (policy.min_fit_clients as usize).min(fit_clients.len());
+        tracing::debug!(selected = fit_clients.len(), available = avail.len(), "fit");
+
+        // Fit: each valid update goes straight into the running aggregate and is dropped.
+        let params = shoal_proto::weights_to_wire(&state.global);
+        let fit = task::Kind::Fit(v1::FitTask {
+            local: Some(shoal_proto::local_to_wire(&self.spec.local)),
+        });
+        let mut agg = state.strategy.aggregator(&state.global);
+        let (mut loss_sum, mut loss_weight) = (0.0f64, 0.0f64);
+        let max_elements = state.global.num_params();
+        let fit_phase = self
+            .phase(round, &fit_clients, &params, &state.facts, fit, quorum, |client, arrived| {
+                let fit = match arrived.result.outcome {
+                    Some(task_result::Outcome::Fit(f)) => f,
+                    Some(task_result::Outcome::Error(e)) => return Err(format!("client error: {e}")),
+                    _ => return Err("expected a fit result".into()),
+                };
+                let params = fit.parameters.as_ref().ok_or("fit result without parameters")?;
+                let w = shoal_proto::weights_from_wire(params, max_elements).map_err(|e| e.to_string())?;
+                state.global.check_same_layout(&w).map_err(|e| e.to_string())?;
+                w.check_finite().map_err(|e| e.to_string())?;
+                if !fit.train_loss.is_finite() {
+                    return Err(format!("non-finite train_loss {}", fit.train_loss));
+                }
+                agg.add(&w, fit.num_examples).map_err(|e| e.to_string())?;
+                loss_sum += fit.train_loss * fit.num_examples as f64;
+                loss_weight += fit.num_examples as f64;
+                tracing::debug!(client, examples = fit.num_examples, "update accepted");
+                Ok(())
+            })
+            .await?;
+        if fit_phase.accepted < quorum.max(1) {
+            return Err(Error::Job(format!(
+                "round {round}: {} of the {quorum} required clients (clients.min_fit_clients) returned a valid update ({} selected, {} rejected, {} left, {} past the {}s deadline)",
+                fit_phase.accepted,
+                fit_clients.len(),
+                fit_phase.rejected,
+                fit_phase.failed,
+                fit_phase.timed_out,
+                policy.round_timeout_secs
+            )));
+        }
+        let previous = std::mem::take(&mut state.global);
+        state.global = state.strategy.finish(&previous, agg)?;
+
+        // Federated evaluation of the new global model.
+        let (mut fed_loss, mut fed_accuracy) = (None, None);
+        let mut eval_phase = Phase::default();
+        let last = round == self.spec.rounds;
+        if round % self.spec.evaluation.every == 0 || last {
+            let avail = self.wait_available(round, Some(&state.facts)).await?;
+            let eval_clients = sample(
+                &avail,
+                policy.fraction_evaluate,
+                policy.min_evaluate_clients,
+                seed::derive(self.spec.seed, &[round.into(), SEED_SAMPLE_EVAL]),
+            );
+            let quorum = (policy.min_evaluate_clients as usize).min(eval_clients.len());
+            let params = shoal_proto::weights_to_wire(&state.global);
+            let (mut l, mut a, mut n) = (0.0f64, 0.0f64, 0.0f64);
+            eval_phase = self
+                .phase(
+                    round,
+                    &eval_clients,
+                    &params,
+                    &state.facts,
+                    task::Kind::Evaluate(v1::EvaluateTask {}),
+                    quorum,
+                    |_, arrived| {
+                        let e = match arrived.result.outcome {
+                            Some(task_result::Outcome::Evaluate(e)) => e,
+                            Some(task_result::Outcome::Error(e)) => {
+                                return Err(format!("client error: {e}"))
+                            }
+                            _ => return Err("expected an evaluate result".into()),
+                        };
+                        if e.num_examples == 0
+                            || !e.loss.is_finite()
+                            || !(0.0..=1.0).contains(&e.accuracy)
+                        {
+                            return Err(format!(
+                                "implausible evaluation (examples {}, loss {}, accuracy {})",
+                                e.num_examples, e.loss, e.accuracy
+                            ));
+                        }
+                        let w = e.num_examples as f64;
+                        l += e.loss * w;
+                        a += e.accuracy * w;
+                        n += w;
+                        Ok(())
+                    },
+                )
+                .await?;
+            if eval_phase.accepted >= quorum.max(1) {
+                fed_loss = Some(l / n);
+                fed_accuracy = Some(a / n);
+            } else {
+                warn!(
+                    accepted = eval_phase.accepted,
+                    quorum, "federated evaluation fell short of min_evaluate_clients; not reported"
+                );
+            }
+        }
+
+        // Centralized evaluation on the coordinator's test set.
+        let (mut test_loss, mut test_accuracy) = (None, None);
+        if let Some(h) = &state.facts.holdout {
+            let (m, w, h) = (state.model.clone(), state.global.clone(), h.clone());
+            let stats = tokio::task::spawn_blocking(move || model::evaluate(m.as_ref(), &w, &h))
+                .await
+                .map_err(|e| Error::Job(format!("centralized evaluation: {e}")))??;
+            test_loss = Some(stats.loss);
+            test_accuracy = Some(stats.accuracy);
+        }
+
+        Ok(RoundRecord {
+            round,
+            rounds_total: self.spec.rounds,
+            clients: fit_phase.accepted as u32,
+            clients_selected: fit_clients.len() as u32,
+            train_loss: if loss_weight > 0.0 { loss_sum / loss_weight } else { f64::NAN },
+            fed_loss,
+            fed_accuracy,
+            test_accuracy,
+            test_loss,
+            bytes_up: fit_phase.bytes_up + eval_phase.bytes_up,
+            bytes_down: fit_phase.bytes_down + eval_phase.bytes_down,
+            seconds: started.elapsed().as_secs_f64(),
+            rejected: (fit_phase.rejected + eval_phase.rejected) as u32,
+        })
+    }
+
+    /// Pushes one task per client and feeds each arriving result to `on_result` (which validates and
+    /// absorbs it, or says why not). Stops when every client has answered or left, when the quorum
+    /// has answered and `wait_after_quorum_secs` has passed, or at the round deadline.
+    #[allow(clippy::too_many_arguments)]
+    async fn phase(
+        &self,
+        round: u32,
+        clients: &[ClientView],
+        params: &v1::Parameters,
+        facts: &DataFacts,
+        kind: task::Kind,
+        quorum: usize,
+        mut on_result: impl FnMut(&str, Arrived) -> std::result::Result<(), String>,
+    ) -> Result<Phase> {
+        let policy = self.policy();
+        let deadline = Instant::now() + secs(policy.round_timeout_secs);
+        let deadline_unix_ms = unix_ms() + (policy.round_timeout_secs * 1000.0) as u64;
+        let mut phase = Phase::default();
+        let mut waiting = FuturesUnordered::new();
+        let mut task_ids = Vec::with_capacity(clients.len());
+        for c in clients {
+            let task_id = format!("{}/{}/{}/{}", self.id, round, kind_name(&kind), c.name);
+            let task = v1::Task {
+                task_id: task_id.clone(),
+                job_id: self.id.clone(),
+                round,
+                dataset: self.spec.dataset.clone(),
+                class_names: facts.class_names.clone(),
+                model: Some(shoal_proto::model_to_wire(&self.spec.model)),
+                parameters: Some(params.clone()),
+                deadline_unix_ms,
+                seed: seed::derive(
+                    self.spec.seed,
+                    &[round.into(), seed::stable_hash(&c.name), SEED_TASK],
+                ),
+                kind: Some(kind.clone()),
+            };
+            phase.bytes_down += prost::Message::encoded_len(&task) as u64;
+            match self.registry.dispatch(&c.name, task).await {
+                Ok(slot) => {
+                    task_ids.push(task_id);
+                    let name = c.name.clone();
+                    waiting.push(async move { (name, slot.await) });
+                }
+                Err(e) => {
+                    warn!(client = %c.name, "{e}");
+                    phase.failed += 1;
+                }
+            }
+        }
+        let mut grace: Option<Instant> = None;
+        while !waiting.is_empty() {
+            let limit = grace.map_or(deadline, |g| g.min(deadline));
+            tokio::select! {
+                _ = self.cancel.cancelled() => {
+                    self.registry.forget(&task_ids);
+                    return Err(Error::Cancelled);
+                }
+                _ = tokio::time::sleep_until(limit) => break,
+                Some((client, outcome)) = waiting.next() => {
+                    match outcome {
+                        Ok(arrived) => {
+                            phase.bytes_up += arrived.bytes;
+                            let mismatch = arrived.result.job_id != self.id || arrived.result.round != round;
+                            let verdict = if mismatch {
+                                Err(format!("result names job `{}` round {}, expected `{}` round {round}", arrived.result.job_id, arrived.result.round, self.id))
+                            } else {
+                                on_result(&client, arrived)
+                            };
+                            match verdict {
+                                Ok(()) => phase.accepted += 1,
+                                Err(reason) => {
+                                    phase.rejected += 1;
+                                    warn!(client, round, "result rejected: {reason}");
+                                }
+                            }
+                        }
+                        Err(_) => {
+                            phase.failed += 1;
+                            warn!(client, round, "client left before answering");
+                        }
+                    }
+                    if phase.accepted >= quorum && grace.is_none() {
+                        grace = Some(Instant::now() + secs(policy.wait_after_quorum_secs));
+                    }
+                }
+            }
+        }
+        phase.timed_out = waiting.len();
+        if phase.timed_out > 0 {
+            warn!(
+                round,
+                missing = phase.timed_out,
+                "closing the phase without the slowest clients"
+            );
+        }
+        self.registry.forget(&task_ids);
+        Ok(phase)
+    }
+}
+
+fn kind_name(kind: &task::Kind) -> &'static str {
+    match kind {
+        task::Kind::Fit(_) => "fit",
+        task::Kind::Evaluate(_) => "evaluate",
+    }
+}
+
+/// Whether a client's copy of the dataset fits the job's model.
+fn compatible(c: &ClientView, dataset: &str, facts: &DataFacts) -> bool {
+    c.dataset(dataset)
+        .is_some_and(|d| d.feature_names.len() == facts.n_features)
+}
+
+/// Seeded client sampling, Flower's rule: `max(floor(n * fraction), min)` clients, at most all.
+pub fn sample(avail: &[ClientView], fraction: f64, min: u32, seed: u64) -> Vec<ClientView> {
+    let n = ((avail.len() as f64 * fraction).floor() as usize)
+        .max(min as usize)
+        .min(avail.len());
+    if n == avail.len() {
+        return avail.to_vec();
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut chosen: Vec<ClientView> = avail.choose_multiple(&mut rng, n).cloned().collect();
+    chosen.sort_by(|a, b| a.name.cmp(&b.name));
+    chosen
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.0, 1e9))
+}
+
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn views(n: usize) -> Vec<ClientView> {
+        (0..n)
+            .map(|i| ClientView {
+                name: format!("c{i:02}"),
+                datasets: vec![],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sampling_follows_fraction_and_minimum_and_is_seeded() {
+        let avail = views(10);
+        assert_eq!(sample(&avail, 1.0, 2, 1).len(), 10);
+        assert_eq!(sample(&avail, 0.3, 2, 1).len(), 3);
+        assert_eq!(sample(&avail, 0.1, 4, 1).len(), 4);
+        assert_eq!(sample(&views(3), 0.1, 5, 1).len(), 3);
+        assert_eq!(sample(&avail, 0.5, 1, 7), sample(&avail, 0.5, 1, 7));
+        let draws: std::collections::HashSet<Vec<String>> = (0..20)
+            .map(|s| sample(&avail, 0.5, 1, s).into_iter().map(|c| c.name).collect())
+            .collect();
+        assert!(draws.len() > 1, "different seeds pick different clients");
+    }
+}

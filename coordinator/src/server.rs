@@ -1,0 +1,49 @@
+//! Serving: the tonic server with the Federation, Jobs and health services on one listener.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use shoal_proto::v1::federation_server::FederationServer;
+use shoal_proto::v1::jobs_server::JobsServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::coordinator::Coordinator;
+use crate::services::{FederationService, JobsService};
+
+/// Serves `coord` on `listener` until `shutdown` resolves, then stops jobs, closes client streams
+/// and returns once in-flight requests have drained.
+pub async fn serve(
+    listener: TcpListener,
+    coord: Arc<Coordinator>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let max = coord.config.max_message_bytes;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<FederationServer<FederationService>>()
+        .await;
+    health.set_serving::<JobsServer<JobsService>>().await;
+    let federation = FederationServer::new(FederationService::new(coord.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let jobs = JobsServer::new(JobsService::new(coord.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let stopping = coord.clone();
+    tonic::transport::Server::builder()
+        // Dead peers (a pulled cable, a killed container) are found without waiting for a task.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .trace_fn(|req| tracing::debug_span!("rpc", path = %req.uri().path()))
+        .add_service(health_service)
+        .add_service(federation)
+        .add_service(jobs)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            stopping.shutdown().await;
+        })
+        .await?;
+    Ok(())
+}

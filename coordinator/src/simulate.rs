@@ -1,0 +1,148 @@
+//! `simulate`: one coordinator and N clients in this process, talking real gRPC over loopback,
+//! exactly as they would across machines.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use shoal_client::{Catalog, ClientConfig};
+use shoal_proto::v1::{self, jobs_client::JobsClient};
+use shoal_shared::data::builtin::Builtin;
+use shoal_shared::data::partition::Partitioner;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::coordinator::{Coordinator, CoordinatorConfig};
+use crate::report::LogFormat;
+use crate::spec::JobSpec;
+use crate::store::Store;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimulateOptions {
+    pub spec: JobSpec,
+    pub dataset: Builtin,
+    pub clients: usize,
+    pub scheme: Partitioner,
+    pub out: PathBuf,
+    pub state_dir: Option<PathBuf>,
+    pub log_format: LogFormat,
+}
+
+/// The simulated job's end state.
+#[derive(Debug, Clone)]
+pub struct SimOutcome {
+    pub job: v1::JobInfo,
+    pub status: v1::JobStatus,
+}
+
+/// Runs one job over `clients` in-process clients and returns when it has ended.
+pub async fn simulate(mut o: SimulateOptions) -> anyhow::Result<SimOutcome> {
+    if o.clients == 0 {
+        anyhow::bail!("--clients must be at least 1");
+    }
+    o.spec.dataset = o.dataset.name().to_string();
+    let n = o.clients as u32;
+    let c = &mut o.spec.clients;
+    if c.min_fit_clients > n || c.min_evaluate_clients > n {
+        anyhow::bail!(
+            "the job asks for at least {} clients (min_fit_clients / min_evaluate_clients) but --clients is {n}",
+            c.min_fit_clients.max(c.min_evaluate_clients)
+        );
+    }
+    // Every simulated client connects within milliseconds: start once all of them are there.
+    c.min_available_clients = n;
+    o.spec.check()?;
+
+    // Each client derives its own shard, as it would on its own machine.
+    let (dataset, scheme, seed, count) = (o.dataset, o.scheme, o.spec.seed, o.clients);
+    let catalogs = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Catalog>> {
+        (0..count)
+            .map(|i| {
+                let mut c = Catalog::new();
+                c.add_builtin(dataset, &scheme, i, count, seed)
+                    .with_context(|| format!("client {i}"))?;
+                Ok(c)
+            })
+            .collect()
+    })
+    .await??;
+
+    let store = match &o.state_dir {
+        Some(dir) => Store::open(dir)?,
+        None => Store::in_memory()?,
+    };
+    let coord = Coordinator::new(
+        CoordinatorConfig {
+            runs_dir: o.out.clone(),
+            log_format: o.log_format,
+            prefix_job_id: false,
+            ..CoordinatorConfig::default()
+        },
+        store,
+    )?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        coord,
+        stop.clone().cancelled_owned(),
+    ));
+    let mut clients = Vec::with_capacity(o.clients);
+    for (i, catalog) in catalogs.into_iter().enumerate() {
+        let config = ClientConfig::new(url.clone(), format!("client-{i:03}"), catalog);
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            shoal_client::run(config, stop.cancelled_owned()).await
+        }));
+    }
+
+    let result = drive(&url, &o).await;
+    stop.cancel();
+    for c in clients {
+        if let Ok(Err(e)) = c.await {
+            tracing::warn!("simulated client ended with: {e}");
+        }
+    }
+    server.await??;
+    result
+}
+
+/// Submits the job through the Jobs API and follows it to its end.
+async fn drive(url: &str, o: &SimulateOptions) -> anyhow::Result<SimOutcome> {
+    let mut jobs = JobsClient::new(shoal_client::endpoint(url)?.connect().await?);
+    let info = jobs
+        .submit(v1::SubmitRequest {
+            spec: o.spec.to_toml(),
+            format: "toml".into(),
+        })
+        .await?
+        .into_inner();
+    println!(
+        "simulate  job {}  {} clients  {} on {} ({})  {}  {} rounds  run folder {}",
+        info.job_id,
+        o.clients,
+        o.spec.model.name(),
+        o.spec.dataset,
+        o.scheme,
+        o.spec.strategy.name(),
+        o.spec.rounds,
+        info.run_dir
+    );
+    let mut stream = jobs
+        .watch(v1::WatchRequest {
+            job_id: info.job_id.clone(),
+        })
+        .await?
+        .into_inner();
+    while let Some(ev) = stream.message().await? {
+        if let Some(v1::watch_event::Event::Finished(job)) = ev.event {
+            let status = v1::JobStatus::try_from(job.status).unwrap_or(v1::JobStatus::Unspecified);
+            if status != v1::JobStatus::Finished {
+                eprintln!("error: job {} {}: {}", job.job_id, status.as_str_name(), job.error);
+            }
+            return Ok(SimOutcome { job, status });
+        }
+    }
+    anyhow::bail!("the coordinator closed the watch before the job ended")
+}

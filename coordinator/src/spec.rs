@@ -1,0 +1,260 @@
+//! Job specs: TOML (or JSON) with defaults for everything but `kind`.
+//!
+//! ```toml
+//! kind = "train"
+//! dataset = "digits"
+//! rounds = 10
+//! ```
+//! is a complete job; sections `[model]`, `[strategy]`, `[clients]`, `[local]`, `[evaluation]` hold
+//! the rest. Unknown fields are errors, so a typo never silently falls back to a default.
+
+use serde::{Deserialize, Serialize};
+use shoal_shared::model::{LocalConfig, ModelSpec};
+use shoal_shared::strategy::StrategySpec;
+
+use crate::error::{Error, Result};
+
+/// A job as submitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// `train` (fusion, diffusion and automl are planned).
+    pub kind: String,
+    /// A built-in dataset (`digits`, `seed-fl`, `iris`, `winequality`) or the name under which clients
+    /// registered their CSV (`--data NAME=FILE.csv`).
+    #[serde(default = "default_dataset")]
+    pub dataset: String,
+    #[serde(default = "default_rounds")]
+    pub rounds: u32,
+    /// Seeds model initialisation, client sampling and every client's local shuffling.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    #[serde(default)]
+    pub model: ModelSpec,
+    #[serde(default)]
+    pub strategy: StrategySpec,
+    #[serde(default)]
+    pub clients: ClientPolicy,
+    #[serde(default)]
+    pub local: LocalConfig,
+    #[serde(default)]
+    pub evaluation: Evaluation,
+}
+
+fn default_dataset() -> String {
+    "digits".into()
+}
+fn default_rounds() -> u32 {
+    10
+}
+fn default_seed() -> u64 {
+    42
+}
+
+/// Client selection and round timing (the job's `[clients]` section). Names follow Flower's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientPolicy {
+    /// Fraction of available clients asked to train each round.
+    pub fraction_fit: f64,
+    /// Fraction of available clients asked to evaluate each round.
+    pub fraction_evaluate: f64,
+    /// Fewest clients asked to train; also the quorum of results a round needs.
+    pub min_fit_clients: u32,
+    /// Fewest clients asked to evaluate.
+    pub min_evaluate_clients: u32,
+    /// A round starts only when this many clients holding the dataset are connected.
+    pub min_available_clients: u32,
+    /// How long a round waits for the available clients before the job fails.
+    pub wait_for_clients_secs: f64,
+    /// Once the quorum has answered, how long to wait for the rest.
+    pub wait_after_quorum_secs: f64,
+    /// Hard limit on a round's training (and again on its evaluation) phase.
+    pub round_timeout_secs: f64,
+}
+
+impl Default for ClientPolicy {
+    fn default() -> Self {
+        ClientPolicy {
+            fraction_fit: 1.0,
+            fraction_evaluate: 1.0,
+            min_fit_clients: 2,
+            min_evaluate_clients: 2,
+            min_available_clients: 2,
+            wait_for_clients_secs: 300.0,
+            wait_after_quorum_secs: 10.0,
+            round_timeout_secs: 120.0,
+        }
+    }
+}
+
+/// Evaluation settings (the job's `[evaluation]` section).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Evaluation {
+    /// Federated evaluation every this many rounds (and always after the last round).
+    pub every: u32,
+    /// A CSV on the coordinator's machine used as centralized test set (built-in datasets have
+    /// their own holdout and need none).
+    pub holdout: Option<String>,
+    /// Label column of `holdout` (default: the last column).
+    pub label_column: Option<String>,
+    /// For built-in datasets, also train the same model centrally on the pooled train rows and
+    /// report its test accuracy in the summary.
+    pub centralized_baseline: bool,
+}
+
+impl Default for Evaluation {
+    fn default() -> Self {
+        Evaluation {
+            every: 1,
+            holdout: None,
+            label_column: None,
+            centralized_baseline: true,
+        }
+    }
+}
+
+/// Kinds accepted by `kind`, and the ones still to come.
+const KINDS_PLANNED: [&str; 3] = ["fusion", "diffusion", "automl"];
+
+impl JobSpec {
+    /// Parses a TOML spec and checks it.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let spec: JobSpec = toml::from_str(text).map_err(|e| {
+            Error::InvalidSpec(e.to_string().trim().replace('\n', " ").replace("  ", " "))
+        })?;
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// Parses a JSON spec and checks it.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let spec: JobSpec =
+            serde_json::from_str(text).map_err(|e| Error::InvalidSpec(e.to_string()))?;
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// The normalised spec, every default written out.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# spec could not be rendered: {e}\n"))
+    }
+
+    /// Rejects specs no run can satisfy, naming the field.
+    pub fn check(&self) -> Result<()> {
+        let bad = |field: &str, msg: String| Err(Error::InvalidSpec(format!("`{field}` {msg}")));
+        match self.kind.as_str() {
+            "train" => {}
+            k if KINDS_PLANNED.contains(&k) => {
+                return bad(
+                    "kind",
+                    format!("= \"{k}\" is not available yet in this version (only \"train\" is)"),
+                )
+            }
+            k => return bad("kind", format!("= \"{k}\" is unknown (expected \"train\")")),
+        }
+        if self.dataset.trim().is_empty() {
+            return bad("dataset", "must name a dataset".into());
+        }
+        if self.rounds == 0 {
+            return bad("rounds", "must be at least 1".into());
+        }
+        let c = &self.clients;
+        for (name, v) in [
+            ("clients.fraction_fit", c.fraction_fit),
+            ("clients.fraction_evaluate", c.fraction_evaluate),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                return bad(name, format!("must be in (0, 1], found {v}"));
+            }
+        }
+        for (name, v) in [
+            ("clients.min_fit_clients", c.min_fit_clients),
+            ("clients.min_evaluate_clients", c.min_evaluate_clients),
+            ("clients.min_available_clients", c.min_available_clients),
+        ] {
+            if v == 0 {
+                return bad(name, "must be at least 1".into());
+            }
+        }
+        if c.min_available_clients < c.min_fit_clients {
+            return bad(
+                "clients.min_available_clients",
+                format!(
+                    "({}) must be at least clients.min_fit_clients ({})",
+                    c.min_available_clients, c.min_fit_clients
+                ),
+            );
+        }
+        for (name, v) in [
+            ("clients.wait_for_clients_secs", c.wait_for_clients_secs),
+            ("clients.wait_after_quorum_secs", c.wait_after_quorum_secs),
+            ("clients.round_timeout_secs", c.round_timeout_secs),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(name, format!("must be a non-negative number, found {v}"));
+            }
+        }
+        if c.round_timeout_secs == 0.0 {
+            return bad("clients.round_timeout_secs", "must be positive".into());
+        }
+        if self.evaluation.every == 0 {
+            return bad("evaluation.every", "must be at least 1".into());
+        }
+        self.local
+            .check()
+            .map_err(|e| Error::InvalidSpec(e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_spec_gets_defaults() {
+        let s = JobSpec::from_toml("kind = \"train\"\ndataset = \"digits\"\nrounds = 10\n").unwrap();
+        assert_eq!(s.rounds, 10);
+        assert_eq!(s.model, ModelSpec::Logreg);
+        assert_eq!(s.clients.min_fit_clients, 2);
+        // The normalised form parses back to the same spec.
+        assert_eq!(JobSpec::from_toml(&s.to_toml()).unwrap(), s);
+    }
+
+    #[test]
+    fn sections_override_defaults() {
+        let s = JobSpec::from_toml(
+            "kind = \"train\"\n[local]\nepochs = 3\nlr = 0.05\n[clients]\nfraction_fit = 0.5\n",
+        )
+        .unwrap();
+        assert_eq!(s.local.epochs, 3);
+        assert_eq!(s.local.batch_size, 32);
+        assert_eq!(s.clients.fraction_fit, 0.5);
+    }
+
+    #[test]
+    fn bad_specs_name_the_field() {
+        let cases = [
+            ("dataset = \"digits\"", "kind"),
+            ("kind = \"train\"\nrounds = 0", "rounds"),
+            ("kind = \"train\"\nroundz = 3", "roundz"),
+            ("kind = \"fusion\"", "not available yet"),
+            ("kind = \"train\"\n[clients]\nfraction_fit = 1.5", "fraction_fit"),
+            ("kind = \"train\"\n[local]\nlr = -1.0", "lr"),
+            ("kind = \"train\"\n[model]\nkind = \"resnet\"", "resnet"),
+            ("kind = \"train\"\nrounds = \"ten\"", "rounds"),
+        ];
+        for (text, needle) in cases {
+            let err = JobSpec::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?} gave {err:?}");
+        }
+    }
+
+    #[test]
+    fn json_is_accepted() {
+        let s = JobSpec::from_json(r#"{"kind":"train","rounds":3}"#).unwrap();
+        assert_eq!(s.rounds, 3);
+    }
+}

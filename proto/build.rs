@@ -1,0 +1,20 @@
+//! Compiles `shoal/v1/*.proto` with protox (pure Rust, no system `protoc`) and generates tonic code
+//! into `OUT_DIR`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "shoal/v1/common.proto",
+        "shoal/v1/federation.proto",
+        "shoal/v1/jobs.proto",
+    ];
+    for f in files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["."])?;
+    // No generated `connect(dst)` constructors: they would clash with the `Connect` rpc, and
+    // callers build channels themselves (timeouts, keep-alive).
+    tonic_prost_build::configure()
+        .build_transport(false)
+        .compile_fds(fds)?;
+    Ok(())
+}

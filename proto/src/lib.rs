@@ -1,0 +1,209 @@
+//! `shoal-proto`: Shoal's wire protocol, package `shoal.v1`.
+//!
+//! Generated types live in [`v1`]; the two services are [`v1::federation_server::Federation`]
+//! (clients' long-lived `Connect` stream) and [`v1::jobs_server::Jobs`] (operators' job API).
+//! Conversions between wire and domain types live here, next to the wire types:
+//! [`weights_to_wire`] / [`weights_from_wire`] for tensors, [`model_to_wire`] / [`model_from_wire`],
+//! [`local_to_wire`] / [`local_from_wire`]. A malformed message becomes a [`WireError`] naming the
+//! field, never a panic.
+//!
+//! # Example
+//! ```
+//! use shoal_shared::tensor::{Tensor, Weights};
+//! let w = Weights::new(vec![Tensor::new("bias", vec![2], vec![0.5, -1.0]).unwrap()]);
+//! let wire = shoal_proto::weights_to_wire(&w);
+//! assert_eq!(wire.tensors[0].data.len(), 8); // two little-endian f32
+//! assert_eq!(shoal_proto::weights_from_wire(&wire, usize::MAX).unwrap(), w);
+//! ```
+
+use shoal_shared::model::{LocalConfig, ModelSpec};
+use shoal_shared::tensor::{Tensor, Weights};
+
+/// Generated code for package `shoal.v1`.
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("shoal.v1");
+}
+
+/// The protocol version this build speaks. A `Hello` with another version is rejected.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A wire message that cannot become a domain value.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
+    #[error("invalid field `{field}`: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> WireError {
+    WireError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Encodes weights as raw little-endian `f32` tensors.
+pub fn weights_to_wire(w: &Weights) -> v1::Parameters {
+    v1::Parameters {
+        tensors: w
+            .tensors
+            .iter()
+            .map(|t| {
+                let mut data = Vec::with_capacity(t.data.len() * 4);
+                for v in &t.data {
+                    data.extend_from_slice(&v.to_le_bytes());
+                }
+                v1::Tensor {
+                    name: t.name.clone(),
+                    dtype: v1::Dtype::F32 as i32,
+                    shape: t.shape.iter().map(|&d| d as u64).collect(),
+                    data,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Decodes wire tensors, checking dtype, that the byte length matches the shape, and that the
+/// total element count stays within `max_elements`.
+pub fn weights_from_wire(p: &v1::Parameters, max_elements: usize) -> Result<Weights, WireError> {
+    let mut total = 0usize;
+    let mut tensors = Vec::with_capacity(p.tensors.len());
+    for (i, t) in p.tensors.iter().enumerate() {
+        let field = || format!("parameters.tensors[{i}] (`{}`)", t.name);
+        if t.dtype != v1::Dtype::F32 as i32 {
+            return Err(invalid(
+                field(),
+                format!("dtype {} is not supported (expected F32)", t.dtype),
+            ));
+        }
+        let mut n = 1usize;
+        let mut shape = Vec::with_capacity(t.shape.len());
+        for &d in &t.shape {
+            let d = usize::try_from(d).map_err(|_| invalid(field(), "dimension too large"))?;
+            n = n
+                .checked_mul(d)
+                .ok_or_else(|| invalid(field(), "shape overflows"))?;
+            shape.push(d);
+        }
+        total = total.saturating_add(n);
+        if total > max_elements {
+            return Err(invalid(
+                field(),
+                format!("more than {max_elements} elements in total"),
+            ));
+        }
+        if Some(t.data.len()) != n.checked_mul(4) {
+            return Err(invalid(
+                field(),
+                format!(
+                    "{} bytes do not hold shape {:?} of f32 ({} bytes expected)",
+                    t.data.len(),
+                    shape,
+                    n.saturating_mul(4)
+                ),
+            ));
+        }
+        let data = t
+            .data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        tensors.push(Tensor {
+            name: t.name.clone(),
+            shape,
+            data,
+        });
+    }
+    Ok(Weights::new(tensors))
+}
+
+pub fn model_to_wire(m: &ModelSpec) -> v1::ModelSpec {
+    v1::ModelSpec {
+        kind: m.name().to_string(),
+    }
+}
+
+pub fn model_from_wire(m: Option<&v1::ModelSpec>) -> Result<ModelSpec, WireError> {
+    let m = m.ok_or(WireError::Missing("model"))?;
+    ModelSpec::from_name(&m.kind).map_err(|e| invalid("model.kind", e.to_string()))
+}
+
+pub fn local_to_wire(c: &LocalConfig) -> v1::LocalTraining {
+    v1::LocalTraining {
+        epochs: c.epochs,
+        batch_size: c.batch_size,
+        lr: c.lr,
+    }
+}
+
+pub fn local_from_wire(c: Option<&v1::LocalTraining>) -> Result<LocalConfig, WireError> {
+    let c = c.ok_or(WireError::Missing("fit.local"))?;
+    let cfg = LocalConfig {
+        epochs: c.epochs,
+        batch_size: c.batch_size,
+        lr: c.lr,
+    };
+    cfg.check().map_err(|e| invalid("fit.local", e.to_string()))?;
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Weights {
+        Weights::new(vec![
+            Tensor::new("weight", vec![2, 3], vec![1.0, -2.5, 3.25, 0.0, f32::MIN, f32::MAX])
+                .unwrap(),
+            Tensor::new("bias", vec![3], vec![0.1, 0.2, 0.3]).unwrap(),
+        ])
+    }
+
+    #[test]
+    fn weights_round_trip_bit_exact() {
+        let w = sample();
+        assert_eq!(weights_from_wire(&weights_to_wire(&w), 100).unwrap(), w);
+    }
+
+    #[test]
+    fn truncated_bytes_are_rejected_with_the_tensor_name() {
+        let mut p = weights_to_wire(&sample());
+        p.tensors[1].data.pop();
+        let err = weights_from_wire(&p, 100).unwrap_err().to_string();
+        assert!(err.contains("`bias`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_dtype_and_too_many_elements_are_rejected() {
+        let mut p = weights_to_wire(&sample());
+        p.tensors[0].dtype = 0;
+        assert!(weights_from_wire(&p, 100).is_err());
+        let p = weights_to_wire(&sample());
+        assert!(weights_from_wire(&p, 8).unwrap_err().to_string().contains("8 elements"));
+    }
+
+    #[test]
+    fn overflowing_shape_is_rejected() {
+        let mut p = weights_to_wire(&sample());
+        p.tensors[0].shape = vec![u64::MAX, 2];
+        assert!(weights_from_wire(&p, usize::MAX).is_err());
+    }
+
+    #[test]
+    fn model_and_local_round_trip() {
+        let m = ModelSpec::Logreg;
+        assert_eq!(model_from_wire(Some(&model_to_wire(&m))).unwrap(), m);
+        let c = LocalConfig::default();
+        assert_eq!(local_from_wire(Some(&local_to_wire(&c))).unwrap(), c);
+        let bad = v1::LocalTraining {
+            epochs: 0,
+            batch_size: 1,
+            lr: 0.1,
+        };
+        assert!(local_from_wire(Some(&bad)).unwrap_err().to_string().contains("epochs"));
+        assert!(model_from_wire(None).is_err());
+    }
+}

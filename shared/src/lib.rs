@@ -1,0 +1,38 @@
+//! `shoal-shared`: the pure, synchronous core of Shoal.
+//!
+//! Nothing here touches the network or an async runtime; the coordinator and the client call into it
+//! (through `spawn_blocking` for heavy work). Principal types:
+//!
+//! - [`data::Dataset`]: an `f32` feature matrix with class labels and names; loaded from CSV
+//!   ([`data::csv::load_csv`]) or built in ([`data::builtin::Builtin`]), split
+//!   ([`data::stratified_split`]) and partitioned over clients ([`data::partition::Partitioner`]).
+//! - [`tensor::Weights`]: a model's parameters as named tensors, the unit that crosses the wire.
+//! - [`model::ModelSpec`] and the [`model::Model`] trait: initialise, predict, loss and gradient;
+//!   [`model::train_local`] runs minibatch SGD on a client's shard.
+//! - [`strategy::StrategySpec`] and the [`strategy::Aggregator`] trait: server-side aggregation
+//!   (FedAvg as a streaming weighted sum).
+//!
+//! # Layout
+//! - `data/`: datasets, CSV, built-in datasets, splits, partitioners
+//! - `tensor.rs`: named tensors and their arithmetic
+//! - `model/`: models and local training
+//! - `strategy/`: aggregation strategies
+//! - `error.rs`: the crate's error type
+//!
+//! # Example
+//! ```
+//! use shoal_shared::data::partition::Partitioner;
+//! let scheme: Partitioner = "dirichlet:0.5".parse().unwrap();
+//! let labels: Vec<usize> = (0..200).map(|i| i % 4).collect();
+//! let parts = scheme.partition(&labels, 4, 5, 42).unwrap();
+//! assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), 200);
+//! ```
+
+pub mod data;
+pub mod error;
+pub mod model;
+pub mod seed;
+pub mod strategy;
+pub mod tensor;
+
+pub use error::{Error, Result};

@@ -1,0 +1,246 @@
+//! Named tensors: a model's parameters as they cross the wire and enter aggregation.
+//!
+//! Values are `f32`, row-major. [`Weights`] keeps its tensors in a fixed order, so two weight sets of
+//! the same model line up position by position and aggregation needs no name lookups.
+
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// One named, row-major `f32` tensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl Tensor {
+    /// A tensor, checked: `data.len()` must equal the product of `shape`.
+    pub fn new(name: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
+        let name = name.into();
+        let expected: usize = shape.iter().product();
+        if expected != data.len() {
+            return Err(Error::Shape {
+                what: format!("tensor `{name}`"),
+                expected: format!("{expected} values for shape {shape:?}"),
+                found: format!("{} values", data.len()),
+            });
+        }
+        Ok(Tensor { name, shape, data })
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(name: impl Into<String>, shape: Vec<usize>) -> Self {
+        let n = shape.iter().product();
+        Tensor {
+            name: name.into(),
+            shape,
+            data: vec![0.0; n],
+        }
+    }
+
+    pub fn from_array2(name: impl Into<String>, a: &Array2<f32>) -> Self {
+        Tensor {
+            name: name.into(),
+            shape: a.shape().to_vec(),
+            data: a.iter().copied().collect(),
+        }
+    }
+
+    pub fn from_array1(name: impl Into<String>, a: &Array1<f32>) -> Self {
+        Tensor {
+            name: name.into(),
+            shape: vec![a.len()],
+            data: a.to_vec(),
+        }
+    }
+
+    /// A 2-D view; fails when the tensor is not 2-D.
+    pub fn view2(&self) -> Result<ArrayView2<'_, f32>> {
+        match self.shape.as_slice() {
+            [r, c] => ArrayView2::from_shape((*r, *c), &self.data).map_err(|e| self.shape_err(e)),
+            _ => Err(Error::Shape {
+                what: format!("tensor `{}`", self.name),
+                expected: "2 dimensions".into(),
+                found: format!("shape {:?}", self.shape),
+            }),
+        }
+    }
+
+    /// A 1-D view; fails when the tensor is not 1-D.
+    pub fn view1(&self) -> Result<ArrayView1<'_, f32>> {
+        match self.shape.as_slice() {
+            [n] => ArrayView1::from_shape(*n, &self.data).map_err(|e| self.shape_err(e)),
+            _ => Err(Error::Shape {
+                what: format!("tensor `{}`", self.name),
+                expected: "1 dimension".into(),
+                found: format!("shape {:?}", self.shape),
+            }),
+        }
+    }
+
+    fn shape_err(&self, e: ndarray::ShapeError) -> Error {
+        Error::Shape {
+            what: format!("tensor `{}`", self.name),
+            expected: format!("shape {:?}", self.shape),
+            found: e.to_string(),
+        }
+    }
+}
+
+/// A model's parameters: named tensors in a fixed order.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Weights {
+    pub tensors: Vec<Tensor>,
+}
+
+impl Weights {
+    pub fn new(tensors: Vec<Tensor>) -> Self {
+        Weights { tensors }
+    }
+
+    /// The tensor called `name`.
+    pub fn get(&self, name: &str) -> Result<&Tensor> {
+        self.tensors
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| Error::Shape {
+                what: "weights".into(),
+                expected: format!("a tensor named `{name}`"),
+                found: format!("{:?}", self.names()),
+            })
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.tensors.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    /// Total number of scalar parameters.
+    pub fn num_params(&self) -> usize {
+        self.tensors.iter().map(|t| t.data.len()).sum()
+    }
+
+    /// Same layout as `self`, all zeros.
+    pub fn zeros_like(&self) -> Weights {
+        Weights {
+            tensors: self
+                .tensors
+                .iter()
+                .map(|t| Tensor::zeros(t.name.clone(), t.shape.clone()))
+                .collect(),
+        }
+    }
+
+    /// Checks that `other` has exactly this layout: same tensor names and shapes, in order.
+    pub fn check_same_layout(&self, other: &Weights) -> Result<()> {
+        if self.tensors.len() != other.tensors.len() {
+            return Err(Error::Shape {
+                what: "weights".into(),
+                expected: format!("{} tensors {:?}", self.tensors.len(), self.names()),
+                found: format!("{} tensors {:?}", other.tensors.len(), other.names()),
+            });
+        }
+        for (a, b) in self.tensors.iter().zip(&other.tensors) {
+            if a.name != b.name || a.shape != b.shape || b.data.len() != a.data.len() {
+                return Err(Error::Shape {
+                    what: format!("tensor `{}`", a.name),
+                    expected: format!("`{}` with shape {:?}", a.name, a.shape),
+                    found: format!(
+                        "`{}` with shape {:?} ({} values)",
+                        b.name,
+                        b.shape,
+                        b.data.len()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails on the first NaN or infinity, naming the tensor and index.
+    pub fn check_finite(&self) -> Result<()> {
+        for t in &self.tensors {
+            if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+                return Err(Error::NonFinite(format!(
+                    "tensor `{}` at index {i} ({})",
+                    t.name, t.data[i]
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Iterates over all values in layout order.
+    pub fn values(&self) -> impl Iterator<Item = f32> + '_ {
+        self.tensors.iter().flat_map(|t| t.data.iter().copied())
+    }
+
+    /// Mutable iteration over all values in layout order.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut f32> + '_ {
+        self.tensors.iter_mut().flat_map(|t| t.data.iter_mut())
+    }
+
+    /// `self += a * other` (layouts must match; checked by the caller or by [`Self::check_same_layout`]).
+    pub fn add_scaled(&mut self, a: f32, other: &Weights) -> Result<()> {
+        self.check_same_layout(other)?;
+        for (x, y) in self.values_mut().zip(other.values()) {
+            *x += a * y;
+        }
+        Ok(())
+    }
+
+    /// Euclidean norm of all values.
+    pub fn l2_norm(&self) -> f64 {
+        self.values()
+            .map(|v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(vals: &[f32]) -> Weights {
+        Weights::new(vec![
+            Tensor::new("a", vec![2], vals[..2].to_vec()).unwrap(),
+            Tensor::new("b", vec![1], vals[2..].to_vec()).unwrap(),
+        ])
+    }
+
+    #[test]
+    fn tensor_new_checks_length() {
+        assert!(Tensor::new("x", vec![2, 3], vec![0.0; 5]).is_err());
+        assert!(Tensor::new("x", vec![2, 3], vec![0.0; 6]).is_ok());
+    }
+
+    #[test]
+    fn layout_mismatch_is_reported_with_names() {
+        let a = w(&[1.0, 2.0, 3.0]);
+        let mut b = a.clone();
+        b.tensors[1] = Tensor::new("b", vec![2], vec![0.0, 0.0]).unwrap();
+        let err = a.check_same_layout(&b).unwrap_err().to_string();
+        assert!(err.contains("`b`"), "{err}");
+        assert!(a.check_same_layout(&a.clone()).is_ok());
+    }
+
+    #[test]
+    fn non_finite_is_found() {
+        let mut a = w(&[1.0, 2.0, 3.0]);
+        assert!(a.check_finite().is_ok());
+        a.tensors[0].data[1] = f32::NAN;
+        let err = a.check_finite().unwrap_err().to_string();
+        assert!(err.contains("`a` at index 1"), "{err}");
+    }
+
+    #[test]
+    fn add_scaled_and_norm() {
+        let mut a = w(&[1.0, 2.0, 3.0]);
+        a.add_scaled(2.0, &w(&[1.0, 0.0, -1.0])).unwrap();
+        assert_eq!(a.values().collect::<Vec<_>>(), vec![3.0, 2.0, 1.0]);
+        assert!((a.l2_norm() - 14f64.sqrt()).abs() < 1e-9);
+    }
+}

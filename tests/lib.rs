@@ -1,0 +1,1 @@
+//! Helpers for Shoal's integration tests live in `tests/`; this library is empty on purpose.
