@@ -1,0 +1,10 @@
+//! Shoal's integration tests: one binary (one link step), one module per area.
+
+// Shared helpers: in-process coordinator on port 0, clients, raw protocol peers, binaries.
+mod util;
+
+// Coordinator + clients in one process over loopback gRPC: training, faults, bad peers.
+mod federation;
+
+// Real processes: `serve`, `shoal-client`, `job ...`, `partition`, and CLI error handling.
+mod processes;

@@ -230,7 +230,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.local.epochs, 3);
-        assert_eq!(s.local.batch_size, 32);
+        assert_eq!(s.local.batch_size, LocalConfig::default().batch_size);
         assert_eq!(s.clients.fraction_fit, 0.5);
     }
 

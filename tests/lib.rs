@@ -1,1 +1,0 @@
-//! Helpers for Shoal's integration tests live in `tests/`; this library is empty on purpose.

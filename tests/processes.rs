@@ -1,0 +1,188 @@
+//! Real processes, as a user runs them: `partition`, `serve`, two `shoal-client`s, `job ...`, and
+//! the errors a user sees for bad input.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::bin;
+
+/// A free loopback port (bound then released; the coordinator binds it right after).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the child on drop, so a failing test leaves no process behind.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    /// Sends SIGTERM and waits (bounded) for a clean exit.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.0.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "process ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn three_processes_complete_a_ten_round_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = tmp.path().join("shards");
+    let out = run(Command::new(bin("shoal-coordinator")).args([
+        "partition", "--dataset", "digits", "--clients", "2", "--scheme", "dirichlet:0.5",
+        "--seed", "42", "--out",
+    ]).arg(&shards));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(table.contains("client-0") && table.contains("client-1") && table.contains("test"), "{table}");
+
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let server = Proc(
+        Command::new(bin("shoal-coordinator"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(tmp.path().join("state"))
+            .arg("--out")
+            .arg(tmp.path().join("runs"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let clients: Vec<Proc> = (0..2)
+        .map(|i| {
+            Proc(
+                Command::new(bin("shoal-client"))
+                    .args(["--coordinator", &url, "--name", &format!("host-{i}"), "--data"])
+                    .arg(format!("mydigits={}", shards.join(format!("client-{i}.csv")).display()))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let job = tmp.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "kind = \"train\"\ndataset = \"mydigits\"\nrounds = 10\n[clients]\nwait_for_clients_secs = 30\n\
+             [evaluation]\nholdout = \"{}\"\n",
+            shards.join("test.csv").display()
+        ),
+    )
+    .unwrap();
+
+    // The coordinator may still be starting: submit retries briefly.
+    let start = Instant::now();
+    let submitted = loop {
+        let out = run(Command::new(bin("shoal-coordinator"))
+            .args(["job", "submit", "--watch", "--coordinator", &url])
+            .arg(&job));
+        if out.status.success() || start.elapsed() > Duration::from_secs(20) {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stdout = text(&submitted.stdout);
+    assert!(submitted.status.success(), "{stdout}\n{}", text(&submitted.stderr));
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("round ")).count(), 10, "{stdout}");
+    let id = stdout
+        .split_whitespace()
+        .nth(2)
+        .expect("`submitted job ID` line")
+        .to_string();
+
+    let status = run(Command::new(bin("shoal-coordinator")).args(["job", "status", &id, "--coordinator", &url]));
+    let status_text = text(&status.stdout);
+    assert!(status.status.success());
+    assert!(status_text.contains("finished") && status_text.contains("rounds 10/10"), "{status_text}");
+
+    let csv = std::fs::read_to_string(tmp.path().join("runs").join(&id).join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 11, "header + 10 rows:\n{csv}");
+    let last: Vec<&str> = csv.lines().last().unwrap().split(',').collect();
+    let test_acc: f64 = last[5].parse().unwrap();
+    assert!(test_acc > 0.85, "final test accuracy {test_acc}");
+
+    let list = run(Command::new(bin("shoal-coordinator")).args(["job", "list", "--coordinator", &url]));
+    assert!(text(&list.stdout).contains(&id));
+
+    // SIGTERM: everyone exits cleanly.
+    for c in clients {
+        assert!(c.terminate().success());
+    }
+    assert!(server.terminate().success());
+}
+
+/// Runs a command that must fail with a one-line error containing each of `needles`.
+fn fails_with(cmd: &mut Command, needles: &[&str]) {
+    let out = run(cmd);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{cmd:?} succeeded");
+    assert!(!stderr.contains("panicked"), "{cmd:?} panicked: {stderr}");
+    let first = stderr.lines().find(|l| l.starts_with("error")).unwrap_or_else(|| panic!("{cmd:?}: no error line in {stderr:?}"));
+    for n in needles {
+        assert!(first.contains(n), "{cmd:?}: {first:?} lacks {n:?}");
+    }
+}
+
+#[test]
+fn bad_input_gets_a_one_line_error_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.csv");
+    std::fs::write(&bad, "a,b,label\n1,2,x\n3,oops,y\n").unwrap();
+    let coord = bin("shoal-coordinator");
+    let client = bin("shoal-client");
+
+    fails_with(Command::new(&client).arg("--data").arg(format!("d={}", bad.display())), &["bad.csv:3", "oops", "b"]);
+    fails_with(Command::new(&client).args(["--data", "d=/no/such/file.csv"]), &["/no/such/file.csv"]);
+    fails_with(Command::new(&client).args(["--builtin", "mnist", "--shard", "0/2"]), &["unknown dataset `mnist`"]);
+    fails_with(Command::new(&client).args(["--builtin", "digits", "--shard", "5/2"]), &["--shard"]);
+    fails_with(Command::new(&coord).args(["simulate", "--dataset", "nope"]), &["unknown dataset `nope`"]);
+    fails_with(Command::new(&coord).args(["simulate", "--partition", "dirichlet:-1"]), &["dirichlet"]);
+    fails_with(Command::new(&coord).args(["simulate", "--clients", "0"]), &["--clients"]);
+    fails_with(Command::new(&coord).args(["simulate", "--model", "resnet"]), &["unknown model `resnet`"]);
+    fails_with(Command::new(&coord).args(["simulate", "--clients", "abc"]), &["abc"]);
+    let job = tmp.path().join("job.toml");
+    std::fs::write(&job, "kind = \"train\"\nrounds = -3\n").unwrap();
+    fails_with(Command::new(&coord).args(["simulate", "--job"]).arg(&job), &["job.toml", "rounds"]);
+    fails_with(
+        Command::new(&coord).args(["partition", "--dataset", "digits", "--clients", "3", "--scheme", "bogus", "--out"]).arg(tmp.path()),
+        &["bogus"],
+    );
+    // Nothing listens on port 1.
+    fails_with(
+        Command::new(&coord).args(["job", "status", "x", "--coordinator", "http://127.0.0.1:1"]),
+        &["cannot reach the coordinator at http://127.0.0.1:1"],
+    );
+    fails_with(
+        Command::new(&client).args(["--coordinator", "http://127.0.0.1:1", "--builtin", "iris", "--shard", "0/2", "--give-up-after", "1"]),
+        &["cannot reach the coordinator at http://127.0.0.1:1"],
+    );
+}

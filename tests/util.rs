@@ -1,0 +1,220 @@
+//! Helpers shared by the integration tests.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use shoal_client::{Catalog, ClientConfig};
+use shoal_coordinator::store::Store;
+use shoal_coordinator::{Coordinator, CoordinatorConfig};
+use shoal_proto::v1::{
+    self, client_message, coordinator_message, federation_client::FederationClient,
+    jobs_client::JobsClient, ClientMessage, CoordinatorMessage, Hello,
+};
+use shoal_shared::data::builtin::Builtin;
+use shoal_shared::data::partition::Partitioner;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// A coordinator served in this process on 127.0.0.1:0.
+pub struct TestCoordinator {
+    pub url: String,
+    pub coord: Arc<Coordinator>,
+    /// Holds the run folders until the test ends.
+    _runs: tempfile::TempDir,
+    stop: CancellationToken,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestCoordinator {
+    pub async fn start() -> Self {
+        let runs = tempfile::tempdir().unwrap();
+        let coord = Coordinator::new(
+            CoordinatorConfig {
+                runs_dir: runs.path().to_path_buf(),
+                ..CoordinatorConfig::default()
+            },
+            Store::in_memory().unwrap(),
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(shoal_coordinator::server::serve(
+            listener,
+            coord.clone(),
+            stop.clone().cancelled_owned(),
+        ));
+        TestCoordinator {
+            url,
+            coord,
+            _runs: runs,
+            stop,
+            server: Some(server),
+        }
+    }
+
+    pub async fn jobs(&self) -> JobsClient<Channel> {
+        JobsClient::new(channel(&self.url).await)
+    }
+
+    /// Waits until `n` clients are connected (bounded).
+    pub async fn wait_clients(&self, n: usize) {
+        let mut changes = self.coord.registry().subscribe();
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while self.coord.registry().len() < n {
+                changes.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("clients did not connect within 20 s");
+    }
+
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(s) = self.server.take() {
+            s.await.unwrap().unwrap();
+        }
+    }
+}
+
+pub async fn channel(url: &str) -> Channel {
+    shoal_client::endpoint(url).unwrap().connect().await.unwrap()
+}
+
+/// Starts an in-process client holding shard `i` of `n` of a built-in dataset.
+pub fn start_client(
+    url: &str,
+    dataset: Builtin,
+    scheme: Partitioner,
+    i: usize,
+    n: usize,
+) -> (CancellationToken, JoinHandle<shoal_client::Result<()>>) {
+    let mut catalog = Catalog::new();
+    catalog.add_builtin(dataset, &scheme, i, n, 42).unwrap();
+    let config = ClientConfig::new(url, format!("client-{i}"), catalog);
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let handle = tokio::spawn(async move { shoal_client::run(config, token.cancelled_owned()).await });
+    (stop, handle)
+}
+
+/// Submits a TOML job and returns its id.
+pub async fn submit(jobs: &mut JobsClient<Channel>, toml: &str) -> String {
+    jobs.submit(v1::SubmitRequest {
+        spec: toml.into(),
+        format: "toml".into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .job_id
+}
+
+/// Follows a job to its end (at most `secs`) and returns its final info and round reports.
+pub async fn finish(
+    jobs: &mut JobsClient<Channel>,
+    id: &str,
+    secs: u64,
+) -> (v1::JobInfo, Vec<v1::RoundReport>) {
+    let mut stream = jobs
+        .watch(v1::WatchRequest { job_id: id.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut rounds = Vec::new();
+    let fut = async {
+        while let Some(ev) = stream.message().await.unwrap() {
+            match ev.event {
+                Some(v1::watch_event::Event::Round(r)) => rounds.push(r),
+                Some(v1::watch_event::Event::Finished(j)) => return j,
+                None => {}
+            }
+        }
+        panic!("watch ended without a final event");
+    };
+    let info = tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .unwrap_or_else(|_| panic!("job {id} did not end within {secs} s"));
+    (info, rounds)
+}
+
+/// A hand-driven protocol peer: sends exactly what a test tells it to.
+pub struct RawPeer {
+    pub tx: mpsc::Sender<ClientMessage>,
+    pub rx: tonic::Streaming<CoordinatorMessage>,
+}
+
+impl RawPeer {
+    /// Opens a stream and sends a Hello for `name` holding a built-in dataset's shape.
+    pub async fn connect(url: &str, name: &str, version: u32, dataset: Builtin) -> Self {
+        let data = dataset.holdout().unwrap();
+        let hello = Hello {
+            protocol_version: version,
+            client_name: name.into(),
+            token: String::new(),
+            datasets: vec![v1::DatasetInfo {
+                name: dataset.name().into(),
+                train_examples: 100,
+                test_examples: 20,
+                feature_names: data.feature_names.clone(),
+                class_names: data.class_names.clone(),
+            }],
+        };
+        Self::with_first(url, client_message::Msg::Hello(hello)).await
+    }
+
+    pub async fn with_first(url: &str, first: client_message::Msg) -> Self {
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(ClientMessage { msg: Some(first) }).await.unwrap();
+        let mut client = FederationClient::new(channel(url).await);
+        let rx = client
+            .connect(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        RawPeer { tx, rx }
+    }
+
+    pub async fn next(&mut self) -> Option<coordinator_message::Msg> {
+        tokio::time::timeout(Duration::from_secs(30), self.rx.message())
+            .await
+            .expect("nothing from the coordinator within 30 s")
+            .ok()
+            .flatten()
+            .and_then(|m| m.msg)
+    }
+
+    pub async fn send_result(&self, result: v1::TaskResult) {
+        let _ = self
+            .tx
+            .send(ClientMessage {
+                msg: Some(client_message::Msg::Result(result)),
+            })
+            .await;
+    }
+}
+
+/// Path of a workspace binary, built once per test run so it is never stale.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    // target/<profile>/deps/integration-HASH -> target/<profile>/NAME
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--quiet", "--bins", "-p", "shoal-coordinator", "-p", "shoal-client"]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cannot run cargo to build the binaries");
+        assert!(status.success(), "building the binaries failed");
+    });
+    let path = dir.join(name);
+    assert!(path.exists(), "{} not found", path.display());
+    path
+}
