@@ -29,12 +29,19 @@ async fn three_clients_accuracy_rises_over_five_rounds() {
     )
     .await;
     let (info, rounds) = finish(&mut jobs, &id, 60).await;
-    assert_eq!(info.status, v1::JobStatus::Finished as i32, "{}", info.error);
+    assert_eq!(
+        info.status,
+        v1::JobStatus::Finished as i32,
+        "{}",
+        info.error
+    );
     assert_eq!(rounds.len(), 5);
     let acc: Vec<f64> = rounds.iter().map(|r| r.test_accuracy.unwrap()).collect();
     assert!(acc[4] > acc[0], "test accuracy per round: {acc:?}");
     assert!(acc[4] > 0.85, "final test accuracy {}", acc[4]);
-    assert!(rounds.iter().all(|r| r.clients == 3 && r.fed_accuracy.is_some()));
+    assert!(rounds
+        .iter()
+        .all(|r| r.clients == 3 && r.fed_accuracy.is_some()));
     assert!(rounds.iter().all(|r| r.bytes_up > 0 && r.bytes_down > 0));
 
     // The run folder holds the documented files.
@@ -61,25 +68,45 @@ async fn a_client_that_disconnects_mid_round_does_not_hang_it() {
     let clients: Vec<_> = (0..3)
         .map(|i| start_client(&tc.url, Builtin::Digits, Partitioner::Iid, i, 3))
         .collect();
-    let mut quitter = RawPeer::connect(&tc.url, "quitter", shoal_proto::PROTOCOL_VERSION, Builtin::Digits).await;
-    assert!(matches!(quitter.next().await, Some(coordinator_message::Msg::Welcome(_))));
+    let mut quitter = RawPeer::connect(
+        &tc.url,
+        "quitter",
+        shoal_proto::PROTOCOL_VERSION,
+        Builtin::Digits,
+    )
+    .await;
+    assert!(matches!(
+        quitter.next().await,
+        Some(coordinator_message::Msg::Welcome(_))
+    ));
     tc.wait_clients(4).await;
     let mut jobs = tc.jobs().await;
     // A long grace after quorum: if the departure went unnoticed the round would sit out 60 s and
     // the 30 s bound below would fail the test.
     let id = submit(
         &mut jobs,
-        &digits_job(2, 3, "wait_after_quorum_secs = 60\nround_timeout_secs = 120\n"),
+        &digits_job(
+            2,
+            3,
+            "wait_after_quorum_secs = 60\nround_timeout_secs = 120\n",
+        ),
     )
     .await;
     // The quitter receives its Fit task, then vanishes mid-round.
     match quitter.next().await {
-        Some(coordinator_message::Msg::Task(t)) => assert!(matches!(t.kind, Some(task::Kind::Fit(_)))),
+        Some(coordinator_message::Msg::Task(t)) => {
+            assert!(matches!(t.kind, Some(task::Kind::Fit(_))))
+        }
         other => panic!("expected a task, got {other:?}"),
     }
     drop(quitter);
     let (info, rounds) = finish(&mut jobs, &id, 30).await;
-    assert_eq!(info.status, v1::JobStatus::Finished as i32, "{}", info.error);
+    assert_eq!(
+        info.status,
+        v1::JobStatus::Finished as i32,
+        "{}",
+        info.error
+    );
     assert_eq!((rounds[0].clients_selected, rounds[0].clients), (4, 3));
     assert_eq!((rounds[1].clients_selected, rounds[1].clients), (3, 3));
     for (stop, _) in clients {
@@ -96,26 +123,43 @@ async fn a_wrong_protocol_version_is_rejected_with_both_versions() {
         Some(coordinator_message::Msg::Reject(r)) => {
             assert!(r.reason.contains("999"), "{}", r.reason);
             assert!(
-                r.reason.contains(&shoal_proto::PROTOCOL_VERSION.to_string()),
+                r.reason
+                    .contains(&shoal_proto::PROTOCOL_VERSION.to_string()),
                 "{}",
                 r.reason
             );
-            assert_eq!(r.coordinator_protocol_version, shoal_proto::PROTOCOL_VERSION);
+            assert_eq!(
+                r.coordinator_protocol_version,
+                shoal_proto::PROTOCOL_VERSION
+            );
         }
         other => panic!("expected Reject, got {other:?}"),
     }
     assert!(peer.next().await.is_none(), "the stream ends after Reject");
-    assert!(tc.coord.registry().is_empty(), "a rejected client is not registered");
+    assert!(
+        tc.coord.registry().is_empty(),
+        "a rejected client is not registered"
+    );
     tc.stop().await;
 }
 
 /// A peer that answers every Fit task with a corrupted update and refuses to evaluate.
-async fn corrupt_peer(url: &str, name: &str, corrupt: fn(&mut v1::Tensor)) -> tokio::task::JoinHandle<()> {
-    let mut peer = RawPeer::connect(url, name, shoal_proto::PROTOCOL_VERSION, Builtin::Digits).await;
-    assert!(matches!(peer.next().await, Some(coordinator_message::Msg::Welcome(_))));
+async fn corrupt_peer(
+    url: &str,
+    name: &str,
+    corrupt: fn(&mut v1::Tensor),
+) -> tokio::task::JoinHandle<()> {
+    let mut peer =
+        RawPeer::connect(url, name, shoal_proto::PROTOCOL_VERSION, Builtin::Digits).await;
+    assert!(matches!(
+        peer.next().await,
+        Some(coordinator_message::Msg::Welcome(_))
+    ));
     tokio::spawn(async move {
         while let Some(msg) = peer.next().await {
-            let coordinator_message::Msg::Task(t) = msg else { continue };
+            let coordinator_message::Msg::Task(t) = msg else {
+                continue;
+            };
             let outcome = match t.kind {
                 Some(task::Kind::Fit(_)) => {
                     let mut params = t.parameters.clone().unwrap();
@@ -156,16 +200,28 @@ async fn updates_with_wrong_shape_or_nan_are_rejected_and_the_round_completes() 
     .await;
     tc.wait_clients(4).await;
     let mut jobs = tc.jobs().await;
-    let id = submit(&mut jobs, &digits_job(3, 4, "wait_after_quorum_secs = 10\n")).await;
+    let id = submit(
+        &mut jobs,
+        &digits_job(3, 4, "wait_after_quorum_secs = 10\n"),
+    )
+    .await;
     let (info, rounds) = finish(&mut jobs, &id, 60).await;
-    assert_eq!(info.status, v1::JobStatus::Finished as i32, "{}", info.error);
+    assert_eq!(
+        info.status,
+        v1::JobStatus::Finished as i32,
+        "{}",
+        info.error
+    );
     for r in &rounds {
         assert_eq!((r.clients_selected, r.clients), (4, 2), "round {}", r.round);
         // Two bad updates, two refused evaluations.
         assert_eq!(r.rejected, 4, "round {}", r.round);
     }
     let last = rounds.last().unwrap();
-    assert!(last.test_accuracy.unwrap() > 0.8, "the global model stayed healthy: {last:?}");
+    assert!(
+        last.test_accuracy.unwrap() > 0.8,
+        "the global model stayed healthy: {last:?}"
+    );
     for (stop, _) in clients {
         stop.cancel();
     }
@@ -179,7 +235,9 @@ async fn jobs_api_reports_unknown_jobs_and_bad_specs() {
     let tc = TestCoordinator::start().await;
     let mut jobs = tc.jobs().await;
     let err = jobs
-        .get(v1::GetRequest { job_id: "nope".into() })
+        .get(v1::GetRequest {
+            job_id: "nope".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
@@ -195,11 +253,122 @@ async fn jobs_api_reports_unknown_jobs_and_bad_specs() {
 
     // A queued job waiting for clients can be cancelled, and Watch then ends.
     let id = submit(&mut jobs, &digits_job(3, 2, "")).await;
-    jobs.cancel(v1::CancelRequest { job_id: id.clone() }).await.unwrap();
+    jobs.cancel(v1::CancelRequest { job_id: id.clone() })
+        .await
+        .unwrap();
     let (info, rounds) = finish(&mut jobs, &id, 20).await;
     assert_eq!(info.status, v1::JobStatus::Cancelled as i32);
     assert!(rounds.is_empty());
     let list = jobs.list(v1::ListRequest {}).await.unwrap().into_inner();
     assert_eq!(list.jobs.len(), 1);
+    tc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_gets_heartbeats_and_is_dropped() {
+    let tc = TestCoordinator::start_with(shoal_coordinator::CoordinatorConfig {
+        heartbeat_interval: std::time::Duration::from_millis(100),
+        heartbeat_timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let mut peer = RawPeer::connect(
+        &tc.url,
+        "mute",
+        shoal_proto::PROTOCOL_VERSION,
+        Builtin::Iris,
+    )
+    .await;
+    assert!(matches!(
+        peer.next().await,
+        Some(coordinator_message::Msg::Welcome(_))
+    ));
+    assert!(matches!(
+        peer.next().await,
+        Some(coordinator_message::Msg::Heartbeat(_))
+    ));
+    // The peer never answers; after the heartbeat timeout the coordinator drops it and ends its
+    // stream.
+    let mut changes = tc.coord.registry().subscribe();
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !tc.coord.registry().is_empty() {
+            changes.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("a silent client was never dropped");
+    while let Some(msg) = peer.next().await {
+        assert!(matches!(msg, coordinator_message::Msg::Heartbeat(_)));
+    }
+    tc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_client_with_a_taken_name_is_told_to_retry_and_bad_hellos_are_rejected() {
+    let tc = TestCoordinator::start().await;
+    let mut first = RawPeer::connect(
+        &tc.url,
+        "twin",
+        shoal_proto::PROTOCOL_VERSION,
+        Builtin::Iris,
+    )
+    .await;
+    assert!(matches!(
+        first.next().await,
+        Some(coordinator_message::Msg::Welcome(_))
+    ));
+    let hello = |name: &str, classes: usize| {
+        v1::client_message::Msg::Hello(v1::Hello {
+            protocol_version: shoal_proto::PROTOCOL_VERSION,
+            client_name: name.into(),
+            token: String::new(),
+            datasets: vec![v1::DatasetInfo {
+                name: "iris".into(),
+                train_examples: 10,
+                test_examples: 2,
+                feature_names: vec!["a".into(); 4],
+                class_names: (0..classes).map(|i| i.to_string()).collect(),
+            }],
+        })
+    };
+    let err = match RawPeer::try_with_first(&tc.url, hello("twin", 3)).await {
+        Ok(_) => panic!("a second `twin` was let in"),
+        Err(e) => e,
+    };
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    assert!(err.message().contains("twin"), "{}", err.message());
+    // A Hello that would size the model at will is rejected with the reason.
+    let mut greedy = RawPeer::with_first(&tc.url, hello("greedy", 1_000_000)).await;
+    match greedy.next().await {
+        Some(coordinator_message::Msg::Reject(r)) => {
+            assert!(r.reason.contains("classes"), "{}", r.reason)
+        }
+        other => panic!("expected Reject, got {other:?}"),
+    }
+    // A first message that is not a Hello is rejected too.
+    let mut rude = RawPeer::with_first(
+        &tc.url,
+        v1::client_message::Msg::Heartbeat(v1::Heartbeat { unix_ms: 1 }),
+    )
+    .await;
+    assert!(matches!(
+        rude.next().await,
+        Some(coordinator_message::Msg::Reject(_))
+    ));
+    // Once the first `twin` leaves, the name is free again.
+    drop(first);
+    let mut changes = tc.coord.registry().subscribe();
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !tc.coord.registry().is_empty() {
+            changes.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let mut again = RawPeer::with_first(&tc.url, hello("twin", 3)).await;
+    assert!(matches!(
+        again.next().await,
+        Some(coordinator_message::Msg::Welcome(_))
+    ));
     tc.stop().await;
 }

@@ -35,7 +35,10 @@ impl Proc {
             if let Some(status) = self.0.try_wait().unwrap() {
                 return status;
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "process ignored SIGTERM");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "process ignored SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -53,13 +56,26 @@ fn text(b: &[u8]) -> String {
 fn three_processes_complete_a_ten_round_job() {
     let tmp = tempfile::tempdir().unwrap();
     let shards = tmp.path().join("shards");
-    let out = run(Command::new(bin("shoal-coordinator")).args([
-        "partition", "--dataset", "digits", "--clients", "2", "--scheme", "dirichlet:0.5",
-        "--seed", "42", "--out",
-    ]).arg(&shards));
+    let out = run(Command::new(bin("shoal-coordinator"))
+        .args([
+            "partition",
+            "--dataset",
+            "digits",
+            "--clients",
+            "2",
+            "--scheme",
+            "dirichlet:0.5",
+            "--seed",
+            "42",
+            "--out",
+        ])
+        .arg(&shards));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let table = text(&out.stdout);
-    assert!(table.contains("client-0") && table.contains("client-1") && table.contains("test"), "{table}");
+    assert!(
+        table.contains("client-0") && table.contains("client-1") && table.contains("test"),
+        "{table}"
+    );
 
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
@@ -79,8 +95,17 @@ fn three_processes_complete_a_ten_round_job() {
         .map(|i| {
             Proc(
                 Command::new(bin("shoal-client"))
-                    .args(["--coordinator", &url, "--name", &format!("host-{i}"), "--data"])
-                    .arg(format!("mydigits={}", shards.join(format!("client-{i}.csv")).display()))
+                    .args([
+                        "--coordinator",
+                        &url,
+                        "--name",
+                        &format!("host-{i}"),
+                        "--data",
+                    ])
+                    .arg(format!(
+                        "mydigits={}",
+                        shards.join(format!("client-{i}.csv")).display()
+                    ))
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()
@@ -111,26 +136,45 @@ fn three_processes_complete_a_ten_round_job() {
         std::thread::sleep(Duration::from_millis(200));
     };
     let stdout = text(&submitted.stdout);
-    assert!(submitted.status.success(), "{stdout}\n{}", text(&submitted.stderr));
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("round ")).count(), 10, "{stdout}");
+    assert!(
+        submitted.status.success(),
+        "{stdout}\n{}",
+        text(&submitted.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("round ")).count(),
+        10,
+        "{stdout}"
+    );
     let id = stdout
         .split_whitespace()
         .nth(2)
         .expect("`submitted job ID` line")
         .to_string();
 
-    let status = run(Command::new(bin("shoal-coordinator")).args(["job", "status", &id, "--coordinator", &url]));
+    let status = run(Command::new(bin("shoal-coordinator")).args([
+        "job",
+        "status",
+        &id,
+        "--coordinator",
+        &url,
+    ]));
     let status_text = text(&status.stdout);
     assert!(status.status.success());
-    assert!(status_text.contains("finished") && status_text.contains("rounds 10/10"), "{status_text}");
+    assert!(
+        status_text.contains("finished") && status_text.contains("rounds 10/10"),
+        "{status_text}"
+    );
 
-    let csv = std::fs::read_to_string(tmp.path().join("runs").join(&id).join("metrics.csv")).unwrap();
+    let csv =
+        std::fs::read_to_string(tmp.path().join("runs").join(&id).join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 11, "header + 10 rows:\n{csv}");
     let last: Vec<&str> = csv.lines().last().unwrap().split(',').collect();
     let test_acc: f64 = last[5].parse().unwrap();
     assert!(test_acc > 0.85, "final test accuracy {test_acc}");
 
-    let list = run(Command::new(bin("shoal-coordinator")).args(["job", "list", "--coordinator", &url]));
+    let list =
+        run(Command::new(bin("shoal-coordinator")).args(["job", "list", "--coordinator", &url]));
     assert!(text(&list.stdout).contains(&id));
 
     // SIGTERM: everyone exits cleanly.
@@ -146,7 +190,10 @@ fn fails_with(cmd: &mut Command, needles: &[&str]) {
     let stderr = text(&out.stderr);
     assert!(!out.status.success(), "{cmd:?} succeeded");
     assert!(!stderr.contains("panicked"), "{cmd:?} panicked: {stderr}");
-    let first = stderr.lines().find(|l| l.starts_with("error")).unwrap_or_else(|| panic!("{cmd:?}: no error line in {stderr:?}"));
+    let first = stderr
+        .lines()
+        .find(|l| l.starts_with("error"))
+        .unwrap_or_else(|| panic!("{cmd:?}: no error line in {stderr:?}"));
     for n in needles {
         assert!(first.contains(n), "{cmd:?}: {first:?} lacks {n:?}");
     }
@@ -160,20 +207,63 @@ fn bad_input_gets_a_one_line_error_naming_it() {
     let coord = bin("shoal-coordinator");
     let client = bin("shoal-client");
 
-    fails_with(Command::new(&client).arg("--data").arg(format!("d={}", bad.display())), &["bad.csv:3", "oops", "b"]);
-    fails_with(Command::new(&client).args(["--data", "d=/no/such/file.csv"]), &["/no/such/file.csv"]);
-    fails_with(Command::new(&client).args(["--builtin", "mnist", "--shard", "0/2"]), &["unknown dataset `mnist`"]);
-    fails_with(Command::new(&client).args(["--builtin", "digits", "--shard", "5/2"]), &["--shard"]);
-    fails_with(Command::new(&coord).args(["simulate", "--dataset", "nope"]), &["unknown dataset `nope`"]);
-    fails_with(Command::new(&coord).args(["simulate", "--partition", "dirichlet:-1"]), &["dirichlet"]);
-    fails_with(Command::new(&coord).args(["simulate", "--clients", "0"]), &["--clients"]);
-    fails_with(Command::new(&coord).args(["simulate", "--model", "resnet"]), &["unknown model `resnet`"]);
-    fails_with(Command::new(&coord).args(["simulate", "--clients", "abc"]), &["abc"]);
+    fails_with(
+        Command::new(&client)
+            .arg("--data")
+            .arg(format!("d={}", bad.display())),
+        &["bad.csv:3", "oops", "b"],
+    );
+    fails_with(
+        Command::new(&client).args(["--data", "d=/no/such/file.csv"]),
+        &["/no/such/file.csv"],
+    );
+    fails_with(
+        Command::new(&client).args(["--builtin", "mnist", "--shard", "0/2"]),
+        &["unknown dataset `mnist`"],
+    );
+    fails_with(
+        Command::new(&client).args(["--builtin", "digits", "--shard", "5/2"]),
+        &["--shard"],
+    );
+    fails_with(
+        Command::new(&coord).args(["simulate", "--dataset", "nope"]),
+        &["unknown dataset `nope`"],
+    );
+    fails_with(
+        Command::new(&coord).args(["simulate", "--partition", "dirichlet:-1"]),
+        &["dirichlet"],
+    );
+    fails_with(
+        Command::new(&coord).args(["simulate", "--clients", "0"]),
+        &["--clients"],
+    );
+    fails_with(
+        Command::new(&coord).args(["simulate", "--model", "resnet"]),
+        &["unknown model `resnet`"],
+    );
+    fails_with(
+        Command::new(&coord).args(["simulate", "--clients", "abc"]),
+        &["abc"],
+    );
     let job = tmp.path().join("job.toml");
     std::fs::write(&job, "kind = \"train\"\nrounds = -3\n").unwrap();
-    fails_with(Command::new(&coord).args(["simulate", "--job"]).arg(&job), &["job.toml", "rounds"]);
     fails_with(
-        Command::new(&coord).args(["partition", "--dataset", "digits", "--clients", "3", "--scheme", "bogus", "--out"]).arg(tmp.path()),
+        Command::new(&coord).args(["simulate", "--job"]).arg(&job),
+        &["job.toml", "rounds"],
+    );
+    fails_with(
+        Command::new(&coord)
+            .args([
+                "partition",
+                "--dataset",
+                "digits",
+                "--clients",
+                "3",
+                "--scheme",
+                "bogus",
+                "--out",
+            ])
+            .arg(tmp.path()),
         &["bogus"],
     );
     // Nothing listens on port 1.
@@ -182,7 +272,54 @@ fn bad_input_gets_a_one_line_error_naming_it() {
         &["cannot reach the coordinator at http://127.0.0.1:1"],
     );
     fails_with(
-        Command::new(&client).args(["--coordinator", "http://127.0.0.1:1", "--builtin", "iris", "--shard", "0/2", "--give-up-after", "1"]),
+        Command::new(&client).args([
+            "--coordinator",
+            "http://127.0.0.1:1",
+            "--builtin",
+            "iris",
+            "--shard",
+            "0/2",
+            "--give-up-after",
+            "1",
+        ]),
         &["cannot reach the coordinator at http://127.0.0.1:1"],
     );
+}
+
+/// Last `test_accuracy` of a run folder's metrics.csv, and its row count.
+fn final_test_accuracy(metrics: &std::path::Path) -> (usize, f64) {
+    let csv = std::fs::read_to_string(metrics).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    let last: Vec<&str> = rows.last().unwrap().split(',').collect();
+    (rows.len(), last[5].parse().unwrap())
+}
+
+/// The README's first command, as a user runs it: 30 rounds of digits over 10 non-IID clients.
+#[test]
+fn default_simulation_meets_its_accuracy_targets() {
+    for (partition, target) in [("dirichlet:0.5", 0.93), ("iid", 0.94)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = run(Command::new(bin("shoal-coordinator"))
+            .args(["simulate", "--partition", partition, "--out"])
+            .arg(tmp.path()));
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+        assert_eq!(
+            stdout.lines().filter(|l| l.starts_with("round ")).count(),
+            30
+        );
+        assert!(stdout.contains("centralized baseline"), "{stdout}");
+        let run_dir = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let (rows, acc) = final_test_accuracy(&run_dir.join("metrics.csv"));
+        assert_eq!(rows, 30);
+        assert!(
+            acc >= target,
+            "{partition}: final test accuracy {acc} < {target}"
+        );
+    }
 }

@@ -31,11 +31,16 @@ pub struct TestCoordinator {
 
 impl TestCoordinator {
     pub async fn start() -> Self {
+        Self::start_with(CoordinatorConfig::default()).await
+    }
+
+    /// Starts with `config`; its run folders go to a temporary directory.
+    pub async fn start_with(config: CoordinatorConfig) -> Self {
         let runs = tempfile::tempdir().unwrap();
         let coord = Coordinator::new(
             CoordinatorConfig {
                 runs_dir: runs.path().to_path_buf(),
-                ..CoordinatorConfig::default()
+                ..config
             },
             Store::in_memory().unwrap(),
         )
@@ -82,7 +87,11 @@ impl TestCoordinator {
 }
 
 pub async fn channel(url: &str) -> Channel {
-    shoal_client::endpoint(url).unwrap().connect().await.unwrap()
+    shoal_client::endpoint(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
 }
 
 /// Starts an in-process client holding shard `i` of `n` of a built-in dataset.
@@ -98,7 +107,8 @@ pub fn start_client(
     let config = ClientConfig::new(url, format!("client-{i}"), catalog);
     let stop = CancellationToken::new();
     let token = stop.clone();
-    let handle = tokio::spawn(async move { shoal_client::run(config, token.cancelled_owned()).await });
+    let handle =
+        tokio::spawn(async move { shoal_client::run(config, token.cancelled_owned()).await });
     (stop, handle)
 }
 
@@ -168,15 +178,19 @@ impl RawPeer {
     }
 
     pub async fn with_first(url: &str, first: client_message::Msg) -> Self {
+        Self::try_with_first(url, first).await.unwrap()
+    }
+
+    /// Opens a stream with `first` as its first message; the coordinator may refuse the stream.
+    pub async fn try_with_first(
+        url: &str,
+        first: client_message::Msg,
+    ) -> Result<Self, tonic::Status> {
         let (tx, rx) = mpsc::channel(16);
         tx.send(ClientMessage { msg: Some(first) }).await.unwrap();
         let mut client = FederationClient::new(channel(url).await);
-        let rx = client
-            .connect(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        RawPeer { tx, rx }
+        let rx = client.connect(ReceiverStream::new(rx)).await?.into_inner();
+        Ok(RawPeer { tx, rx })
     }
 
     pub async fn next(&mut self) -> Option<coordinator_message::Msg> {
@@ -207,11 +221,21 @@ pub fn bin(name: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "--quiet", "--bins", "-p", "shoal-coordinator", "-p", "shoal-client"]);
+        cmd.args([
+            "build",
+            "--quiet",
+            "--bins",
+            "-p",
+            "shoal-coordinator",
+            "-p",
+            "shoal-client",
+        ]);
         if dir.ends_with("release") {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("cannot run cargo to build the binaries");
+        let status = cmd
+            .status()
+            .expect("cannot run cargo to build the binaries");
         assert!(status.success(), "building the binaries failed");
     });
     let path = dir.join(name);

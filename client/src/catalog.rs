@@ -142,6 +142,8 @@ mod tests {
             (d.train.n_rows() + d.test.n_rows()) as u64
         );
         assert!(d.test.n_rows() > 0 && d.train.n_rows() > d.test.n_rows());
-        assert!(c.add_builtin(Builtin::Digits, &Partitioner::Iid, 1, 10, 42).is_err());
+        assert!(c
+            .add_builtin(Builtin::Digits, &Partitioner::Iid, 1, 10, 42)
+            .is_err());
     }
 }

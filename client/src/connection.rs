@@ -173,36 +173,82 @@ async fn session(config: &ClientConfig, endpoint: &Endpoint) -> std::result::Res
     };
     let mut ticker = tokio::time::interval(heartbeat_every);
     ticker.tick().await;
+    // The coordinator beats too: silence for three intervals means it is gone.
+    let silence = heartbeat_every * 3;
+    let idle = tokio::time::sleep(silence);
+    tokio::pin!(idle);
+    // Tasks run on blocking threads, at most one per core; the rest wait their turn.
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    ));
     loop {
         tokio::select! {
             _ = ticker.tick() => {
                 let hb = ClientMessage { msg: Some(client_message::Msg::Heartbeat(Heartbeat { unix_ms: unix_ms() })) };
-                if tx.send(hb).await.is_err() {
+                // A full queue means results are on their way, which says as much as a beat.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(hb) {
                     return Err(lost(true, "outbound stream closed"));
                 }
             }
-            msg = inbound.message() => match msg {
-                Ok(Some(m)) => match m.msg {
-                    Some(coordinator_message::Msg::Task(task)) => {
-                        debug!(task = %task.task_id, "task received");
-                        let catalog = config.catalog.clone();
-                        let tx = tx.clone();
-                        tokio::spawn(async move {
-                            let result = match tokio::task::spawn_blocking(move || executor::execute(&catalog, &task)).await {
-                                Ok(r) => r,
-                                Err(e) => { warn!("task panicked: {e}"); return; }
-                            };
-                            let _ = tx.send(ClientMessage { msg: Some(client_message::Msg::Result(result)) }).await;
-                        });
-                    }
-                    Some(coordinator_message::Msg::Reject(r)) => return Err(Session::Rejected(r.reason)),
-                    Some(coordinator_message::Msg::Heartbeat(_)) | Some(coordinator_message::Msg::Welcome(_)) | None => {}
-                },
-                Ok(None) => return Ok(()),
-                Err(s) => return Err(lost(true, s.message().to_string())),
+            _ = &mut idle => {
+                return Err(lost(true, format!("nothing from the coordinator for {silence:?}")));
+            }
+            msg = inbound.message() => {
+                idle.as_mut().reset(tokio::time::Instant::now() + silence);
+                match msg {
+                    Ok(Some(m)) => match m.msg {
+                        Some(coordinator_message::Msg::Task(task)) => {
+                            debug!(task = %task.task_id, "task received");
+                            tokio::spawn(serve_task(task, config.catalog.clone(), tx.clone(), slots.clone()));
+                        }
+                        Some(coordinator_message::Msg::Reject(r)) => return Err(Session::Rejected(r.reason)),
+                        Some(coordinator_message::Msg::Heartbeat(_)) | Some(coordinator_message::Msg::Welcome(_)) | None => {}
+                    },
+                    Ok(None) => return Ok(()),
+                    Err(s) => return Err(lost(true, s.message().to_string())),
+                }
             }
         }
     }
+}
+
+/// Runs one task when a slot is free and sends its result; a task whose deadline has passed is
+/// dropped (the coordinator no longer waits for it), and a task that panics is answered with an
+/// error so the coordinator need not wait for the deadline.
+async fn serve_task(
+    task: shoal_proto::v1::Task,
+    catalog: Arc<Catalog>,
+    tx: mpsc::Sender<ClientMessage>,
+    slots: Arc<tokio::sync::Semaphore>,
+) {
+    let Ok(_permit) = slots.acquire_owned().await else {
+        return;
+    };
+    if task.deadline_unix_ms != 0 && unix_ms() > task.deadline_unix_ms {
+        warn!(task = %task.task_id, "task expired while queued; skipped");
+        return;
+    }
+    let (task_id, job_id, round) = (task.task_id.clone(), task.job_id.clone(), task.round);
+    let result = match tokio::task::spawn_blocking(move || executor::execute(&catalog, &task)).await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(task = %task_id, "task failed: {e}");
+            shoal_proto::v1::TaskResult {
+                task_id,
+                job_id,
+                round,
+                outcome: Some(shoal_proto::v1::task_result::Outcome::Error(format!(
+                    "internal error in the client: {e}"
+                ))),
+            }
+        }
+    };
+    let _ = tx
+        .send(ClientMessage {
+            msg: Some(client_message::Msg::Result(result)),
+        })
+        .await;
 }
 
 /// An error and its causes on one line (tonic's transport errors hide the useful part in sources).

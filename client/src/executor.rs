@@ -26,14 +26,14 @@ fn run(catalog: &Catalog, task: &v1::Task) -> Result<task_result::Outcome, Strin
         .ok_or_else(|| format!("this client holds no dataset `{}`", task.dataset))?;
     let spec = shoal_proto::model_from_wire(task.model.as_ref()).map_err(|e| e.to_string())?;
     let params = task.parameters.as_ref().ok_or("task without parameters")?;
-    let weights =
-        shoal_proto::weights_from_wire(params, usize::MAX).map_err(|e| e.to_string())?;
+    let weights = shoal_proto::weights_from_wire(params, usize::MAX).map_err(|e| e.to_string())?;
     let model = spec
         .build(local.train.n_features(), task.class_names.len())
         .map_err(|e| e.to_string())?;
     match &task.kind {
         Some(task::Kind::Fit(fit)) => {
-            let cfg = shoal_proto::local_from_wire(fit.local.as_ref()).map_err(|e| e.to_string())?;
+            let cfg =
+                shoal_proto::local_from_wire(fit.local.as_ref()).map_err(|e| e.to_string())?;
             let train = local
                 .train
                 .remap_classes(&task.class_names)
@@ -51,7 +51,8 @@ fn run(catalog: &Catalog, task: &v1::Task) -> Result<task_result::Outcome, Strin
                 .test
                 .remap_classes(&task.class_names)
                 .map_err(|e| e.to_string())?;
-            let stats = model::evaluate(model.as_ref(), &weights, &test).map_err(|e| e.to_string())?;
+            let stats =
+                model::evaluate(model.as_ref(), &weights, &test).map_err(|e| e.to_string())?;
             Ok(task_result::Outcome::Evaluate(v1::EvaluateResult {
                 num_examples: stats.num_examples,
                 loss: stats.loss,

@@ -15,14 +15,23 @@ use shoal_shared::data::partition::Partitioner;
 #[command(name = "shoal-client", version, about)]
 struct Args {
     /// Coordinator address, e.g. http://10.0.0.5:50051.
-    #[arg(long, env = "SHOAL_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "SHOAL_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
     coordinator: String,
     /// This client's unique name in the federation (default: `shard-I` with --shard, else
     /// HOST-PID).
     #[arg(long, env = "SHOAL_CLIENT_NAME")]
     name: Option<String>,
     /// A CSV dataset to serve, as NAME=PATH.csv (repeatable).
-    #[arg(long = "data", value_name = "NAME=PATH.csv", env = "SHOAL_DATA", value_delimiter = ',')]
+    #[arg(
+        long = "data",
+        value_name = "NAME=PATH.csv",
+        env = "SHOAL_DATA",
+        value_delimiter = ','
+    )]
     data: Vec<String>,
     /// Label column of the CSV files (default: the last column).
     #[arg(long, env = "SHOAL_LABEL_COLUMN")]
@@ -48,8 +57,14 @@ fn parse_shard(s: &str) -> anyhow::Result<(usize, usize)> {
     let (i, n) = s
         .split_once('/')
         .with_context(|| format!("--shard `{s}`: expected I/N, e.g. 3/10"))?;
-    let i: usize = i.trim().parse().with_context(|| format!("--shard `{s}`: `{i}` is not a number"))?;
-    let n: usize = n.trim().parse().with_context(|| format!("--shard `{s}`: `{n}` is not a number"))?;
+    let i: usize = i
+        .trim()
+        .parse()
+        .with_context(|| format!("--shard `{s}`: `{i}` is not a number"))?;
+    let n: usize = n
+        .trim()
+        .parse()
+        .with_context(|| format!("--shard `{s}`: `{n}` is not a number"))?;
     if n == 0 || i >= n {
         bail!("--shard `{s}`: I must be in 0..N (0-based) and N at least 1");
     }
@@ -66,7 +81,12 @@ fn build(args: &Args) -> anyhow::Result<ClientConfig> {
         if name.is_empty() {
             bail!("--data `{item}`: the dataset name before `=` is empty");
         }
-        catalog.add_csv(name, &PathBuf::from(path), args.label_column.as_deref(), args.seed)?;
+        catalog.add_csv(
+            name,
+            &PathBuf::from(path),
+            args.label_column.as_deref(),
+            args.seed,
+        )?;
     }
     if let Some(b) = &args.builtin {
         let dataset: Builtin = b.parse()?;
@@ -113,6 +133,7 @@ async fn run() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,h2=warn,tower=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let config = build(&args)?;

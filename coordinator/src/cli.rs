@@ -120,7 +120,11 @@ pub struct PartitionArgs {
 #[derive(Debug, Args)]
 pub struct Remote {
     /// Coordinator address.
-    #[arg(long, env = "SHOAL_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "SHOAL_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub coordinator: String,
 }
 
@@ -215,12 +219,11 @@ async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {
     if let Some(s) = a.seed {
         spec.seed = s;
     }
-    let scheme: Partitioner = a
-        .partition
-        .parse()
-        .context("--partition")?;
-    let dataset: Builtin = spec.dataset.parse().with_context(|| {
-        "simulate runs built-in datasets; for your own CSV use `partition`, `serve` and `shoal-client`"
+    let scheme: Partitioner = a.partition.parse().context("--partition")?;
+    let dataset: Builtin = spec.dataset.parse().map_err(|e| {
+        anyhow::anyhow!(
+            "{e}; simulate runs built-in datasets (for your own CSV use `partition`, `serve` and `shoal-client`)"
+        )
     })?;
     let outcome = simulate(SimulateOptions {
         spec,
@@ -393,7 +396,10 @@ async fn job_cmd(cmd: JobCommand) -> anyhow::Result<i32> {
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            println!("submitted job {} (run folder {})", info.job_id, info.run_dir);
+            println!(
+                "submitted job {} (run folder {})",
+                info.job_id, info.run_dir
+            );
             if watch {
                 return watch_job(&mut c, &info.job_id).await;
             }
@@ -456,7 +462,9 @@ pub async fn watch_job(
         .into_inner();
     while let Some(ev) = stream.message().await.map_err(rpc_error)? {
         match ev.event {
-            Some(v1::watch_event::Event::Round(r)) => println!("{}", round_line(&round_from_wire(&r))),
+            Some(v1::watch_event::Event::Round(r)) => {
+                println!("{}", round_line(&round_from_wire(&r)))
+            }
             Some(v1::watch_event::Event::Finished(j)) => {
                 println!("{}", describe(&j));
                 return Ok(i32::from(j.status != v1::JobStatus::Finished as i32));

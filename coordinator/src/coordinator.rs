@@ -31,8 +31,10 @@ pub struct CoordinatorConfig {
     pub max_message_bytes: usize,
     /// How long a new stream may take to send its `Hello`.
     pub hello_timeout: std::time::Duration,
-    /// Heartbeat interval announced to clients.
+    /// Heartbeat interval announced to clients (the coordinator beats at the same pace).
     pub heartbeat_interval: std::time::Duration,
+    /// A client from which nothing arrives for this long is dropped.
+    pub heartbeat_timeout: std::time::Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -44,6 +46,7 @@ impl Default for CoordinatorConfig {
             max_message_bytes: 64 * 1024 * 1024,
             hello_timeout: std::time::Duration::from_secs(10),
             heartbeat_interval: std::time::Duration::from_secs(5),
+            heartbeat_timeout: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -99,9 +102,9 @@ impl Coordinator {
             return Err(Error::ShuttingDown);
         }
         let id = format!(
-            "{}-{:04x}",
+            "{}-{:08x}",
             chrono::Utc::now().format("%Y%m%d-%H%M%S"),
-            rand::thread_rng().gen::<u16>()
+            rand::thread_rng().gen::<u32>()
         );
         let spec_toml = spec.to_toml();
         let run = RunFolder::create(&self.config.runs_dir, &id, &spec_toml)?;
@@ -116,7 +119,7 @@ impl Coordinator {
             error: None,
             run_dir: run.dir().display().to_string(),
         };
-        self.store.insert_job(&row)?;
+        // The handle exists before the row, so a Watch never sees a queued job without one.
         let cancel = self.shutdown.child_token();
         let (events, _) = broadcast::channel(256);
         self.handles().insert(
@@ -126,11 +129,16 @@ impl Coordinator {
                 events: events.clone(),
             },
         );
+        if let Err(e) = self.store.insert_job(&row) {
+            self.handles().remove(&id);
+            return Err(e);
+        }
         let ctx = JobCtx {
             id: id.clone(),
             spec,
             registry: self.registry.clone(),
             cancel,
+            max_message_bytes: self.config.max_message_bytes,
         };
         let me = self.clone();
         let span = tracing::info_span!("job", job = %id);
@@ -143,17 +151,36 @@ impl Coordinator {
     async fn run_job(
         self: Arc<Self>,
         ctx: JobCtx,
-        mut run: RunFolder,
+        run: RunFolder,
         events: broadcast::Sender<v1::WatchEvent>,
     ) {
         let id = ctx.id.clone();
         if let Err(e) = self.store.set_status(&id, JobStatus::Running, None) {
             error!("cannot record job start: {e}");
         }
-        let outcome = self.train(&ctx, &mut run, &events).await;
+        // The job body runs in its own task so that even a bug that panics ends the job as
+        // failed, with its watchers told, instead of leaving it running forever.
+        let body = {
+            let me = self.clone();
+            let ctx = ctx.clone();
+            let events = events.clone();
+            tokio::spawn(
+                async move {
+                    let mut run = run;
+                    me.train(&ctx, &mut run, &events).await
+                }
+                .in_current_span(),
+            )
+        };
+        let outcome = match body.await {
+            Ok(outcome) => outcome,
+            Err(e) => Err(Error::Job(format!(
+                "internal error: the job task failed: {e}"
+            ))),
+        };
         let (status, message) = match &outcome {
             Ok(_) => (JobStatus::Finished, None),
-            Err(Error::Cancelled) if self.shutdown.is_cancelled() => (
+            Err(_) if self.shutdown.is_cancelled() => (
                 JobStatus::Failed,
                 Some("interrupted: the coordinator shut down".to_string()),
             ),
@@ -162,9 +189,8 @@ impl Coordinator {
         };
         match &outcome {
             Ok(summary) => {
-                for line in summary.lines() {
-                    println!("{line}");
-                }
+                info!(job = %id, rounds = summary.rounds, "job finished");
+                crate::report::print_lines(&summary.lines());
             }
             Err(_) => match &message {
                 Some(m) => error!("job {} failed: {m}", id),
@@ -199,7 +225,7 @@ impl Coordinator {
             params = state.global.num_params(),
             "job started"
         );
-        let mut records: Vec<RoundRecord> = Vec::with_capacity(ctx.spec.rounds as usize);
+        let mut records: Vec<RoundRecord> = Vec::new();
         for round in 1..=ctx.spec.rounds {
             let rec = ctx.run_round(round, &mut state).await?;
             self.store.record_round(&ctx.id, &rec)?;
@@ -242,7 +268,11 @@ impl Coordinator {
         self.store
             .jobs()?
             .iter()
-            .map(|row| Ok(job_to_wire(row, self.store.rounds(&row.id)?.last())))
+            // One job's unreadable rounds must not hide every other job.
+            .map(|row| {
+                let last = self.store.rounds(&row.id).ok().and_then(|mut r| r.pop());
+                Ok(job_to_wire(row, last.as_ref()))
+            })
             .collect()
     }
 

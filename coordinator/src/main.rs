@@ -18,6 +18,7 @@ async fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run_cli(cli).await {
         Ok(code) => std::process::ExitCode::from(code as u8),

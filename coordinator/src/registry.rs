@@ -39,6 +39,16 @@ pub struct Arrived {
     pub bytes: u64,
 }
 
+/// A newly registered session.
+#[derive(Debug)]
+pub struct Registered {
+    pub session: u64,
+    /// What the coordinator pushes to this client; ends when the session is dropped.
+    pub rx: mpsc::Receiver<Result<CoordinatorMessage, Status>>,
+    /// For side traffic (heartbeats) that must not keep a dropped session's stream open.
+    pub weak: mpsc::WeakSender<Result<CoordinatorMessage, Status>>,
+}
+
 /// Why a result was not accepted by the registry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResultRejected {
@@ -50,8 +60,20 @@ pub enum ResultRejected {
 
 /// Why a task could not be dispatched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("client `{0}` is no longer connected")]
+#[error("client `{0}` is gone or not reading its stream")]
 pub struct Disconnected(pub String);
+
+/// Why a client could not register.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    #[error("the coordinator is shutting down")]
+    Closed,
+    #[error("a client named `{name}` is already connected (from {addr:?}); pick another --name, or retry once that session has ended")]
+    NameTaken {
+        name: String,
+        addr: Option<SocketAddr>,
+    },
+}
 
 #[derive(Debug)]
 struct Entry {
@@ -102,24 +124,31 @@ impl Registry {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// Registers a client. A client that reconnects under the same name replaces its old session
-    /// (whose stream then ends and whose open tasks fail). Returns the session number and the
-    /// receiving half of the client's outbound channel, or `None` when the registry is closed.
+    /// Registers a client under `name`. A name can hold one live session: a second client with
+    /// the same name is refused until the first one's stream has ended (a reconnecting client
+    /// retries until the coordinator has noticed its old connection is gone).
     pub fn register(
         &self,
         name: &str,
         datasets: Vec<DatasetInfo>,
         addr: Option<SocketAddr>,
-    ) -> Option<(u64, mpsc::Receiver<Result<CoordinatorMessage, Status>>)> {
+    ) -> Result<Registered, RegisterError> {
         let (tx, rx) = mpsc::channel(OUTBOUND_DEPTH);
+        let weak = tx.downgrade();
         let session = {
             let mut inner = self.lock();
             if inner.closed {
-                return None;
+                return Err(RegisterError::Closed);
+            }
+            if let Some(e) = inner.clients.get(name) {
+                return Err(RegisterError::NameTaken {
+                    name: name.to_string(),
+                    addr: e.addr,
+                });
             }
             inner.next_session += 1;
             let session = inner.next_session;
-            if let Some(old) = inner.clients.insert(
+            inner.clients.insert(
                 name.to_string(),
                 Entry {
                     session,
@@ -127,14 +156,11 @@ impl Registry {
                     addr,
                     tx,
                 },
-            ) {
-                tracing::info!(client = name, old_session = old.session, "client reconnected; old session replaced");
-                drop_pending_of(&mut inner, name, old.session);
-            }
+            );
             session
         };
         self.bump();
-        Some((session, rx))
+        Ok(Registered { session, rx, weak })
     }
 
     /// Removes a client's session (no-op when a newer session has replaced it).
@@ -186,38 +212,36 @@ impl Registry {
         self.changed.subscribe()
     }
 
-    /// Sends `task` to `client` and returns the slot its result will arrive in.
-    pub async fn dispatch(
+    /// Queues `task` on `client`'s stream and returns the slot its result will arrive in. Never
+    /// waits: a client whose queue is full (it stopped reading) counts as gone for this task, so
+    /// one stuck peer cannot stall a round.
+    pub fn dispatch(
         &self,
         client: &str,
         task: Task,
     ) -> Result<oneshot::Receiver<Arrived>, Disconnected> {
         let (slot, rx) = oneshot::channel();
         let task_id = task.task_id.clone();
-        let tx = {
-            let mut inner = self.lock();
-            let entry = inner
-                .clients
-                .get(client)
-                .ok_or_else(|| Disconnected(client.to_string()))?;
-            let (tx, session) = (entry.tx.clone(), entry.session);
-            inner.pending.insert(
-                task_id.clone(),
-                Pending {
-                    client: client.to_string(),
-                    session,
-                    slot,
-                },
-            );
-            tx
-        };
         let msg = CoordinatorMessage {
             msg: Some(coordinator_message::Msg::Task(task)),
         };
-        if tx.send(Ok(msg)).await.is_err() {
-            self.lock().pending.remove(&task_id);
+        let mut inner = self.lock();
+        let entry = inner
+            .clients
+            .get(client)
+            .ok_or_else(|| Disconnected(client.to_string()))?;
+        let session = entry.session;
+        if entry.tx.try_send(Ok(msg)).is_err() {
             return Err(Disconnected(client.to_string()));
         }
+        inner.pending.insert(
+            task_id,
+            Pending {
+                client: client.to_string(),
+                session,
+                slot,
+            },
+        );
         Ok(rx)
     }
 
@@ -295,9 +319,10 @@ mod tests {
     #[tokio::test]
     async fn result_reaches_the_waiter_only_from_the_right_client() {
         let r = Registry::default();
-        let (sa, mut rxa) = r.register("a", ds("d"), None).unwrap();
-        let (sb, _rxb) = r.register("b", ds("d"), None).unwrap();
-        let slot = r.dispatch("a", task("t1")).await.unwrap();
+        let a = r.register("a", ds("d"), None).unwrap();
+        let (sa, mut rxa) = (a.session, a.rx);
+        let sb = r.register("b", ds("d"), None).unwrap().session;
+        let slot = r.dispatch("a", task("t1")).unwrap();
         assert!(rxa.recv().await.is_some(), "task pushed down a's stream");
         let res = TaskResult {
             task_id: "t1".into(),
@@ -319,23 +344,51 @@ mod tests {
     #[tokio::test]
     async fn disconnect_fails_open_tasks_at_once() {
         let r = Registry::default();
-        let (s, _rx) = r.register("a", ds("d"), None).unwrap();
-        let slot = r.dispatch("a", task("t1")).await.unwrap();
+        let reg = r.register("a", ds("d"), None).unwrap();
+        let s = reg.session;
+        let slot = r.dispatch("a", task("t1")).unwrap();
         r.unregister("a", s);
         assert!(slot.await.is_err());
-        assert!(r.dispatch("a", task("t2")).await.is_err());
+        assert!(r.dispatch("a", task("t2")).is_err());
         assert!(r.is_empty());
     }
 
     #[tokio::test]
-    async fn reconnect_replaces_the_old_session() {
+    async fn a_name_holds_one_session_until_it_ends() {
         let r = Registry::default();
-        let (s1, _rx1) = r.register("a", ds("d"), None).unwrap();
-        let (s2, _rx2) = r.register("a", ds("d"), None).unwrap();
-        r.unregister("a", s1); // the old stream's cleanup must not remove the new session
+        let r1 = r.register("a", ds("d"), None).unwrap();
+        assert!(matches!(
+            r.register("a", ds("d"), None),
+            Err(RegisterError::NameTaken { .. })
+        ));
+        r.unregister("a", r1.session);
+        let r2 = r.register("a", ds("d"), None).unwrap();
+        r.unregister("a", r1.session); // a stale cleanup must not remove the new session
         assert_eq!(r.available("d").len(), 1);
-        r.unregister("a", s2);
+        r.unregister("a", r2.session);
         assert!(r.available("d").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_fails_dispatch_instead_of_blocking() {
+        let r = Registry::default();
+        let _reg = r.register("slow", ds("d"), None).unwrap();
+        let mut sent = 0;
+        while r.dispatch("slow", task(&format!("t{sent}"))).is_ok() {
+            sent += 1;
+            assert!(sent <= OUTBOUND_DEPTH, "queue never filled");
+        }
+        assert_eq!(sent, OUTBOUND_DEPTH);
+    }
+
+    #[tokio::test]
+    async fn close_refuses_new_clients() {
+        let r = Registry::default();
+        r.close();
+        assert!(matches!(
+            r.register("a", ds("d"), None),
+            Err(RegisterError::Closed)
+        ));
     }
 
     #[test]

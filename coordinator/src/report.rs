@@ -79,7 +79,18 @@ pub fn print_round(format: LogFormat, job: Option<&str>, r: &RoundRecord) {
             v.to_string()
         }
     };
-    println!("{line}");
+    print_lines(&[line]);
+}
+
+/// Writes lines to stdout; a closed stdout (`| head`) is ignored rather than fatal.
+pub fn print_lines(lines: &[String]) {
+    let mut out = std::io::stdout().lock();
+    for l in lines {
+        if writeln!(out, "{l}").is_err() {
+            return;
+        }
+    }
+    let _ = out.flush();
 }
 
 /// End-of-job summary.
@@ -174,8 +185,14 @@ impl RunFolder {
         let dir = root.join(job_id);
         let ctx = |what: &str| format!("cannot write {what} in run folder {}", dir.display());
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(ctx("the folder"), e))?;
-        std::fs::write(dir.join("spec.toml"), spec_toml).map_err(|e| Error::io(ctx("spec.toml"), e))?;
-        let mut csv = File::create(dir.join("metrics.csv")).map_err(|e| Error::io(ctx("metrics.csv"), e))?;
+        std::fs::write(dir.join("spec.toml"), spec_toml)
+            .map_err(|e| Error::io(ctx("spec.toml"), e))?;
+        // create_new: a second job with the same id must never truncate the first one's metrics.
+        let mut csv = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(dir.join("metrics.csv"))
+            .map_err(|e| Error::io(ctx("metrics.csv"), e))?;
         writeln!(csv, "{CSV_HEADER}").map_err(|e| Error::io(ctx("metrics.csv"), e))?;
         let jsonl = OpenOptions::new()
             .create(true)
@@ -263,7 +280,10 @@ mod tests {
         assert_eq!(lines[0], CSV_HEADER);
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[1].split(',').count(), 9);
-        assert!(lines[2].contains(",,"), "missing test accuracy is an empty cell");
+        assert!(
+            lines[2].contains(",,"),
+            "missing test accuracy is an empty cell"
+        );
         let jsonl = std::fs::read_to_string(tmp.path().join("j1/metrics.jsonl")).unwrap();
         assert_eq!(jsonl.lines().count(), 2);
     }
@@ -271,7 +291,11 @@ mod tests {
     #[test]
     fn summary_picks_the_best_round() {
         let spec = crate::spec::JobSpec::from_toml("kind = \"train\"").unwrap();
-        let s = Summary::from_rounds("j", &spec, &[rec(1, Some(0.5)), rec(2, Some(0.8)), rec(3, Some(0.7))]);
+        let s = Summary::from_rounds(
+            "j",
+            &spec,
+            &[rec(1, Some(0.5)), rec(2, Some(0.8)), rec(3, Some(0.7))],
+        );
         assert_eq!((s.best_round, s.best_accuracy), (Some(2), Some(0.8)));
         assert_eq!(s.final_test_accuracy, Some(0.7));
     }

@@ -73,6 +73,8 @@ pub struct JobCtx {
     pub spec: JobSpec,
     pub registry: Arc<Registry>,
     pub cancel: CancellationToken,
+    /// Largest message the coordinator sends; a task that would exceed it fails the job clearly.
+    pub max_message_bytes: usize,
 }
 
 /// The state a train job carries from round to round.
@@ -255,26 +257,45 @@ impl JobCtx {
         let mut agg = state.strategy.aggregator(&state.global);
         let (mut loss_sum, mut loss_weight) = (0.0f64, 0.0f64);
         let max_elements = state.global.num_params();
+        let announced = announced_sizes(&fit_clients, &self.spec.dataset, |d| d.train_examples);
         let fit_phase = self
-            .phase(round, &fit_clients, &params, &state.facts, fit, quorum, |client, arrived| {
-                let fit = match arrived.result.outcome {
-                    Some(task_result::Outcome::Fit(f)) => f,
-                    Some(task_result::Outcome::Error(e)) => return Err(format!("client error: {e}")),
-                    _ => return Err("expected a fit result".into()),
-                };
-                let params = fit.parameters.as_ref().ok_or("fit result without parameters")?;
-                let w = shoal_proto::weights_from_wire(params, max_elements).map_err(|e| e.to_string())?;
-                state.global.check_same_layout(&w).map_err(|e| e.to_string())?;
-                w.check_finite().map_err(|e| e.to_string())?;
-                if !fit.train_loss.is_finite() {
-                    return Err(format!("non-finite train_loss {}", fit.train_loss));
-                }
-                agg.add(&w, fit.num_examples).map_err(|e| e.to_string())?;
-                loss_sum += fit.train_loss * fit.num_examples as f64;
-                loss_weight += fit.num_examples as f64;
-                tracing::debug!(client, examples = fit.num_examples, "update accepted");
-                Ok(())
-            })
+            .phase(
+                round,
+                &fit_clients,
+                &params,
+                &state.facts,
+                fit,
+                quorum,
+                |client, arrived| {
+                    let fit = match arrived.result.outcome {
+                        Some(task_result::Outcome::Fit(f)) => f,
+                        Some(task_result::Outcome::Error(e)) => {
+                            return Err(format!("client error: {e}"))
+                        }
+                        _ => return Err("expected a fit result".into()),
+                    };
+                    let params = fit
+                        .parameters
+                        .as_ref()
+                        .ok_or("fit result without parameters")?;
+                    let w = shoal_proto::weights_from_wire(params, max_elements)
+                        .map_err(|e| e.to_string())?;
+                    state
+                        .global
+                        .check_same_layout(&w)
+                        .map_err(|e| e.to_string())?;
+                    w.check_finite().map_err(|e| e.to_string())?;
+                    check_count(fit.num_examples, announced.get(client).copied(), "train")?;
+                    if !(fit.train_loss.is_finite() && fit.train_loss.abs() <= MAX_LOSS) {
+                        return Err(format!("implausible train_loss {}", fit.train_loss));
+                    }
+                    agg.add(&w, fit.num_examples).map_err(|e| e.to_string())?;
+                    loss_sum += fit.train_loss * fit.num_examples as f64;
+                    loss_weight += fit.num_examples as f64;
+                    tracing::debug!(client, examples = fit.num_examples, "update accepted");
+                    Ok(())
+                },
+            )
             .await?;
         if fit_phase.accepted < quorum.max(1) {
             return Err(Error::Job(format!(
@@ -294,8 +315,14 @@ impl JobCtx {
         let (mut fed_loss, mut fed_accuracy) = (None, None);
         let mut eval_phase = Phase::default();
         let last = round == self.spec.rounds;
-        if round % self.spec.evaluation.every == 0 || last {
-            let avail = self.wait_available(round, Some(&state.facts)).await?;
+        if round.is_multiple_of(self.spec.evaluation.every) || last {
+            // Evaluate with whoever is here now: a shortfall is reported, not fatal.
+            let avail: Vec<ClientView> = self
+                .registry
+                .available(&self.spec.dataset)
+                .into_iter()
+                .filter(|c| compatible(c, &self.spec.dataset, &state.facts))
+                .collect();
             let eval_clients = sample(
                 &avail,
                 policy.fraction_evaluate,
@@ -304,6 +331,7 @@ impl JobCtx {
             );
             let quorum = (policy.min_evaluate_clients as usize).min(eval_clients.len());
             let params = shoal_proto::weights_to_wire(&state.global);
+            let announced = announced_sizes(&eval_clients, &self.spec.dataset, |d| d.test_examples);
             let (mut l, mut a, mut n) = (0.0f64, 0.0f64, 0.0f64);
             eval_phase = self
                 .phase(
@@ -313,7 +341,7 @@ impl JobCtx {
                     &state.facts,
                     task::Kind::Evaluate(v1::EvaluateTask {}),
                     quorum,
-                    |_, arrived| {
+                    |client, arrived| {
                         let e = match arrived.result.outcome {
                             Some(task_result::Outcome::Evaluate(e)) => e,
                             Some(task_result::Outcome::Error(e)) => {
@@ -321,8 +349,8 @@ impl JobCtx {
                             }
                             _ => return Err("expected an evaluate result".into()),
                         };
-                        if e.num_examples == 0
-                            || !e.loss.is_finite()
+                        check_count(e.num_examples, announced.get(client).copied(), "test")?;
+                        if !(e.loss.is_finite() && e.loss.abs() <= MAX_LOSS)
                             || !(0.0..=1.0).contains(&e.accuracy)
                         {
                             return Err(format!(
@@ -338,7 +366,9 @@ impl JobCtx {
                     },
                 )
                 .await?;
-            if eval_phase.accepted >= quorum.max(1) {
+            if eval_clients.is_empty() {
+                warn!("no client available for federated evaluation");
+            } else if eval_phase.accepted >= quorum.max(1) {
                 fed_loss = Some(l / n);
                 fed_accuracy = Some(a / n);
             } else {
@@ -365,7 +395,11 @@ impl JobCtx {
             rounds_total: self.spec.rounds,
             clients: fit_phase.accepted as u32,
             clients_selected: fit_clients.len() as u32,
-            train_loss: if loss_weight > 0.0 { loss_sum / loss_weight } else { f64::NAN },
+            train_loss: if loss_weight > 0.0 {
+                loss_sum / loss_weight
+            } else {
+                f64::NAN
+            },
             fed_loss,
             fed_accuracy,
             test_accuracy,
@@ -393,7 +427,8 @@ impl JobCtx {
     ) -> Result<Phase> {
         let policy = self.policy();
         let deadline = Instant::now() + secs(policy.round_timeout_secs);
-        let deadline_unix_ms = unix_ms() + (policy.round_timeout_secs * 1000.0) as u64;
+        let deadline_unix_ms =
+            unix_ms().saturating_add((policy.round_timeout_secs * 1000.0) as u64);
         let mut phase = Phase::default();
         let mut waiting = FuturesUnordered::new();
         let mut task_ids = Vec::with_capacity(clients.len());
@@ -412,11 +447,19 @@ impl JobCtx {
                     self.spec.seed,
                     &[round.into(), seed::stable_hash(&c.name), SEED_TASK],
                 ),
-                kind: Some(kind.clone()),
+                kind: Some(kind),
             };
-            phase.bytes_down += prost::Message::encoded_len(&task) as u64;
-            match self.registry.dispatch(&c.name, task).await {
+            let size = prost::Message::encoded_len(&task);
+            if size > self.max_message_bytes {
+                self.registry.forget(&task_ids);
+                return Err(Error::Job(format!(
+                    "a task for round {round} would be {size} bytes, over the maximum message size of {} bytes",
+                    self.max_message_bytes
+                )));
+            }
+            match self.registry.dispatch(&c.name, task) {
                 Ok(slot) => {
+                    phase.bytes_down += size as u64;
                     task_ids.push(task_id);
                     let name = c.name.clone();
                     waiting.push(async move { (name, slot.await) });
@@ -431,6 +474,9 @@ impl JobCtx {
         while !waiting.is_empty() {
             let limit = grace.map_or(deadline, |g| g.min(deadline));
             tokio::select! {
+                // Cancellation first: at shutdown the registry drops every open slot at once, and
+                // those departures must not be mistaken for a lost quorum.
+                biased;
                 _ = self.cancel.cancelled() => {
                     self.registry.forget(&task_ids);
                     return Err(Error::Cancelled);
@@ -476,6 +522,33 @@ impl JobCtx {
         self.registry.forget(&task_ids);
         Ok(phase)
     }
+}
+
+/// Largest absolute loss a result may report; beyond it a weighted mean could overflow.
+const MAX_LOSS: f64 = 1e12;
+
+/// What each client announced in its Hello for `dataset`, by client name.
+fn announced_sizes(
+    clients: &[ClientView],
+    dataset: &str,
+    pick: impl Fn(&v1::DatasetInfo) -> u64,
+) -> std::collections::HashMap<String, u64> {
+    clients
+        .iter()
+        .filter_map(|c| c.dataset(dataset).map(|d| (c.name.clone(), pick(d))))
+        .collect()
+}
+
+/// An example count must be positive and at most what the client announced: otherwise one client
+/// could outweigh all the others in the weighted mean.
+fn check_count(n: u64, announced: Option<u64>, split: &str) -> std::result::Result<(), String> {
+    let limit = announced.unwrap_or(0);
+    if n == 0 || n > limit {
+        return Err(format!(
+            "reports {n} {split} examples; it announced {limit} in its Hello"
+        ));
+    }
+    Ok(())
 }
 
 fn kind_name(kind: &task::Kind) -> &'static str {
@@ -537,7 +610,12 @@ mod tests {
         assert_eq!(sample(&views(3), 0.1, 5, 1).len(), 3);
         assert_eq!(sample(&avail, 0.5, 1, 7), sample(&avail, 0.5, 1, 7));
         let draws: std::collections::HashSet<Vec<String>> = (0..20)
-            .map(|s| sample(&avail, 0.5, 1, s).into_iter().map(|c| c.name).collect())
+            .map(|s| {
+                sample(&avail, 0.5, 1, s)
+                    .into_iter()
+                    .map(|c| c.name)
+                    .collect()
+            })
             .collect();
         assert!(draws.len() > 1, "different seeds pick different clients");
     }

@@ -19,6 +19,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::coordinator::Coordinator;
 use crate::error::Error;
+use crate::registry::RegisterError;
 use crate::spec::JobSpec;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -59,7 +60,7 @@ impl Federation for FederationService {
         let hello = match first {
             Err(_) => {
                 warn!(?peer, "no Hello within the timeout");
-                return Ok(reject(format!(
+                return Err(Status::deadline_exceeded(format!(
                     "expected Hello within {:?}",
                     self.coord.config.hello_timeout
                 )));
@@ -81,16 +82,28 @@ impl Federation for FederationService {
                 hello.protocol_version, PROTOCOL_VERSION
             )));
         }
-        let name = hello.client_name.trim().to_string();
-        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-            return Ok(reject(
-                "client_name must be 1 to 128 printable characters".into(),
-            ));
+        if let Err(reason) = check_hello(&hello) {
+            warn!(?peer, "Hello refused: {reason}");
+            return Ok(reject(reason));
         }
+        let name = hello.client_name.trim().to_string();
         let datasets: Vec<String> = hello.datasets.iter().map(|d| d.name.clone()).collect();
-        let Some((session, rx)) = self.coord.registry.register(&name, hello.datasets, peer) else {
-            return Err(Error::ShuttingDown.into());
+        let reg = match self.coord.registry.register(&name, hello.datasets, peer) {
+            Ok(reg) => reg,
+            Err(RegisterError::Closed) => return Err(Error::ShuttingDown.into()),
+            Err(e @ RegisterError::NameTaken { .. }) => {
+                warn!(?peer, "{e}");
+                // Retryable: the same client reconnecting before its old stream was noticed gone.
+                return Err(Status::already_exists(e.to_string()));
+            }
         };
+        let (session, rx) = (reg.session, reg.rx);
+        let every = self.coord.config.heartbeat_interval;
+        // A peer silent this long is gone (a pulled cable sends no FIN); HTTP/2 keep-alive
+        // catches dead connections, this catches live connections to a hung process.
+        let idle_limit = self.coord.config.heartbeat_timeout;
+        let shutdown = self.coord.shutdown_token().clone();
+        tokio::spawn(heartbeats(reg.weak, every));
         info!(client = %name, ?peer, ?datasets, "client connected");
 
         // Reader: results and heartbeats until the stream ends; then the client is gone.
@@ -100,13 +113,23 @@ impl Federation for FederationService {
         tokio::spawn(
             async move {
                 loop {
-                    match inbound.message().await {
+                    let next = tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        next = tokio::time::timeout(idle_limit, inbound.message()) => next,
+                    };
+                    let Ok(next) = next else {
+                        warn!("nothing received for {idle_limit:?}; dropping the client");
+                        break;
+                    };
+                    match next {
                         Ok(Some(msg)) => {
                             let bytes = msg.encoded_len() as u64;
                             match msg.msg {
                                 Some(client_message::Msg::Result(r)) => {
                                     let task = r.task_id.clone();
-                                    if let Err(e) = registry.complete(&reader_name, session, r, bytes) {
+                                    if let Err(e) =
+                                        registry.complete(&reader_name, session, r, bytes)
+                                    {
                                         warn!(task, "result refused: {e}");
                                     }
                                 }
@@ -141,6 +164,86 @@ impl Federation for FederationService {
             .chain(ReceiverStream::new(rx))
             .take_until(shutdown);
         Ok(Response::new(Box::pin(out)))
+    }
+}
+
+/// Bounds on what a Hello may announce, so a peer cannot size the model or the registry at will.
+pub const MAX_DATASETS: usize = 64;
+pub const MAX_FEATURES: usize = 100_000;
+pub const MAX_CLASSES: usize = 10_000;
+pub const MAX_NAME_LEN: usize = 256;
+
+fn check_name(what: &str, s: &str) -> Result<(), String> {
+    if s.trim().is_empty() || s.len() > MAX_NAME_LEN || s.chars().any(char::is_control) {
+        return Err(format!(
+            "{what} must be 1 to {MAX_NAME_LEN} printable characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a Hello's fields; the error is the Reject reason.
+fn check_hello(hello: &v1::Hello) -> Result<(), String> {
+    check_name("client_name", &hello.client_name)?;
+    if hello.datasets.is_empty() || hello.datasets.len() > MAX_DATASETS {
+        return Err(format!(
+            "a client must announce 1 to {MAX_DATASETS} datasets, found {}",
+            hello.datasets.len()
+        ));
+    }
+    for d in &hello.datasets {
+        check_name("dataset name", &d.name)?;
+        if d.feature_names.is_empty() || d.feature_names.len() > MAX_FEATURES {
+            return Err(format!(
+                "dataset `{}`: 1 to {MAX_FEATURES} features allowed, found {}",
+                d.name,
+                d.feature_names.len()
+            ));
+        }
+        if d.class_names.is_empty() || d.class_names.len() > MAX_CLASSES {
+            return Err(format!(
+                "dataset `{}`: 1 to {MAX_CLASSES} classes allowed, found {} (is the label column right?)",
+                d.name,
+                d.class_names.len()
+            ));
+        }
+        if d.train_examples == 0 || d.test_examples == 0 {
+            return Err(format!(
+                "dataset `{}`: needs train and test examples (found {} and {})",
+                d.name, d.train_examples, d.test_examples
+            ));
+        }
+        for n in d.feature_names.iter().chain(&d.class_names) {
+            if n.len() > MAX_NAME_LEN {
+                return Err(format!(
+                    "dataset `{}`: a feature or class name is longer than {MAX_NAME_LEN} bytes",
+                    d.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends a heartbeat down a client's stream every `every` until its session is dropped.
+async fn heartbeats(
+    weak: tokio::sync::mpsc::WeakSender<Result<CoordinatorMessage, Status>>,
+    every: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(tx) = weak.upgrade() else { return };
+        let beat = CoordinatorMessage {
+            msg: Some(coordinator_message::Msg::Heartbeat(v1::Heartbeat {
+                unix_ms: crate::round::unix_ms(),
+            })),
+        };
+        // A full queue already tells the client the coordinator is alive: skip this beat.
+        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(beat)) {
+            return;
+        }
     }
 }
 
@@ -196,7 +299,9 @@ impl Jobs for JobsService {
         &self,
         request: Request<v1::CancelRequest>,
     ) -> Result<Response<v1::JobInfo>, Status> {
-        Ok(Response::new(self.coord.cancel(&request.into_inner().job_id)?))
+        Ok(Response::new(
+            self.coord.cancel(&request.into_inner().job_id)?,
+        ))
     }
 
     type WatchStream = BoxStream<v1::WatchEvent>;
@@ -221,35 +326,43 @@ impl Jobs for JobsService {
         };
         let coord = self.coord.clone();
         // Live events after the history; a lagging watcher is told how many reports it missed.
-        let tail = tokio_stream::wrappers::BroadcastStream::new(rx)
-            .filter_map(move |item| {
-                let coord = coord.clone();
-                let id = id.clone();
-                async move {
-                    match item {
-                        Ok(ev) => match &ev.event {
-                            Some(v1::watch_event::Event::Round(r)) if r.round <= last_round => None,
-                            _ => Some(Ok(ev)),
-                        },
-                        Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-                            warn!(job = %id, missed = n, "watcher lagged");
-                            coord.job_info(&id).ok().map(|_| {
-                                Err(Status::data_loss(format!("watcher fell behind by {n} reports; run `job status`")))
-                            })
-                        }
+        let tail = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |item| {
+            let coord = coord.clone();
+            let id = id.clone();
+            async move {
+                match item {
+                    Ok(ev) => match &ev.event {
+                        Some(v1::watch_event::Event::Round(r)) if r.round <= last_round => None,
+                        _ => Some(Ok(ev)),
+                    },
+                    Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                        warn!(job = %id, missed = n, "watcher lagged");
+                        coord.job_info(&id).ok().map(|_| {
+                            Err(Status::data_loss(format!(
+                                "watcher fell behind by {n} reports; run `job status`"
+                            )))
+                        })
                     }
                 }
-            });
+            }
+        });
         // End the stream after the job's final event.
         let mut done = false;
         let tail = tail.take_while(move |item| {
             let keep = !done;
-            if matches!(item, Ok(v1::WatchEvent { event: Some(v1::watch_event::Event::Finished(_)) })) {
+            if matches!(
+                item,
+                Ok(v1::WatchEvent {
+                    event: Some(v1::watch_event::Event::Finished(_))
+                })
+            ) {
                 done = true;
             }
             futures::future::ready(keep)
         });
         let shutdown = self.coord.shutdown_token().clone().cancelled_owned();
-        Ok(Response::new(Box::pin(head.chain(tail).take_until(shutdown))))
+        Ok(Response::new(Box::pin(
+            head.chain(tail).take_until(shutdown),
+        )))
     }
 }

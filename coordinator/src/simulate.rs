@@ -139,7 +139,12 @@ async fn drive(url: &str, o: &SimulateOptions) -> anyhow::Result<SimOutcome> {
         if let Some(v1::watch_event::Event::Finished(job)) = ev.event {
             let status = v1::JobStatus::try_from(job.status).unwrap_or(v1::JobStatus::Unspecified);
             if status != v1::JobStatus::Finished {
-                eprintln!("error: job {} {}: {}", job.job_id, status.as_str_name(), job.error);
+                eprintln!(
+                    "error: job {} {}: {}",
+                    job.job_id,
+                    status.as_str_name(),
+                    job.error
+                );
             }
             return Ok(SimOutcome { job, status });
         }

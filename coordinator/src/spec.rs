@@ -115,6 +115,11 @@ impl Default for Evaluation {
     }
 }
 
+/// Upper bounds that keep a spec from asking for the impossible (a billion rounds, a wait of
+/// centuries).
+pub const MAX_ROUNDS: u32 = 1_000_000;
+pub const MAX_WAIT_SECS: f64 = 30.0 * 24.0 * 3600.0;
+
 /// Kinds accepted by `kind`, and the ones still to come.
 const KINDS_PLANNED: [&str; 3] = ["fusion", "diffusion", "automl"];
 
@@ -157,8 +162,8 @@ impl JobSpec {
         if self.dataset.trim().is_empty() {
             return bad("dataset", "must name a dataset".into());
         }
-        if self.rounds == 0 {
-            return bad("rounds", "must be at least 1".into());
+        if !(1..=MAX_ROUNDS).contains(&self.rounds) {
+            return bad("rounds", format!("must be between 1 and {MAX_ROUNDS}"));
         }
         let c = &self.clients;
         for (name, v) in [
@@ -192,8 +197,11 @@ impl JobSpec {
             ("clients.wait_after_quorum_secs", c.wait_after_quorum_secs),
             ("clients.round_timeout_secs", c.round_timeout_secs),
         ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return bad(name, format!("must be a non-negative number, found {v}"));
+            if !(v.is_finite() && (0.0..=MAX_WAIT_SECS).contains(&v)) {
+                return bad(
+                    name,
+                    format!("must be a number of seconds between 0 and {MAX_WAIT_SECS}, found {v}"),
+                );
             }
         }
         if c.round_timeout_secs == 0.0 {
@@ -215,7 +223,8 @@ mod tests {
 
     #[test]
     fn minimal_spec_gets_defaults() {
-        let s = JobSpec::from_toml("kind = \"train\"\ndataset = \"digits\"\nrounds = 10\n").unwrap();
+        let s =
+            JobSpec::from_toml("kind = \"train\"\ndataset = \"digits\"\nrounds = 10\n").unwrap();
         assert_eq!(s.rounds, 10);
         assert_eq!(s.model, ModelSpec::Logreg);
         assert_eq!(s.clients.min_fit_clients, 2);
@@ -239,9 +248,17 @@ mod tests {
         let cases = [
             ("dataset = \"digits\"", "kind"),
             ("kind = \"train\"\nrounds = 0", "rounds"),
+            ("kind = \"train\"\nrounds = 4294967295", "rounds"),
+            (
+                "kind = \"train\"\n[clients]\nround_timeout_secs = 1e17",
+                "round_timeout_secs",
+            ),
             ("kind = \"train\"\nroundz = 3", "roundz"),
             ("kind = \"fusion\"", "not available yet"),
-            ("kind = \"train\"\n[clients]\nfraction_fit = 1.5", "fraction_fit"),
+            (
+                "kind = \"train\"\n[clients]\nfraction_fit = 1.5",
+                "fraction_fit",
+            ),
             ("kind = \"train\"\n[local]\nlr = -1.0", "lr"),
             ("kind = \"train\"\n[model]\nkind = \"resnet\"", "resnet"),
             ("kind = \"train\"\nrounds = \"ten\"", "rounds"),
@@ -256,5 +273,24 @@ mod tests {
     fn json_is_accepted() {
         let s = JobSpec::from_json(r#"{"kind":"train","rounds":3}"#).unwrap();
         assert_eq!(s.rounds, 3);
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The job files shipped in `examples/` stay valid.
+    #[test]
+    fn shipped_examples_parse() {
+        let full = JobSpec::from_toml(include_str!("../../examples/digits.toml")).unwrap();
+        assert_eq!(full.rounds, 30);
+        assert_eq!(
+            full.local,
+            LocalConfig::default(),
+            "digits.toml documents the defaults"
+        );
+        let csv = JobSpec::from_toml(include_str!("../../examples/csv-quickstart.toml")).unwrap();
+        assert_eq!(csv.evaluation.holdout.as_deref(), Some("shards/test.csv"));
     }
 }

@@ -146,7 +146,8 @@ pub fn local_from_wire(c: Option<&v1::LocalTraining>) -> Result<LocalConfig, Wir
         batch_size: c.batch_size,
         lr: c.lr,
     };
-    cfg.check().map_err(|e| invalid("fit.local", e.to_string()))?;
+    cfg.check()
+        .map_err(|e| invalid("fit.local", e.to_string()))?;
     Ok(cfg)
 }
 
@@ -156,8 +157,12 @@ mod tests {
 
     fn sample() -> Weights {
         Weights::new(vec![
-            Tensor::new("weight", vec![2, 3], vec![1.0, -2.5, 3.25, 0.0, f32::MIN, f32::MAX])
-                .unwrap(),
+            Tensor::new(
+                "weight",
+                vec![2, 3],
+                vec![1.0, -2.5, 3.25, 0.0, f32::MIN, f32::MAX],
+            )
+            .unwrap(),
             Tensor::new("bias", vec![3], vec![0.1, 0.2, 0.3]).unwrap(),
         ])
     }
@@ -182,7 +187,10 @@ mod tests {
         p.tensors[0].dtype = 0;
         assert!(weights_from_wire(&p, 100).is_err());
         let p = weights_to_wire(&sample());
-        assert!(weights_from_wire(&p, 8).unwrap_err().to_string().contains("8 elements"));
+        assert!(weights_from_wire(&p, 8)
+            .unwrap_err()
+            .to_string()
+            .contains("8 elements"));
     }
 
     #[test]
@@ -203,7 +211,10 @@ mod tests {
             batch_size: 1,
             lr: 0.1,
         };
-        assert!(local_from_wire(Some(&bad)).unwrap_err().to_string().contains("epochs"));
+        assert!(local_from_wire(Some(&bad))
+            .unwrap_err()
+            .to_string()
+            .contains("epochs"));
         assert!(model_from_wire(None).is_err());
     }
 }

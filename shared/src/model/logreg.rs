@@ -36,7 +36,7 @@ impl LogReg {
         }
         let weight = w.get("weight")?.view2()?;
         let bias = w.get("bias")?.view1()?;
-        Ok(x.dot(&weight) + &bias)
+        Ok(x.dot(&weight) + bias)
     }
 }
 
@@ -55,7 +55,12 @@ impl Model for LogReg {
         Ok(z)
     }
 
-    fn loss_grad(&self, w: &Weights, x: ArrayView2<'_, f32>, y: &[usize]) -> Result<(f32, Weights)> {
+    fn loss_grad(
+        &self,
+        w: &Weights,
+        x: ArrayView2<'_, f32>,
+        y: &[usize],
+    ) -> Result<(f32, Weights)> {
         let n = x.nrows();
         if n == 0 || y.len() != n {
             return Err(Error::Shape {
@@ -149,7 +154,9 @@ mod tests {
     fn wrong_feature_count_is_an_error() {
         let m = LogReg::new(2, 3);
         let w = random_weights(&m, 1);
-        assert!(m.predict_proba(&w, array![[1.0f32, 2.0, 3.0]].view()).is_err());
+        assert!(m
+            .predict_proba(&w, array![[1.0f32, 2.0, 3.0]].view())
+            .is_err());
     }
 
     /// Training on a separable problem drives accuracy up and loss down.
@@ -165,8 +172,13 @@ mod tests {
             x[[i, 1]] = b;
             y.push(usize::from(a + b > 0.0));
         }
-        let data = Dataset::new(x, y, vec!["a".into(), "b".into()], vec!["0".into(), "1".into()])
-            .unwrap();
+        let data = Dataset::new(
+            x,
+            y,
+            vec!["a".into(), "b".into()],
+            vec!["0".into(), "1".into()],
+        )
+        .unwrap();
         let m = LogReg::new(2, 2);
         let w0 = m.init(&mut rng);
         let before = evaluate(&m, &w0, &data).unwrap();

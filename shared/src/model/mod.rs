@@ -77,7 +77,8 @@ pub trait Model: Send + Sync + std::fmt::Debug {
 
     /// Mean cross-entropy over the batch and its gradient with respect to every tensor of `w`
     /// (same layout as `w`).
-    fn loss_grad(&self, w: &Weights, x: ArrayView2<'_, f32>, y: &[usize]) -> Result<(f32, Weights)>;
+    fn loss_grad(&self, w: &Weights, x: ArrayView2<'_, f32>, y: &[usize])
+        -> Result<(f32, Weights)>;
 }
 
 /// Local training settings (the job's `[local]` section).
@@ -89,7 +90,7 @@ pub struct LocalConfig {
     /// Minibatch size.
     pub batch_size: u32,
     /// SGD learning rate.
-    pub lr: f32,
+    pub lr: f64,
 }
 
 impl Default for LocalConfig {
@@ -163,7 +164,7 @@ pub fn train_local(
             let x = data.features.select(Axis(0), batch);
             let y: Vec<usize> = batch.iter().map(|&i| data.labels[i]).collect();
             let (loss, grad) = model.loss_grad(&weights, x.view(), &y)?;
-            weights.add_scaled(-cfg.lr, &grad)?;
+            weights.add_scaled(-(cfg.lr as f32), &grad)?;
             loss_sum += f64::from(loss) * batch.len() as f64;
             seen += batch.len();
         }

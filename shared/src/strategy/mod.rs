@@ -148,7 +148,9 @@ mod tests {
     use crate::tensor::Tensor;
 
     fn w(vals: &[f32]) -> Weights {
-        Weights::new(vec![Tensor::new("w", vec![vals.len()], vals.to_vec()).unwrap()])
+        Weights::new(vec![
+            Tensor::new("w", vec![vals.len()], vals.to_vec()).unwrap()
+        ])
     }
 
     /// FedAvg equals the example-weighted mean computed by hand.
@@ -163,7 +165,10 @@ mod tests {
         let out = s.finish(&global, agg).unwrap();
         // (10*1 + 30*4 + 0)/100 = 1.3 ; (10*2 - 30)/100 = -0.1
         let v: Vec<f32> = out.values().collect();
-        assert!((v[0] - 1.3).abs() < 1e-6 && (v[1] + 0.1).abs() < 1e-6, "{v:?}");
+        assert!(
+            (v[0] - 1.3).abs() < 1e-6 && (v[1] + 0.1).abs() < 1e-6,
+            "{v:?}"
+        );
     }
 
     #[test]
@@ -174,7 +179,10 @@ mod tests {
         assert!(agg.add(&w(&[1.0, 1.0, 1.0]), 5).is_err());
         assert!(agg.add(&w(&[1.0, 1.0]), 0).is_err());
         assert_eq!(agg.count(), 1);
-        assert_eq!(agg.result().unwrap().values().collect::<Vec<_>>(), vec![2.0, 2.0]);
+        assert_eq!(
+            agg.result().unwrap().values().collect::<Vec<_>>(),
+            vec![2.0, 2.0]
+        );
     }
 
     #[test]
@@ -186,6 +194,9 @@ mod tests {
     fn names_round_trip() {
         let s = StrategySpec::from_name("fedavg").unwrap();
         assert_eq!(s.name(), "fedavg");
-        assert!(StrategySpec::from_name("fedsgd").unwrap_err().to_string().contains("fedavg"));
+        assert!(StrategySpec::from_name("fedsgd")
+            .unwrap_err()
+            .to_string()
+            .contains("fedavg"));
     }
 }
