@@ -350,9 +350,10 @@ impl JobCtx {
                             _ => return Err("expected an evaluate result".into()),
                         };
                         check_count(e.num_examples, announced.get(client).copied(), "test")?;
-                        if !(e.loss.is_finite() && e.loss.abs() <= MAX_LOSS)
-                            || !(0.0..=1.0).contains(&e.accuracy)
-                        {
+                        let plausible = e.loss.is_finite()
+                            && e.loss.abs() <= MAX_LOSS
+                            && (0.0..=1.0).contains(&e.accuracy);
+                        if !plausible {
                             return Err(format!(
                                 "implausible evaluation (examples {}, loss {}, accuracy {})",
                                 e.num_examples, e.loss, e.accuracy
