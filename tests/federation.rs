@@ -372,3 +372,58 @@ async fn a_second_client_with_a_taken_name_is_told_to_retry_and_bad_hellos_are_r
     ));
     tc.stop().await;
 }
+
+/// Waits (bounded) until the coordinator has exactly `n` clients.
+async fn wait_for_count(tc: &TestCoordinator, n: usize) {
+    let mut changes = tc.coord.registry().subscribe();
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while tc.coord.registry().len() != n {
+            changes.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never saw {n} clients"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_wait_for_a_late_coordinator_and_reconnect_after_a_restart() {
+    // Reserve a port, release it, and start the client first: nothing listens yet.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("http://{addr}");
+    let (stop, handle) = start_client(&url, Builtin::Iris, Partitioner::Iid, 0, 2);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let tc = TestCoordinator::start_on(&addr.to_string(), Default::default()).await;
+    wait_for_count(&tc, 1).await;
+    tc.stop().await;
+
+    // A new coordinator on the same address: the client finds it again by itself.
+    let tc = TestCoordinator::start_on(&addr.to_string(), Default::default()).await;
+    wait_for_count(&tc, 1).await;
+    stop.cancel();
+    handle.await.unwrap().unwrap();
+    tc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holdout_the_coordinator_cannot_read_is_refused_at_submission() {
+    let tc = TestCoordinator::start().await;
+    let mut jobs = tc.jobs().await;
+    let err = jobs
+        .submit(v1::SubmitRequest {
+            spec: "kind = \"train\"\ndataset = \"mine\"\n[evaluation]\nholdout = \"/no/such/test.csv\"\n".into(),
+            format: "toml".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("/no/such/test.csv"),
+        "{}",
+        err.message()
+    );
+    tc.stop().await;
+}

@@ -323,3 +323,45 @@ fn default_simulation_meets_its_accuracy_targets() {
         );
     }
 }
+
+#[test]
+fn json_round_lines_parse_and_carry_the_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(Command::new(bin("shoal-coordinator"))
+        .args([
+            "simulate",
+            "--dataset",
+            "iris",
+            "--clients",
+            "3",
+            "--partition",
+            "iid",
+            "--rounds",
+            "3",
+            "--log-format",
+            "json",
+            "--out",
+        ])
+        .arg(tmp.path()));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rounds: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rounds.len(), 3, "{stdout}");
+    for (i, r) in rounds.iter().enumerate() {
+        assert_eq!(r["round"], i as u64 + 1);
+        assert_eq!(r["clients"], 3);
+        for key in [
+            "train_loss",
+            "fed_accuracy",
+            "test_accuracy",
+            "bytes_up",
+            "seconds",
+        ] {
+            assert!(r[key].is_number(), "{r} lacks a number for {key}");
+        }
+    }
+}

@@ -36,6 +36,11 @@ impl TestCoordinator {
 
     /// Starts with `config`; its run folders go to a temporary directory.
     pub async fn start_with(config: CoordinatorConfig) -> Self {
+        Self::start_on("127.0.0.1:0", config).await
+    }
+
+    /// Starts on a given address (to restart a coordinator where its clients expect it).
+    pub async fn start_on(addr: &str, config: CoordinatorConfig) -> Self {
         let runs = tempfile::tempdir().unwrap();
         let coord = Coordinator::new(
             CoordinatorConfig {
@@ -45,7 +50,7 @@ impl TestCoordinator {
             Store::in_memory().unwrap(),
         )
         .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();
         let server = tokio::spawn(shoal_coordinator::server::serve(

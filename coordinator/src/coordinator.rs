@@ -101,6 +101,14 @@ impl Coordinator {
         if self.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
+        // Paths in the spec are the coordinator's: check them now, not rounds later.
+        if let Some(path) = &spec.evaluation.holdout {
+            if let Err(e) = std::fs::metadata(path) {
+                return Err(Error::InvalidSpec(format!(
+                    "`evaluation.holdout` = \"{path}\" cannot be read on the coordinator: {e}"
+                )));
+            }
+        }
         let id = format!(
             "{}-{:08x}",
             chrono::Utc::now().format("%Y%m%d-%H%M%S"),

@@ -42,3 +42,19 @@ pub mod store;
 
 pub use coordinator::{Coordinator, CoordinatorConfig};
 pub use error::{Error, Result};
+
+#[cfg(test)]
+mod autotraits {
+    use super::*;
+
+    fn has_autotraits<T: Send + Sync + Unpin>() {}
+
+    #[test]
+    fn shared_state_has_autotraits() {
+        has_autotraits::<Coordinator>();
+        has_autotraits::<registry::Registry>();
+        has_autotraits::<store::Store>();
+        has_autotraits::<round::JobCtx>();
+        has_autotraits::<Error>();
+    }
+}

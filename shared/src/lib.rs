@@ -36,3 +36,20 @@ pub mod strategy;
 pub mod tensor;
 
 pub use error::{Error, Result};
+
+#[cfg(test)]
+mod autotraits {
+    /// Types that cross tasks and threads must stay `Send + Sync + Unpin`.
+    fn has_autotraits<T: Send + Sync + Unpin>() {}
+
+    #[test]
+    fn core_types_have_autotraits() {
+        has_autotraits::<crate::data::Dataset>();
+        has_autotraits::<crate::tensor::Weights>();
+        has_autotraits::<crate::model::LogReg>();
+        has_autotraits::<Box<dyn crate::model::Model>>();
+        has_autotraits::<Box<dyn crate::strategy::Strategy>>();
+        has_autotraits::<Box<dyn crate::strategy::Aggregator>>();
+        has_autotraits::<crate::Error>();
+    }
+}
