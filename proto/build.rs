@@ -15,6 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // callers build channels themselves (timeouts, keep-alive).
     tonic_prost_build::configure()
         .build_transport(false)
+        // Tensor bytes as `Bytes`: the same global model goes into every client's task, and a
+        // clone of `Bytes` shares the buffer instead of copying the model N times.
+        .bytes(".shoal.v1.Tensor.data")
         .compile_fds(fds)?;
     Ok(())
 }

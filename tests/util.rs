@@ -71,16 +71,16 @@ impl TestCoordinator {
         JobsClient::new(channel(&self.url).await)
     }
 
-    /// Waits until `n` clients are connected (bounded).
+    /// Waits (at most 20 s) until exactly `n` clients are connected.
     pub async fn wait_clients(&self, n: usize) {
         let mut changes = self.coord.registry().subscribe();
         tokio::time::timeout(Duration::from_secs(20), async {
-            while self.coord.registry().len() < n {
+            while self.coord.registry().len() != n {
                 changes.changed().await.unwrap();
             }
         })
         .await
-        .expect("clients did not connect within 20 s");
+        .unwrap_or_else(|_| panic!("never saw {n} connected clients within 20 s"));
     }
 
     pub async fn stop(mut self) {

@@ -252,7 +252,7 @@ async fn serve_task(
 }
 
 /// An error and its causes on one line (tonic's transport errors hide the useful part in sources).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {

@@ -322,13 +322,10 @@ pub fn partition_table(shards: &[Dataset], test: &Dataset) -> String {
 async fn connect_jobs(url: &str) -> anyhow::Result<JobsClient<tonic::transport::Channel>> {
     let endpoint = shoal_client::endpoint(url)?;
     let channel = endpoint.connect().await.map_err(|e| {
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            msg = format!("{msg}: {s}");
-            src = s.source();
-        }
-        anyhow::anyhow!("cannot reach the coordinator at {url}: {msg}")
+        anyhow::anyhow!(
+            "cannot reach the coordinator at {url}: {}",
+            shoal_client::connection::error_chain(&e)
+        )
     })?;
     Ok(JobsClient::new(channel))
 }

@@ -59,7 +59,7 @@ pub fn weights_to_wire(w: &Weights) -> v1::Parameters {
                     name: t.name.clone(),
                     dtype: v1::Dtype::F32 as i32,
                     shape: t.shape.iter().map(|&d| d as u64).collect(),
-                    data,
+                    data: data.into(),
                 }
             })
             .collect(),
@@ -176,7 +176,7 @@ mod tests {
     #[test]
     fn truncated_bytes_are_rejected_with_the_tensor_name() {
         let mut p = weights_to_wire(&sample());
-        p.tensors[1].data.pop();
+        p.tensors[1].data.truncate(11);
         let err = weights_from_wire(&p, 100).unwrap_err().to_string();
         assert!(err.contains("`bias`"), "{err}");
     }
