@@ -168,6 +168,7 @@ async fn corrupt_peer(
                         parameters: Some(params),
                         num_examples: 100,
                         train_loss: 0.5,
+                        control_delta: None,
                     })
                 }
                 _ => task_result::Outcome::Error("this peer does not evaluate".into()),

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::catalog::Catalog;
 use crate::error::{ClientError, Result};
-use crate::executor;
+use crate::executor::Executor;
 
 /// Settings of one client.
 #[derive(Debug, Clone)]
@@ -28,6 +28,8 @@ pub struct ClientConfig {
     /// Unique name of this client in the federation.
     pub name: String,
     pub catalog: Arc<Catalog>,
+    /// Test-only: corrupt every update (see [`crate::attack`]).
+    pub attack: Option<crate::Attack>,
     /// First reconnect delay; doubles up to `max_backoff`.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
@@ -42,6 +44,7 @@ impl ClientConfig {
             coordinator: coordinator.into(),
             name: name.into(),
             catalog: Arc::new(catalog),
+            attack: None,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
             give_up_after: None,
@@ -76,6 +79,8 @@ pub async fn run(config: ClientConfig, shutdown: impl Future<Output = ()>) -> Re
     }
     let endpoint = endpoint(&config.coordinator)?;
     let span = tracing::info_span!("client", client = %config.name);
+    // Lives across reconnects: per-job client state (SCAFFOLD's c_i) survives a dropped stream.
+    let executor = Arc::new(Executor::new(config.catalog.clone(), config.attack));
     async move {
         tokio::pin!(shutdown);
         let mut backoff = config.initial_backoff;
@@ -83,7 +88,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future<Output = ()>) -> Re
         loop {
             let outcome = tokio::select! {
                 _ = &mut shutdown => return Ok(()),
-                o = session(&config, &endpoint) => o,
+                o = session(&config, &endpoint, &executor) => o,
             };
             match outcome {
                 Ok(()) => {
@@ -134,7 +139,11 @@ fn lost(connected: bool, message: impl Into<String>) -> Session {
 }
 
 /// One connection: Hello, Welcome, then tasks until the stream ends.
-async fn session(config: &ClientConfig, endpoint: &Endpoint) -> std::result::Result<(), Session> {
+async fn session(
+    config: &ClientConfig,
+    endpoint: &Endpoint,
+    executor: &Arc<Executor>,
+) -> std::result::Result<(), Session> {
     let channel: Channel = endpoint
         .connect()
         .await
@@ -199,7 +208,7 @@ async fn session(config: &ClientConfig, endpoint: &Endpoint) -> std::result::Res
                     Ok(Some(m)) => match m.msg {
                         Some(coordinator_message::Msg::Task(task)) => {
                             debug!(task = %task.task_id, "task received");
-                            tokio::spawn(serve_task(task, config.catalog.clone(), tx.clone(), slots.clone()));
+                            tokio::spawn(serve_task(task, executor.clone(), tx.clone(), slots.clone()));
                         }
                         Some(coordinator_message::Msg::Reject(r)) => return Err(Session::Rejected(r.reason)),
                         Some(coordinator_message::Msg::Heartbeat(_)) | Some(coordinator_message::Msg::Welcome(_)) | None => {}
@@ -217,7 +226,7 @@ async fn session(config: &ClientConfig, endpoint: &Endpoint) -> std::result::Res
 /// error so the coordinator need not wait for the deadline.
 async fn serve_task(
     task: shoal_proto::v1::Task,
-    catalog: Arc<Catalog>,
+    executor: Arc<Executor>,
     tx: mpsc::Sender<ClientMessage>,
     slots: Arc<tokio::sync::Semaphore>,
 ) {
@@ -229,8 +238,7 @@ async fn serve_task(
         return;
     }
     let (task_id, job_id, round) = (task.task_id.clone(), task.job_id.clone(), task.round);
-    let result = match tokio::task::spawn_blocking(move || executor::execute(&catalog, &task)).await
-    {
+    let result = match tokio::task::spawn_blocking(move || executor.execute(&task)).await {
         Ok(r) => r,
         Err(e) => {
             warn!(task = %task_id, "task failed: {e}");

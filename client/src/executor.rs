@@ -1,64 +1,181 @@
 //! Runs one task against the local data: pure and synchronous, called through `spawn_blocking`.
 
-use shoal_proto::v1::{self, task, task_result};
-use shoal_shared::model;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
+use shoal_proto::v1::{self, task, task_result};
+use shoal_shared::model::{self, Objective};
+use shoal_shared::tensor::Weights;
+
+use crate::attack::Attack;
 use crate::catalog::Catalog;
 
-/// Runs `task` and returns its result; any failure becomes a result carrying the reason, so the
-/// coordinator learns why instead of waiting for the deadline.
-pub fn execute(catalog: &Catalog, task: &v1::Task) -> v1::TaskResult {
-    let outcome = match run(catalog, task) {
-        Ok(o) => o,
-        Err(e) => task_result::Outcome::Error(e),
-    };
-    v1::TaskResult {
-        task_id: task.task_id.clone(),
-        job_id: task.job_id.clone(),
-        round: task.round,
-        outcome: Some(outcome),
-    }
+/// How many jobs' SCAFFOLD control variates a client keeps (oldest dropped first).
+const MAX_CONTROL_JOBS: usize = 32;
+
+/// Executes tasks; keeps the per-job state a client owns across rounds (SCAFFOLD's c_i).
+#[derive(Debug)]
+pub struct Executor {
+    catalog: Arc<Catalog>,
+    attack: Option<Attack>,
+    /// job id -> (client control variate, last round it was used)
+    controls: Mutex<HashMap<String, (Weights, u32)>>,
 }
 
-fn run(catalog: &Catalog, task: &v1::Task) -> Result<task_result::Outcome, String> {
-    let local = catalog
-        .get(&task.dataset)
-        .ok_or_else(|| format!("this client holds no dataset `{}`", task.dataset))?;
-    let spec = shoal_proto::model_from_wire(task.model.as_ref()).map_err(|e| e.to_string())?;
-    let params = task.parameters.as_ref().ok_or("task without parameters")?;
-    let weights = shoal_proto::weights_from_wire(params, usize::MAX).map_err(|e| e.to_string())?;
-    let model = spec
-        .build(local.train.n_features(), task.class_names.len())
-        .map_err(|e| e.to_string())?;
-    match &task.kind {
-        Some(task::Kind::Fit(fit)) => {
-            let cfg =
-                shoal_proto::local_from_wire(fit.local.as_ref()).map_err(|e| e.to_string())?;
-            let train = local
-                .train
-                .remap_classes(&task.class_names)
-                .map_err(|e| e.to_string())?;
-            let (w, stats) = model::train_local(model.as_ref(), weights, &train, &cfg, task.seed)
-                .map_err(|e| e.to_string())?;
-            Ok(task_result::Outcome::Fit(v1::FitResult {
-                parameters: Some(shoal_proto::weights_to_wire(&w)),
-                num_examples: stats.num_examples,
-                train_loss: stats.loss,
-            }))
+impl Executor {
+    pub fn new(catalog: Arc<Catalog>, attack: Option<Attack>) -> Self {
+        Executor {
+            catalog,
+            attack,
+            controls: Mutex::new(HashMap::new()),
         }
-        Some(task::Kind::Evaluate(_)) => {
-            let test = local
-                .test
-                .remap_classes(&task.class_names)
-                .map_err(|e| e.to_string())?;
-            let stats =
-                model::evaluate(model.as_ref(), &weights, &test).map_err(|e| e.to_string())?;
-            Ok(task_result::Outcome::Evaluate(v1::EvaluateResult {
-                num_examples: stats.num_examples,
-                loss: stats.loss,
-                accuracy: stats.accuracy,
-            }))
+    }
+
+    /// Runs `task` and returns its result; any failure becomes a result carrying the reason, so
+    /// the coordinator learns why instead of waiting for the deadline.
+    pub fn execute(&self, task: &v1::Task) -> v1::TaskResult {
+        let outcome = match self.run(task) {
+            Ok(o) => o,
+            Err(e) => task_result::Outcome::Error(e),
+        };
+        v1::TaskResult {
+            task_id: task.task_id.clone(),
+            job_id: task.job_id.clone(),
+            round: task.round,
+            outcome: Some(outcome),
         }
-        None => Err("task without a kind".into()),
+    }
+
+    fn run(&self, task: &v1::Task) -> Result<task_result::Outcome, String> {
+        let local = self
+            .catalog
+            .get(&task.dataset)
+            .ok_or_else(|| format!("this client holds no dataset `{}`", task.dataset))?;
+        let spec = shoal_proto::model_from_wire(task.model.as_ref()).map_err(|e| e.to_string())?;
+        let params = task.parameters.as_ref().ok_or("task without parameters")?;
+        let global =
+            shoal_proto::weights_from_wire(params, usize::MAX).map_err(|e| e.to_string())?;
+        let model = spec
+            .build(local.train.n_features(), task.class_names.len())
+            .map_err(|e| e.to_string())?;
+        let err = |e: shoal_shared::Error| e.to_string();
+        match &task.kind {
+            Some(task::Kind::Fit(fit)) => {
+                let cfg =
+                    shoal_proto::local_from_wire(fit.local.as_ref()).map_err(|e| e.to_string())?;
+                let train = local.train.remap_classes(&task.class_names).map_err(err)?;
+                let control = match &fit.control {
+                    Some(c) => Some(
+                        shoal_proto::weights_from_wire(c, usize::MAX).map_err(|e| e.to_string())?,
+                    ),
+                    None => None,
+                };
+                // SCAFFOLD: correct every step by c - c_i (c_i starts at zero for a new job).
+                let (c_i, correction) = match &control {
+                    Some(c) => {
+                        global.check_same_layout(c).map_err(err)?;
+                        let c_i = self
+                            .control_of(&task.job_id)
+                            .unwrap_or_else(|| global.zeros_like());
+                        let mut corr = c.clone();
+                        corr.add_scaled(-1.0, &c_i).map_err(err)?;
+                        (Some(c_i), Some(corr))
+                    }
+                    None => (None, None),
+                };
+                let objective = Objective {
+                    anchor: (cfg.proximal_mu > 0.0).then_some(&global),
+                    correction: correction.as_ref(),
+                };
+                let (mut w, stats) = model::train_local(
+                    model.as_ref(),
+                    global.clone(),
+                    &train,
+                    &cfg,
+                    task.seed,
+                    &objective,
+                )
+                .map_err(err)?;
+                let control_delta = match (control, c_i) {
+                    (Some(c), Some(c_i)) => {
+                        // Option II of Karimireddy et al.: c_i+ = c_i - c + (x - y) / (K * lr).
+                        let scale = 1.0 / (stats.steps.max(1) as f64 * cfg.lr) as f32;
+                        let mut delta = global.clone();
+                        delta.add_scaled(-1.0, &w).map_err(err)?;
+                        for v in delta.values_mut() {
+                            *v *= scale;
+                        }
+                        delta.add_scaled(-1.0, &c).map_err(err)?;
+                        let mut new_ci = c_i;
+                        new_ci.add_scaled(1.0, &delta).map_err(err)?;
+                        self.store_control(&task.job_id, task.round, new_ci);
+                        Some(shoal_proto::weights_to_wire(&delta))
+                    }
+                    _ => None,
+                };
+                if let Some(attack) = &self.attack {
+                    attack.apply(&global, &mut w, task.seed);
+                }
+                Ok(task_result::Outcome::Fit(v1::FitResult {
+                    parameters: Some(shoal_proto::weights_to_wire(&w)),
+                    num_examples: stats.num_examples,
+                    train_loss: stats.loss,
+                    control_delta,
+                }))
+            }
+            Some(task::Kind::Evaluate(eval)) => {
+                let test = local.test.remap_classes(&task.class_names).map_err(err)?;
+                let stats = model::evaluate(model.as_ref(), &global, &test).map_err(err)?;
+                let personalized_accuracy = if eval.personalize_epochs > 0 {
+                    let mut cfg = shoal_proto::local_from_wire(eval.local.as_ref())
+                        .map_err(|e| e.to_string())?;
+                    cfg.epochs = eval.personalize_epochs;
+                    let train = local.train.remap_classes(&task.class_names).map_err(err)?;
+                    let (w, _) = model::train_local(
+                        model.as_ref(),
+                        global.clone(),
+                        &train,
+                        &cfg,
+                        task.seed,
+                        &Objective::default(),
+                    )
+                    .map_err(err)?;
+                    Some(
+                        model::evaluate(model.as_ref(), &w, &test)
+                            .map_err(err)?
+                            .accuracy,
+                    )
+                } else {
+                    None
+                };
+                Ok(task_result::Outcome::Evaluate(v1::EvaluateResult {
+                    num_examples: stats.num_examples,
+                    loss: stats.loss,
+                    accuracy: stats.accuracy,
+                    classes_present: test.classes_present() as u32,
+                    personalized_accuracy,
+                }))
+            }
+            None => Err("task without a kind".into()),
+        }
+    }
+
+    fn control_of(&self, job: &str) -> Option<Weights> {
+        let controls = self.controls.lock().unwrap_or_else(|p| p.into_inner());
+        controls.get(job).map(|(w, _)| w.clone())
+    }
+
+    fn store_control(&self, job: &str, round: u32, c_i: Weights) {
+        let mut controls = self.controls.lock().unwrap_or_else(|p| p.into_inner());
+        controls.insert(job.to_string(), (c_i, round));
+        if controls.len() > MAX_CONTROL_JOBS {
+            if let Some(oldest) = controls
+                .iter()
+                .min_by_key(|(_, (_, r))| *r)
+                .map(|(k, _)| k.clone())
+            {
+                controls.remove(&oldest);
+            }
+        }
     }
 }

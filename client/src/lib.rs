@@ -2,7 +2,7 @@
 //!
 //! A client holds private data in a [`Catalog`] (CSV files or its own shard of a built-in dataset),
 //! opens one long-lived stream to the coordinator ([`run`] with a [`ClientConfig`]), and answers each
-//! task with [`executor::execute`]: local training or evaluation. Rows never leave the process; only
+//! task with [`executor::Executor`]: local training or evaluation. Rows never leave the process; only
 //! parameters and metrics do. The stream is re-opened with exponential backoff and jitter whenever
 //! it breaks.
 //!
@@ -23,11 +23,13 @@
 //! // shoal_client::run(config, shutdown_future).await connects and serves tasks.
 //! ```
 
+pub mod attack;
 pub mod catalog;
 pub mod connection;
 pub mod error;
 pub mod executor;
 
+pub use attack::Attack;
 pub use catalog::Catalog;
 pub use connection::{endpoint, run, ClientConfig};
 pub use error::{ClientError, Result};

@@ -48,6 +48,10 @@ struct Args {
     /// Seed of the partition and of the local train/test split.
     #[arg(long, env = "SHOAL_SEED", default_value_t = 42)]
     seed: u64,
+    /// TEST ONLY, for robustness experiments: corrupt every update this client sends
+    /// (sign-flip, scale:K, gaussian:SIGMA). Never use in a real federation.
+    #[arg(long, env = "SHOAL_ATTACK", value_name = "MODE")]
+    attack: Option<String>,
     /// Exit with an error after this many seconds without a connection (default: keep trying).
     #[arg(long, env = "SHOAL_GIVE_UP_AFTER", value_name = "SECS")]
     give_up_after: Option<u64>,
@@ -109,7 +113,18 @@ fn build(args: &Args) -> anyhow::Result<ClientConfig> {
         format!("{host}-{}", std::process::id())
     });
     shoal_client::endpoint(&args.coordinator)?;
+    let attack = match &args.attack {
+        Some(a) => Some(
+            a.parse::<shoal_client::Attack>()
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
     let mut config = ClientConfig::new(args.coordinator.clone(), name, catalog);
+    config.attack = attack;
+    if let Some(a) = attack {
+        tracing::warn!(attack = %a, "TEST ONLY: this client corrupts every update it sends");
+    }
     config.give_up_after = args.give_up_after.map(Duration::from_secs);
     Ok(config)
 }

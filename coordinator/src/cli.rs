@@ -38,6 +38,35 @@ pub enum Command {
     /// Submit, inspect, watch and cancel jobs on a running coordinator.
     #[command(subcommand)]
     Job(JobCommand),
+    /// Run a study: many simulations, one table and chart.
+    #[command(subcommand)]
+    Study(StudyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StudyCommand {
+    /// Digits over α ∈ {0.1, 0.5, 1.0, iid} × {fedavg, fedprox, fedadam, scaffold, fedmedian}:
+    /// final and best test accuracy as a markdown table, accuracy per round as a chart.
+    Noniid {
+        #[arg(long, default_value_t = 50)]
+        rounds: u32,
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        /// Model: logreg or mlp.
+        #[arg(long, default_value = "mlp")]
+        model: String,
+        /// Hidden layer widths of the mlp.
+        #[arg(long, default_value = "64")]
+        hidden: String,
+        /// Strategies to compare (comma-separated).
+        #[arg(long, default_value = "fedavg,fedprox,fedadam,scaffold,fedmedian")]
+        strategies: String,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Where noniid.md, noniid.csv, noniid.svg and the run folders go.
+        #[arg(long, default_value = "study")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -73,12 +102,23 @@ pub struct SimulateArgs {
     /// How the dataset is split over clients: iid, dirichlet:ALPHA, shards:K, quantity:ALPHA.
     #[arg(long, default_value = "dirichlet:0.5")]
     pub partition: String,
-    /// Model: logreg [default: logreg].
+    /// Model: logreg, mlp [default: logreg].
     #[arg(long)]
     pub model: Option<String>,
-    /// Aggregation strategy: fedavg [default: fedavg].
+    /// Hidden layer widths of an mlp, e.g. 64 or 128,64 (implies --model mlp).
+    #[arg(long, value_name = "W1,W2,...")]
+    pub hidden: Option<String>,
+    /// Aggregation strategy with its default hyperparameters (set them in a job file's [strategy]):
+    /// fedavg, fedavgm, fedprox, fedadagrad, fedadam, fedyogi, fedmedian, fedtrimmedavg, krum,
+    /// multikrum, scaffold [default: fedavg].
     #[arg(long)]
     pub strategy: Option<String>,
+    /// TEST ONLY: make the first N clients malicious (see --attack).
+    #[arg(long, default_value_t = 0)]
+    pub attackers: usize,
+    /// TEST ONLY: how malicious clients corrupt their updates: sign-flip, scale:K, gaussian:SIGMA.
+    #[arg(long, default_value = "sign-flip", value_name = "MODE")]
+    pub attack: String,
     /// Number of rounds [default: 30].
     #[arg(long)]
     pub rounds: Option<u32>,
@@ -171,6 +211,40 @@ pub async fn run_cli(cli: Cli) -> anyhow::Result<i32> {
         Command::Simulate(a) => simulate_cmd(a).await,
         Command::Partition(a) => partition_cmd(&a).map(|_| 0),
         Command::Job(j) => job_cmd(j).await,
+        Command::Study(s) => study_cmd(s).await.map(|_| 0),
+    }
+}
+
+async fn study_cmd(cmd: StudyCommand) -> anyhow::Result<()> {
+    match cmd {
+        StudyCommand::Noniid {
+            rounds,
+            clients,
+            model,
+            hidden,
+            strategies,
+            seed,
+            out,
+        } => {
+            let mut study = crate::study::NonIidStudy::default_grid(out);
+            study.model = match model.as_str() {
+                "mlp" => shoal_shared::model::ModelSpec::from_parts(
+                    "mlp",
+                    &shoal_shared::model::ModelSpec::parse_hidden(&hidden)?,
+                )?,
+                other => shoal_shared::model::ModelSpec::from_name(other)?,
+            };
+            study.strategies = strategies
+                .split(',')
+                .map(|n| shoal_shared::strategy::StrategySpec::from_name(n.trim()))
+                .collect::<Result<_, _>>()?;
+            (study.rounds, study.clients, study.seed) = (rounds, clients, seed);
+            if rounds == 0 || clients == 0 {
+                bail!("--rounds and --clients must be at least 1");
+            }
+            crate::study::run_noniid(&study).await?;
+            Ok(())
+        }
     }
 }
 
@@ -210,6 +284,13 @@ async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {
     if let Some(m) = &a.model {
         spec.model = shoal_shared::model::ModelSpec::from_name(m)?;
     }
+    if let Some(h) = &a.hidden {
+        let hidden = shoal_shared::model::ModelSpec::parse_hidden(h)?;
+        if a.model.as_deref().is_some_and(|m| m != "mlp") {
+            bail!("--hidden applies to --model mlp only");
+        }
+        spec.model = shoal_shared::model::ModelSpec::Mlp { hidden };
+    }
     if let Some(s) = &a.strategy {
         spec.strategy = shoal_shared::strategy::StrategySpec::from_name(s)?;
     }
@@ -220,6 +301,22 @@ async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {
         spec.seed = s;
     }
     let scheme: Partitioner = a.partition.parse().context("--partition")?;
+    let attack = if a.attackers > 0 {
+        if a.attackers > a.clients {
+            bail!(
+                "--attackers {} exceeds --clients {}",
+                a.attackers,
+                a.clients
+            );
+        }
+        Some(
+            a.attack
+                .parse::<shoal_client::Attack>()
+                .map_err(anyhow::Error::msg)?,
+        )
+    } else {
+        None
+    };
     let dataset: Builtin = spec.dataset.parse().map_err(|e| {
         anyhow::anyhow!(
             "{e}; simulate runs built-in datasets (for your own CSV use `partition`, `serve` and `shoal-client`)"
@@ -233,6 +330,9 @@ async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {
         out: a.out,
         state_dir: a.state_dir,
         log_format: a.log_format,
+        attackers: a.attackers,
+        attack,
+        quiet: false,
     })
     .await?;
     Ok(if outcome.status == v1::JobStatus::Finished {

@@ -27,6 +27,8 @@ pub struct CoordinatorConfig {
     pub log_format: LogFormat,
     /// Prefix round lines with the job id (useful when several jobs share one log).
     pub prefix_job_id: bool,
+    /// Print round lines and summaries on stdout at all.
+    pub print_rounds: bool,
     /// Largest gRPC message accepted or sent.
     pub max_message_bytes: usize,
     /// How long a new stream may take to send its `Hello`.
@@ -43,6 +45,7 @@ impl Default for CoordinatorConfig {
             runs_dir: PathBuf::from("runs"),
             log_format: LogFormat::Text,
             prefix_job_id: true,
+            print_rounds: true,
             max_message_bytes: 64 * 1024 * 1024,
             hello_timeout: std::time::Duration::from_secs(10),
             heartbeat_interval: std::time::Duration::from_secs(5),
@@ -198,7 +201,9 @@ impl Coordinator {
         match &outcome {
             Ok(summary) => {
                 info!(job = %id, rounds = summary.rounds, "job finished");
-                crate::report::print_lines(&summary.lines());
+                if self.config.print_rounds {
+                    crate::report::print_lines(&summary.lines());
+                }
             }
             Err(_) => match &message {
                 Some(m) => error!("job {} failed: {m}", id),
@@ -239,13 +244,17 @@ impl Coordinator {
             self.store.record_round(&ctx.id, &rec)?;
             run.append(&rec)?;
             let job = self.config.prefix_job_id.then_some(ctx.id.as_str());
-            print_round(self.config.log_format, job, &rec);
+            if self.config.print_rounds {
+                print_round(self.config.log_format, job, &rec);
+            }
             let _ = events.send(v1::WatchEvent {
                 event: Some(watch_event::Event::Round(round_to_wire(&ctx.id, &rec))),
             });
             records.push(rec);
         }
+        let table = ctx.client_table(&state).await?;
         let mut summary = Summary::from_rounds(&ctx.id, &ctx.spec, &records);
+        summary.clients = table;
         if let (Some(b), true) = (
             state.facts.builtin,
             ctx.spec.evaluation.centralized_baseline,
@@ -262,6 +271,7 @@ impl Coordinator {
             }),
         )?;
         run.write_json("summary.json", &summary)?;
+        run.write_client_table(&summary.clients)?;
         Ok(summary)
     }
 
@@ -352,7 +362,14 @@ async fn centralized_baseline(
     };
     let res = tokio::task::spawn_blocking(move || -> shoal_shared::Result<f64> {
         let pool = b.train_pool()?;
-        let (w, _) = shoal_shared::model::train_local(model.as_ref(), init, &pool, &local, seed)?;
+        let (w, _) = shoal_shared::model::train_local(
+            model.as_ref(),
+            init,
+            &pool,
+            &local,
+            seed,
+            &shoal_shared::model::Objective::default(),
+        )?;
         Ok(shoal_shared::model::evaluate(model.as_ref(), &w, &holdout)?.accuracy)
     })
     .await;

@@ -19,6 +19,7 @@
 //! - `store.rs`: SQLite state
 //! - `report.rs`: round lines, run folders, summaries
 //! - `simulate.rs`: the one-process federation
+//! - `study.rs`: the non-IID study (every strategy × partition, table and chart)
 //! - `error.rs`: [`Error`] and its mapping to `tonic::Status`
 //!
 //! # Example
@@ -39,6 +40,7 @@ pub mod services;
 pub mod simulate;
 pub mod spec;
 pub mod store;
+pub mod study;
 
 pub use coordinator::{Coordinator, CoordinatorConfig};
 pub use error::{Error, Result};

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::round::RoundRecord;
+use crate::round::{ClientRow, RoundRecord};
 
 /// The exact header of `metrics.csv`.
 pub const CSV_HEADER: &str =
@@ -111,6 +111,8 @@ pub struct Summary {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub seconds: f64,
+    /// The final global model as each client sees it.
+    pub clients: Vec<ClientRow>,
 }
 
 impl Summary {
@@ -138,6 +140,7 @@ impl Summary {
             bytes_up: rounds.iter().map(|r| r.bytes_up).sum(),
             bytes_down: rounds.iter().map(|r| r.bytes_down).sum(),
             seconds: rounds.iter().map(|r| r.seconds).sum(),
+            clients: Vec::new(),
         }
     }
 
@@ -167,8 +170,49 @@ impl Summary {
                 "  centralized baseline (same model, pooled train rows) test_acc {c:.3}"
             ));
         }
+        if !self.clients.is_empty() {
+            out.extend(client_table_lines(&self.clients));
+        }
         out
     }
+}
+
+/// The per-client table: who the final global model serves badly.
+pub fn client_table_lines(rows: &[ClientRow]) -> Vec<String> {
+    let personal = rows.iter().any(|r| r.personalized_accuracy.is_some());
+    let width = rows
+        .iter()
+        .map(|r| r.client.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let mut head = format!(
+        "  {:<width$}  {:>8}  {:>7}  {:>8}",
+        "client", "examples", "classes", "accuracy"
+    );
+    if personal {
+        head.push_str("  personalized");
+    }
+    let mut out = vec![head];
+    for r in rows {
+        let mut line = format!(
+            "  {:<width$}  {:>8}  {:>7}  {:>8.3}",
+            r.client, r.examples, r.classes_present, r.accuracy
+        );
+        if let Some(p) = r.personalized_accuracy {
+            line.push_str(&format!("  {p:>12.3}"));
+        }
+        out.push(line);
+    }
+    if let Some(worst) = rows.iter().min_by(|a, b| a.accuracy.total_cmp(&b.accuracy)) {
+        out.push(format!(
+            "  worst served: {} ({:.3}); spread {:.3}",
+            worst.client,
+            worst.accuracy,
+            rows.iter().map(|r| r.accuracy).fold(f64::MIN, f64::max) - worst.accuracy
+        ));
+    }
+    out
 }
 
 /// A job's run folder.
@@ -227,6 +271,26 @@ impl RunFolder {
         let json = serde_json::to_string(r).unwrap_or_default();
         writeln!(self.jsonl, "{json}").map_err(|e| Error::io(ctx("metrics.jsonl"), e))?;
         Ok(())
+    }
+
+    /// Writes `clients.csv`: the end-of-job per-client table.
+    pub fn write_client_table(&self, rows: &[ClientRow]) -> Result<()> {
+        let mut text =
+            String::from("client,examples,classes_present,accuracy,personalized_accuracy\n");
+        for r in rows {
+            text.push_str(&format!(
+                "{},{},{},{:.6},{}\n",
+                r.client,
+                r.examples,
+                r.classes_present,
+                r.accuracy,
+                r.personalized_accuracy
+                    .map_or_else(String::new, |p| format!("{p:.6}"))
+            ));
+        }
+        let path = self.dir.join("clients.csv");
+        std::fs::write(&path, text)
+            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
     }
 
     /// Writes a JSON document into the folder.

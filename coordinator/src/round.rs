@@ -15,6 +15,7 @@ use shoal_shared::data::builtin::Builtin;
 use shoal_shared::data::{self, Dataset};
 use shoal_shared::model::{self, Model};
 use shoal_shared::seed;
+use shoal_shared::strategy::Strategy;
 use shoal_shared::tensor::Weights;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -83,7 +84,20 @@ pub struct TrainState {
     pub facts: DataFacts,
     pub model: Arc<dyn Model>,
     pub global: Weights,
-    pub strategy: Box<dyn shoal_shared::strategy::Strategy>,
+    pub strategy: Strategy,
+}
+
+/// One client's line in the end-of-job table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientRow {
+    pub client: String,
+    /// Rows in the client's local test split.
+    pub examples: u64,
+    pub classes_present: u32,
+    /// The final global model on the client's local test split.
+    pub accuracy: f64,
+    /// After `personalize_epochs` local epochs from the global model, when asked.
+    pub personalized_accuracy: Option<f64>,
 }
 
 /// Outcome of pushing one kind of task to a set of clients.
@@ -252,8 +266,13 @@ impl JobCtx {
         // Fit: each valid update goes straight into the running aggregate and is dropped.
         let params = shoal_proto::weights_to_wire(&state.global);
         let fit = task::Kind::Fit(v1::FitTask {
-            local: Some(shoal_proto::local_to_wire(&self.spec.local)),
+            local: Some(self.local_training(round)),
+            control: state
+                .strategy
+                .server_control(&state.global)
+                .map(|c| shoal_proto::weights_to_wire(&c)),
         });
+        let wants_control = self.spec.strategy.uses_control_variates();
         let mut agg = state.strategy.aggregator(&state.global);
         let (mut loss_sum, mut loss_weight) = (0.0f64, 0.0f64);
         let max_elements = state.global.num_params();
@@ -289,7 +308,23 @@ impl JobCtx {
                     if !(fit.train_loss.is_finite() && fit.train_loss.abs() <= MAX_LOSS) {
                         return Err(format!("implausible train_loss {}", fit.train_loss));
                     }
-                    agg.add(&w, fit.num_examples).map_err(|e| e.to_string())?;
+                    let control_delta = match (&fit.control_delta, wants_control) {
+                        (Some(c), true) => {
+                            let c = shoal_proto::weights_from_wire(c, max_elements)
+                                .map_err(|e| format!("control_delta: {e}"))?;
+                            state
+                                .global
+                                .check_same_layout(&c)
+                                .map_err(|e| format!("control_delta: {e}"))?;
+                            c.check_finite()
+                                .map_err(|e| format!("control_delta: {e}"))?;
+                            Some(c)
+                        }
+                        (None, true) => return Err("SCAFFOLD update without control_delta".into()),
+                        (_, false) => None,
+                    };
+                    agg.add(&w, fit.num_examples, control_delta.as_ref())
+                        .map_err(|e| e.to_string())?;
                     loss_sum += fit.train_loss * fit.num_examples as f64;
                     loss_weight += fit.num_examples as f64;
                     tracing::debug!(client, examples = fit.num_examples, "update accepted");
@@ -309,7 +344,18 @@ impl JobCtx {
             )));
         }
         let previous = std::mem::take(&mut state.global);
-        state.global = state.strategy.finish(&previous, agg)?;
+        state.global = match state.strategy.finish(round, &previous, agg, avail.len()) {
+            Ok(w) => w,
+            Err(e) => {
+                state.global = previous;
+                return Err(match e {
+                    shoal_shared::Error::NonFinite(what) => Error::Job(format!(
+                        "round {round}: the aggregated model is not finite ({what}); lower the learning rates"
+                    )),
+                    other => other.into(),
+                });
+            }
+        };
 
         // Federated evaluation of the new global model.
         let (mut fed_loss, mut fed_accuracy) = (None, None);
@@ -339,7 +385,7 @@ impl JobCtx {
                     &eval_clients,
                     &params,
                     &state.facts,
-                    task::Kind::Evaluate(v1::EvaluateTask {}),
+                    task::Kind::Evaluate(v1::EvaluateTask::default()),
                     quorum,
                     |client, arrived| {
                         let e = match arrived.result.outcome {
@@ -412,6 +458,68 @@ impl JobCtx {
         })
     }
 
+    /// Local training settings for round `round`'s Fit tasks.
+    fn local_training(&self, round: u32) -> v1::LocalTraining {
+        shoal_proto::local_to_wire(
+            &self.spec.local,
+            self.spec.local_lr(round),
+            self.spec.proximal_mu(),
+        )
+    }
+
+    /// After the last round: every connected client scores the final global model on its local
+    /// test split (and, with `personalize_epochs`, again after that many local epochs), so the
+    /// table shows whom the global model serves badly.
+    pub async fn client_table(&self, state: &TrainState) -> Result<Vec<ClientRow>> {
+        let clients: Vec<ClientView> = self
+            .registry
+            .available(&self.spec.dataset)
+            .into_iter()
+            .filter(|c| compatible(c, &self.spec.dataset, &state.facts))
+            .collect();
+        let params = shoal_proto::weights_to_wire(&state.global);
+        let announced = announced_sizes(&clients, &self.spec.dataset, |d| d.test_examples);
+        let kind = task::Kind::Evaluate(v1::EvaluateTask {
+            personalize_epochs: self.spec.evaluation.personalize_epochs,
+            local: Some(self.local_training(self.spec.rounds)),
+        });
+        let mut rows = Vec::with_capacity(clients.len());
+        let round = self.spec.rounds + 1;
+        self.phase(
+            round,
+            &clients,
+            &params,
+            &state.facts,
+            kind,
+            clients.len(),
+            |client, arrived| {
+                let e = match arrived.result.outcome {
+                    Some(task_result::Outcome::Evaluate(e)) => e,
+                    Some(task_result::Outcome::Error(e)) => {
+                        return Err(format!("client error: {e}"))
+                    }
+                    _ => return Err("expected an evaluate result".into()),
+                };
+                check_count(e.num_examples, announced.get(client).copied(), "test")?;
+                let valid = |a: f64| (0.0..=1.0).contains(&a);
+                if !valid(e.accuracy) || !e.personalized_accuracy.is_none_or(valid) {
+                    return Err("accuracy outside [0, 1]".into());
+                }
+                rows.push(ClientRow {
+                    client: client.to_string(),
+                    examples: e.num_examples,
+                    classes_present: e.classes_present,
+                    accuracy: e.accuracy,
+                    personalized_accuracy: e.personalized_accuracy,
+                });
+                Ok(())
+            },
+        )
+        .await?;
+        rows.sort_by(|a, b| a.client.cmp(&b.client));
+        Ok(rows)
+    }
+
     /// Pushes one task per client and feeds each arriving result to `on_result` (which validates and
     /// absorbs it, or says why not). Stops when every client has answered or left, when the quorum
     /// has answered and `wait_after_quorum_secs` has passed, or at the round deadline.
@@ -448,7 +556,7 @@ impl JobCtx {
                     self.spec.seed,
                     &[round.into(), seed::stable_hash(&c.name), SEED_TASK],
                 ),
-                kind: Some(kind),
+                kind: Some(kind.clone()),
             };
             let size = prost::Message::encoded_len(&task);
             if size > self.max_message_bytes {

@@ -26,6 +26,29 @@ pub struct SimulateOptions {
     pub out: PathBuf,
     pub state_dir: Option<PathBuf>,
     pub log_format: LogFormat,
+    /// TEST ONLY: the first `attackers` clients corrupt their updates with `attack`.
+    pub attackers: usize,
+    pub attack: Option<shoal_client::Attack>,
+    /// Print nothing (for studies that run many simulations).
+    pub quiet: bool,
+}
+
+impl SimulateOptions {
+    /// Defaults for `spec` on a built-in dataset: 10 clients, dirichlet:0.5, runs/.
+    pub fn new(spec: JobSpec, dataset: Builtin) -> Self {
+        SimulateOptions {
+            spec,
+            dataset,
+            clients: 10,
+            scheme: Partitioner::Dirichlet { alpha: 0.5 },
+            out: PathBuf::from("runs"),
+            state_dir: None,
+            log_format: LogFormat::Text,
+            attackers: 0,
+            attack: None,
+            quiet: false,
+        }
+    }
 }
 
 /// The simulated job's end state.
@@ -33,6 +56,8 @@ pub struct SimulateOptions {
 pub struct SimOutcome {
     pub job: v1::JobInfo,
     pub status: v1::JobStatus,
+    /// Every round's report, in order.
+    pub rounds: Vec<v1::RoundReport>,
 }
 
 /// Runs one job over `clients` in-process clients and returns when it has ended.
@@ -76,6 +101,7 @@ pub async fn simulate(mut o: SimulateOptions) -> anyhow::Result<SimOutcome> {
             runs_dir: o.out.clone(),
             log_format: o.log_format,
             prefix_job_id: false,
+            print_rounds: !o.quiet,
             ..CoordinatorConfig::default()
         },
         store,
@@ -90,7 +116,10 @@ pub async fn simulate(mut o: SimulateOptions) -> anyhow::Result<SimOutcome> {
     ));
     let mut clients = Vec::with_capacity(o.clients);
     for (i, catalog) in catalogs.into_iter().enumerate() {
-        let config = ClientConfig::new(url.clone(), format!("client-{i:03}"), catalog);
+        let mut config = ClientConfig::new(url.clone(), format!("client-{i:03}"), catalog);
+        if i < o.attackers {
+            config.attack = o.attack;
+        }
         let stop = stop.clone();
         clients.push(tokio::spawn(async move {
             shoal_client::run(config, stop.cancelled_owned()).await
@@ -118,35 +147,51 @@ async fn drive(url: &str, o: &SimulateOptions) -> anyhow::Result<SimOutcome> {
         })
         .await?
         .into_inner();
-    println!(
-        "simulate  job {}  {} clients  {} on {} ({})  {}  {} rounds  run folder {}",
-        info.job_id,
-        o.clients,
-        o.spec.model.name(),
-        o.spec.dataset,
-        o.scheme,
-        o.spec.strategy.name(),
-        o.spec.rounds,
-        info.run_dir
-    );
+    if !o.quiet {
+        let attackers = match (o.attackers, o.attack) {
+            (0, _) | (_, None) => String::new(),
+            (n, Some(a)) => format!("  {n} attackers ({a}, TEST ONLY)"),
+        };
+        crate::report::print_lines(&[format!(
+            "simulate  job {}  {} clients  {} on {} ({})  {}  {} rounds{attackers}  run folder {}",
+            info.job_id,
+            o.clients,
+            o.spec.model.label(),
+            o.spec.dataset,
+            o.scheme,
+            o.spec.strategy.name(),
+            o.spec.rounds,
+            info.run_dir
+        )]);
+    }
     let mut stream = jobs
         .watch(v1::WatchRequest {
             job_id: info.job_id.clone(),
         })
         .await?
         .into_inner();
+    let mut rounds = Vec::new();
     while let Some(ev) = stream.message().await? {
-        if let Some(v1::watch_event::Event::Finished(job)) = ev.event {
-            let status = v1::JobStatus::try_from(job.status).unwrap_or(v1::JobStatus::Unspecified);
-            if status != v1::JobStatus::Finished {
-                eprintln!(
-                    "error: job {} {}: {}",
-                    job.job_id,
-                    status.as_str_name(),
-                    job.error
-                );
+        match ev.event {
+            Some(v1::watch_event::Event::Round(r)) => rounds.push(r),
+            Some(v1::watch_event::Event::Finished(job)) => {
+                let status =
+                    v1::JobStatus::try_from(job.status).unwrap_or(v1::JobStatus::Unspecified);
+                if status != v1::JobStatus::Finished && !o.quiet {
+                    eprintln!(
+                        "error: job {} {}: {}",
+                        job.job_id,
+                        status.as_str_name(),
+                        job.error
+                    );
+                }
+                return Ok(SimOutcome {
+                    job,
+                    status,
+                    rounds,
+                });
             }
-            return Ok(SimOutcome { job, status });
+            None => {}
         }
     }
     anyhow::bail!("the coordinator closed the watch before the job ended")

@@ -102,6 +102,9 @@ pub struct Evaluation {
     /// For built-in datasets, also train the same model centrally on the pooled train rows and
     /// report its test accuracy in the summary.
     pub centralized_baseline: bool,
+    /// In the end-of-job per-client table, also report each client's accuracy after this many
+    /// local epochs from the final global model (personalisation); 0 = no.
+    pub personalize_epochs: u32,
 }
 
 impl Default for Evaluation {
@@ -111,6 +114,7 @@ impl Default for Evaluation {
             holdout: None,
             label_column: None,
             centralized_baseline: true,
+            personalize_epochs: 0,
         }
     }
 }
@@ -210,10 +214,41 @@ impl JobSpec {
         if self.evaluation.every == 0 {
             return bad("evaluation.every", "must be at least 1".into());
         }
-        self.local
-            .check()
-            .map_err(|e| Error::InvalidSpec(e.to_string()))?;
+        let core = |e: shoal_shared::Error| Error::InvalidSpec(e.to_string());
+        self.local.check().map_err(core)?;
+        self.model.check().map_err(core)?;
+        self.strategy.check().map_err(core)?;
+        if matches!(self.strategy, StrategySpec::FedProx { .. }) && self.local.proximal_mu != 0.0 {
+            return bad(
+                "local.proximal_mu",
+                "is for other strategies; with fedprox set `proximal_mu` in [strategy]".into(),
+            );
+        }
+        if self.evaluation.personalize_epochs > 1000 {
+            return bad(
+                "evaluation.personalize_epochs",
+                "must be at most 1000".into(),
+            );
+        }
         Ok(())
+    }
+
+    /// FedProx's mu for this job's clients: the strategy's with `fedprox`, else `[local]`'s.
+    pub fn proximal_mu(&self) -> f64 {
+        match self.strategy {
+            StrategySpec::FedProx { proximal_mu } => proximal_mu,
+            _ => self.local.proximal_mu,
+        }
+    }
+
+    /// The clients' learning rate in round `round`: the FedOpt family's `eta_l` when set, else
+    /// `[local] lr`, decayed by `lr_decay` per round.
+    pub fn local_lr(&self, round: u32) -> f64 {
+        LocalConfig {
+            lr: self.strategy.local_lr().unwrap_or(self.local.lr),
+            ..self.local.clone()
+        }
+        .lr_at(round)
     }
 }
 

@@ -123,31 +123,41 @@ pub fn weights_from_wire(p: &v1::Parameters, max_elements: usize) -> Result<Weig
 pub fn model_to_wire(m: &ModelSpec) -> v1::ModelSpec {
     v1::ModelSpec {
         kind: m.name().to_string(),
+        hidden: m.hidden().iter().map(|&h| h as u32).collect(),
     }
 }
 
 pub fn model_from_wire(m: Option<&v1::ModelSpec>) -> Result<ModelSpec, WireError> {
     let m = m.ok_or(WireError::Missing("model"))?;
-    ModelSpec::from_name(&m.kind).map_err(|e| invalid("model.kind", e.to_string()))
+    let hidden: Vec<usize> = m.hidden.iter().map(|&h| h as usize).collect();
+    ModelSpec::from_parts(&m.kind, &hidden).map_err(|e| invalid("model", e.to_string()))
 }
 
-pub fn local_to_wire(c: &LocalConfig) -> v1::LocalTraining {
+/// Local settings for one round: the learning rate is the round's (decay applied), FedProx's mu
+/// as given.
+pub fn local_to_wire(c: &LocalConfig, lr: f64, proximal_mu: f64) -> v1::LocalTraining {
     v1::LocalTraining {
         epochs: c.epochs,
         batch_size: c.batch_size,
-        lr: c.lr,
+        lr,
+        momentum: c.momentum,
+        weight_decay: c.weight_decay,
+        proximal_mu,
     }
 }
 
 pub fn local_from_wire(c: Option<&v1::LocalTraining>) -> Result<LocalConfig, WireError> {
-    let c = c.ok_or(WireError::Missing("fit.local"))?;
+    let c = c.ok_or(WireError::Missing("local"))?;
     let cfg = LocalConfig {
         epochs: c.epochs,
         batch_size: c.batch_size,
         lr: c.lr,
+        momentum: c.momentum,
+        weight_decay: c.weight_decay,
+        proximal_mu: c.proximal_mu,
+        lr_decay: 1.0,
     };
-    cfg.check()
-        .map_err(|e| invalid("fit.local", e.to_string()))?;
+    cfg.check().map_err(|e| invalid("local", e.to_string()))?;
     Ok(cfg)
 }
 
@@ -202,14 +212,34 @@ mod tests {
 
     #[test]
     fn model_and_local_round_trip() {
-        let m = ModelSpec::Logreg;
-        assert_eq!(model_from_wire(Some(&model_to_wire(&m))).unwrap(), m);
-        let c = LocalConfig::default();
-        assert_eq!(local_from_wire(Some(&local_to_wire(&c))).unwrap(), c);
+        for m in [
+            ModelSpec::Logreg,
+            ModelSpec::Mlp {
+                hidden: vec![128, 64],
+            },
+        ] {
+            assert_eq!(model_from_wire(Some(&model_to_wire(&m))).unwrap(), m);
+        }
+        let bad_model = v1::ModelSpec {
+            kind: "mlp".into(),
+            hidden: vec![],
+        };
+        assert!(model_from_wire(Some(&bad_model)).is_err());
+        let c = LocalConfig {
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            proximal_mu: 0.01,
+            ..LocalConfig::default()
+        };
+        assert_eq!(
+            local_from_wire(Some(&local_to_wire(&c, c.lr, c.proximal_mu))).unwrap(),
+            c
+        );
         let bad = v1::LocalTraining {
             epochs: 0,
             batch_size: 1,
             lr: 0.1,
+            ..Default::default()
         };
         assert!(local_from_wire(Some(&bad))
             .unwrap_err()

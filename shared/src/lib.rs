@@ -9,14 +9,17 @@
 //! - [`tensor::Weights`]: a model's parameters as named tensors, the unit that crosses the wire.
 //! - [`model::ModelSpec`] and the [`model::Model`] trait: initialise, predict, loss and gradient;
 //!   [`model::train_local`] runs minibatch SGD on a client's shard.
-//! - [`strategy::StrategySpec`] and the [`strategy::Aggregator`] trait: server-side aggregation
-//!   (FedAvg as a streaming weighted sum).
+//! - [`strategy::StrategySpec`] and [`strategy::Strategy`]: eleven server-side strategies
+//!   (FedAvg and its server-optimiser variants, FedProx, robust median / trimmed mean / Krum,
+//!   SCAFFOLD), fed one update at a time through a [`strategy::Aggregator`].
+//! - [`plot`]: SVG line charts.
 //!
 //! # Layout
 //! - `data/`: datasets, CSV, built-in datasets, splits, partitioners
 //! - `tensor.rs`: named tensors and their arithmetic
 //! - `model/`: models and local training
 //! - `strategy/`: aggregation strategies
+//! - `plot.rs`: charts
 //! - `error.rs`: the crate's error type
 //!
 //! # Example
@@ -31,6 +34,7 @@
 pub mod data;
 pub mod error;
 pub mod model;
+pub mod plot;
 pub mod seed;
 pub mod strategy;
 pub mod tensor;
@@ -48,8 +52,8 @@ mod autotraits {
         has_autotraits::<crate::tensor::Weights>();
         has_autotraits::<crate::model::LogReg>();
         has_autotraits::<Box<dyn crate::model::Model>>();
-        has_autotraits::<Box<dyn crate::strategy::Strategy>>();
-        has_autotraits::<Box<dyn crate::strategy::Aggregator>>();
+        has_autotraits::<crate::strategy::Strategy>();
+        has_autotraits::<crate::strategy::Aggregator>();
         has_autotraits::<crate::Error>();
     }
 }

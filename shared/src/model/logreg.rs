@@ -96,7 +96,7 @@ impl Model for LogReg {
 mod tests {
     use super::*;
     use crate::data::Dataset;
-    use crate::model::{evaluate, train_local, LocalConfig};
+    use crate::model::{evaluate, train_local, LocalConfig, Objective};
     use ndarray::array;
     use rand::{Rng, SeedableRng};
 
@@ -186,8 +186,9 @@ mod tests {
             epochs: 20,
             batch_size: 16,
             lr: 0.5,
+            ..LocalConfig::default()
         };
-        let (w1, stats) = train_local(&m, w0, &data, &cfg, 9).unwrap();
+        let (w1, stats) = train_local(&m, w0, &data, &cfg, 9, &Objective::default()).unwrap();
         let after = evaluate(&m, &w1, &data).unwrap();
         assert!(after.accuracy > 0.95, "accuracy {}", after.accuracy);
         assert!(after.loss < before.loss);

@@ -6,8 +6,10 @@
 //! [`ModelSpec`] variant; the training loop, aggregation and the wire stay as they are.
 
 mod logreg;
+mod mlp;
 
 pub use logreg::LogReg;
+pub use mlp::Mlp;
 
 use ndarray::{Array2, ArrayView2, Axis};
 use rand::seq::SliceRandom;
@@ -19,23 +21,39 @@ use crate::data::Dataset;
 use crate::tensor::Weights;
 use crate::{Error, Result};
 
-/// Which model a job trains. Serialised into job specs (`[model] kind = "logreg"`).
+/// Which model a job trains. Serialised into job specs (`[model] kind = "mlp"`, `hidden = [64]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ModelSpec {
     /// Multinomial logistic regression (softmax).
     #[default]
     Logreg,
+    /// A multilayer perceptron with ReLU hidden layers of the given widths.
+    Mlp {
+        #[serde(default = "default_hidden")]
+        hidden: Vec<usize>,
+    },
 }
+
+fn default_hidden() -> Vec<usize> {
+    vec![64]
+}
+
+/// Limits that keep a spec from asking for an absurd network.
+pub const MAX_HIDDEN_LAYERS: usize = 8;
+pub const MAX_LAYER_WIDTH: usize = 65_536;
 
 impl ModelSpec {
     /// All accepted names, for help texts and errors.
-    pub const NAMES: &'static str = "logreg";
+    pub const NAMES: &'static str = "logreg, mlp";
 
-    /// Parses a model name as given on the command line.
+    /// Parses a model name as given on the command line (an MLP gets one hidden layer of 64).
     pub fn from_name(name: &str) -> Result<Self> {
         match name {
             "logreg" => Ok(ModelSpec::Logreg),
+            "mlp" => Ok(ModelSpec::Mlp {
+                hidden: default_hidden(),
+            }),
             other => Err(Error::Unknown {
                 what: "model",
                 name: other.to_string(),
@@ -47,7 +65,85 @@ impl ModelSpec {
     pub fn name(&self) -> &'static str {
         match self {
             ModelSpec::Logreg => "logreg",
+            ModelSpec::Mlp { .. } => "mlp",
         }
+    }
+
+    /// Hidden layer widths (empty for logistic regression).
+    pub fn hidden(&self) -> &[usize] {
+        match self {
+            ModelSpec::Logreg => &[],
+            ModelSpec::Mlp { hidden } => hidden,
+        }
+    }
+
+    /// A short description such as `mlp(128,64)`.
+    pub fn label(&self) -> String {
+        match self {
+            ModelSpec::Logreg => "logreg".into(),
+            ModelSpec::Mlp { hidden } => format!(
+                "mlp({})",
+                hidden
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        }
+    }
+
+    /// Builds a spec from a name and hidden widths (the wire form).
+    pub fn from_parts(name: &str, hidden: &[usize]) -> Result<Self> {
+        let spec = match Self::from_name(name)? {
+            ModelSpec::Logreg if hidden.is_empty() => ModelSpec::Logreg,
+            ModelSpec::Logreg => {
+                return Err(Error::invalid(
+                    "model.hidden",
+                    "logreg has no hidden layers",
+                ))
+            }
+            ModelSpec::Mlp { .. } => ModelSpec::Mlp {
+                hidden: hidden.to_vec(),
+            },
+        };
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// Parses `128,64` into hidden widths.
+    pub fn parse_hidden(text: &str) -> Result<Vec<usize>> {
+        text.split(',')
+            .map(|p| {
+                p.trim().parse::<usize>().map_err(|_| {
+                    Error::invalid(
+                        "hidden layer widths",
+                        format!("`{text}`: `{p}` is not a whole number (expected e.g. 128,64)"),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Rejects shapes no one means: no hidden layer, a zero or huge width, too many layers.
+    pub fn check(&self) -> Result<()> {
+        if let ModelSpec::Mlp { hidden } = self {
+            if hidden.is_empty() || hidden.len() > MAX_HIDDEN_LAYERS {
+                return Err(Error::invalid(
+                    "model.hidden",
+                    format!(
+                        "an mlp needs 1 to {MAX_HIDDEN_LAYERS} hidden layers, found {}",
+                        hidden.len()
+                    ),
+                ));
+            }
+            if let Some(w) = hidden.iter().find(|&&w| w == 0 || w > MAX_LAYER_WIDTH) {
+                return Err(Error::invalid(
+                    "model.hidden",
+                    format!("layer width {w} is outside 1..={MAX_LAYER_WIDTH}"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The model for data with `n_features` inputs and `n_classes` classes.
@@ -58,8 +154,10 @@ impl ModelSpec {
                 self.name()
             )));
         }
+        self.check()?;
         Ok(match self {
             ModelSpec::Logreg => Box::new(LogReg::new(n_features, n_classes)),
+            ModelSpec::Mlp { hidden } => Box::new(Mlp::new(n_features, hidden, n_classes)),
         })
     }
 }
@@ -91,6 +189,15 @@ pub struct LocalConfig {
     pub batch_size: u32,
     /// SGD learning rate.
     pub lr: f64,
+    /// Heavy-ball momentum (PyTorch's form: `v = momentum * v + g; w -= lr * v`).
+    pub momentum: f64,
+    /// L2 penalty added to the gradient (`g += weight_decay * w`).
+    pub weight_decay: f64,
+    /// FedProx's proximal term: `g += proximal_mu * (w - w_global)`. With `fedprox` the
+    /// strategy's `proximal_mu` is used instead.
+    pub proximal_mu: f64,
+    /// Multiplies the learning rate once per round: round r trains with `lr * lr_decay^(r-1)`.
+    pub lr_decay: f64,
 }
 
 impl Default for LocalConfig {
@@ -101,6 +208,10 @@ impl Default for LocalConfig {
             epochs: 5,
             batch_size: 16,
             lr: 0.2,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            proximal_mu: 0.0,
+            lr_decay: 1.0,
         }
     }
 }
@@ -120,7 +231,35 @@ impl LocalConfig {
                 format!("must be a positive number, found {}", self.lr),
             ));
         }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(Error::invalid(
+                "local.momentum",
+                format!("must be in [0, 1), found {}", self.momentum),
+            ));
+        }
+        for (what, v) in [
+            ("local.weight_decay", self.weight_decay),
+            ("local.proximal_mu", self.proximal_mu),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::invalid(
+                    what,
+                    format!("must be a number >= 0, found {v}"),
+                ));
+            }
+        }
+        if !(self.lr_decay > 0.0 && self.lr_decay <= 1.0) {
+            return Err(Error::invalid(
+                "local.lr_decay",
+                format!("must be in (0, 1], found {}", self.lr_decay),
+            ));
+        }
         Ok(())
+    }
+
+    /// The learning rate of round `round` (1-based) after decay.
+    pub fn lr_at(&self, round: u32) -> f64 {
+        self.lr * self.lr_decay.powi(round.saturating_sub(1) as i32)
     }
 }
 
@@ -131,6 +270,17 @@ pub struct TrainStats {
     pub loss: f64,
     /// Rows in the local train split.
     pub num_examples: u64,
+    /// Optimiser steps taken (SCAFFOLD's K).
+    pub steps: u64,
+}
+
+/// Terms added to the local objective's gradient beyond the model's own loss.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Objective<'a> {
+    /// The global model, anchor of FedProx's proximal term (used when `proximal_mu > 0`).
+    pub anchor: Option<&'a Weights>,
+    /// SCAFFOLD's drift correction `c - c_i`, added to every gradient.
+    pub correction: Option<&'a Weights>,
 }
 
 /// What an evaluation reports.
@@ -141,32 +291,63 @@ pub struct EvalStats {
     pub num_examples: u64,
 }
 
-/// Minibatch SGD from `weights` over `data` for `cfg.epochs` epochs; the batch order is drawn from
-/// `seed`, so a (seed, round, client) triple reproduces the run exactly.
+/// Minibatch SGD (with momentum, weight decay, FedProx's proximal term and SCAFFOLD's correction
+/// as configured) from `weights` over `data` for `cfg.epochs` epochs at learning rate `cfg.lr`; the
+/// batch order is drawn from `seed`, so a (seed, round, client) triple reproduces the run exactly.
 pub fn train_local(
     model: &dyn Model,
     mut weights: Weights,
     data: &Dataset,
     cfg: &LocalConfig,
     seed: u64,
+    objective: &Objective<'_>,
 ) -> Result<(Weights, TrainStats)> {
     cfg.check()?;
     check_layout(model, &weights)?;
+    for extra in [objective.anchor, objective.correction]
+        .into_iter()
+        .flatten()
+    {
+        weights.check_same_layout(extra)?;
+    }
     if data.n_rows() == 0 {
         return Err(Error::Data("cannot train on an empty train split".into()));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut order: Vec<usize> = (0..data.n_rows()).collect();
-    let (mut loss_sum, mut seen) = (0.0f64, 0usize);
+    let (mut loss_sum, mut seen, mut steps) = (0.0f64, 0usize, 0u64);
+    let (lr, momentum, wd) = (cfg.lr as f32, cfg.momentum as f32, cfg.weight_decay as f32);
+    let mu = cfg.proximal_mu as f32;
+    let mut velocity = (momentum > 0.0).then(|| weights.zeros_like());
     for _ in 0..cfg.epochs {
         order.shuffle(&mut rng);
         for batch in order.chunks(cfg.batch_size as usize) {
             let x = data.features.select(Axis(0), batch);
             let y: Vec<usize> = batch.iter().map(|&i| data.labels[i]).collect();
-            let (loss, grad) = model.loss_grad(&weights, x.view(), &y)?;
-            weights.add_scaled(-(cfg.lr as f32), &grad)?;
+            let (loss, mut grad) = model.loss_grad(&weights, x.view(), &y)?;
+            if wd > 0.0 {
+                grad.add_scaled(wd, &weights)?;
+            }
+            if let (Some(anchor), true) = (objective.anchor, mu > 0.0) {
+                for ((g, w), a) in grad.values_mut().zip(weights.values()).zip(anchor.values()) {
+                    *g += mu * (w - a);
+                }
+            }
+            if let Some(c) = objective.correction {
+                grad.add_scaled(1.0, c)?;
+            }
+            match velocity.as_mut() {
+                Some(v) => {
+                    for (vi, gi) in v.values_mut().zip(grad.values()) {
+                        *vi = momentum * *vi + gi;
+                    }
+                    weights.add_scaled(-lr, v)?;
+                }
+                None => weights.add_scaled(-lr, &grad)?,
+            }
             loss_sum += f64::from(loss) * batch.len() as f64;
             seen += batch.len();
+            steps += 1;
         }
     }
     weights.check_finite().map_err(|e| {
@@ -180,6 +361,7 @@ pub fn train_local(
         TrainStats {
             loss: loss_sum / seen as f64,
             num_examples: data.n_rows() as u64,
+            steps,
         },
     ))
 }
@@ -236,5 +418,159 @@ pub(crate) fn softmax_rows(logits: &mut Array2<f32>) {
         row.mapv_inplace(|v| (v - max).exp());
         let sum = row.sum();
         row.mapv_inplace(|v| v / sum);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::Tensor;
+
+    /// A model whose loss is 0: training moves weights only through the added terms, so each
+    /// term's effect can be computed by hand.
+    #[derive(Debug)]
+    struct Flat;
+
+    impl Model for Flat {
+        fn init(&self, _rng: &mut ChaCha8Rng) -> Weights {
+            Weights::new(vec![Tensor::zeros("w", vec![2])])
+        }
+        fn predict_proba(&self, _w: &Weights, x: ArrayView2<'_, f32>) -> Result<Array2<f32>> {
+            Ok(Array2::from_elem((x.nrows(), 2), 0.5))
+        }
+        fn loss_grad(
+            &self,
+            w: &Weights,
+            _x: ArrayView2<'_, f32>,
+            _y: &[usize],
+        ) -> Result<(f32, Weights)> {
+            Ok((0.0, w.zeros_like()))
+        }
+    }
+
+    fn one_row() -> Dataset {
+        Dataset::new(
+            Array2::zeros((1, 1)),
+            vec![0],
+            vec!["x".into()],
+            vec!["0".into(), "1".into()],
+        )
+        .unwrap()
+    }
+
+    fn w(a: f32, b: f32) -> Weights {
+        Weights::new(vec![Tensor::new("w", vec![2], vec![a, b]).unwrap()])
+    }
+
+    fn cfg(epochs: u32) -> LocalConfig {
+        LocalConfig {
+            epochs,
+            batch_size: 1,
+            lr: 0.5,
+            ..LocalConfig::default()
+        }
+    }
+
+    #[test]
+    fn proximal_term_pulls_towards_the_anchor() {
+        let anchor = w(0.0, 0.0);
+        let c = LocalConfig {
+            proximal_mu: 1.0,
+            ..cfg(1)
+        };
+        let obj = Objective {
+            anchor: Some(&anchor),
+            correction: None,
+        };
+        let (out, stats) = train_local(&Flat, w(2.0, -4.0), &one_row(), &c, 0, &obj).unwrap();
+        // w - lr * mu * (w - anchor) = w * (1 - 0.5)
+        assert_eq!(out.values().collect::<Vec<_>>(), vec![1.0, -2.0]);
+        assert_eq!(stats.steps, 1);
+    }
+
+    #[test]
+    fn weight_decay_and_correction_enter_the_gradient() {
+        let corr = w(1.0, -1.0);
+        let c = LocalConfig {
+            weight_decay: 0.1,
+            ..cfg(1)
+        };
+        let obj = Objective {
+            anchor: None,
+            correction: Some(&corr),
+        };
+        let (out, _) = train_local(&Flat, w(2.0, 0.0), &one_row(), &c, 0, &obj).unwrap();
+        // w - 0.5 * (0.1 * w + corr) = (2 - 0.5*(0.2 + 1), 0 - 0.5*(0 - 1)) = (1.4, 0.5)
+        let v: Vec<f32> = out.values().collect();
+        assert!(
+            (v[0] - 1.4).abs() < 1e-6 && (v[1] - 0.5).abs() < 1e-6,
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn momentum_accumulates_velocity() {
+        let corr = w(1.0, 0.0);
+        let c = LocalConfig {
+            momentum: 0.5,
+            ..cfg(2)
+        };
+        let obj = Objective {
+            anchor: None,
+            correction: Some(&corr),
+        };
+        let (out, stats) = train_local(&Flat, w(0.0, 0.0), &one_row(), &c, 0, &obj).unwrap();
+        // step 1: v = 1, w = -0.5; step 2: v = 0.5 + 1 = 1.5, w = -0.5 - 0.75 = -1.25
+        assert_eq!(out.values().next(), Some(-1.25));
+        assert_eq!(stats.steps, 2);
+    }
+
+    #[test]
+    fn lr_decays_per_round_and_bad_settings_are_named() {
+        let c = LocalConfig {
+            lr: 0.1,
+            lr_decay: 0.5,
+            ..LocalConfig::default()
+        };
+        assert!((c.lr_at(1) - 0.1).abs() < 1e-12 && (c.lr_at(3) - 0.025).abs() < 1e-12);
+        for (bad, field) in [
+            (
+                LocalConfig {
+                    momentum: 1.0,
+                    ..LocalConfig::default()
+                },
+                "momentum",
+            ),
+            (
+                LocalConfig {
+                    weight_decay: -1.0,
+                    ..LocalConfig::default()
+                },
+                "weight_decay",
+            ),
+            (
+                LocalConfig {
+                    lr_decay: 0.0,
+                    ..LocalConfig::default()
+                },
+                "lr_decay",
+            ),
+        ] {
+            assert!(bad.check().unwrap_err().to_string().contains(field));
+        }
+    }
+
+    #[test]
+    fn model_specs_parse_and_check() {
+        assert_eq!(ModelSpec::parse_hidden("128, 64").unwrap(), vec![128, 64]);
+        assert!(ModelSpec::parse_hidden("128,x").is_err());
+        assert_eq!(
+            ModelSpec::from_parts("mlp", &[32]).unwrap().label(),
+            "mlp(32)"
+        );
+        assert!(ModelSpec::from_parts("mlp", &[]).is_err());
+        assert!(ModelSpec::from_parts("logreg", &[3]).is_err());
+        assert!(ModelSpec::Mlp { hidden: vec![0] }.check().is_err());
+        assert!(ModelSpec::Mlp { hidden: vec![8] }.build(4, 3).is_ok());
     }
 }

@@ -1,0 +1,222 @@
+//! `study noniid`: every strategy against every degree of non-IID-ness, one simulation each, with
+//! a markdown table and a chart of test accuracy per round.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use shoal_shared::data::builtin::Builtin;
+use shoal_shared::data::partition::Partitioner;
+use shoal_shared::model::ModelSpec;
+use shoal_shared::plot::{line_charts_svg, Panel, Series};
+use shoal_shared::strategy::StrategySpec;
+
+use crate::simulate::{simulate, SimulateOptions};
+use crate::spec::JobSpec;
+
+/// What the non-IID study runs.
+#[derive(Debug, Clone)]
+pub struct NonIidStudy {
+    pub schemes: Vec<Partitioner>,
+    pub strategies: Vec<StrategySpec>,
+    pub model: ModelSpec,
+    pub rounds: u32,
+    pub clients: usize,
+    pub seed: u64,
+    pub out: PathBuf,
+}
+
+impl NonIidStudy {
+    /// The grid: α ∈ {0.1, 0.5, 1.0, iid} × {fedavg, fedprox, fedadam, scaffold, fedmedian}.
+    pub fn default_grid(out: PathBuf) -> Self {
+        NonIidStudy {
+            schemes: vec![
+                Partitioner::Dirichlet { alpha: 0.1 },
+                Partitioner::Dirichlet { alpha: 0.5 },
+                Partitioner::Dirichlet { alpha: 1.0 },
+                Partitioner::Iid,
+            ],
+            strategies: ["fedavg", "fedprox", "fedadam", "scaffold", "fedmedian"]
+                .iter()
+                .filter_map(|n| StrategySpec::from_name(n).ok())
+                .collect(),
+            model: ModelSpec::Mlp { hidden: vec![64] },
+            rounds: 50,
+            clients: 10,
+            seed: 42,
+            out,
+        }
+    }
+}
+
+/// One cell of the study.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    pub scheme: Partitioner,
+    pub strategy: String,
+    /// Test accuracy per round.
+    pub accuracy: Vec<f64>,
+    pub seconds: f64,
+    /// Why the run failed, if it did.
+    pub error: Option<String>,
+}
+
+impl Cell {
+    pub fn last(&self) -> Option<f64> {
+        self.accuracy.last().copied()
+    }
+    pub fn best(&self) -> Option<f64> {
+        self.accuracy.iter().copied().reduce(f64::max)
+    }
+}
+
+fn scheme_label(s: &Partitioner) -> String {
+    match s {
+        Partitioner::Dirichlet { alpha } => format!("α={alpha}"),
+        other => other.to_string(),
+    }
+}
+
+/// Runs the grid, printing one line per run, and writes `noniid.md`, `noniid.csv` and
+/// `noniid.svg` under `out`.
+pub async fn run_noniid(study: &NonIidStudy) -> anyhow::Result<Vec<Cell>> {
+    std::fs::create_dir_all(&study.out)
+        .with_context(|| format!("cannot create {}", study.out.display()))?;
+    let mut cells = Vec::new();
+    for scheme in &study.schemes {
+        for strategy in &study.strategies {
+            let mut spec = JobSpec::from_toml("kind = \"train\"\ndataset = \"digits\"\n")?;
+            spec.rounds = study.rounds;
+            spec.seed = study.seed;
+            spec.model = study.model.clone();
+            spec.strategy = strategy.clone();
+            let mut o = SimulateOptions::new(spec, Builtin::Digits);
+            o.clients = study.clients;
+            o.scheme = *scheme;
+            o.out = study.out.join("runs");
+            o.quiet = true;
+            let started = Instant::now();
+            let (accuracy, error) = match simulate(o).await {
+                Ok(outcome) if outcome.job.error.is_empty() => (
+                    outcome
+                        .rounds
+                        .iter()
+                        .map(|r| r.test_accuracy.unwrap_or(f64::NAN))
+                        .collect(),
+                    None,
+                ),
+                Ok(outcome) => (Vec::new(), Some(outcome.job.error)),
+                Err(e) => (Vec::new(), Some(format!("{e:#}"))),
+            };
+            let cell = Cell {
+                scheme: *scheme,
+                strategy: strategy.name().to_string(),
+                accuracy,
+                seconds: started.elapsed().as_secs_f64(),
+                error,
+            };
+            crate::report::print_lines(&[format!(
+                "{:<10} {:<10} final {}  best {}  {:.1} s{}",
+                scheme_label(scheme),
+                cell.strategy,
+                fmt3(cell.last()),
+                fmt3(cell.best()),
+                cell.seconds,
+                cell.error
+                    .as_deref()
+                    .map(|e| format!("  failed: {e}"))
+                    .unwrap_or_default()
+            )]);
+            cells.push(cell);
+        }
+    }
+    let md = markdown(study, &cells);
+    std::fs::write(study.out.join("noniid.md"), &md)?;
+    std::fs::write(study.out.join("noniid.csv"), csv(&cells))?;
+    let svg = chart(study, &cells)?;
+    std::fs::write(study.out.join("noniid.svg"), svg)?;
+    crate::report::print_lines(&[
+        String::new(),
+        md,
+        format!(
+            "wrote noniid.md, noniid.csv and noniid.svg to {}",
+            study.out.display()
+        ),
+    ]);
+    Ok(cells)
+}
+
+fn fmt3(v: Option<f64>) -> String {
+    v.filter(|v| v.is_finite())
+        .map_or_else(|| "-".into(), |v| format!("{v:.3}"))
+}
+
+/// Final test accuracy per strategy (rows) and partition (columns); best round in parentheses.
+pub fn markdown(study: &NonIidStudy, cells: &[Cell]) -> String {
+    let mut out = format!(
+        "Final test accuracy (best round in parentheses) on digits, {} clients, {}, {} rounds, seed {}:\n\n| strategy |",
+        study.clients,
+        study.model.label(),
+        study.rounds,
+        study.seed
+    );
+    for s in &study.schemes {
+        let _ = write!(out, " {} |", scheme_label(s));
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---|".repeat(study.schemes.len()));
+    out.push('\n');
+    for strategy in &study.strategies {
+        let _ = write!(out, "| {} |", strategy.name());
+        for scheme in &study.schemes {
+            let cell = cells
+                .iter()
+                .find(|c| c.scheme == *scheme && c.strategy == strategy.name());
+            let text = match cell {
+                Some(c) if c.error.is_none() => format!("{} ({})", fmt3(c.last()), fmt3(c.best())),
+                Some(_) => "failed".into(),
+                None => "-".into(),
+            };
+            let _ = write!(out, " {text} |");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn csv(cells: &[Cell]) -> String {
+    let mut out = String::from("partition,strategy,round,test_accuracy\n");
+    for c in cells {
+        for (i, a) in c.accuracy.iter().enumerate() {
+            let _ = writeln!(out, "{},{},{},{a:.6}", c.scheme, c.strategy, i + 1);
+        }
+    }
+    out
+}
+
+fn chart(study: &NonIidStudy, cells: &[Cell]) -> anyhow::Result<String> {
+    let panels: Vec<Panel> = study
+        .schemes
+        .iter()
+        .map(|scheme| Panel {
+            title: format!("digits, {}", scheme_label(scheme)),
+            x_label: "round".into(),
+            y_label: "test accuracy".into(),
+            series: cells
+                .iter()
+                .filter(|c| c.scheme == *scheme)
+                .map(|c| Series {
+                    label: c.strategy.clone(),
+                    points: c
+                        .accuracy
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &a)| ((i + 1) as f64, a))
+                        .collect(),
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(line_charts_svg(&panels, 2, (560, 380))?)
+}
