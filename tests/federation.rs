@@ -406,3 +406,58 @@ async fn a_holdout_the_coordinator_cannot_read_is_refused_at_submission() {
     );
     tc.stop().await;
 }
+
+/// Final test accuracy of a simulated job: 10 digits clients (IID), the first `attackers` of them
+/// sending `scale:-10` updates.
+async fn robustness_run(strategy: &str, attackers: usize) -> f64 {
+    use shoal_coordinator::simulate::{simulate, SimulateOptions};
+    let mut toml = format!(
+        "kind = \"train\"\ndataset = \"digits\"\nrounds = 20\n[strategy]\nname = \"{strategy}\"\n"
+    );
+    if strategy.contains("krum") {
+        toml.push_str("num_malicious_clients = 2\n");
+    }
+    let spec = shoal_coordinator::spec::JobSpec::from_toml(&toml).unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let mut o = SimulateOptions::new(spec, Builtin::Digits);
+    o.scheme = Partitioner::Iid;
+    o.out = runs.path().to_path_buf();
+    o.quiet = true;
+    o.attackers = attackers;
+    o.attack = Some("scale:-10".parse().unwrap());
+    let outcome = simulate(o).await.unwrap();
+    assert_eq!(
+        outcome.status,
+        v1::JobStatus::Finished,
+        "{strategy}: {}",
+        outcome.job.error
+    );
+    outcome.rounds.last().unwrap().test_accuracy.unwrap()
+}
+
+/// Two of ten clients boost and flip their updates: FedAvg collapses, the robust strategies hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn robust_strategies_withstand_two_attackers_that_collapse_fedavg() {
+    let clean = robustness_run("fedavg", 0).await;
+    assert!(clean > 0.9, "clean FedAvg {clean}");
+    let attacked = robustness_run("fedavg", 2).await;
+    assert!(
+        attacked < 0.5,
+        "FedAvg under attack should collapse, got {attacked} (clean {clean})"
+    );
+    for strategy in ["fedmedian", "fedtrimmedavg", "multikrum"] {
+        let acc = robustness_run(strategy, 2).await;
+        assert!(
+            acc >= clean - 0.03,
+            "{strategy} under attack: {acc}, clean FedAvg {clean}"
+        );
+    }
+    // Krum keeps a single client's update per round, which costs accuracy even without attackers
+    // (Blanchard et al. 2017); under attack it stays within 3 points of its own clean run.
+    let krum_clean = robustness_run("krum", 0).await;
+    let krum = robustness_run("krum", 2).await;
+    assert!(
+        krum >= krum_clean - 0.03,
+        "krum under attack {krum}, clean krum {krum_clean}"
+    );
+}

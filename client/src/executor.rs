@@ -86,6 +86,7 @@ impl Executor {
                 let objective = Objective {
                     anchor: (cfg.proximal_mu > 0.0).then_some(&global),
                     correction: correction.as_ref(),
+                    track_mean_gradient: control.is_some(),
                 };
                 let (mut w, stats) = model::train_local(
                     model.as_ref(),
@@ -96,18 +97,12 @@ impl Executor {
                     &objective,
                 )
                 .map_err(err)?;
-                let control_delta = match (control, c_i) {
-                    (Some(c), Some(c_i)) => {
-                        // Option II of Karimireddy et al.: c_i+ = c_i - c + (x - y) / (K * lr).
-                        let scale = 1.0 / (stats.steps.max(1) as f64 * cfg.lr) as f32;
-                        let mut delta = global.clone();
-                        delta.add_scaled(-1.0, &w).map_err(err)?;
-                        for v in delta.values_mut() {
-                            *v *= scale;
-                        }
-                        delta.add_scaled(-1.0, &c).map_err(err)?;
-                        let mut new_ci = c_i;
-                        new_ci.add_scaled(1.0, &delta).map_err(err)?;
+                let control_delta = match (c_i, stats.mean_gradient) {
+                    // SCAFFOLD: the new c_i is the mean local gradient along this round's path
+                    // (what option II estimates as (x - y) / (K lr) under plain SGD).
+                    (Some(c_i), Some(new_ci)) => {
+                        let mut delta = new_ci.clone();
+                        delta.add_scaled(-1.0, &c_i).map_err(err)?;
                         self.store_control(&task.job_id, task.round, new_ci);
                         Some(shoal_proto::weights_to_wire(&delta))
                     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use shoal_proto::v1::federation_server::FederationServer;
 use shoal_proto::v1::jobs_server::JobsServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::coordinator::Coordinator;
 use crate::services::{FederationService, JobsService};
@@ -39,11 +39,16 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(federation)
         .add_service(jobs)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            shutdown.await;
-            tracing::info!("shutting down");
-            stopping.shutdown().await;
-        })
+        // Our own listener: tonic's tcp_nodelay setting does not reach it, so set it here. Without
+        // it Nagle's algorithm and delayed ACKs add ~40 ms to every multi-packet message.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down");
+                stopping.shutdown().await;
+            },
+        )
         .await?;
     Ok(())
 }

@@ -145,7 +145,10 @@ mod tests {
         };
         let svg = line_charts_svg(&[panel("a"), panel("b"), panel("c")], 2, (400, 300)).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..60]);
-        assert!(svg.contains("fedprox") && svg.contains("round"), "legend and axis labels");
+        assert!(
+            svg.contains("fedprox") && svg.contains("round"),
+            "legend and axis labels"
+        );
         // Three panels, two lines each, plus legend swatches.
         assert!(svg.matches("<polyline").count() >= 6);
         assert!(line_charts_svg(&[], 2, (400, 300)).is_err());

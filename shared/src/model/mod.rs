@@ -202,14 +202,15 @@ pub struct LocalConfig {
 
 impl Default for LocalConfig {
     fn default() -> Self {
-        // Tuned on digits/logreg (10 clients, dirichlet:0.5): enough local work per round that
-        // 30 rounds approach the centralized model, without drifting apart on non-IID shards.
+        // Chosen on digits (10 clients, dirichlet:0.5 and iid, seeds 1, 2, 3, 7, 42) for both
+        // logreg and mlp(64): enough local work per round that 30 rounds approach the centralized
+        // model, without the clients drifting apart on non-IID shards.
         LocalConfig {
             epochs: 5,
-            batch_size: 16,
-            lr: 0.2,
-            momentum: 0.0,
-            weight_decay: 0.0,
+            batch_size: 32,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 1e-4,
             proximal_mu: 0.0,
             lr_decay: 1.0,
         }
@@ -264,7 +265,7 @@ impl LocalConfig {
 }
 
 /// What a local training run reports.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TrainStats {
     /// Mean minibatch loss over the run, weighted by batch size.
     pub loss: f64,
@@ -272,6 +273,9 @@ pub struct TrainStats {
     pub num_examples: u64,
     /// Optimiser steps taken (SCAFFOLD's K).
     pub steps: u64,
+    /// Mean of the model's minibatch gradients over the run, when asked for
+    /// ([`Objective::track_mean_gradient`]).
+    pub mean_gradient: Option<Weights>,
 }
 
 /// Terms added to the local objective's gradient beyond the model's own loss.
@@ -281,6 +285,11 @@ pub struct Objective<'a> {
     pub anchor: Option<&'a Weights>,
     /// SCAFFOLD's drift correction `c - c_i`, added to every gradient.
     pub correction: Option<&'a Weights>,
+    /// Average the model's own gradients (loss and weight decay, before the proximal and
+    /// correction terms) over every step. SCAFFOLD's new client control variate is exactly that
+    /// average; measuring it beats option II's `(x - y) / (K lr)`, which is off by `1/(1 - momentum)`
+    /// once momentum is on.
+    pub track_mean_gradient: bool,
 }
 
 /// What an evaluation reports.
@@ -319,6 +328,7 @@ pub fn train_local(
     let (lr, momentum, wd) = (cfg.lr as f32, cfg.momentum as f32, cfg.weight_decay as f32);
     let mu = cfg.proximal_mu as f32;
     let mut velocity = (momentum > 0.0).then(|| weights.zeros_like());
+    let mut grad_sum = objective.track_mean_gradient.then(|| weights.zeros_like());
     for _ in 0..cfg.epochs {
         order.shuffle(&mut rng);
         for batch in order.chunks(cfg.batch_size as usize) {
@@ -327,6 +337,9 @@ pub fn train_local(
             let (loss, mut grad) = model.loss_grad(&weights, x.view(), &y)?;
             if wd > 0.0 {
                 grad.add_scaled(wd, &weights)?;
+            }
+            if let Some(sum) = grad_sum.as_mut() {
+                sum.add_scaled(1.0, &grad)?;
             }
             if let (Some(anchor), true) = (objective.anchor, mu > 0.0) {
                 for ((g, w), a) in grad.values_mut().zip(weights.values()).zip(anchor.values()) {
@@ -356,12 +369,18 @@ pub fn train_local(
             cfg.lr
         ))
     })?;
+    let mean_gradient = grad_sum.map(|mut sum| {
+        let k = steps.max(1) as f32;
+        sum.values_mut().for_each(|v| *v /= k);
+        sum
+    });
     Ok((
         weights,
         TrainStats {
             loss: loss_sum / seen as f64,
             num_examples: data.n_rows() as u64,
             steps,
+            mean_gradient,
         },
     ))
 }
@@ -523,6 +542,11 @@ mod tests {
         // step 1: v = 1, w = -0.5; step 2: v = 0.5 + 1 = 1.5, w = -0.5 - 0.75 = -1.25
         assert_eq!(out.values().next(), Some(-1.25));
         assert_eq!(stats.steps, 2);
+        // The model's own gradient is zero: the correction is not part of the mean.
+        assert_eq!(
+            stats.mean_gradient.unwrap().values().collect::<Vec<_>>(),
+            vec![0.0, 0.0]
+        );
     }
 
     #[test]
