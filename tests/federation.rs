@@ -25,7 +25,11 @@ async fn three_clients_accuracy_rises_over_five_rounds() {
     // One local epoch with a small step, so progress is spread over the rounds.
     let id = submit(
         &mut jobs,
-        &digits_job(5, 3, "[local]\nepochs = 1\nlr = 0.05\nbatch_size = 32\n"),
+        &digits_job(
+            5,
+            3,
+            "[local]\nepochs = 1\nlr = 0.05\nmomentum = 0.0\n[evaluation]\npersonalize_epochs = 2\n",
+        ),
     )
     .await;
     let (info, rounds) = finish(&mut jobs, &id, 60).await;
@@ -54,6 +58,20 @@ async fn three_clients_accuracy_rises_over_five_rounds() {
     assert_eq!(csv.lines().count(), 6);
     for f in ["metrics.jsonl", "spec.toml", "model.json", "summary.json"] {
         assert!(dir.join(f).exists(), "{f} missing");
+    }
+    // The per-client table: every client scored the final model, before and after personalising.
+    let table = std::fs::read_to_string(dir.join("clients.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    for r in &rows {
+        let acc: f64 = r[3].parse().unwrap();
+        let personal: f64 = r[4].parse().unwrap();
+        assert!(acc > 0.5 && personal > 0.5, "{table}");
+        assert_eq!(r[2], "10", "IID shards hold every class: {table}");
     }
     for (stop, handle) in clients {
         stop.cancel();
@@ -460,4 +478,38 @@ async fn robust_strategies_withstand_two_attackers_that_collapse_fedavg() {
         krum >= krum_clean - 0.03,
         "krum under attack {krum}, clean krum {krum_clean}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fraction_fit_samples_clients_and_evaluation_runs_every_k_rounds() {
+    let tc = TestCoordinator::start().await;
+    let clients: Vec<_> = (0..4)
+        .map(|i| start_client(&tc.url, Builtin::Iris, Partitioner::Iid, i, 4))
+        .collect();
+    tc.wait_clients(4).await;
+    let mut jobs = tc.jobs().await;
+    let id = submit(
+        &mut jobs,
+        "kind = \"train\"\ndataset = \"iris\"\nrounds = 3\n[clients]\nfraction_fit = 0.5\nmin_fit_clients = 2\n\
+         min_available_clients = 4\nfraction_evaluate = 0.5\n[evaluation]\nevery = 2\n",
+    )
+    .await;
+    let (info, rounds) = finish(&mut jobs, &id, 60).await;
+    assert_eq!(
+        info.status,
+        v1::JobStatus::Finished as i32,
+        "{}",
+        info.error
+    );
+    assert!(rounds
+        .iter()
+        .all(|r| r.clients_selected == 2 && r.clients == 2));
+    // Round 1 is not a multiple of 2; round 3 is the last and always evaluated.
+    let evaluated: Vec<bool> = rounds.iter().map(|r| r.fed_accuracy.is_some()).collect();
+    assert_eq!(evaluated, vec![false, true, true]);
+    assert!(rounds.iter().all(|r| r.test_accuracy.is_some()));
+    for (stop, _) in clients {
+        stop.cancel();
+    }
+    tc.stop().await;
 }

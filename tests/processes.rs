@@ -365,3 +365,36 @@ fn json_round_lines_parse_and_carry_the_metrics() {
         }
     }
 }
+
+#[test]
+fn study_noniid_writes_its_table_and_chart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(Command::new(bin("shoal-coordinator"))
+        .args([
+            "study",
+            "noniid",
+            "--rounds",
+            "2",
+            "--clients",
+            "5",
+            "--model",
+            "logreg",
+            "--strategies",
+            "fedavg,scaffold",
+            "--out",
+        ])
+        .arg(tmp.path()));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let md = std::fs::read_to_string(tmp.path().join("noniid.md")).unwrap();
+    assert!(
+        md.contains("| fedavg |") && md.contains("| scaffold |") && md.contains("α=0.1"),
+        "{md}"
+    );
+    assert!(!md.contains("failed"), "{md}");
+    let csv = std::fs::read_to_string(tmp.path().join("noniid.csv")).unwrap();
+    // 4 partitions x 2 strategies x 2 rounds, plus the header.
+    assert_eq!(csv.lines().count(), 17, "{csv}");
+    let svg = std::fs::read_to_string(tmp.path().join("noniid.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("scaffold"));
+}

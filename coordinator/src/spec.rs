@@ -305,6 +305,33 @@ mod tests {
     }
 
     #[test]
+    fn strategy_and_model_sections_parse_with_defaults() {
+        let s = JobSpec::from_toml(
+            "kind = \"train\"\n[model]\nkind = \"mlp\"\nhidden = [32, 16]\n[strategy]\nname = \"fedadam\"\neta = 0.05\n",
+        )
+        .unwrap();
+        assert_eq!(s.model.label(), "mlp(32,16)");
+        assert_eq!(s.strategy.name(), "fedadam");
+        let prox =
+            JobSpec::from_toml("kind = \"train\"\n[strategy]\nname = \"fedprox\"\n").unwrap();
+        assert_eq!(prox.proximal_mu(), 0.01);
+        let clash =
+            "kind = \"train\"\n[strategy]\nname = \"fedprox\"\n[local]\nproximal_mu = 0.5\n";
+        assert!(JobSpec::from_toml(clash)
+            .unwrap_err()
+            .to_string()
+            .contains("proximal_mu"));
+        let eta_l = "kind = \"train\"\n[strategy]\nname = \"fedyogi\"\neta_l = 0.03\n[local]\nlr_decay = 0.5\n";
+        let s = JobSpec::from_toml(eta_l).unwrap();
+        assert!((s.local_lr(1) - 0.03).abs() < 1e-12 && (s.local_lr(2) - 0.015).abs() < 1e-12);
+        let bad = "kind = \"train\"\n[strategy]\nname = \"fedtrimmedavg\"\nbeta = 0.7\n";
+        assert!(JobSpec::from_toml(bad)
+            .unwrap_err()
+            .to_string()
+            .contains("beta"));
+    }
+
+    #[test]
     fn json_is_accepted() {
         let s = JobSpec::from_json(r#"{"kind":"train","rounds":3}"#).unwrap();
         assert_eq!(s.rounds, 3);

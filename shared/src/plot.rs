@@ -90,8 +90,17 @@ where
         .y_label_area_size(48)
         .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
         .map_err(plot_err)?;
+    // Whole numbers (rounds, trials) read better without a trailing ".0".
+    let x_fmt = |x: &f64| {
+        if x.fract() == 0.0 {
+            format!("{x:.0}")
+        } else {
+            format!("{x:.2}")
+        }
+    };
     chart
         .configure_mesh()
+        .x_label_formatter(&x_fmt)
         .x_desc(panel.x_label.as_str())
         .y_desc(panel.y_label.as_str())
         .light_line_style(RGBColor(235, 235, 235))

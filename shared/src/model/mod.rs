@@ -481,12 +481,16 @@ mod tests {
         Weights::new(vec![Tensor::new("w", vec![2], vec![a, b]).unwrap()])
     }
 
+    /// Plain SGD: every extra term off unless a test turns it on.
     fn cfg(epochs: u32) -> LocalConfig {
         LocalConfig {
             epochs,
             batch_size: 1,
             lr: 0.5,
-            ..LocalConfig::default()
+            momentum: 0.0,
+            weight_decay: 0.0,
+            proximal_mu: 0.0,
+            lr_decay: 1.0,
         }
     }
 
@@ -499,7 +503,7 @@ mod tests {
         };
         let obj = Objective {
             anchor: Some(&anchor),
-            correction: None,
+            ..Objective::default()
         };
         let (out, stats) = train_local(&Flat, w(2.0, -4.0), &one_row(), &c, 0, &obj).unwrap();
         // w - lr * mu * (w - anchor) = w * (1 - 0.5)
@@ -515,8 +519,9 @@ mod tests {
             ..cfg(1)
         };
         let obj = Objective {
-            anchor: None,
             correction: Some(&corr),
+            track_mean_gradient: true,
+            ..Objective::default()
         };
         let (out, _) = train_local(&Flat, w(2.0, 0.0), &one_row(), &c, 0, &obj).unwrap();
         // w - 0.5 * (0.1 * w + corr) = (2 - 0.5*(0.2 + 1), 0 - 0.5*(0 - 1)) = (1.4, 0.5)
@@ -535,8 +540,9 @@ mod tests {
             ..cfg(2)
         };
         let obj = Objective {
-            anchor: None,
             correction: Some(&corr),
+            track_mean_gradient: true,
+            ..Objective::default()
         };
         let (out, stats) = train_local(&Flat, w(0.0, 0.0), &one_row(), &c, 0, &obj).unwrap();
         // step 1: v = 1, w = -0.5; step 2: v = 0.5 + 1 = 1.5, w = -0.5 - 0.75 = -1.25
