@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Tensor bytes as `Bytes`: the same global model goes into every client's task, and a
         // clone of `Bytes` shares the buffer instead of copying the model N times.
         .bytes(".shoal.v1.Tensor.data")
+        .bytes(".shoal.v1.Task.model_blob")
         .compile_fds(fds)?;
     Ok(())
 }

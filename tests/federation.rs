@@ -187,6 +187,7 @@ async fn corrupt_peer(
                         num_examples: 100,
                         train_loss: 0.5,
                         control_delta: None,
+                        model_blob: Vec::new(),
                     })
                 }
                 _ => task_result::Outcome::Error("this peer does not evaluate".into()),
@@ -508,6 +509,47 @@ async fn fraction_fit_samples_clients_and_evaluation_runs_every_k_rounds() {
     let evaluated: Vec<bool> = rounds.iter().map(|r| r.fed_accuracy.is_some()).collect();
     assert_eq!(evaluated, vec![false, true, true]);
     assert!(rounds.iter().all(|r| r.test_accuracy.is_some()));
+    for (stop, _) in clients {
+        stop.cancel();
+    }
+    tc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_federated_forest_pools_every_clients_trees() {
+    let tc = TestCoordinator::start().await;
+    let clients: Vec<_> = (0..3)
+        .map(|i| start_client(&tc.url, Builtin::Iris, Partitioner::Iid, i, 3))
+        .collect();
+    tc.wait_clients(3).await;
+    let mut jobs = tc.jobs().await;
+    let id = submit(
+        &mut jobs,
+        "kind = \"train\"\ndataset = \"iris\"\nrounds = 3\n[clients]\nmin_available_clients = 3\n\
+         [model]\nkind = \"forest\"\ntrees_per_round = 4\nmax_trees = 30\n",
+    )
+    .await;
+    let (info, rounds) = finish(&mut jobs, &id, 60).await;
+    assert_eq!(
+        info.status,
+        v1::JobStatus::Finished as i32,
+        "{}",
+        info.error
+    );
+    assert_eq!(rounds.len(), 3);
+    let last = rounds.last().unwrap();
+    assert!(
+        last.test_accuracy.unwrap() > 0.8 && last.fed_accuracy.unwrap() > 0.8,
+        "{last:?}"
+    );
+    // 3 rounds x 3 clients x 4 trees = 36, capped at 30 by dropping the oldest round's.
+    let model: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(std::path::Path::new(&info.run_dir).join("model.json")).unwrap(),
+    )
+    .unwrap();
+    let trees = model["global"]["forest"]["trees"].as_array().unwrap();
+    assert_eq!(trees.len(), 30);
+    assert_eq!(trees.iter().filter(|t| t["round"] == 1).count(), 6);
     for (stop, _) in clients {
         stop.cancel();
     }

@@ -398,3 +398,36 @@ fn study_noniid_writes_its_table_and_chart() {
     let svg = std::fs::read_to_string(tmp.path().join("noniid.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("scaffold"));
 }
+
+/// The original demo done right: the federated forest beats every client's local-only forest.
+#[test]
+fn seed_forest_study_federated_beats_every_local_forest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(Command::new(bin("shoal-coordinator"))
+        .args(["study", "seed-forest", "--out"])
+        .arg(tmp.path()));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let md = std::fs::read_to_string(tmp.path().join("seed-forest.md")).unwrap();
+    let accuracy = |prefix: &str| -> Vec<f64> {
+        md.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| l.split('|').nth(4).unwrap().trim().parse().unwrap())
+            .collect()
+    };
+    let local = accuracy("| client ");
+    let federated = accuracy("| federated");
+    let central = accuracy("| centralized");
+    assert_eq!(
+        (local.len(), federated.len(), central.len()),
+        (3, 1, 1),
+        "{md}"
+    );
+    for l in &local {
+        assert!(
+            federated[0] > *l,
+            "federated {} vs local {l}:\n{md}",
+            federated[0]
+        );
+    }
+}

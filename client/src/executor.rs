@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use shoal_proto::v1::{self, task, task_result};
+use shoal_shared::forest::{fit_trees, Forest, ForestParams};
 use shoal_shared::model::{self, Objective};
 use shoal_shared::tensor::Weights;
 
@@ -52,6 +53,9 @@ impl Executor {
             .get(&task.dataset)
             .ok_or_else(|| format!("this client holds no dataset `{}`", task.dataset))?;
         let spec = shoal_proto::model_from_wire(task.model.as_ref()).map_err(|e| e.to_string())?;
+        if let Some(params) = spec.forest() {
+            return self.run_forest(task, local, params);
+        }
         let params = task.parameters.as_ref().ok_or("task without parameters")?;
         let global =
             shoal_proto::weights_from_wire(params, usize::MAX).map_err(|e| e.to_string())?;
@@ -116,6 +120,7 @@ impl Executor {
                     num_examples: stats.num_examples,
                     train_loss: stats.loss,
                     control_delta,
+                    model_blob: Vec::new(),
                 }))
             }
             Some(task::Kind::Evaluate(eval)) => {
@@ -149,6 +154,51 @@ impl Executor {
                     accuracy: stats.accuracy,
                     classes_present: test.classes_present() as u32,
                     personalized_accuracy,
+                }))
+            }
+            None => Err("task without a kind".into()),
+        }
+    }
+
+    /// A forest task: Fit grows new trees on the local train split (the global forest is not
+    /// needed for that); Evaluate scores the global forest the task carries.
+    fn run_forest(
+        &self,
+        task: &v1::Task,
+        local: &crate::catalog::LocalData,
+        params: &ForestParams,
+    ) -> Result<task_result::Outcome, String> {
+        let err = |e: shoal_shared::Error| e.to_string();
+        let n_classes = task.class_names.len();
+        match &task.kind {
+            Some(task::Kind::Fit(_)) => {
+                let train = local.train.remap_classes(&task.class_names).map_err(err)?;
+                let trees = fit_trees(&train, n_classes, params, task.seed).map_err(err)?;
+                let stats = trees.evaluate(&train).map_err(err)?;
+                Ok(task_result::Outcome::Fit(v1::FitResult {
+                    parameters: None,
+                    num_examples: train.n_rows() as u64,
+                    train_loss: stats.loss,
+                    control_delta: None,
+                    model_blob: trees.to_blob(),
+                }))
+            }
+            Some(task::Kind::Evaluate(_)) => {
+                let test = local.test.remap_classes(&task.class_names).map_err(err)?;
+                let forest = Forest::from_blob(
+                    &task.model_blob,
+                    test.n_features(),
+                    n_classes,
+                    params.max_trees as usize,
+                )
+                .map_err(err)?;
+                let stats = forest.evaluate(&test).map_err(err)?;
+                Ok(task_result::Outcome::Evaluate(v1::EvaluateResult {
+                    num_examples: stats.num_examples,
+                    loss: stats.loss,
+                    accuracy: stats.accuracy,
+                    classes_present: test.classes_present() as u32,
+                    personalized_accuracy: None,
                 }))
             }
             None => Err("task without a kind".into()),

@@ -67,6 +67,20 @@ pub enum StudyCommand {
         #[arg(long, default_value = "study")]
         out: PathBuf,
     },
+    /// The original demo done right: 3 seed-fl clients with different concepts; each one's
+    /// local-only forest vs the federated forest vs a centralized forest, on one held-out set.
+    SeedForest {
+        /// Trees per local-only forest (each client contributes as many to the federated one).
+        #[arg(long, default_value_t = 50)]
+        trees: u32,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Where seed-forest.md and the run folder go.
+        #[arg(long, default_value = "study")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +257,21 @@ async fn study_cmd(cmd: StudyCommand) -> anyhow::Result<()> {
                 bail!("--rounds and --clients must be at least 1");
             }
             crate::study::run_noniid(&study).await?;
+            Ok(())
+        }
+        StudyCommand::SeedForest {
+            trees,
+            rounds,
+            seed,
+            out,
+        } => {
+            let study = crate::study::SeedForestStudy {
+                trees,
+                rounds,
+                seed,
+                out,
+            };
+            crate::study::run_seed_forest(&study).await?;
             Ok(())
         }
     }

@@ -235,7 +235,7 @@ impl Coordinator {
             dataset = %ctx.spec.dataset,
             features = state.facts.n_features,
             classes = state.facts.class_names.len(),
-            params = state.global.num_params(),
+            size = state.global.size(),
             "job started"
         );
         let mut records: Vec<RoundRecord> = Vec::new();
@@ -267,7 +267,7 @@ impl Coordinator {
                 "model": ctx.spec.model,
                 "feature_names": state.facts.feature_names,
                 "class_names": state.facts.class_names,
-                "weights": state.global,
+                "global": state.global.to_json(),
             }),
         )?;
         run.write_json("summary.json", &summary)?;
@@ -344,35 +344,54 @@ impl Coordinator {
     }
 }
 
-/// The same model trained centrally on the pooled train rows for as many passes as the federated
-/// run made (rounds × local epochs), scored on the same test set. A reference, not a contestant.
+/// The same model trained centrally on the pooled train rows, scored on the same test set: for
+/// weights, as many passes as the federated run made (rounds × local epochs); for a forest, as
+/// many trees as the global forest holds. A reference, not a contestant.
 async fn centralized_baseline(
     ctx: &JobCtx,
     b: shoal_shared::data::builtin::Builtin,
     state: &crate::round::TrainState,
 ) -> Option<f64> {
+    use crate::round::GlobalModel;
     let holdout = state.facts.holdout.clone()?;
-    let model = state.model.clone();
-    let mut local = ctx.spec.local.clone();
-    local.epochs = local.epochs.saturating_mul(ctx.spec.rounds);
     let seed = ctx.spec.seed;
-    let init = {
-        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
-        model.init(&mut rng)
+    let n_classes = state.facts.class_names.len();
+    let res = match &state.global {
+        GlobalModel::Params { model, .. } => {
+            let model = model.clone();
+            let mut local = ctx.spec.local.clone();
+            local.epochs = local.epochs.saturating_mul(ctx.spec.rounds);
+            let init = {
+                let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+                model.init(&mut rng)
+            };
+            tokio::task::spawn_blocking(move || -> shoal_shared::Result<f64> {
+                let pool = b.train_pool()?;
+                let (w, _) = shoal_shared::model::train_local(
+                    model.as_ref(),
+                    init,
+                    &pool,
+                    &local,
+                    seed,
+                    &shoal_shared::model::Objective::default(),
+                )?;
+                Ok(shoal_shared::model::evaluate(model.as_ref(), &w, &holdout)?.accuracy)
+            })
+            .await
+        }
+        GlobalModel::Forest { forest, params } => {
+            let params = shoal_shared::forest::ForestParams {
+                trees_per_round: forest.trees.len().clamp(1, 10_000) as u32,
+                ..params.clone()
+            };
+            tokio::task::spawn_blocking(move || -> shoal_shared::Result<f64> {
+                let pool = b.train_pool()?;
+                let f = shoal_shared::forest::fit_trees(&pool, n_classes, &params, seed)?;
+                Ok(f.evaluate(&holdout)?.accuracy)
+            })
+            .await
+        }
     };
-    let res = tokio::task::spawn_blocking(move || -> shoal_shared::Result<f64> {
-        let pool = b.train_pool()?;
-        let (w, _) = shoal_shared::model::train_local(
-            model.as_ref(),
-            init,
-            &pool,
-            &local,
-            seed,
-            &shoal_shared::model::Objective::default(),
-        )?;
-        Ok(shoal_shared::model::evaluate(model.as_ref(), &w, &holdout)?.accuracy)
-    })
-    .await;
     match res {
         Ok(Ok(acc)) => Some(acc),
         Ok(Err(e)) => {

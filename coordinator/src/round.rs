@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use shoal_proto::v1::{self, task, task_result};
 use shoal_shared::data::builtin::Builtin;
 use shoal_shared::data::{self, Dataset};
+use shoal_shared::forest::{Forest, ForestParams};
+use shoal_shared::model::ModelSpec;
 use shoal_shared::model::{self, Model};
 use shoal_shared::seed;
 use shoal_shared::strategy::Strategy;
@@ -78,13 +80,80 @@ pub struct JobCtx {
     pub max_message_bytes: usize,
 }
 
+/// The global model and whatever trains it.
+#[derive(Debug)]
+pub enum GlobalModel {
+    /// A differentiable model: weights, aggregated by a strategy.
+    Params {
+        model: Arc<dyn Model>,
+        weights: Weights,
+        strategy: Strategy,
+    },
+    /// A forest: clients' new trees are appended, up to a cap.
+    Forest {
+        forest: Arc<Forest>,
+        params: ForestParams,
+    },
+}
+
+/// What a task carries of the global model.
+#[derive(Debug, Clone, Default)]
+struct Payload {
+    parameters: Option<v1::Parameters>,
+    blob: prost::bytes::Bytes,
+}
+
+impl GlobalModel {
+    fn payload(&self) -> Payload {
+        match self {
+            GlobalModel::Params { weights, .. } => Payload {
+                parameters: Some(shoal_proto::weights_to_wire(weights)),
+                blob: Default::default(),
+            },
+            GlobalModel::Forest { forest, .. } => Payload {
+                parameters: None,
+                blob: forest.to_blob().into(),
+            },
+        }
+    }
+
+    /// Scores the model on `data`, off the async threads.
+    pub async fn evaluate(&self, data: Arc<Dataset>) -> Result<model::EvalStats> {
+        let res = match self {
+            GlobalModel::Params { model, weights, .. } => {
+                let (m, w) = (model.clone(), weights.clone());
+                tokio::task::spawn_blocking(move || model::evaluate(m.as_ref(), &w, &data)).await
+            }
+            GlobalModel::Forest { forest, .. } => {
+                let f = forest.clone();
+                tokio::task::spawn_blocking(move || f.evaluate(&data)).await
+            }
+        };
+        Ok(res.map_err(|e| Error::Job(format!("evaluation: {e}")))??)
+    }
+
+    /// Size of the model, for logs: parameters or trees.
+    pub fn size(&self) -> usize {
+        match self {
+            GlobalModel::Params { weights, .. } => weights.num_params(),
+            GlobalModel::Forest { forest, .. } => forest.trees.len(),
+        }
+    }
+
+    /// The final model as JSON for the run folder.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            GlobalModel::Params { weights, .. } => serde_json::json!({ "weights": weights }),
+            GlobalModel::Forest { forest, .. } => serde_json::json!({ "forest": forest.as_ref() }),
+        }
+    }
+}
+
 /// The state a train job carries from round to round.
 #[derive(Debug)]
 pub struct TrainState {
     pub facts: DataFacts,
-    pub model: Arc<dyn Model>,
-    pub global: Weights,
-    pub strategy: Strategy,
+    pub global: GlobalModel,
 }
 
 /// One client's line in the end-of-job table.
@@ -227,21 +296,26 @@ impl JobCtx {
         })
     }
 
-    /// Sets up model, initial weights and strategy.
+    /// Sets up the model, its initial state and the strategy.
     pub fn init_state(&self, facts: DataFacts) -> Result<TrainState> {
-        let model: Arc<dyn Model> = Arc::from(
-            self.spec
-                .model
-                .build(facts.n_features, facts.class_names.len())?,
-        );
-        let mut rng = ChaCha8Rng::seed_from_u64(seed::derive(self.spec.seed, &[SEED_INIT]));
-        let global = model.init(&mut rng);
-        Ok(TrainState {
-            facts,
-            model,
-            global,
-            strategy: self.spec.strategy.build(),
-        })
+        let n_classes = facts.class_names.len();
+        let global = match &self.spec.model {
+            ModelSpec::Forest(params) => GlobalModel::Forest {
+                forest: Arc::new(Forest::new(facts.n_features, n_classes)),
+                params: params.clone(),
+            },
+            spec => {
+                let model: Arc<dyn Model> = Arc::from(spec.build(facts.n_features, n_classes)?);
+                let mut rng = ChaCha8Rng::seed_from_u64(seed::derive(self.spec.seed, &[SEED_INIT]));
+                let weights = model.init(&mut rng);
+                GlobalModel::Params {
+                    model,
+                    weights,
+                    strategy: self.spec.strategy.build(),
+                }
+            }
+        };
+        Ok(TrainState { facts, global })
     }
 
     /// Runs round `round` and returns its record; `state.global` becomes the new global model.
@@ -263,75 +337,15 @@ impl JobCtx {
         let quorum = (policy.min_fit_clients as usize).min(fit_clients.len());
         tracing::debug!(selected = fit_clients.len(), available = avail.len(), "fit");
 
-        // Fit: each valid update goes straight into the running aggregate and is dropped.
-        let params = shoal_proto::weights_to_wire(&state.global);
-        let fit = task::Kind::Fit(v1::FitTask {
-            local: Some(self.local_training(round)),
-            control: state
-                .strategy
-                .server_control(&state.global)
-                .map(|c| shoal_proto::weights_to_wire(&c)),
-        });
-        let wants_control = self.spec.strategy.uses_control_variates();
-        let mut agg = state.strategy.aggregator(&state.global);
-        let (mut loss_sum, mut loss_weight) = (0.0f64, 0.0f64);
-        let max_elements = state.global.num_params();
-        let announced = announced_sizes(&fit_clients, &self.spec.dataset, |d| d.train_examples);
-        let fit_phase = self
-            .phase(
-                round,
-                &fit_clients,
-                &params,
-                &state.facts,
-                fit,
-                quorum,
-                |client, arrived| {
-                    let fit = match arrived.result.outcome {
-                        Some(task_result::Outcome::Fit(f)) => f,
-                        Some(task_result::Outcome::Error(e)) => {
-                            return Err(format!("client error: {e}"))
-                        }
-                        _ => return Err("expected a fit result".into()),
-                    };
-                    let params = fit
-                        .parameters
-                        .as_ref()
-                        .ok_or("fit result without parameters")?;
-                    let w = shoal_proto::weights_from_wire(params, max_elements)
-                        .map_err(|e| e.to_string())?;
-                    state
-                        .global
-                        .check_same_layout(&w)
-                        .map_err(|e| e.to_string())?;
-                    w.check_finite().map_err(|e| e.to_string())?;
-                    check_count(fit.num_examples, announced.get(client).copied(), "train")?;
-                    if !(fit.train_loss.is_finite() && fit.train_loss.abs() <= MAX_LOSS) {
-                        return Err(format!("implausible train_loss {}", fit.train_loss));
-                    }
-                    let control_delta = match (&fit.control_delta, wants_control) {
-                        (Some(c), true) => {
-                            let c = shoal_proto::weights_from_wire(c, max_elements)
-                                .map_err(|e| format!("control_delta: {e}"))?;
-                            state
-                                .global
-                                .check_same_layout(&c)
-                                .map_err(|e| format!("control_delta: {e}"))?;
-                            c.check_finite()
-                                .map_err(|e| format!("control_delta: {e}"))?;
-                            Some(c)
-                        }
-                        (None, true) => return Err("SCAFFOLD update without control_delta".into()),
-                        (_, false) => None,
-                    };
-                    agg.add(&w, fit.num_examples, control_delta.as_ref())
-                        .map_err(|e| e.to_string())?;
-                    loss_sum += fit.train_loss * fit.num_examples as f64;
-                    loss_weight += fit.num_examples as f64;
-                    tracing::debug!(client, examples = fit.num_examples, "update accepted");
-                    Ok(())
-                },
-            )
-            .await?;
+        let (fit_phase, train_loss) = match &state.global {
+            GlobalModel::Params { .. } => {
+                self.fit_params(round, state, &fit_clients, avail.len(), quorum)
+                    .await?
+            }
+            GlobalModel::Forest { .. } => {
+                self.fit_forest(round, state, &fit_clients, quorum).await?
+            }
+        };
         if fit_phase.accepted < quorum.max(1) {
             return Err(Error::Job(format!(
                 "round {round}: {} of the {quorum} required clients (clients.min_fit_clients) returned a valid update ({} selected, {} rejected, {} left, {} past the {}s deadline)",
@@ -343,19 +357,6 @@ impl JobCtx {
                 policy.round_timeout_secs
             )));
         }
-        let previous = std::mem::take(&mut state.global);
-        state.global = match state.strategy.finish(round, &previous, agg, avail.len()) {
-            Ok(w) => w,
-            Err(e) => {
-                state.global = previous;
-                return Err(match e {
-                    shoal_shared::Error::NonFinite(what) => Error::Job(format!(
-                        "round {round}: the aggregated model is not finite ({what}); lower the learning rates"
-                    )),
-                    other => other.into(),
-                });
-            }
-        };
 
         // Federated evaluation of the new global model.
         let (mut fed_loss, mut fed_accuracy) = (None, None);
@@ -376,14 +377,14 @@ impl JobCtx {
                 seed::derive(self.spec.seed, &[round.into(), SEED_SAMPLE_EVAL]),
             );
             let quorum = (policy.min_evaluate_clients as usize).min(eval_clients.len());
-            let params = shoal_proto::weights_to_wire(&state.global);
+            let payload = state.global.payload();
             let announced = announced_sizes(&eval_clients, &self.spec.dataset, |d| d.test_examples);
             let (mut l, mut a, mut n) = (0.0f64, 0.0f64, 0.0f64);
             eval_phase = self
                 .phase(
                     round,
                     &eval_clients,
-                    &params,
+                    &payload,
                     &state.facts,
                     task::Kind::Evaluate(v1::EvaluateTask::default()),
                     quorum,
@@ -429,10 +430,7 @@ impl JobCtx {
         // Centralized evaluation on the coordinator's test set.
         let (mut test_loss, mut test_accuracy) = (None, None);
         if let Some(h) = &state.facts.holdout {
-            let (m, w, h) = (state.model.clone(), state.global.clone(), h.clone());
-            let stats = tokio::task::spawn_blocking(move || model::evaluate(m.as_ref(), &w, &h))
-                .await
-                .map_err(|e| Error::Job(format!("centralized evaluation: {e}")))??;
+            let stats = state.global.evaluate(h.clone()).await?;
             test_loss = Some(stats.loss);
             test_accuracy = Some(stats.accuracy);
         }
@@ -442,11 +440,7 @@ impl JobCtx {
             rounds_total: self.spec.rounds,
             clients: fit_phase.accepted as u32,
             clients_selected: fit_clients.len() as u32,
-            train_loss: if loss_weight > 0.0 {
-                loss_sum / loss_weight
-            } else {
-                f64::NAN
-            },
+            train_loss,
             fed_loss,
             fed_accuracy,
             test_accuracy,
@@ -456,6 +450,172 @@ impl JobCtx {
             seconds: started.elapsed().as_secs_f64(),
             rejected: (fit_phase.rejected + eval_phase.rejected) as u32,
         })
+    }
+
+    /// Fit phase of a weights model: each valid update goes straight into the strategy's running
+    /// aggregate and is dropped; with a quorum, the strategy makes the next global model.
+    /// Returns the phase and the example-weighted mean training loss.
+    async fn fit_params(
+        &self,
+        round: u32,
+        state: &mut TrainState,
+        fit_clients: &[ClientView],
+        n_available: usize,
+        quorum: usize,
+    ) -> Result<(Phase, f64)> {
+        let TrainState { facts, global } = state;
+        let GlobalModel::Params {
+            weights, strategy, ..
+        } = global
+        else {
+            return Err(Error::Job("internal: fit_params on a forest".into()));
+        };
+        let payload = Payload {
+            parameters: Some(shoal_proto::weights_to_wire(weights)),
+            blob: Default::default(),
+        };
+        let fit = task::Kind::Fit(v1::FitTask {
+            local: Some(self.local_training(round)),
+            control: strategy
+                .server_control(weights)
+                .map(|c| shoal_proto::weights_to_wire(&c)),
+        });
+        let wants_control = self.spec.strategy.uses_control_variates();
+        let mut agg = strategy.aggregator(weights);
+        let (mut loss_sum, mut loss_weight) = (0.0f64, 0.0f64);
+        let max_elements = weights.num_params();
+        let announced = announced_sizes(fit_clients, &self.spec.dataset, |d| d.train_examples);
+        let current: &Weights = weights;
+        let phase = self
+            .phase(
+                round,
+                fit_clients,
+                &payload,
+                facts,
+                fit,
+                quorum,
+                |client, arrived| {
+                    let fit = match arrived.result.outcome {
+                        Some(task_result::Outcome::Fit(f)) => f,
+                        Some(task_result::Outcome::Error(e)) => {
+                            return Err(format!("client error: {e}"))
+                        }
+                        _ => return Err("expected a fit result".into()),
+                    };
+                    let params = fit
+                        .parameters
+                        .as_ref()
+                        .ok_or("fit result without parameters")?;
+                    let w = shoal_proto::weights_from_wire(params, max_elements)
+                        .map_err(|e| e.to_string())?;
+                    current.check_same_layout(&w).map_err(|e| e.to_string())?;
+                    w.check_finite().map_err(|e| e.to_string())?;
+                    check_count(fit.num_examples, announced.get(client).copied(), "train")?;
+                    check_loss(fit.train_loss)?;
+                    let control_delta = match (&fit.control_delta, wants_control) {
+                        (Some(c), true) => {
+                            let c = shoal_proto::weights_from_wire(c, max_elements)
+                                .map_err(|e| format!("control_delta: {e}"))?;
+                            current
+                                .check_same_layout(&c)
+                                .map_err(|e| format!("control_delta: {e}"))?;
+                            c.check_finite()
+                                .map_err(|e| format!("control_delta: {e}"))?;
+                            Some(c)
+                        }
+                        (None, true) => return Err("SCAFFOLD update without control_delta".into()),
+                        (_, false) => None,
+                    };
+                    agg.add(&w, fit.num_examples, control_delta.as_ref())
+                        .map_err(|e| e.to_string())?;
+                    loss_sum += fit.train_loss * fit.num_examples as f64;
+                    loss_weight += fit.num_examples as f64;
+                    tracing::debug!(client, examples = fit.num_examples, "update accepted");
+                    Ok(())
+                },
+            )
+            .await?;
+        if phase.accepted < quorum.max(1) {
+            return Ok((phase, f64::NAN));
+        }
+        match strategy.finish(round, weights, agg, n_available) {
+            Ok(next) => *weights = next,
+            Err(shoal_shared::Error::NonFinite(what)) => {
+                return Err(Error::Job(format!(
+                    "round {round}: the aggregated model is not finite ({what}); lower the learning rates"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok((phase, loss_sum / loss_weight))
+    }
+
+    /// Fit phase of a forest: each selected client grows `trees_per_round` new trees on its own
+    /// rows (it needs no global forest for that); their trees join the global forest, weighted by
+    /// the client's example count, merged in client-name order so the forest does not depend on
+    /// arrival order.
+    async fn fit_forest(
+        &self,
+        round: u32,
+        state: &mut TrainState,
+        fit_clients: &[ClientView],
+        quorum: usize,
+    ) -> Result<(Phase, f64)> {
+        let TrainState { facts, global } = state;
+        let GlobalModel::Forest { forest, params } = global else {
+            return Err(Error::Job("internal: fit_forest on a weights model".into()));
+        };
+        let fit = task::Kind::Fit(v1::FitTask {
+            local: Some(self.local_training(round)),
+            control: None,
+        });
+        let (n_features, n_classes) = (facts.n_features, facts.class_names.len());
+        let per_client = params.trees_per_round as usize;
+        let announced = announced_sizes(fit_clients, &self.spec.dataset, |d| d.train_examples);
+        let mut grown: Vec<(String, Forest)> = Vec::with_capacity(fit_clients.len());
+        let (mut loss_sum, mut loss_weight) = (0.0f64, 0.0f64);
+        let phase = self
+            .phase(
+                round,
+                fit_clients,
+                &Payload::default(),
+                facts,
+                fit,
+                quorum,
+                |client, arrived| {
+                    let fit = match arrived.result.outcome {
+                        Some(task_result::Outcome::Fit(f)) => f,
+                        Some(task_result::Outcome::Error(e)) => {
+                            return Err(format!("client error: {e}"))
+                        }
+                        _ => return Err("expected a fit result".into()),
+                    };
+                    check_count(fit.num_examples, announced.get(client).copied(), "train")?;
+                    check_loss(fit.train_loss)?;
+                    let mut trees =
+                        Forest::from_blob(&fit.model_blob, n_features, n_classes, per_client)
+                            .map_err(|e| e.to_string())?;
+                    if trees.trees.is_empty() {
+                        return Err("fit result without trees".into());
+                    }
+                    trees.set_weight(fit.num_examples as f32);
+                    loss_sum += fit.train_loss * fit.num_examples as f64;
+                    loss_weight += fit.num_examples as f64;
+                    grown.push((client.to_string(), trees));
+                    Ok(())
+                },
+            )
+            .await?;
+        if phase.accepted < quorum.max(1) {
+            return Ok((phase, f64::NAN));
+        }
+        grown.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut next = Forest::clone(forest);
+        for (_, trees) in grown {
+            next.merge(trees, round, params.max_trees as usize)?;
+        }
+        *forest = Arc::new(next);
+        Ok((phase, loss_sum / loss_weight))
     }
 
     /// Local training settings for round `round`'s Fit tasks.
@@ -477,10 +637,15 @@ impl JobCtx {
             .into_iter()
             .filter(|c| compatible(c, &self.spec.dataset, &state.facts))
             .collect();
-        let params = shoal_proto::weights_to_wire(&state.global);
+        let payload = state.global.payload();
         let announced = announced_sizes(&clients, &self.spec.dataset, |d| d.test_examples);
+        // Personalising means local training from the global model: weights models only.
+        let personalize = match state.global {
+            GlobalModel::Params { .. } => self.spec.evaluation.personalize_epochs,
+            GlobalModel::Forest { .. } => 0,
+        };
         let kind = task::Kind::Evaluate(v1::EvaluateTask {
-            personalize_epochs: self.spec.evaluation.personalize_epochs,
+            personalize_epochs: personalize,
             local: Some(self.local_training(self.spec.rounds)),
         });
         let mut rows = Vec::with_capacity(clients.len());
@@ -488,7 +653,7 @@ impl JobCtx {
         self.phase(
             round,
             &clients,
-            &params,
+            &payload,
             &state.facts,
             kind,
             clients.len(),
@@ -528,7 +693,7 @@ impl JobCtx {
         &self,
         round: u32,
         clients: &[ClientView],
-        params: &v1::Parameters,
+        payload: &Payload,
         facts: &DataFacts,
         kind: task::Kind,
         quorum: usize,
@@ -550,7 +715,8 @@ impl JobCtx {
                 dataset: self.spec.dataset.clone(),
                 class_names: facts.class_names.clone(),
                 model: Some(shoal_proto::model_to_wire(&self.spec.model)),
-                parameters: Some(params.clone()),
+                parameters: payload.parameters.clone(),
+                model_blob: payload.blob.clone(),
                 deadline_unix_ms,
                 seed: seed::derive(
                     self.spec.seed,
@@ -635,6 +801,14 @@ impl JobCtx {
 
 /// Largest absolute loss a result may report; beyond it a weighted mean could overflow.
 const MAX_LOSS: f64 = 1e12;
+
+fn check_loss(loss: f64) -> std::result::Result<(), String> {
+    if loss.is_finite() && loss.abs() <= MAX_LOSS {
+        Ok(())
+    } else {
+        Err(format!("implausible train_loss {loss}"))
+    }
+}
 
 /// What each client announced in its Hello for `dataset`, by client name.
 fn announced_sizes(

@@ -224,6 +224,15 @@ impl JobSpec {
                 "is for other strategies; with fedprox set `proximal_mu` in [strategy]".into(),
             );
         }
+        if self.model.forest().is_some() && self.strategy != StrategySpec::FedAvg {
+            return bad(
+                "strategy",
+                format!(
+                    "= \"{}\" does not apply to a forest (its trees are pooled, not averaged); leave it at fedavg",
+                    self.strategy.name()
+                ),
+            );
+        }
         if self.evaluation.personalize_epochs > 1000 {
             return bad(
                 "evaluation.personalize_epochs",
@@ -296,6 +305,14 @@ mod tests {
             ),
             ("kind = \"train\"\n[local]\nlr = -1.0", "lr"),
             ("kind = \"train\"\n[model]\nkind = \"resnet\"", "resnet"),
+            (
+                "kind = \"train\"\n[model]\nkind = \"forest\"\n[strategy]\nname = \"fedadam\"",
+                "does not apply to a forest",
+            ),
+            (
+                "kind = \"train\"\n[model]\nkind = \"forest\"\ntrees_per_round = 0",
+                "trees_per_round",
+            ),
             ("kind = \"train\"\nrounds = \"ten\"", "rounds"),
         ];
         for (text, needle) in cases {

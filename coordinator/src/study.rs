@@ -220,3 +220,165 @@ fn chart(study: &NonIidStudy, cells: &[Cell]) -> anyhow::Result<String> {
         .collect();
     Ok(line_charts_svg(&panels, 2, (560, 380))?)
 }
+
+/// The original tutorial's federated-learning demo, done right: three `seed-fl` clients with
+/// different concepts, each client's local-only forest, the federated forest (trees pooled over
+/// rounds), and a centralized forest on the pooled rows, all scored on one held-out set drawn from
+/// the three concepts.
+#[derive(Debug, Clone)]
+pub struct SeedForestStudy {
+    /// Trees in each local-only forest; each client contributes as many to the federated forest.
+    pub trees: u32,
+    pub rounds: u32,
+    pub seed: u64,
+    pub out: PathBuf,
+}
+
+/// One line of the seed-forest table.
+#[derive(Debug, Clone)]
+pub struct SeedRow {
+    pub model: String,
+    pub rows: usize,
+    pub trees: usize,
+    pub accuracy: f64,
+    /// Accuracy on each concept's part of the held-out set (thresholds 0, 1, 0.5).
+    pub per_concept: Vec<f64>,
+}
+
+/// Runs the seed-forest comparison and writes `seed-forest.md` under `out`.
+pub async fn run_seed_forest(study: &SeedForestStudy) -> anyhow::Result<Vec<SeedRow>> {
+    use shoal_shared::data::builtin::{SEED_FL_HOLDOUT_ROWS_PER_CONCEPT, SEED_FL_THRESHOLDS};
+    use shoal_shared::data::Dataset;
+    use shoal_shared::forest::{fit_trees, Forest, ForestParams};
+
+    if study.rounds == 0 || study.trees == 0 {
+        anyhow::bail!("--rounds and --trees must be at least 1");
+    }
+    std::fs::create_dir_all(&study.out)
+        .with_context(|| format!("cannot create {}", study.out.display()))?;
+    let clients = SEED_FL_THRESHOLDS.len();
+    let holdout = Builtin::SeedFl.holdout()?;
+    // Each client's local train split exactly as a Shoal client derives it.
+    let mut trains: Vec<Dataset> = Vec::with_capacity(clients);
+    for i in 0..clients {
+        let mut c = shoal_client::Catalog::new();
+        c.add_builtin(Builtin::SeedFl, &Partitioner::Iid, i, clients, study.seed)?;
+        let local = c
+            .get("seed-fl")
+            .context("the seed-fl catalog entry is missing")?;
+        trains.push(local.train.as_ref().clone());
+    }
+    let score = |f: &Forest| -> anyhow::Result<(f64, Vec<f64>)> {
+        let all = f.evaluate(&holdout)?.accuracy;
+        let per = (0..clients)
+            .map(|c| {
+                let rows: Vec<usize> = (c * SEED_FL_HOLDOUT_ROWS_PER_CONCEPT
+                    ..(c + 1) * SEED_FL_HOLDOUT_ROWS_PER_CONCEPT)
+                    .collect();
+                Ok(f.evaluate(&holdout.select(&rows))?.accuracy)
+            })
+            .collect::<anyhow::Result<Vec<f64>>>()?;
+        Ok((all, per))
+    };
+    let params = |trees: u32| ForestParams {
+        trees_per_round: trees,
+        ..ForestParams::default()
+    };
+    let mut rows = Vec::new();
+    for (i, train) in trains.iter().enumerate() {
+        let f = fit_trees(train, 2, &params(study.trees), study.seed + i as u64)?;
+        let (accuracy, per_concept) = score(&f)?;
+        rows.push(SeedRow {
+            model: format!("client {i} alone (t = {})", SEED_FL_THRESHOLDS[i]),
+            rows: train.n_rows(),
+            trees: f.trees.len(),
+            accuracy,
+            per_concept,
+        });
+    }
+
+    // Federated: each client grows trees/rounds trees per round, so it contributes as many trees
+    // as its local-only forest has; the global forest pools them.
+    let per_round = study.trees.div_ceil(study.rounds);
+    let mut spec = JobSpec::from_toml("kind = \"train\"\ndataset = \"seed-fl\"\n")?;
+    spec.rounds = study.rounds;
+    spec.seed = study.seed;
+    spec.model = ModelSpec::Forest(params(per_round));
+    let mut o = SimulateOptions::new(spec, Builtin::SeedFl);
+    o.clients = clients;
+    o.out = study.out.join("runs");
+    o.quiet = true;
+    let outcome = simulate(o).await?;
+    if !outcome.job.error.is_empty() {
+        anyhow::bail!("the federated forest failed: {}", outcome.job.error);
+    }
+    let model_path = std::path::Path::new(&outcome.job.run_dir).join("model.json");
+    let text = std::fs::read_to_string(&model_path)
+        .with_context(|| format!("cannot read {}", model_path.display()))?;
+    let saved: serde_json::Value = serde_json::from_str(&text)?;
+    let forest: Forest = serde_json::from_value(saved["global"]["forest"].clone())
+        .context("model.json holds no forest")?;
+    let (accuracy, per_concept) = score(&forest)?;
+    rows.push(SeedRow {
+        model: format!("federated ({} rounds, rows never pooled)", study.rounds),
+        rows: trains.iter().map(Dataset::n_rows).sum(),
+        trees: forest.trees.len(),
+        accuracy,
+        per_concept,
+    });
+
+    // Centralized: the same number of trees on the pooled rows.
+    let pooled = concat(&trains)?;
+    let f = fit_trees(
+        &pooled,
+        2,
+        &params(forest.trees.len().max(1) as u32),
+        study.seed,
+    )?;
+    let (accuracy, per_concept) = score(&f)?;
+    rows.push(SeedRow {
+        model: "centralized (pooled rows)".into(),
+        rows: pooled.n_rows(),
+        trees: f.trees.len(),
+        accuracy,
+        per_concept,
+    });
+
+    let mut md = format!(
+        "seed-fl: 3 clients with different concepts (label = x0 + x1 + N(0, 0.5²) > t), forests of {} trees, seed {}; held-out set: {} rows of each concept.\n\n| model | train rows | trees | test accuracy | t = 0 | t = 1 | t = 0.5 |\n|---|---|---|---|---|---|---|\n",
+        study.trees, study.seed, SEED_FL_HOLDOUT_ROWS_PER_CONCEPT
+    );
+    for r in &rows {
+        let _ = write!(
+            md,
+            "| {} | {} | {} | {:.3} |",
+            r.model, r.rows, r.trees, r.accuracy
+        );
+        for p in &r.per_concept {
+            let _ = write!(md, " {p:.3} |");
+        }
+        md.push('\n');
+    }
+    std::fs::write(study.out.join("seed-forest.md"), &md)?;
+    crate::report::print_lines(&[
+        md,
+        format!("wrote seed-forest.md to {}", study.out.display()),
+    ]);
+    Ok(rows)
+}
+
+fn concat(parts: &[shoal_shared::data::Dataset]) -> anyhow::Result<shoal_shared::data::Dataset> {
+    let first = parts.first().context("nothing to pool")?;
+    let views: Vec<_> = parts.iter().map(|p| p.features.view()).collect();
+    let features = ndarray::concatenate(ndarray::Axis(0), &views)?;
+    let labels = parts
+        .iter()
+        .flat_map(|p| p.labels.iter().copied())
+        .collect();
+    Ok(shoal_shared::data::Dataset::new(
+        features,
+        labels,
+        first.feature_names.clone(),
+        first.class_names.clone(),
+    )?)
+}

@@ -124,11 +124,36 @@ pub fn model_to_wire(m: &ModelSpec) -> v1::ModelSpec {
     v1::ModelSpec {
         kind: m.name().to_string(),
         hidden: m.hidden().iter().map(|&h| h as u32).collect(),
+        forest: m.forest().map(|p| v1::ForestParams {
+            trees_per_round: p.trees_per_round,
+            max_depth: p.max_depth,
+            min_samples_split: p.min_samples_split,
+            min_samples_leaf: p.min_samples_leaf,
+            max_features: p.max_features,
+            max_trees: p.max_trees,
+        }),
     }
 }
 
 pub fn model_from_wire(m: Option<&v1::ModelSpec>) -> Result<ModelSpec, WireError> {
     let m = m.ok_or(WireError::Missing("model"))?;
+    if m.kind == "forest" {
+        let p = m
+            .forest
+            .as_ref()
+            .ok_or(WireError::Missing("model.forest"))?;
+        let spec = ModelSpec::Forest(shoal_shared::forest::ForestParams {
+            trees_per_round: p.trees_per_round,
+            max_depth: p.max_depth,
+            min_samples_split: p.min_samples_split,
+            min_samples_leaf: p.min_samples_leaf,
+            max_features: p.max_features,
+            max_trees: p.max_trees,
+        });
+        spec.check()
+            .map_err(|e| invalid("model.forest", e.to_string()))?;
+        return Ok(spec);
+    }
     let hidden: Vec<usize> = m.hidden.iter().map(|&h| h as usize).collect();
     ModelSpec::from_parts(&m.kind, &hidden).map_err(|e| invalid("model", e.to_string()))
 }
@@ -223,6 +248,7 @@ mod tests {
         let bad_model = v1::ModelSpec {
             kind: "mlp".into(),
             hidden: vec![],
+            forest: None,
         };
         assert!(model_from_wire(Some(&bad_model)).is_err());
         let c = LocalConfig {

@@ -33,6 +33,7 @@
 
 pub mod data;
 pub mod error;
+pub mod forest;
 pub mod model;
 pub mod plot;
 pub mod seed;

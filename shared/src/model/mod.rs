@@ -22,7 +22,7 @@ use crate::tensor::Weights;
 use crate::{Error, Result};
 
 /// Which model a job trains. Serialised into job specs (`[model] kind = "mlp"`, `hidden = [64]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ModelSpec {
     /// Multinomial logistic regression (softmax).
@@ -33,6 +33,8 @@ pub enum ModelSpec {
         #[serde(default = "default_hidden")]
         hidden: Vec<usize>,
     },
+    /// A federated random forest (not trained by gradients; see [`crate::forest`]).
+    Forest(crate::forest::ForestParams),
 }
 
 fn default_hidden() -> Vec<usize> {
@@ -45,7 +47,7 @@ pub const MAX_LAYER_WIDTH: usize = 65_536;
 
 impl ModelSpec {
     /// All accepted names, for help texts and errors.
-    pub const NAMES: &'static str = "logreg, mlp";
+    pub const NAMES: &'static str = "logreg, mlp, forest";
 
     /// Parses a model name as given on the command line (an MLP gets one hidden layer of 64).
     pub fn from_name(name: &str) -> Result<Self> {
@@ -54,6 +56,7 @@ impl ModelSpec {
             "mlp" => Ok(ModelSpec::Mlp {
                 hidden: default_hidden(),
             }),
+            "forest" => Ok(ModelSpec::Forest(Default::default())),
             other => Err(Error::Unknown {
                 what: "model",
                 name: other.to_string(),
@@ -66,13 +69,22 @@ impl ModelSpec {
         match self {
             ModelSpec::Logreg => "logreg",
             ModelSpec::Mlp { .. } => "mlp",
+            ModelSpec::Forest(_) => "forest",
+        }
+    }
+
+    /// The forest's parameters when this is a forest.
+    pub fn forest(&self) -> Option<&crate::forest::ForestParams> {
+        match self {
+            ModelSpec::Forest(p) => Some(p),
+            _ => None,
         }
     }
 
     /// Hidden layer widths (empty for logistic regression).
     pub fn hidden(&self) -> &[usize] {
         match self {
-            ModelSpec::Logreg => &[],
+            ModelSpec::Logreg | ModelSpec::Forest(_) => &[],
             ModelSpec::Mlp { hidden } => hidden,
         }
     }
@@ -81,6 +93,7 @@ impl ModelSpec {
     pub fn label(&self) -> String {
         match self {
             ModelSpec::Logreg => "logreg".into(),
+            ModelSpec::Forest(p) => format!("forest({}/round)", p.trees_per_round),
             ModelSpec::Mlp { hidden } => format!(
                 "mlp({})",
                 hidden
@@ -105,6 +118,7 @@ impl ModelSpec {
             ModelSpec::Mlp { .. } => ModelSpec::Mlp {
                 hidden: hidden.to_vec(),
             },
+            ModelSpec::Forest(p) => ModelSpec::Forest(p),
         };
         spec.check()?;
         Ok(spec)
@@ -126,6 +140,9 @@ impl ModelSpec {
 
     /// Rejects shapes no one means: no hidden layer, a zero or huge width, too many layers.
     pub fn check(&self) -> Result<()> {
+        if let ModelSpec::Forest(p) = self {
+            p.check()?;
+        }
         if let ModelSpec::Mlp { hidden } = self {
             if hidden.is_empty() || hidden.len() > MAX_HIDDEN_LAYERS {
                 return Err(Error::invalid(
@@ -158,6 +175,12 @@ impl ModelSpec {
         Ok(match self {
             ModelSpec::Logreg => Box::new(LogReg::new(n_features, n_classes)),
             ModelSpec::Mlp { hidden } => Box::new(Mlp::new(n_features, hidden, n_classes)),
+            ModelSpec::Forest(_) => {
+                return Err(Error::invalid(
+                    "model",
+                    "a forest is not trained by gradients (use shoal_shared::forest)",
+                ))
+            }
         })
     }
 }
