@@ -116,7 +116,7 @@ pub struct SimulateArgs {
     /// How the dataset is split over clients: iid, dirichlet:ALPHA, shards:K, quantity:ALPHA.
     #[arg(long, default_value = "dirichlet:0.5")]
     pub partition: String,
-    /// Model: logreg, mlp [default: logreg].
+    /// Model: logreg, mlp, forest (forest settings in a job file's [model]) [default: logreg].
     #[arg(long)]
     pub model: Option<String>,
     /// Hidden layer widths of an mlp, e.g. 64 or 128,64 (implies --model mlp).

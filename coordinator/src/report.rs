@@ -129,8 +129,8 @@ impl Summary {
         Summary {
             job_id: job_id.to_string(),
             dataset: spec.dataset.clone(),
-            model: spec.model.name().to_string(),
-            strategy: spec.strategy.name().to_string(),
+            model: spec.model.label(),
+            strategy: spec.aggregation_label().to_string(),
             rounds: rounds.len() as u32,
             best_round: best.map(|b| b.0),
             best_accuracy: best.map(|b| b.1),

@@ -159,7 +159,7 @@ async fn drive(url: &str, o: &SimulateOptions) -> anyhow::Result<SimOutcome> {
             o.spec.model.label(),
             o.spec.dataset,
             o.scheme,
-            o.spec.strategy.name(),
+            o.spec.aggregation_label(),
             o.spec.rounds,
             info.run_dir
         )]);

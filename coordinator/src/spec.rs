@@ -242,6 +242,16 @@ impl JobSpec {
         Ok(())
     }
 
+    /// How updates are combined, for headers and summaries: the strategy, or tree pooling for a
+    /// forest (which has no strategy).
+    pub fn aggregation_label(&self) -> &'static str {
+        if self.model.forest().is_some() {
+            "pooled trees"
+        } else {
+            self.strategy.name()
+        }
+    }
+
     /// FedProx's mu for this job's clients: the strategy's with `fedprox`, else `[local]`'s.
     pub fn proximal_mu(&self) -> f64 {
         match self.strategy {
@@ -371,5 +381,7 @@ mod example_tests {
         );
         let csv = JobSpec::from_toml(include_str!("../../examples/csv-quickstart.toml")).unwrap();
         assert_eq!(csv.evaluation.holdout.as_deref(), Some("shards/test.csv"));
+        let forest = JobSpec::from_toml(include_str!("../../examples/forest.toml")).unwrap();
+        assert_eq!(forest.model.forest().map(|p| p.trees_per_round), Some(5));
     }
 }
