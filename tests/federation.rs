@@ -555,3 +555,81 @@ async fn a_federated_forest_pools_every_clients_trees() {
     }
     tc.stop().await;
 }
+
+/// Runs a gbdt job over `clients` in-process clients (IID shards) and checks that its model equals
+/// the same algorithm run centrally on the pooled client train rows with the same bin edges.
+async fn gbdt_lossless(dataset: Builtin, clients: usize, rounds: u32) {
+    use shoal_coordinator::simulate::{simulate, SimulateOptions};
+    use shoal_shared::gbdt::{train_centralized, Ensemble, GbdtParams};
+    let toml = format!(
+        "kind = \"train\"\ndataset = \"{dataset}\"\nrounds = {rounds}\n[model]\nkind = \"gbdt\"\nmax_depth = 3\nmax_bins = 32\n"
+    );
+    let spec = shoal_coordinator::spec::JobSpec::from_toml(&toml).unwrap();
+    let params: GbdtParams = spec.model.gbdt().unwrap().clone();
+    let runs = tempfile::tempdir().unwrap();
+    let mut o = SimulateOptions::new(spec, dataset);
+    o.clients = clients;
+    o.scheme = Partitioner::Iid;
+    o.out = runs.path().to_path_buf();
+    o.quiet = true;
+    let outcome = simulate(o).await.unwrap();
+    assert_eq!(
+        outcome.status,
+        v1::JobStatus::Finished,
+        "{}",
+        outcome.job.error
+    );
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(std::path::Path::new(&outcome.job.run_dir).join("model.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let federated: Ensemble = serde_json::from_value(saved["global"]["gbdt"].clone()).unwrap();
+    assert_eq!(federated.rounds.len(), rounds as usize);
+
+    // The clients' train rows, exactly as each client derived them, pooled.
+    let holdout = dataset.holdout().unwrap();
+    let mut parts = Vec::new();
+    for i in 0..clients {
+        let mut c = shoal_client::Catalog::new();
+        c.add_builtin(dataset, &Partitioner::Iid, i, clients, 42)
+            .unwrap();
+        parts.push(
+            c.get(dataset.name())
+                .unwrap()
+                .train
+                .remap_classes(&holdout.class_names)
+                .unwrap(),
+        );
+    }
+    let views: Vec<_> = parts.iter().map(|p| p.features.view()).collect();
+    let pooled = shoal_shared::data::Dataset::new(
+        ndarray::concatenate(ndarray::Axis(0), &views).unwrap(),
+        parts.iter().flat_map(|p| p.labels.clone()).collect(),
+        holdout.feature_names.clone(),
+        holdout.class_names.clone(),
+    )
+    .unwrap();
+    let central = train_centralized(&pooled, &federated.edges, &params, rounds).unwrap();
+    let a = federated.raw_scores(holdout.features.view()).unwrap();
+    let b = central.raw_scores(holdout.features.view()).unwrap();
+    let worst = a
+        .iter()
+        .zip(b.iter())
+        .map(|(x, y)| (x - y).abs() / x.abs().max(y.abs()).max(1e-12))
+        .fold(0.0f64, f64::max);
+    assert!(
+        worst <= 1e-6,
+        "{dataset} x {clients} clients: largest relative difference {worst}"
+    );
+    let acc = federated.evaluate(&holdout).unwrap().accuracy;
+    assert!(acc > 0.7, "{dataset}: accuracy {acc}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gbdt_is_lossless_binary_and_multiclass_with_3_and_10_clients() {
+    gbdt_lossless(Builtin::SeedFl, 3, 4).await;
+    gbdt_lossless(Builtin::SeedFl, 10, 4).await;
+    gbdt_lossless(Builtin::Iris, 3, 4).await;
+    gbdt_lossless(Builtin::Digits, 10, 3).await;
+}

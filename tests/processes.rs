@@ -431,3 +431,23 @@ fn seed_forest_study_federated_beats_every_local_forest() {
         );
     }
 }
+
+/// The benchmark command runs end to end and prints its figures (values are not asserted:
+/// timings belong to benchmarks, not tests).
+#[test]
+fn bench_gbdt_prints_its_figures() {
+    let out = run(Command::new(bin("shoal-coordinator")).args([
+        "bench",
+        "gbdt",
+        "--rounds",
+        "2",
+        "--repeats",
+        "2",
+    ]));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains("M rows x features / s") && stdout.contains("ms per tree"),
+        "{stdout}"
+    );
+}

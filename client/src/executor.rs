@@ -5,6 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use shoal_proto::v1::{self, task, task_result};
 use shoal_shared::forest::{fit_trees, Forest, ForestParams};
+use shoal_shared::gbdt::{
+    build_histograms, gradients, histograms_to_bytes, Ensemble, GTree, GbdtParams, QuantileSketch,
+};
 use shoal_shared::model::{self, Objective};
 use shoal_shared::tensor::Weights;
 
@@ -13,6 +16,8 @@ use crate::catalog::Catalog;
 
 /// How many jobs' SCAFFOLD control variates a client keeps (oldest dropped first).
 const MAX_CONTROL_JOBS: usize = 32;
+/// Largest boosted ensemble a client decodes (rounds x classes).
+const MAX_BOOST_TREES: usize = 1_000_000;
 
 /// Executes tasks; keeps the per-job state a client owns across rounds (SCAFFOLD's c_i).
 #[derive(Debug)]
@@ -21,6 +26,19 @@ pub struct Executor {
     attack: Option<Attack>,
     /// job id -> (client control variate, last round it was used)
     controls: Mutex<HashMap<String, (Weights, u32)>>,
+    /// job id -> this round's binned rows and raw scores (gradient boosting).
+    boosting: Mutex<HashMap<String, Arc<BoostCache>>>,
+}
+
+/// What a boosting client keeps within a round: its rows binned with the global edges and the
+/// ensemble's raw scores before this round (the gradients of every output derive from them).
+#[derive(Debug)]
+struct BoostCache {
+    round: u32,
+    binned: ndarray::Array2<u16>,
+    raw: ndarray::Array2<f64>,
+    labels: Vec<usize>,
+    edges: shoal_shared::gbdt::BinEdges,
 }
 
 impl Executor {
@@ -29,6 +47,7 @@ impl Executor {
             catalog,
             attack,
             controls: Mutex::new(HashMap::new()),
+            boosting: Mutex::new(HashMap::new()),
         }
     }
 
@@ -55,6 +74,9 @@ impl Executor {
         let spec = shoal_proto::model_from_wire(task.model.as_ref()).map_err(|e| e.to_string())?;
         if let Some(params) = spec.forest() {
             return self.run_forest(task, local, params);
+        }
+        if let Some(params) = spec.gbdt() {
+            return self.run_gbdt(task, local, params);
         }
         let params = task.parameters.as_ref().ok_or("task without parameters")?;
         let global =
@@ -156,6 +178,9 @@ impl Executor {
                     personalized_accuracy,
                 }))
             }
+            Some(task::Kind::Sketch(_) | task::Kind::Histogram(_)) => {
+                Err("sketch and histogram tasks are for gbdt jobs".into())
+            }
             None => Err("task without a kind".into()),
         }
     }
@@ -200,6 +225,110 @@ impl Executor {
                     classes_present: test.classes_present() as u32,
                     personalized_accuracy: None,
                 }))
+            }
+            Some(task::Kind::Sketch(_) | task::Kind::Histogram(_)) => {
+                Err("sketch and histogram tasks are for gbdt jobs".into())
+            }
+            None => Err("task without a kind".into()),
+        }
+    }
+
+    /// A boosting task: a quantile sketch, a set of node histograms, or an evaluation of the
+    /// ensemble the task carries.
+    fn run_gbdt(
+        &self,
+        task: &v1::Task,
+        local: &crate::catalog::LocalData,
+        params: &GbdtParams,
+    ) -> Result<task_result::Outcome, String> {
+        let err = |e: shoal_shared::Error| e.to_string();
+        let n_classes = task.class_names.len();
+        let n_features = local.train.n_features();
+        match &task.kind {
+            Some(task::Kind::Sketch(_)) => {
+                let sketch =
+                    QuantileSketch::of(local.train.features.view(), params.sketch_size as usize);
+                Ok(task_result::Outcome::Sketch(v1::SketchResult {
+                    sketch: sketch.to_blob(),
+                    num_examples: local.train.n_rows() as u64,
+                }))
+            }
+            Some(task::Kind::Histogram(h)) => {
+                let mut train_loss = 0.0;
+                let cache = if h.first_level {
+                    let ensemble = Ensemble::from_blob(
+                        &task.model_blob,
+                        n_features,
+                        n_classes,
+                        MAX_BOOST_TREES,
+                    )
+                    .map_err(err)?;
+                    let train = local.train.remap_classes(&task.class_names).map_err(err)?;
+                    let raw = ensemble.raw_scores(train.features.view()).map_err(err)?;
+                    train_loss = ensemble.evaluate(&train).map_err(err)?.loss;
+                    let cache = Arc::new(BoostCache {
+                        round: task.round,
+                        binned: ensemble
+                            .edges
+                            .bin_matrix(train.features.view())
+                            .map_err(err)?,
+                        raw,
+                        labels: train.labels.clone(),
+                        edges: ensemble.edges.clone(),
+                    });
+                    let mut all = self.boosting.lock().unwrap_or_else(|p| p.into_inner());
+                    all.insert(task.job_id.clone(), cache.clone());
+                    if all.len() > MAX_CONTROL_JOBS {
+                        all.retain(|job, c| job == &task.job_id || c.round + 1 >= task.round);
+                    }
+                    cache
+                } else {
+                    let all = self.boosting.lock().unwrap_or_else(|p| p.into_inner());
+                    match all.get(&task.job_id) {
+                        Some(c) if c.round == task.round => c.clone(),
+                        _ => {
+                            return Err(format!(
+                                "no gradients for job {} round {} here (the client restarted or missed the round's first level)",
+                                task.job_id, task.round
+                            ))
+                        }
+                    }
+                };
+                let tree: GTree = serde_json::from_slice(&h.partial_tree)
+                    .map_err(|e| format!("partial_tree: {e}"))?;
+                tree.check(&cache.edges).map_err(err)?;
+                let (g, hess) = gradients(cache.raw.view(), &cache.labels, h.output as usize);
+                let hists = build_histograms(
+                    cache.binned.view(),
+                    &tree,
+                    &h.nodes,
+                    &g,
+                    &hess,
+                    cache.edges.max_bins(),
+                )
+                .map_err(err)?;
+                Ok(task_result::Outcome::Histogram(v1::HistogramResult {
+                    histograms: histograms_to_bytes(&hists),
+                    num_examples: cache.labels.len() as u64,
+                    train_loss,
+                }))
+            }
+            Some(task::Kind::Evaluate(_)) => {
+                let test = local.test.remap_classes(&task.class_names).map_err(err)?;
+                let ensemble =
+                    Ensemble::from_blob(&task.model_blob, n_features, n_classes, MAX_BOOST_TREES)
+                        .map_err(err)?;
+                let stats = ensemble.evaluate(&test).map_err(err)?;
+                Ok(task_result::Outcome::Evaluate(v1::EvaluateResult {
+                    num_examples: stats.num_examples,
+                    loss: stats.loss,
+                    accuracy: stats.accuracy,
+                    classes_present: test.classes_present() as u32,
+                    personalized_accuracy: None,
+                }))
+            }
+            Some(task::Kind::Fit(_)) => {
+                Err("a gbdt job grows trees through histogram tasks, not fit".into())
             }
             None => Err("task without a kind".into()),
         }

@@ -41,6 +41,22 @@ pub enum Command {
     /// Run a study: many simulations, one table and chart.
     #[command(subcommand)]
     Study(StudyCommand),
+    /// Measure: print throughput figures against baselines from the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Histogram building throughput, and a federated boosting job's time per round and per tree.
+    Gbdt {
+        /// Rounds of the federated job.
+        #[arg(long, default_value_t = 20)]
+        rounds: u32,
+        /// Repetitions of the histogram measurement.
+        #[arg(long, default_value_t = 200)]
+        repeats: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,7 +132,7 @@ pub struct SimulateArgs {
     /// How the dataset is split over clients: iid, dirichlet:ALPHA, shards:K, quantity:ALPHA.
     #[arg(long, default_value = "dirichlet:0.5")]
     pub partition: String,
-    /// Model: logreg, mlp, forest (forest settings in a job file's [model]) [default: logreg].
+    /// Model: logreg, mlp, forest, gbdt (tree settings in a job file's [model]) [default: logreg].
     #[arg(long)]
     pub model: Option<String>,
     /// Hidden layer widths of an mlp, e.g. 64 or 128,64 (implies --model mlp).
@@ -226,6 +242,12 @@ pub async fn run_cli(cli: Cli) -> anyhow::Result<i32> {
         Command::Partition(a) => partition_cmd(&a).map(|_| 0),
         Command::Job(j) => job_cmd(j).await,
         Command::Study(s) => study_cmd(s).await.map(|_| 0),
+        Command::Bench(BenchCommand::Gbdt { rounds, repeats }) => {
+            if rounds == 0 || repeats == 0 {
+                bail!("--rounds and --repeats must be at least 1");
+            }
+            crate::bench::gbdt(rounds, repeats).await.map(|_| 0)
+        }
     }
 }
 

@@ -150,6 +150,7 @@ impl Coordinator {
             registry: self.registry.clone(),
             cancel,
             max_message_bytes: self.config.max_message_bytes,
+            task_seq: Default::default(),
         };
         let me = self.clone();
         let span = tracing::info_span!("job", job = %id);
@@ -376,6 +377,17 @@ async fn centralized_baseline(
                     &shoal_shared::model::Objective::default(),
                 )?;
                 Ok(shoal_shared::model::evaluate(model.as_ref(), &w, &holdout)?.accuracy)
+            })
+            .await
+        }
+        GlobalModel::Gbdt { ensemble, params } => {
+            let (ensemble, params) = (ensemble.clone()?, params.clone());
+            let rounds = ctx.spec.rounds;
+            tokio::task::spawn_blocking(move || -> shoal_shared::Result<f64> {
+                let pool = b.train_pool()?;
+                let e =
+                    shoal_shared::gbdt::train_centralized(&pool, &ensemble.edges, &params, rounds)?;
+                Ok(e.evaluate(&holdout)?.accuracy)
             })
             .await
         }

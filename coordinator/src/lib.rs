@@ -9,6 +9,7 @@
 //! loopback gRPC.
 //!
 //! # Layout
+//! - `bench.rs`: the `bench` command's measurements
 //! - `cli.rs`: the command line (`serve`, `simulate`, `partition`, `job ...`)
 //! - `coordinator.rs`: [`Coordinator`], job lifecycle
 //! - `round.rs`: the round engine and [`round::RoundRecord`]
@@ -29,6 +30,7 @@
 //! assert_eq!(spec.clients.fraction_fit, 1.0);
 //! ```
 
+pub mod bench;
 pub mod cli;
 pub mod coordinator;
 pub mod error;

@@ -9,9 +9,11 @@ async fn main() -> std::process::ExitCode {
     // Round lines go to stdout; logs go to stderr, filtered by RUST_LOG. A simulation prints its
     // rounds and summary and keeps quiet otherwise; a server logs who connects and what runs.
     let default_filter = match cli.command {
-        Command::Simulate(_) | Command::Partition(_) | Command::Job(_) | Command::Study(_) => {
-            "warn"
-        }
+        Command::Simulate(_)
+        | Command::Partition(_)
+        | Command::Job(_)
+        | Command::Study(_)
+        | Command::Bench(_) => "warn",
         Command::Serve(_) => "warn,shoal_coordinator=info",
     };
     tracing_subscriber::fmt()

@@ -14,6 +14,9 @@ use shoal_proto::v1::{self, task, task_result};
 use shoal_shared::data::builtin::Builtin;
 use shoal_shared::data::{self, Dataset};
 use shoal_shared::forest::{Forest, ForestParams};
+use shoal_shared::gbdt::{
+    histograms_from_bytes, n_outputs, Ensemble, GbdtParams, Histogram, QuantileSketch, TreeGrower,
+};
 use shoal_shared::model::ModelSpec;
 use shoal_shared::model::{self, Model};
 use shoal_shared::seed;
@@ -78,6 +81,8 @@ pub struct JobCtx {
     pub cancel: CancellationToken,
     /// Largest message the coordinator sends; a task that would exceed it fails the job clearly.
     pub max_message_bytes: usize,
+    /// Numbers the job's tasks.
+    pub task_seq: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The global model and whatever trains it.
@@ -93,6 +98,12 @@ pub enum GlobalModel {
     Forest {
         forest: Arc<Forest>,
         params: ForestParams,
+    },
+    /// Gradient boosting: trees grown level by level from summed client histograms. The
+    /// ensemble exists once the clients' quantile sketches have fixed the bin edges.
+    Gbdt {
+        ensemble: Option<Arc<Ensemble>>,
+        params: GbdtParams,
     },
 }
 
@@ -114,6 +125,13 @@ impl GlobalModel {
                 parameters: None,
                 blob: forest.to_blob().into(),
             },
+            GlobalModel::Gbdt { ensemble, .. } => Payload {
+                parameters: None,
+                blob: ensemble
+                    .as_ref()
+                    .map(|e| e.to_blob().into())
+                    .unwrap_or_default(),
+            },
         }
     }
 
@@ -128,6 +146,12 @@ impl GlobalModel {
                 let f = forest.clone();
                 tokio::task::spawn_blocking(move || f.evaluate(&data)).await
             }
+            GlobalModel::Gbdt { ensemble, .. } => {
+                let e = ensemble
+                    .clone()
+                    .ok_or_else(|| Error::Job("no ensemble yet".into()))?;
+                tokio::task::spawn_blocking(move || e.evaluate(&data)).await
+            }
         };
         Ok(res.map_err(|e| Error::Job(format!("evaluation: {e}")))??)
     }
@@ -137,6 +161,9 @@ impl GlobalModel {
         match self {
             GlobalModel::Params { weights, .. } => weights.num_params(),
             GlobalModel::Forest { forest, .. } => forest.trees.len(),
+            GlobalModel::Gbdt { ensemble, .. } => ensemble
+                .as_ref()
+                .map_or(0, |e| e.rounds.iter().map(Vec::len).sum()),
         }
     }
 
@@ -145,6 +172,9 @@ impl GlobalModel {
         match self {
             GlobalModel::Params { weights, .. } => serde_json::json!({ "weights": weights }),
             GlobalModel::Forest { forest, .. } => serde_json::json!({ "forest": forest.as_ref() }),
+            GlobalModel::Gbdt { ensemble, .. } => {
+                serde_json::json!({ "gbdt": ensemble.as_deref() })
+            }
         }
     }
 }
@@ -178,6 +208,17 @@ struct Phase {
     timed_out: usize,
     bytes_up: u64,
     bytes_down: u64,
+}
+
+impl Phase {
+    /// Adds another phase's traffic and refusals (a boosting round runs many phases).
+    fn absorb(&mut self, other: &Phase) {
+        self.rejected += other.rejected;
+        self.failed += other.failed;
+        self.timed_out += other.timed_out;
+        self.bytes_up += other.bytes_up;
+        self.bytes_down += other.bytes_down;
+    }
 }
 
 impl JobCtx {
@@ -304,6 +345,10 @@ impl JobCtx {
                 forest: Arc::new(Forest::new(facts.n_features, n_classes)),
                 params: params.clone(),
             },
+            ModelSpec::Gbdt(params) => GlobalModel::Gbdt {
+                ensemble: None,
+                params: params.clone(),
+            },
             spec => {
                 let model: Arc<dyn Model> = Arc::from(spec.build(facts.n_features, n_classes)?);
                 let mut rng = ChaCha8Rng::seed_from_u64(seed::derive(self.spec.seed, &[SEED_INIT]));
@@ -344,6 +389,10 @@ impl JobCtx {
             }
             GlobalModel::Forest { .. } => {
                 self.fit_forest(round, state, &fit_clients, quorum).await?
+            }
+            GlobalModel::Gbdt { .. } => {
+                self.fit_gbdt(round, state, &avail, &fit_clients, quorum)
+                    .await?
             }
         };
         if fit_phase.accepted < quorum.max(1) {
@@ -618,6 +667,214 @@ impl JobCtx {
         Ok((phase, loss_sum / loss_weight))
     }
 
+    /// Gradient boosting before round 1: every available client sends a quantile sketch of its
+    /// features; the merged sketch fixes the global bin edges.
+    async fn sketch_edges(
+        &self,
+        avail: &[ClientView],
+        facts: &DataFacts,
+        params: &GbdtParams,
+    ) -> Result<Ensemble> {
+        let n_features = facts.n_features;
+        let max_points = params.sketch_size as usize;
+        let mut sketches: Vec<(String, QuantileSketch)> = Vec::new();
+        let quorum = (self.policy().min_fit_clients as usize).min(avail.len());
+        let kind = task::Kind::Sketch(v1::SketchTask {});
+        let phase = self
+            .phase(
+                0,
+                avail,
+                &Payload::default(),
+                facts,
+                kind,
+                quorum,
+                |client, arrived| {
+                    let s = match arrived.result.outcome {
+                        Some(task_result::Outcome::Sketch(s)) => s,
+                        Some(task_result::Outcome::Error(e)) => {
+                            return Err(format!("client error: {e}"))
+                        }
+                        _ => return Err("expected a sketch".into()),
+                    };
+                    let sketch = QuantileSketch::from_blob(&s.sketch, n_features, max_points)
+                        .map_err(|e| e.to_string())?;
+                    sketches.push((client.to_string(), sketch));
+                    Ok(())
+                },
+            )
+            .await?;
+        if phase.accepted < quorum.max(1) {
+            return Err(Error::Job(format!(
+                "bin edges: {} of the {quorum} required clients sent a quantile sketch",
+                phase.accepted
+            )));
+        }
+        // Merge in client-name order so the edges do not depend on arrival order.
+        sketches.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut merged = QuantileSketch {
+            features: vec![Vec::new(); n_features],
+        };
+        for (_, s) in &sketches {
+            merged.merge(s)?;
+        }
+        let edges = merged.bin_edges(params.max_bins as usize);
+        info!(
+            clients = sketches.len(),
+            "bin edges fixed from federated quantile sketches"
+        );
+        Ok(Ensemble::new(n_features, facts.class_names.len(), edges))
+    }
+
+    /// One boosting iteration: one tree per output, each grown level by level. The clients that
+    /// answer the root level are the tree's participants; every later level must hear from all
+    /// of them, because the coordinator derives right children as parent − left (histogram
+    /// subtraction). If one leaves mid-tree, the tree stops growing there, from sums it knows.
+    async fn fit_gbdt(
+        &self,
+        round: u32,
+        state: &mut TrainState,
+        avail: &[ClientView],
+        fit_clients: &[ClientView],
+        quorum: usize,
+    ) -> Result<(Phase, f64)> {
+        let TrainState { facts, global } = state;
+        let GlobalModel::Gbdt { ensemble, params } = global else {
+            return Err(Error::Job("internal: fit_gbdt on another model".into()));
+        };
+        params.check()?;
+        if ensemble.is_none() {
+            *ensemble = Some(Arc::new(self.sketch_edges(avail, facts, params).await?));
+        }
+        let Some(current) = ensemble.clone() else {
+            return Err(Error::Job("internal: no ensemble after sketching".into()));
+        };
+        let n_features = facts.n_features;
+        let bins = current.edges.max_bins();
+        let blob: prost::bytes::Bytes = current.to_blob().into();
+        let mut total = Phase::default();
+        let (mut loss_sum, mut loss_weight) = (0.0f64, 0.0f64);
+        let mut trees = Vec::new();
+        for output in 0..n_outputs(facts.class_names.len()) {
+            let mut grower: Option<TreeGrower> = None;
+            let mut participants: Vec<ClientView> = fit_clients.to_vec();
+            let mut level = 0u32;
+            loop {
+                let (tree_json, nodes) = match &grower {
+                    None => (
+                        serde_json::to_vec(&shoal_shared::gbdt::GTree::root()),
+                        vec![0u32],
+                    ),
+                    Some(g) => (serde_json::to_vec(&g.partial_tree()), g.requests()),
+                };
+                let tree_json =
+                    tree_json.map_err(|e| Error::Job(format!("encoding a tree: {e}")))?;
+                let first = output == 0 && level == 0;
+                let kind = task::Kind::Histogram(v1::HistogramTask {
+                    output: output as u32,
+                    partial_tree: tree_json,
+                    nodes: nodes.clone(),
+                    first_level: first,
+                });
+                let payload = Payload {
+                    parameters: None,
+                    blob: if first {
+                        blob.clone()
+                    } else {
+                        Default::default()
+                    },
+                };
+                let mut got: Vec<(String, Vec<Histogram>)> = Vec::new();
+                let need = if level == 0 {
+                    quorum
+                } else {
+                    participants.len()
+                };
+                let phase = self
+                    .phase(
+                        round,
+                        &participants,
+                        &payload,
+                        facts,
+                        kind,
+                        need,
+                        |client, arrived| {
+                            let h = match arrived.result.outcome {
+                                Some(task_result::Outcome::Histogram(h)) => h,
+                                Some(task_result::Outcome::Error(e)) => {
+                                    return Err(format!("client error: {e}"))
+                                }
+                                _ => return Err("expected histograms".into()),
+                            };
+                            let hists =
+                                histograms_from_bytes(&h.histograms, n_features, bins, nodes.len())
+                                    .map_err(|e| e.to_string())?;
+                            if hists.len() != nodes.len() {
+                                return Err(format!(
+                                    "{} histograms for {} nodes",
+                                    hists.len(),
+                                    nodes.len()
+                                ));
+                            }
+                            if first {
+                                check_loss(h.train_loss)?;
+                                loss_sum += h.train_loss * h.num_examples as f64;
+                                loss_weight += h.num_examples as f64;
+                            }
+                            got.push((client.to_string(), hists));
+                            Ok(())
+                        },
+                    )
+                    .await?;
+                total.absorb(&phase);
+                if level == 0 {
+                    if got.len() < quorum.max(1) {
+                        return Ok((total, f64::NAN));
+                    }
+                    if output == 0 {
+                        total.accepted = got.len();
+                    }
+                    participants.retain(|c| got.iter().any(|(n, _)| *n == c.name));
+                } else if got.len() < participants.len() {
+                    warn!(
+                        round,
+                        output, level, "a participant left mid-tree; the tree stops growing here"
+                    );
+                    break;
+                }
+                // Sum in client-name order: the result does not depend on arrival order.
+                got.sort_by(|a, b| a.0.cmp(&b.0));
+                let mut sums: Vec<Histogram> =
+                    vec![Histogram::zeros(n_features, bins); nodes.len()];
+                for (_, hists) in &got {
+                    for (s, h) in sums.iter_mut().zip(hists) {
+                        s.add(h)?;
+                    }
+                }
+                match grower.as_mut() {
+                    None => {
+                        let root = sums
+                            .into_iter()
+                            .next()
+                            .ok_or_else(|| Error::Job("no root histogram".into()))?;
+                        grower = Some(TreeGrower::new(params, &current.edges, root));
+                    }
+                    Some(g) => g.absorb(sums)?,
+                }
+                level += 1;
+                if grower.as_ref().is_some_and(TreeGrower::is_done) {
+                    break;
+                }
+            }
+            if let Some(g) = grower {
+                trees.push(g.finish());
+            }
+        }
+        let mut next = Ensemble::clone(&current);
+        next.rounds.push(trees);
+        *ensemble = Some(Arc::new(next));
+        Ok((total, loss_sum / loss_weight))
+    }
+
     /// Local training settings for round `round`'s Fit tasks.
     fn local_training(&self, round: u32) -> v1::LocalTraining {
         shoal_proto::local_to_wire(
@@ -642,7 +899,7 @@ impl JobCtx {
         // Personalising means local training from the global model: weights models only.
         let personalize = match state.global {
             GlobalModel::Params { .. } => self.spec.evaluation.personalize_epochs,
-            GlobalModel::Forest { .. } => 0,
+            GlobalModel::Forest { .. } | GlobalModel::Gbdt { .. } => 0,
         };
         let kind = task::Kind::Evaluate(v1::EvaluateTask {
             personalize_epochs: personalize,
@@ -707,7 +964,19 @@ impl JobCtx {
         let mut waiting = FuturesUnordered::new();
         let mut task_ids = Vec::with_capacity(clients.len());
         for c in clients {
-            let task_id = format!("{}/{}/{}/{}", self.id, round, kind_name(&kind), c.name);
+            // Unique per dispatch: a boosting round sends several histogram tasks to each client,
+            // and a late answer to an earlier one must never pass for a later one.
+            let seq = self
+                .task_seq
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let task_id = format!(
+                "{}/{}/{}/{}/{}",
+                self.id,
+                round,
+                kind_name(&kind),
+                seq,
+                c.name
+            );
             let task = v1::Task {
                 task_id: task_id.clone(),
                 job_id: self.id.clone(),
@@ -838,6 +1107,8 @@ fn kind_name(kind: &task::Kind) -> &'static str {
     match kind {
         task::Kind::Fit(_) => "fit",
         task::Kind::Evaluate(_) => "evaluate",
+        task::Kind::Sketch(_) => "sketch",
+        task::Kind::Histogram(_) => "histogram",
     }
 }
 

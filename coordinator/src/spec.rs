@@ -224,11 +224,13 @@ impl JobSpec {
                 "is for other strategies; with fedprox set `proximal_mu` in [strategy]".into(),
             );
         }
-        if self.model.forest().is_some() && self.strategy != StrategySpec::FedAvg {
+        if (self.model.forest().is_some() || self.model.gbdt().is_some())
+            && self.strategy != StrategySpec::FedAvg
+        {
             return bad(
                 "strategy",
                 format!(
-                    "= \"{}\" does not apply to a forest (its trees are pooled, not averaged); leave it at fedavg",
+                    "= \"{}\" does not apply to trees (they are pooled or grown from summed histograms, not averaged); leave it at fedavg",
                     self.strategy.name()
                 ),
             );
@@ -247,6 +249,8 @@ impl JobSpec {
     pub fn aggregation_label(&self) -> &'static str {
         if self.model.forest().is_some() {
             "pooled trees"
+        } else if self.model.gbdt().is_some() {
+            "summed histograms"
         } else {
             self.strategy.name()
         }
@@ -317,7 +321,7 @@ mod tests {
             ("kind = \"train\"\n[model]\nkind = \"resnet\"", "resnet"),
             (
                 "kind = \"train\"\n[model]\nkind = \"forest\"\n[strategy]\nname = \"fedadam\"",
-                "does not apply to a forest",
+                "does not apply to trees",
             ),
             (
                 "kind = \"train\"\n[model]\nkind = \"forest\"\ntrees_per_round = 0",

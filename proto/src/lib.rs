@@ -132,6 +132,15 @@ pub fn model_to_wire(m: &ModelSpec) -> v1::ModelSpec {
             max_features: p.max_features,
             max_trees: p.max_trees,
         }),
+        gbdt: m.gbdt().map(|p| v1::GbdtParams {
+            max_depth: p.max_depth,
+            max_bins: p.max_bins,
+            learning_rate: p.learning_rate,
+            lambda: p.lambda,
+            gamma: p.gamma,
+            min_child_weight: p.min_child_weight,
+            sketch_size: p.sketch_size,
+        }),
     }
 }
 
@@ -152,6 +161,21 @@ pub fn model_from_wire(m: Option<&v1::ModelSpec>) -> Result<ModelSpec, WireError
         });
         spec.check()
             .map_err(|e| invalid("model.forest", e.to_string()))?;
+        return Ok(spec);
+    }
+    if m.kind == "gbdt" {
+        let p = m.gbdt.as_ref().ok_or(WireError::Missing("model.gbdt"))?;
+        let spec = ModelSpec::Gbdt(shoal_shared::gbdt::GbdtParams {
+            max_depth: p.max_depth,
+            max_bins: p.max_bins,
+            learning_rate: p.learning_rate,
+            lambda: p.lambda,
+            gamma: p.gamma,
+            min_child_weight: p.min_child_weight,
+            sketch_size: p.sketch_size,
+        });
+        spec.check()
+            .map_err(|e| invalid("model.gbdt", e.to_string()))?;
         return Ok(spec);
     }
     let hidden: Vec<usize> = m.hidden.iter().map(|&h| h as usize).collect();
@@ -249,6 +273,7 @@ mod tests {
             kind: "mlp".into(),
             hidden: vec![],
             forest: None,
+            gbdt: None,
         };
         assert!(model_from_wire(Some(&bad_model)).is_err());
         let c = LocalConfig {

@@ -34,6 +34,7 @@
 pub mod data;
 pub mod error;
 pub mod forest;
+pub mod gbdt;
 pub mod model;
 pub mod plot;
 pub mod seed;

@@ -35,6 +35,8 @@ pub enum ModelSpec {
     },
     /// A federated random forest (not trained by gradients; see [`crate::forest`]).
     Forest(crate::forest::ForestParams),
+    /// Federated histogram gradient boosting (see [`crate::gbdt`]).
+    Gbdt(crate::gbdt::GbdtParams),
 }
 
 fn default_hidden() -> Vec<usize> {
@@ -47,7 +49,7 @@ pub const MAX_LAYER_WIDTH: usize = 65_536;
 
 impl ModelSpec {
     /// All accepted names, for help texts and errors.
-    pub const NAMES: &'static str = "logreg, mlp, forest";
+    pub const NAMES: &'static str = "logreg, mlp, forest, gbdt";
 
     /// Parses a model name as given on the command line (an MLP gets one hidden layer of 64).
     pub fn from_name(name: &str) -> Result<Self> {
@@ -57,6 +59,7 @@ impl ModelSpec {
                 hidden: default_hidden(),
             }),
             "forest" => Ok(ModelSpec::Forest(Default::default())),
+            "gbdt" => Ok(ModelSpec::Gbdt(Default::default())),
             other => Err(Error::Unknown {
                 what: "model",
                 name: other.to_string(),
@@ -70,6 +73,15 @@ impl ModelSpec {
             ModelSpec::Logreg => "logreg",
             ModelSpec::Mlp { .. } => "mlp",
             ModelSpec::Forest(_) => "forest",
+            ModelSpec::Gbdt(_) => "gbdt",
+        }
+    }
+
+    /// The boosting parameters when this is a gbdt.
+    pub fn gbdt(&self) -> Option<&crate::gbdt::GbdtParams> {
+        match self {
+            ModelSpec::Gbdt(p) => Some(p),
+            _ => None,
         }
     }
 
@@ -84,7 +96,7 @@ impl ModelSpec {
     /// Hidden layer widths (empty for logistic regression).
     pub fn hidden(&self) -> &[usize] {
         match self {
-            ModelSpec::Logreg | ModelSpec::Forest(_) => &[],
+            ModelSpec::Logreg | ModelSpec::Forest(_) | ModelSpec::Gbdt(_) => &[],
             ModelSpec::Mlp { hidden } => hidden,
         }
     }
@@ -94,6 +106,7 @@ impl ModelSpec {
         match self {
             ModelSpec::Logreg => "logreg".into(),
             ModelSpec::Forest(p) => format!("forest({}/round)", p.trees_per_round),
+            ModelSpec::Gbdt(p) => format!("gbdt(depth {})", p.max_depth),
             ModelSpec::Mlp { hidden } => format!(
                 "mlp({})",
                 hidden
@@ -119,6 +132,7 @@ impl ModelSpec {
                 hidden: hidden.to_vec(),
             },
             ModelSpec::Forest(p) => ModelSpec::Forest(p),
+            ModelSpec::Gbdt(p) => ModelSpec::Gbdt(p),
         };
         spec.check()?;
         Ok(spec)
@@ -141,6 +155,9 @@ impl ModelSpec {
     /// Rejects shapes no one means: no hidden layer, a zero or huge width, too many layers.
     pub fn check(&self) -> Result<()> {
         if let ModelSpec::Forest(p) = self {
+            p.check()?;
+        }
+        if let ModelSpec::Gbdt(p) = self {
             p.check()?;
         }
         if let ModelSpec::Mlp { hidden } = self {
@@ -175,10 +192,10 @@ impl ModelSpec {
         Ok(match self {
             ModelSpec::Logreg => Box::new(LogReg::new(n_features, n_classes)),
             ModelSpec::Mlp { hidden } => Box::new(Mlp::new(n_features, hidden, n_classes)),
-            ModelSpec::Forest(_) => {
+            ModelSpec::Forest(_) | ModelSpec::Gbdt(_) => {
                 return Err(Error::invalid(
                     "model",
-                    "a forest is not trained by gradients (use shoal_shared::forest)",
+                    "trees are not trained by minibatch SGD (see shoal_shared::forest and ::gbdt)",
                 ))
             }
         })
