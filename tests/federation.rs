@@ -56,9 +56,33 @@ async fn three_clients_accuracy_rises_over_five_rounds() {
         "round,clients,train_loss,fed_loss,fed_accuracy,test_accuracy,bytes_up,bytes_down,seconds"
     );
     assert_eq!(csv.lines().count(), 6);
-    for f in ["metrics.jsonl", "spec.toml", "model.json", "summary.json"] {
+    for f in [
+        "metrics.jsonl",
+        "spec.toml",
+        "model.json",
+        "summary.json",
+        "accuracy.svg",
+        "loss.svg",
+    ] {
         assert!(dir.join(f).exists(), "{f} missing");
     }
+    // The report: charts inline, the rounds, the clients, the spec.
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    for needle in [
+        "id=\"accuracy-chart\"><svg",
+        "id=\"loss-chart\"><svg",
+        "<table id=\"summary\">",
+        "<table id=\"rounds\">",
+        "<table id=\"clients\">",
+        "<pre id=\"spec\">",
+    ] {
+        assert!(html.contains(needle), "report.html lacks {needle}");
+    }
+    assert_eq!(
+        html.matches("<tr><td>").count(),
+        5 + 3,
+        "5 round rows and 3 client rows"
+    );
     // The per-client table: every client scored the final model, before and after personalising.
     let table = std::fs::read_to_string(dir.join("clients.csv")).unwrap();
     let rows: Vec<Vec<&str>> = table

@@ -214,12 +214,39 @@ impl Coordinator {
         if let Err(e) = self.store.set_status(&id, status, message.as_deref()) {
             error!("cannot record job end: {e}");
         }
+        if let Err(e) = self.write_report(&id, status, message.as_deref(), outcome.as_ref().ok()) {
+            error!("cannot write the report: {e}");
+        }
         if let Ok(info) = self.job_info(&id) {
             let _ = events.send(v1::WatchEvent {
                 event: Some(watch_event::Event::Finished(info)),
             });
         }
         self.handles().remove(&id);
+    }
+
+    /// Charts and `report.html` for a job that has ended, from the stored rounds (a failed job's
+    /// report shows what it got through).
+    fn write_report(
+        &self,
+        id: &str,
+        status: JobStatus,
+        error: Option<&str>,
+        summary: Option<&Summary>,
+    ) -> Result<()> {
+        let row = self.store.job(id)?;
+        let rounds = self.store.rounds(id)?;
+        crate::html::write_report(
+            std::path::Path::new(&row.run_dir),
+            &crate::html::Outcome {
+                job_id: id,
+                status: status.as_str(),
+                error,
+            },
+            &row.spec_toml,
+            &rounds,
+            summary,
+        )
     }
 
     /// A train job from first round to summary.

@@ -19,6 +19,7 @@
 //! - `spec.rs`: job specs ([`spec::JobSpec`])
 //! - `store.rs`: SQLite state
 //! - `report.rs`: round lines, run folders, summaries
+//! - `html.rs`: charts and `report.html`
 //! - `simulate.rs`: the one-process federation
 //! - `study.rs`: the non-IID study (every strategy × partition, table and chart)
 //! - `error.rs`: [`Error`] and its mapping to `tonic::Status`
@@ -34,6 +35,7 @@ pub mod bench;
 pub mod cli;
 pub mod coordinator;
 pub mod error;
+pub mod html;
 pub mod registry;
 pub mod report;
 pub mod round;
