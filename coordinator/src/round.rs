@@ -39,7 +39,9 @@ pub struct RoundRecord {
     pub clients: u32,
     /// Clients asked to train.
     pub clients_selected: u32,
-    /// Example-weighted mean of the clients' local training loss.
+    /// Example-weighted mean of the clients' local training loss (NaN, stored as null, when no
+    /// client reported one).
+    #[serde(deserialize_with = "nan_if_null")]
     pub train_loss: f64,
     /// Example-weighted mean loss of the new global model on the clients' local test splits.
     pub fed_loss: Option<f64>,
@@ -53,6 +55,11 @@ pub struct RoundRecord {
     pub seconds: f64,
     /// Results refused by validation this round.
     pub rejected: u32,
+}
+
+/// JSON has no NaN: serde_json writes it as null; read null back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Purposes mixed into derived seeds, so draws for different uses never coincide.
@@ -754,9 +761,12 @@ impl JobCtx {
         let mut total = Phase::default();
         let (mut loss_sum, mut loss_weight) = (0.0f64, 0.0f64);
         let mut trees = Vec::new();
+        let announced = announced_sizes(fit_clients, &self.spec.dataset, |d| d.train_examples);
+        // One participant set for the whole round: a client that fails once is not asked again
+        // this round, so one silent client cannot stall every tree.
+        let mut participants: Vec<ClientView> = fit_clients.to_vec();
         for output in 0..n_outputs(facts.class_names.len()) {
             let mut grower: Option<TreeGrower> = None;
-            let mut participants: Vec<ClientView> = fit_clients.to_vec();
             let mut level = 0u32;
             loop {
                 let (tree_json, nodes) = match &grower {
@@ -815,6 +825,9 @@ impl JobCtx {
                                     nodes.len()
                                 ));
                             }
+                            let n = announced.get(client).copied().unwrap_or(0);
+                            check_count(h.num_examples, Some(n), "train")?;
+                            check_histogram_bounds(&hists, n)?;
                             if first {
                                 check_loss(h.train_loss)?;
                                 loss_sum += h.train_loss * h.num_examples as f64;
@@ -826,15 +839,23 @@ impl JobCtx {
                     )
                     .await?;
                 total.absorb(&phase);
+                let before = participants.len();
+                participants.retain(|c| got.iter().any(|(n, _)| *n == c.name));
                 if level == 0 {
                     if got.len() < quorum.max(1) {
-                        return Ok((total, f64::NAN));
+                        if output == 0 {
+                            return Ok((total, f64::NAN));
+                        }
+                        // Some trees of this round exist already: a round is all outputs or none.
+                        return Err(Error::Job(format!(
+                            "round {round}: only {} of the {quorum} required clients answered for output {output}",
+                            got.len()
+                        )));
                     }
                     if output == 0 {
                         total.accepted = got.len();
                     }
-                    participants.retain(|c| got.iter().any(|(n, _)| *n == c.name));
-                } else if got.len() < participants.len() {
+                } else if participants.len() < before {
                     warn!(
                         round,
                         output, level, "a participant left mid-tree; the tree stops growing here"
@@ -858,7 +879,18 @@ impl JobCtx {
                             .ok_or_else(|| Error::Job("no root histogram".into()))?;
                         grower = Some(TreeGrower::new(params, &current.edges, root));
                     }
-                    Some(g) => g.absorb(sums)?,
+                    Some(g) => {
+                        if let Err(e) = g.absorb(sums) {
+                            // The grower is unchanged on error: stop this tree from what is known.
+                            warn!(
+                                round,
+                                output,
+                                level,
+                                "histograms could not be used ({e}); the tree stops here"
+                            );
+                            break;
+                        }
+                    }
                 }
                 level += 1;
                 if grower.as_ref().is_some_and(TreeGrower::is_done) {
@@ -868,6 +900,11 @@ impl JobCtx {
             if let Some(g) = grower {
                 trees.push(g.finish());
             }
+        }
+        if loss_weight <= 0.0 {
+            return Err(Error::Job(format!(
+                "round {round}: no client reported a training loss"
+            )));
         }
         let mut next = Ensemble::clone(&current);
         next.rounds.push(trees);
@@ -1071,6 +1108,24 @@ impl JobCtx {
 /// Largest absolute loss a result may report; beyond it a weighted mean could overflow.
 const MAX_LOSS: f64 = 1e12;
 
+/// Gradient/hessian sums a client of `n` rows can honestly send: logloss and softmax gradients lie
+/// in [-1, 1] and hessians in [0, 1/4] per row. Anything beyond is a lie that could steer splits or
+/// overflow the coordinator's sums.
+fn check_histogram_bounds(hists: &[Histogram], n: u64) -> std::result::Result<(), String> {
+    let n = n as f64;
+    for h in hists {
+        for pair in h.data.chunks_exact(2) {
+            let (g, hess) = (pair[0], pair[1]);
+            if g.abs() > n * (1.0 + 1e-9) || !(-1e-9..=n * 0.25 + 1e-9).contains(&hess) {
+                return Err(format!(
+                    "histogram sums outside what {n} rows can give (G {g}, H {hess})"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_loss(loss: f64) -> std::result::Result<(), String> {
     if loss.is_finite() && loss.abs() <= MAX_LOSS {
         Ok(())
@@ -1153,6 +1208,39 @@ mod tests {
                 datasets: vec![],
             })
             .collect()
+    }
+
+    #[test]
+    fn a_nan_loss_survives_the_store_round_trip() {
+        let rec = RoundRecord {
+            round: 1,
+            rounds_total: 1,
+            clients: 1,
+            clients_selected: 1,
+            train_loss: f64::NAN,
+            fed_loss: None,
+            fed_accuracy: None,
+            test_accuracy: None,
+            test_loss: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            seconds: 0.0,
+            rejected: 0,
+        };
+        let back: RoundRecord =
+            serde_json::from_str(&serde_json::to_string(&rec).unwrap()).unwrap();
+        assert!(back.train_loss.is_nan());
+    }
+
+    #[test]
+    fn histogram_sums_beyond_what_the_rows_allow_are_refused() {
+        let mut h = Histogram::zeros(1, 2);
+        h.data = vec![-3.0, 0.5, 2.0, 0.25];
+        assert!(check_histogram_bounds(std::slice::from_ref(&h), 5).is_ok());
+        h.data[0] = 1e308;
+        assert!(check_histogram_bounds(std::slice::from_ref(&h), 5).is_err());
+        h.data = vec![0.0, -1.0, 0.0, 0.0];
+        assert!(check_histogram_bounds(&[h], 5).is_err(), "negative hessian");
     }
 
     #[test]

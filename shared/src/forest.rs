@@ -181,9 +181,16 @@ impl Tree {
                     }
                 }
                 Node::Leaf { proba } => {
-                    if proba.len() != n_classes || proba.iter().any(|p| !p.is_finite() || *p < 0.0)
-                    {
-                        return bad(format!("leaf {i} has {} class probabilities", proba.len()));
+                    // A distribution, or all zeros (a leaf no bootstrap row reached): a client
+                    // must not outvote the others through oversized leaf values.
+                    let sum: f32 = proba.iter().sum();
+                    let valid = proba.len() == n_classes
+                        && proba
+                            .iter()
+                            .all(|p| p.is_finite() && (0.0..=1.0).contains(p))
+                        && (sum == 0.0 || (sum - 1.0).abs() < 1e-3);
+                    if !valid {
+                        return bad(format!("leaf {i} is not a class distribution: {proba:?}"));
                     }
                 }
             }
@@ -533,6 +540,14 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("version 2"));
+        let mut loud = f.clone();
+        loud.trees[0].nodes = vec![Node::Leaf {
+            proba: vec![3e38, 0.0],
+        }];
+        let err = Forest::from_blob(&loud.to_blob(), 2, 2, 10)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("distribution"), "{err}");
     }
 
     #[test]
