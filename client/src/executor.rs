@@ -16,6 +16,8 @@ use crate::catalog::Catalog;
 
 /// How many jobs' SCAFFOLD control variates a client keeps (oldest dropped first).
 const MAX_CONTROL_JOBS: usize = 32;
+/// How many boosting jobs' round caches a client keeps at once.
+const MAX_BOOST_JOBS: usize = 8;
 /// Largest boosted ensemble a client decodes (rounds x classes).
 const MAX_BOOST_TREES: usize = 1_000_000;
 
@@ -28,6 +30,7 @@ pub struct Executor {
     controls: Mutex<HashMap<String, (Weights, u32)>>,
     /// job id -> this round's binned rows and raw scores (gradient boosting).
     boosting: Mutex<HashMap<String, Arc<BoostCache>>>,
+    clock: std::sync::atomic::AtomicU64,
 }
 
 /// What a boosting client keeps within a round: its rows binned with the global edges and the
@@ -35,6 +38,8 @@ pub struct Executor {
 #[derive(Debug)]
 struct BoostCache {
     round: u32,
+    /// When it was last used (a counter), for least-recently-used eviction across jobs.
+    used: u64,
     binned: ndarray::Array2<u16>,
     raw: ndarray::Array2<f64>,
     labels: Vec<usize>,
@@ -48,6 +53,7 @@ impl Executor {
             attack,
             controls: Mutex::new(HashMap::new()),
             boosting: Mutex::new(HashMap::new()),
+            clock: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -268,6 +274,7 @@ impl Executor {
                     train_loss = ensemble.evaluate(&train).map_err(err)?.loss;
                     let cache = Arc::new(BoostCache {
                         round: task.round,
+                        used: self.tick(),
                         binned: ensemble
                             .edges
                             .bin_matrix(train.features.view())
@@ -278,8 +285,16 @@ impl Executor {
                     });
                     let mut all = self.boosting.lock().unwrap_or_else(|p| p.into_inner());
                     all.insert(task.job_id.clone(), cache.clone());
-                    if all.len() > MAX_CONTROL_JOBS {
-                        all.retain(|job, c| job == &task.job_id || c.round + 1 >= task.round);
+                    // Bounded memory: beyond a few jobs, forget the least recently started.
+                    while all.len() > MAX_BOOST_JOBS {
+                        let oldest = all
+                            .iter()
+                            .min_by_key(|(_, c)| c.used)
+                            .map(|(k, _)| k.clone());
+                        match oldest {
+                            Some(k) => all.remove(&k),
+                            None => break,
+                        };
                     }
                     cache
                 } else {
@@ -332,6 +347,11 @@ impl Executor {
             }
             None => Err("task without a kind".into()),
         }
+    }
+
+    fn tick(&self) -> u64 {
+        self.clock
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     fn control_of(&self, job: &str) -> Option<Weights> {

@@ -681,7 +681,7 @@ impl JobCtx {
         avail: &[ClientView],
         facts: &DataFacts,
         params: &GbdtParams,
-    ) -> Result<Ensemble> {
+    ) -> Result<(Ensemble, Phase)> {
         let n_features = facts.n_features;
         let max_points = params.sketch_size as usize;
         let mut sketches: Vec<(String, QuantileSketch)> = Vec::new();
@@ -729,7 +729,10 @@ impl JobCtx {
             clients = sketches.len(),
             "bin edges fixed from federated quantile sketches"
         );
-        Ok(Ensemble::new(n_features, facts.class_names.len(), edges))
+        Ok((
+            Ensemble::new(n_features, facts.class_names.len(), edges),
+            phase,
+        ))
     }
 
     /// One boosting iteration: one tree per output, each grown level by level. The clients that
@@ -749,8 +752,12 @@ impl JobCtx {
             return Err(Error::Job("internal: fit_gbdt on another model".into()));
         };
         params.check()?;
+        let mut total = Phase::default();
         if ensemble.is_none() {
-            *ensemble = Some(Arc::new(self.sketch_edges(avail, facts, params).await?));
+            // The sketch exchange is part of round 1's traffic.
+            let (e, sketch_phase) = self.sketch_edges(avail, facts, params).await?;
+            total.absorb(&sketch_phase);
+            *ensemble = Some(Arc::new(e));
         }
         let Some(current) = ensemble.clone() else {
             return Err(Error::Job("internal: no ensemble after sketching".into()));
@@ -758,7 +765,6 @@ impl JobCtx {
         let n_features = facts.n_features;
         let bins = current.edges.max_bins();
         let blob: prost::bytes::Bytes = current.to_blob().into();
-        let mut total = Phase::default();
         let (mut loss_sum, mut loss_weight) = (0.0f64, 0.0f64);
         let mut trees = Vec::new();
         let announced = announced_sizes(fit_clients, &self.spec.dataset, |d| d.train_examples);
