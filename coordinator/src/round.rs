@@ -30,6 +30,18 @@ use crate::error::{Error, Result};
 use crate::registry::{Arrived, ClientView, Registry};
 use crate::spec::JobSpec;
 
+/// The awaited variant of a task result; a client's error or another variant is the verdict
+/// (`return Err(...)` from the enclosing result check).
+macro_rules! expect_outcome {
+    ($outcome:expr, $variant:ident, $what:literal) => {
+        match $outcome {
+            Some(task_result::Outcome::$variant(v)) => v,
+            Some(task_result::Outcome::Error(e)) => return Err(format!("client error: {e}")),
+            _ => return Err($what.to_string()),
+        }
+    };
+}
+
 /// One completed round, as stored, printed and exported.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundRecord {
@@ -445,13 +457,11 @@ impl JobCtx {
                     task::Kind::Evaluate(v1::EvaluateTask::default()),
                     quorum,
                     |client, arrived| {
-                        let e = match arrived.result.outcome {
-                            Some(task_result::Outcome::Evaluate(e)) => e,
-                            Some(task_result::Outcome::Error(e)) => {
-                                return Err(format!("client error: {e}"))
-                            }
-                            _ => return Err("expected an evaluate result".into()),
-                        };
+                        let e = expect_outcome!(
+                            arrived.result.outcome,
+                            Evaluate,
+                            "expected an evaluate result"
+                        );
                         check_count(e.num_examples, announced.get(client).copied(), "test")?;
                         let plausible = e.loss.is_finite()
                             && e.loss.abs() <= MAX_LOSS
@@ -551,13 +561,7 @@ impl JobCtx {
                 fit,
                 quorum,
                 |client, arrived| {
-                    let fit = match arrived.result.outcome {
-                        Some(task_result::Outcome::Fit(f)) => f,
-                        Some(task_result::Outcome::Error(e)) => {
-                            return Err(format!("client error: {e}"))
-                        }
-                        _ => return Err("expected a fit result".into()),
-                    };
+                    let fit = expect_outcome!(arrived.result.outcome, Fit, "expected a fit result");
                     let params = fit
                         .parameters
                         .as_ref()
@@ -639,13 +643,7 @@ impl JobCtx {
                 fit,
                 quorum,
                 |client, arrived| {
-                    let fit = match arrived.result.outcome {
-                        Some(task_result::Outcome::Fit(f)) => f,
-                        Some(task_result::Outcome::Error(e)) => {
-                            return Err(format!("client error: {e}"))
-                        }
-                        _ => return Err("expected a fit result".into()),
-                    };
+                    let fit = expect_outcome!(arrived.result.outcome, Fit, "expected a fit result");
                     check_count(fit.num_examples, announced.get(client).copied(), "train")?;
                     check_loss(fit.train_loss)?;
                     let mut trees =
@@ -696,13 +694,7 @@ impl JobCtx {
                 kind,
                 quorum,
                 |client, arrived| {
-                    let s = match arrived.result.outcome {
-                        Some(task_result::Outcome::Sketch(s)) => s,
-                        Some(task_result::Outcome::Error(e)) => {
-                            return Err(format!("client error: {e}"))
-                        }
-                        _ => return Err("expected a sketch".into()),
-                    };
+                    let s = expect_outcome!(arrived.result.outcome, Sketch, "expected a sketch");
                     let sketch = QuantileSketch::from_blob(&s.sketch, n_features, max_points)
                         .map_err(|e| e.to_string())?;
                     sketches.push((client.to_string(), sketch));
@@ -814,13 +806,11 @@ impl JobCtx {
                         kind,
                         need,
                         |client, arrived| {
-                            let h = match arrived.result.outcome {
-                                Some(task_result::Outcome::Histogram(h)) => h,
-                                Some(task_result::Outcome::Error(e)) => {
-                                    return Err(format!("client error: {e}"))
-                                }
-                                _ => return Err("expected histograms".into()),
-                            };
+                            let h = expect_outcome!(
+                                arrived.result.outcome,
+                                Histogram,
+                                "expected histograms"
+                            );
                             let hists =
                                 histograms_from_bytes(&h.histograms, n_features, bins, nodes.len())
                                     .map_err(|e| e.to_string())?;
@@ -958,13 +948,11 @@ impl JobCtx {
             kind,
             clients.len(),
             |client, arrived| {
-                let e = match arrived.result.outcome {
-                    Some(task_result::Outcome::Evaluate(e)) => e,
-                    Some(task_result::Outcome::Error(e)) => {
-                        return Err(format!("client error: {e}"))
-                    }
-                    _ => return Err("expected an evaluate result".into()),
-                };
+                let e = expect_outcome!(
+                    arrived.result.outcome,
+                    Evaluate,
+                    "expected an evaluate result"
+                );
                 check_count(e.num_examples, announced.get(client).copied(), "test")?;
                 let valid = |a: f64| (0.0..=1.0).contains(&a);
                 if !valid(e.accuracy) || !e.personalized_accuracy.is_none_or(valid) {
