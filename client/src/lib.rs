@@ -9,7 +9,8 @@
 //! # Layout
 //! - `catalog.rs`: local datasets and their train/test split
 //! - `connection.rs`: connect, Hello, serve tasks, reconnect
-//! - `executor.rs`: one task against local data
+//! - `executor.rs`: one task against local data (weights models, forests, boosting)
+//! - `attack.rs`: test-only attacker modes ([`Attack`])
 //! - `error.rs`: [`ClientError`]
 //!
 //! # Example

@@ -132,13 +132,13 @@ pub struct SimulateArgs {
     /// How the dataset is split over clients: iid, dirichlet:ALPHA, shards:K, quantity:ALPHA.
     #[arg(long, default_value = "dirichlet:0.5")]
     pub partition: String,
-    /// Model: logreg, mlp, forest, gbdt (tree settings in a job file's [model]) [default: logreg].
+    /// Model: logreg, mlp, forest, gbdt (tree settings go in a job file's model section) [default: logreg].
     #[arg(long)]
     pub model: Option<String>,
     /// Hidden layer widths of an mlp, e.g. 64 or 128,64 (implies --model mlp).
     #[arg(long, value_name = "W1,W2,...")]
     pub hidden: Option<String>,
-    /// Aggregation strategy with its default hyperparameters (set them in a job file's [strategy]):
+    /// Aggregation strategy with its default hyperparameters (set them in a job file's strategy section):
     /// fedavg, fedavgm, fedprox, fedadagrad, fedadam, fedyogi, fedmedian, fedtrimmedavg, krum,
     /// multikrum, scaffold [default: fedavg].
     #[arg(long)]

@@ -487,7 +487,7 @@ pub(crate) fn round_to_wire(job: &str, r: &RoundRecord) -> v1::RoundReport {
     }
 }
 
-/// The inverse of [`round_to_wire`], for clients of the Jobs API that print round lines.
+/// The inverse of `round_to_wire`, for clients of the Jobs API that print round lines.
 pub fn round_from_wire(r: &v1::RoundReport) -> RoundRecord {
     RoundRecord {
         round: r.round,

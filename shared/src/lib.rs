@@ -12,6 +12,8 @@
 //! - [`strategy::StrategySpec`] and [`strategy::Strategy`]: eleven server-side strategies
 //!   (FedAvg and its server-optimiser variants, FedProx, robust median / trimmed mean / Krum,
 //!   SCAFFOLD), fed one update at a time through a [`strategy::Aggregator`].
+//! - [`forest::Forest`]: a federated random forest (linfa-trees fits, pooled as a versioned blob).
+//! - [`gbdt::Ensemble`] and [`gbdt::TreeGrower`]: lossless federated histogram gradient boosting.
 //! - [`plot`]: SVG line charts.
 //!
 //! # Layout
@@ -19,6 +21,9 @@
 //! - `tensor.rs`: named tensors and their arithmetic
 //! - `model/`: models and local training
 //! - `strategy/`: aggregation strategies
+//! - `forest.rs`: random forests
+//! - `gbdt.rs`: gradient boosting (sketches, histograms, tree growing, centralized mode)
+//! - `seed.rs`: seed derivation
 //! - `plot.rs`: charts
 //! - `error.rs`: the crate's error type
 //!
