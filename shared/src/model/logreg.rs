@@ -3,7 +3,7 @@
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use rand_chacha::ChaCha8Rng;
 
-use super::{softmax_rows, Model};
+use super::{check_batch, softmax_cross_entropy, softmax_rows, Model};
 use crate::tensor::{Tensor, Weights};
 use crate::{Error, Result};
 
@@ -61,29 +61,12 @@ impl Model for LogReg {
         x: ArrayView2<'_, f32>,
         y: &[usize],
     ) -> Result<(f32, Weights)> {
-        let n = x.nrows();
-        if n == 0 || y.len() != n {
-            return Err(Error::Shape {
-                what: "logreg batch".into(),
-                expected: format!("{n} labels (and at least one row)"),
-                found: format!("{} labels", y.len()),
-            });
-        }
-        let mut p = self.predict_proba(w, x)?;
-        let mut loss = 0.0f32;
-        // dL/dz = (p - onehot(y)) / n for the mean cross-entropy.
-        for (mut row, &label) in p.outer_iter_mut().zip(y) {
-            let pl = row.get(label).copied().ok_or_else(|| {
-                Error::Data(format!("label {label} outside {} classes", self.n_classes))
-            })?;
-            loss -= pl.max(1e-12).ln();
-            row[label] -= 1.0;
-        }
-        p /= n as f32;
+        check_batch("logreg", x.nrows(), y)?;
+        let (loss, p) = softmax_cross_entropy(self.logits(w, x)?, y)?;
         let dw = x.t().dot(&p);
         let db: Array1<f32> = p.sum_axis(Axis(0));
         Ok((
-            loss / n as f32,
+            loss,
             Weights::new(vec![
                 Tensor::from_array2("weight", &dw),
                 Tensor::from_array1("bias", &db),

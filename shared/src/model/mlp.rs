@@ -4,7 +4,7 @@ use ndarray::{Array2, ArrayView2, Axis};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-use super::{softmax_rows, Model};
+use super::{check_batch, softmax_cross_entropy, softmax_rows, Model};
 use crate::tensor::{Tensor, Weights};
 use crate::{Error, Result};
 
@@ -101,31 +101,13 @@ impl Model for Mlp {
         x: ArrayView2<'_, f32>,
         y: &[usize],
     ) -> Result<(f32, Weights)> {
-        let n = x.nrows();
-        if n == 0 || y.len() != n {
-            return Err(Error::Shape {
-                what: "mlp batch".into(),
-                expected: format!("{n} labels (and at least one row)"),
-                found: format!("{} labels", y.len()),
-            });
-        }
-        let zs = self.forward(w, x)?;
-        let last = self.layers() - 1;
-        let mut p = zs[last].clone();
-        softmax_rows(&mut p);
-        let mut loss = 0.0f32;
-        for (mut row, &label) in p.outer_iter_mut().zip(y) {
-            let pl = row.get(label).copied().ok_or_else(|| {
-                Error::Data(format!(
-                    "label {label} outside {} classes",
-                    self.widths[self.layers()]
-                ))
-            })?;
-            loss -= pl.max(1e-12).ln();
-            row[label] -= 1.0;
-        }
+        check_batch("mlp", x.nrows(), y)?;
+        let mut zs = self.forward(w, x)?;
+        let logits = zs
+            .pop()
+            .ok_or_else(|| Error::Data("mlp has no layers".into()))?;
         // dL/dz of the output layer for the mean cross-entropy.
-        let mut dz = p / n as f32;
+        let (loss, mut dz) = softmax_cross_entropy(logits, y)?;
         let mut grads: Vec<Tensor> = Vec::with_capacity(2 * self.layers());
         for i in (0..self.layers()).rev() {
             let input = if i == 0 {
@@ -150,7 +132,7 @@ impl Model for Mlp {
             grads.push(Tensor::from_array2(format!("layer{i}.weight"), &dw));
         }
         grads.reverse();
-        Ok((loss / n as f32, Weights::new(grads)))
+        Ok((loss, Weights::new(grads)))
     }
 }
 

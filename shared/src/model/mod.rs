@@ -470,6 +470,42 @@ fn check_layout(model: &dyn Model, weights: &Weights) -> Result<()> {
     model.init(&mut rng).check_same_layout(weights)
 }
 
+/// Checks a batch: at least one row and one label per row. `what` names the model.
+pub(crate) fn check_batch(what: &str, n: usize, y: &[usize]) -> Result<()> {
+    if n == 0 || y.len() != n {
+        return Err(Error::Shape {
+            what: format!("{what} batch"),
+            expected: format!("{n} labels (and at least one row)"),
+            found: format!("{} labels", y.len()),
+        });
+    }
+    Ok(())
+}
+
+/// Mean softmax cross-entropy of `logits` against `y`, and its gradient with respect to the
+/// logits, `(softmax(z) - onehot(y)) / n`, computed in place.
+///
+/// # Shapes
+/// `logits`: `[n, n_classes]` → the same array holding dL/dz.
+pub(crate) fn softmax_cross_entropy(
+    mut logits: Array2<f32>,
+    y: &[usize],
+) -> Result<(f32, Array2<f32>)> {
+    let (n, k) = logits.dim();
+    softmax_rows(&mut logits);
+    let mut loss = 0.0f32;
+    for (mut row, &label) in logits.outer_iter_mut().zip(y) {
+        let pl = row
+            .get(label)
+            .copied()
+            .ok_or_else(|| Error::Data(format!("label {label} outside {k} classes")))?;
+        loss -= pl.max(1e-12).ln();
+        row[label] -= 1.0;
+    }
+    logits /= n.max(1) as f32;
+    Ok((loss / n.max(1) as f32, logits))
+}
+
 /// Row-wise softmax in place, stable against large logits.
 pub(crate) fn softmax_rows(logits: &mut Array2<f32>) {
     for mut row in logits.outer_iter_mut() {
