@@ -46,6 +46,21 @@ struct BoostCache {
     edges: shoal_shared::gbdt::BinEdges,
 }
 
+/// The answer to an Evaluate task.
+fn evaluated(
+    stats: &model::EvalStats,
+    test: &shoal_shared::data::Dataset,
+    personalized_accuracy: Option<f64>,
+) -> task_result::Outcome {
+    task_result::Outcome::Evaluate(v1::EvaluateResult {
+        num_examples: stats.num_examples,
+        loss: stats.loss,
+        accuracy: stats.accuracy,
+        classes_present: test.classes_present() as u32,
+        personalized_accuracy,
+    })
+}
+
 impl Executor {
     pub fn new(catalog: Arc<Catalog>, attack: Option<Attack>) -> Self {
         Executor {
@@ -176,13 +191,7 @@ impl Executor {
                 } else {
                     None
                 };
-                Ok(task_result::Outcome::Evaluate(v1::EvaluateResult {
-                    num_examples: stats.num_examples,
-                    loss: stats.loss,
-                    accuracy: stats.accuracy,
-                    classes_present: test.classes_present() as u32,
-                    personalized_accuracy,
-                }))
+                Ok(evaluated(&stats, &test, personalized_accuracy))
             }
             Some(task::Kind::Sketch(_) | task::Kind::Histogram(_)) => {
                 Err("sketch and histogram tasks are for gbdt jobs".into())
@@ -224,13 +233,7 @@ impl Executor {
                 )
                 .map_err(err)?;
                 let stats = forest.evaluate(&test).map_err(err)?;
-                Ok(task_result::Outcome::Evaluate(v1::EvaluateResult {
-                    num_examples: stats.num_examples,
-                    loss: stats.loss,
-                    accuracy: stats.accuracy,
-                    classes_present: test.classes_present() as u32,
-                    personalized_accuracy: None,
-                }))
+                Ok(evaluated(&stats, &test, None))
             }
             Some(task::Kind::Sketch(_) | task::Kind::Histogram(_)) => {
                 Err("sketch and histogram tasks are for gbdt jobs".into())
@@ -334,13 +337,7 @@ impl Executor {
                     Ensemble::from_blob(&task.model_blob, n_features, n_classes, MAX_BOOST_TREES)
                         .map_err(err)?;
                 let stats = ensemble.evaluate(&test).map_err(err)?;
-                Ok(task_result::Outcome::Evaluate(v1::EvaluateResult {
-                    num_examples: stats.num_examples,
-                    loss: stats.loss,
-                    accuracy: stats.accuracy,
-                    classes_present: test.classes_present() as u32,
-                    personalized_accuracy: None,
-                }))
+                Ok(evaluated(&stats, &test, None))
             }
             Some(task::Kind::Fit(_)) => {
                 Err("a gbdt job grows trees through histogram tasks, not fit".into())
