@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // clone of `Bytes` shares the buffer instead of copying the model N times.
         .bytes(".shoal.v1.Tensor.data")
         .bytes(".shoal.v1.Task.model_blob")
+        .bytes(".shoal.v1.Task.feature_view")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -657,3 +657,66 @@ async fn gbdt_is_lossless_binary_and_multiclass_with_3_and_10_clients() {
     gbdt_lossless(Builtin::Iris, 3, 4).await;
     gbdt_lossless(Builtin::Digits, 10, 3).await;
 }
+
+/// The fusion comparison over 5 clients: every variant trains over the federation, each single
+/// modality on its own columns, and the report carries the table and bar chart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fusion_variants_train_over_the_federation_on_their_own_views() {
+    use shoal_coordinator::simulate::{simulate, SimulateOptions};
+    let spec = shoal_coordinator::spec::JobSpec::from_toml(include_str!("../examples/fusion.toml"))
+        .unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let mut o = SimulateOptions::new(spec, Builtin::Multimodal);
+    o.clients = 5;
+    o.out = runs.path().to_path_buf();
+    o.quiet = true;
+    let outcome = simulate(o).await.unwrap();
+    assert_eq!(
+        outcome.status,
+        v1::JobStatus::Finished,
+        "{}",
+        outcome.job.error
+    );
+    assert_eq!(
+        outcome.rounds.len(),
+        6 * 20,
+        "five trained variants plus learned late fusion"
+    );
+    let dir = std::path::Path::new(&outcome.job.run_dir);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let acc = |name: &str| -> f64 {
+        summary["variants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["variant"] == name)
+            .unwrap_or_else(|| panic!("no variant {name}"))["test_accuracy"]
+            .as_f64()
+            .unwrap()
+    };
+    let singles = [acc("single m1"), acc("single m2"), acc("single m3")];
+    assert!(
+        singles[2] <= 0.6,
+        "modality 3 carries no signal: {singles:?}"
+    );
+    assert!(singles[0] > 0.65 && singles[1] > 0.65, "{singles:?}");
+    let best_single = singles.iter().copied().fold(0.0, f64::max);
+    for fused in [
+        "early fusion",
+        "cross fusion",
+        "learned late fusion",
+        "late fusion",
+    ] {
+        assert!(
+            acc(fused) > best_single,
+            "{fused} {} vs best single {best_single}",
+            acc(fused)
+        );
+    }
+    assert!(acc("early fusion") >= 0.9, "early {}", acc("early fusion"));
+    assert!(dir.join("fusion.md").exists() && dir.join("fusion.svg").exists());
+    assert!(std::fs::read_to_string(dir.join("report.html"))
+        .unwrap()
+        .contains("<svg"));
+}

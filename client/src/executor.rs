@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use shoal_proto::v1::{self, task, task_result};
 use shoal_shared::forest::{fit_trees, Forest, ForestParams};
+use shoal_shared::fusion::FeatureView;
 use shoal_shared::gbdt::{
     build_histograms, gradients, histograms_to_bytes, Ensemble, GTree, GbdtParams, QuantileSketch,
 };
@@ -102,15 +103,34 @@ impl Executor {
         let params = task.parameters.as_ref().ok_or("task without parameters")?;
         let global =
             shoal_proto::weights_from_wire(params, usize::MAX).map_err(|e| e.to_string())?;
-        let model = spec
-            .build(local.train.n_features(), task.class_names.len())
-            .map_err(|e| e.to_string())?;
         let err = |e: shoal_shared::Error| e.to_string();
+        // Fusion tasks say how to present the rows; the view applies after the class remap, so
+        // stacked members see the job's class list.
+        let view = if task.feature_view.is_empty() {
+            None
+        } else {
+            Some(FeatureView::from_bytes(&task.feature_view).map_err(err)?)
+        };
+        let prepare =
+            |data: &shoal_shared::data::Dataset| -> Result<shoal_shared::data::Dataset, String> {
+                let remapped = data.remap_classes(&task.class_names).map_err(err)?;
+                match &view {
+                    Some(v) => v.apply(&remapped).map_err(err),
+                    None => Ok(remapped),
+                }
+            };
+        let n_features = match &view {
+            Some(v) => v.width(task.class_names.len()),
+            None => local.train.n_features(),
+        };
+        let model = spec
+            .build(n_features, task.class_names.len())
+            .map_err(|e| e.to_string())?;
         match &task.kind {
             Some(task::Kind::Fit(fit)) => {
                 let cfg =
                     shoal_proto::local_from_wire(fit.local.as_ref()).map_err(|e| e.to_string())?;
-                let train = local.train.remap_classes(&task.class_names).map_err(err)?;
+                let train = prepare(&local.train)?;
                 let control = match &fit.control {
                     Some(c) => Some(
                         shoal_proto::weights_from_wire(c, usize::MAX).map_err(|e| e.to_string())?,
@@ -167,13 +187,13 @@ impl Executor {
                 }))
             }
             Some(task::Kind::Evaluate(eval)) => {
-                let test = local.test.remap_classes(&task.class_names).map_err(err)?;
+                let test = prepare(&local.test)?;
                 let stats = model::evaluate(model.as_ref(), &global, &test).map_err(err)?;
                 let personalized_accuracy = if eval.personalize_epochs > 0 {
                     let mut cfg = shoal_proto::local_from_wire(eval.local.as_ref())
                         .map_err(|e| e.to_string())?;
                     cfg.epochs = eval.personalize_epochs;
-                    let train = local.train.remap_classes(&task.class_names).map_err(err)?;
+                    let train = prepare(&local.train)?;
                     let (w, _) = model::train_local(
                         model.as_ref(),
                         global.clone(),

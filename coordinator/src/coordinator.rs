@@ -151,6 +151,7 @@ impl Coordinator {
             cancel,
             max_message_bytes: self.config.max_message_bytes,
             task_seq: Default::default(),
+            view: Default::default(),
         };
         let me = self.clone();
         let span = tracing::info_span!("job", job = %id);
@@ -179,7 +180,11 @@ impl Coordinator {
             tokio::spawn(
                 async move {
                     let mut run = run;
-                    me.train(&ctx, &mut run, &events).await
+                    if ctx.spec.kind == "fusion" {
+                        me.fusion(&ctx, &mut run, &events).await
+                    } else {
+                        me.train(&ctx, &mut run, &events).await
+                    }
                 }
                 .in_current_span(),
             )
@@ -249,6 +254,123 @@ impl Coordinator {
         )
     }
 
+    /// Records one round: state store, run folder, stdout, watchers.
+    fn record(
+        &self,
+        ctx: &JobCtx,
+        run: &mut RunFolder,
+        events: &broadcast::Sender<v1::WatchEvent>,
+        rec: &RoundRecord,
+    ) -> Result<()> {
+        self.store.record_round(&ctx.id, rec)?;
+        run.append(rec)?;
+        let job = self.config.prefix_job_id.then_some(ctx.id.as_str());
+        if self.config.print_rounds {
+            print_round(self.config.log_format, job, rec);
+        }
+        let _ = events.send(v1::WatchEvent {
+            event: Some(watch_event::Event::Round(round_to_wire(&ctx.id, rec))),
+        });
+        Ok(())
+    }
+
+    /// A fusion job: one federated training per variant (each modality alone, early and cross
+    /// fusion), late fusion from the single-modality models, and learned late fusion (a model over
+    /// their outputs, trained over the federation). Rounds are numbered across the variants.
+    async fn fusion(
+        &self,
+        ctx: &JobCtx,
+        run: &mut RunFolder,
+        events: &broadcast::Sender<v1::WatchEvent>,
+    ) -> Result<Summary> {
+        use crate::report::VariantResult;
+        use crate::round::GlobalModel;
+        use shoal_shared::fusion::{self, FeatureView, StackMember};
+
+        let clients = ctx.wait_available(1, None).await?;
+        let facts = ctx.resolve_data(&clients).await?;
+        let holdout = facts.holdout.clone().ok_or_else(|| {
+            Error::Job("a fusion job needs a test set: a built-in dataset such as multimodal, or [evaluation] holdout".into())
+        })?;
+        let mods = fusion::modalities(&facts.feature_names);
+        if mods.len() < 2 {
+            return Err(Error::Job(format!(
+                "fusion needs features from at least 2 modalities (name prefixes such as m1_, m2_); `{}` has {}",
+                ctx.spec.dataset,
+                mods.len()
+            )));
+        }
+        let variants = fusion::variants(&mods);
+        let per = ctx.spec.rounds;
+        let total = per * (variants.len() as u32 + 1);
+        self.store.set_rounds_total(&ctx.id, total)?;
+        let mut results: Vec<VariantResult> = Vec::new();
+        let mut members: Vec<StackMember> = Vec::new();
+        let mut records: Vec<RoundRecord> = Vec::new();
+        let mut offset = 0u32;
+        for (name, view, modality) in variants
+            .iter()
+            .map(|v| (v.name.clone(), Some(v.view.clone()), v.modality))
+            .chain(std::iter::once((
+                "learned late fusion".to_string(),
+                None,
+                None,
+            )))
+        {
+            // Learned late fusion stacks the single-modality models trained just before.
+            let view = view.unwrap_or_else(|| FeatureView::Stacked {
+                members: members.clone(),
+            });
+            let (vctx, vfacts) = ctx.with_view(&facts, &view)?;
+            let features = vfacts.n_features;
+            let mut state = vctx.init_state(vfacts)?;
+            info!(variant = %name, features, "fusion variant started");
+            let mut last = None;
+            for round in 1..=per {
+                let mut rec = vctx.run_round(round, &mut state).await?;
+                rec.round = offset + round;
+                rec.rounds_total = total;
+                self.record(ctx, run, events, &rec)?;
+                last = rec.test_accuracy;
+                records.push(rec);
+            }
+            offset += per;
+            results.push(VariantResult {
+                variant: name,
+                features,
+                test_accuracy: last.unwrap_or(f64::NAN),
+                rounds: per,
+            });
+            if let (Some(m), GlobalModel::Params { weights, .. }) = (modality, &state.global) {
+                members.push(StackMember {
+                    columns: mods[m].1.clone(),
+                    weights: weights.clone(),
+                });
+            }
+            if members.len() == mods.len() && !results.iter().any(|r| r.variant == "late fusion") {
+                // Late fusion needs no training: the mean of the single-modality models'
+                // probabilities, scored on the coordinator's test set.
+                let p = fusion::late_fusion_proba(&members, &holdout)?;
+                let correct = p
+                    .outer_iter()
+                    .zip(&holdout.labels)
+                    .filter(|(row, &y)| shoal_shared::model::argmax(row.iter().copied()) == y)
+                    .count();
+                results.push(VariantResult {
+                    variant: "late fusion".into(),
+                    features: facts.n_features,
+                    test_accuracy: correct as f64 / holdout.n_rows().max(1) as f64,
+                    rounds: 0,
+                });
+            }
+        }
+        let mut summary = Summary::from_rounds(&ctx.id, &ctx.spec, &records);
+        summary.variants = results;
+        write_fusion_outputs(run, &summary.variants)?;
+        run.write_json("summary.json", &summary)?;
+        Ok(summary)
+    }
+
     /// A train job from first round to summary.
     async fn train(
         &self,
@@ -269,15 +391,7 @@ impl Coordinator {
         let mut records: Vec<RoundRecord> = Vec::new();
         for round in 1..=ctx.spec.rounds {
             let rec = ctx.run_round(round, &mut state).await?;
-            self.store.record_round(&ctx.id, &rec)?;
-            run.append(&rec)?;
-            let job = self.config.prefix_job_id.then_some(ctx.id.as_str());
-            if self.config.print_rounds {
-                print_round(self.config.log_format, job, &rec);
-            }
-            let _ = events.send(v1::WatchEvent {
-                event: Some(watch_event::Event::Round(round_to_wire(&ctx.id, &rec))),
-            });
+            self.record(ctx, run, events, &rec)?;
             records.push(rec);
         }
         let table = ctx.client_table(&state).await?;
@@ -370,6 +484,32 @@ impl Coordinator {
         self.tracker.close();
         self.tracker.wait().await;
     }
+}
+
+/// `fusion.md` and `fusion.svg`: the variants' test accuracy as a table and a bar chart.
+fn write_fusion_outputs(run: &RunFolder, variants: &[crate::report::VariantResult]) -> Result<()> {
+    let mut md =
+        String::from("| variant | features | rounds | test accuracy |\n|---|---|---|---|\n");
+    for v in variants {
+        md.push_str(&format!(
+            "| {} | {} | {} | {:.3} |\n",
+            v.variant, v.features, v.rounds, v.test_accuracy
+        ));
+    }
+    let io = |e| {
+        Error::io(
+            format!("cannot write the fusion table in {}", run.dir().display()),
+            e,
+        )
+    };
+    std::fs::write(run.dir().join("fusion.md"), md).map_err(io)?;
+    let bars: Vec<(String, f64)> = variants
+        .iter()
+        .map(|v| (v.variant.clone(), v.test_accuracy))
+        .collect();
+    let svg =
+        shoal_shared::plot::bar_chart_svg("fusion variants", "test accuracy", &bars, (720, 360))?;
+    std::fs::write(run.dir().join("fusion.svg"), svg).map_err(io)
 }
 
 /// The same model trained centrally on the pooled train rows, scored on the same test set: for

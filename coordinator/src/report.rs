@@ -113,6 +113,20 @@ pub struct Summary {
     pub seconds: f64,
     /// The final global model as each client sees it.
     pub clients: Vec<ClientRow>,
+    /// Fusion jobs: each variant's test accuracy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<VariantResult>,
+}
+
+/// One fusion variant's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VariantResult {
+    pub variant: String,
+    /// Features the variant's model sees.
+    pub features: usize,
+    pub test_accuracy: f64,
+    /// Rounds of federated training (0 for late fusion, which combines trained models).
+    pub rounds: u32,
 }
 
 impl Summary {
@@ -141,6 +155,7 @@ impl Summary {
             bytes_down: rounds.iter().map(|r| r.bytes_down).sum(),
             seconds: rounds.iter().map(|r| r.seconds).sum(),
             clients: Vec::new(),
+            variants: Vec::new(),
         }
     }
 
@@ -172,6 +187,18 @@ impl Summary {
         }
         if !self.clients.is_empty() {
             out.extend(client_table_lines(&self.clients));
+        }
+        if !self.variants.is_empty() {
+            out.push(format!(
+                "  {:<22}  {:>8}  {:>6}  {:>13}",
+                "fusion variant", "features", "rounds", "test accuracy"
+            ));
+            for v in &self.variants {
+                out.push(format!(
+                    "  {:<22}  {:>8}  {:>6}  {:>13.3}",
+                    v.variant, v.features, v.rounds, v.test_accuracy
+                ));
+            }
         }
         out
     }

@@ -83,7 +83,10 @@ const SEED_TASK: u64 = 4;
 /// What a job knows about its data once clients have shown up.
 #[derive(Debug, Clone)]
 pub struct DataFacts {
+    /// Features the model sees (after a fusion view).
     pub n_features: usize,
+    /// Features of the clients' dataset as they hold it (before any view).
+    pub raw_features: usize,
     pub feature_names: Vec<String>,
     pub class_names: Vec<String>,
     /// The coordinator's centralized test set, labels indexed into `class_names`.
@@ -102,6 +105,8 @@ pub struct JobCtx {
     pub max_message_bytes: usize,
     /// Numbers the job's tasks.
     pub task_seq: Arc<std::sync::atomic::AtomicU64>,
+    /// Fusion: how clients present their rows for this part of the job (JSON, empty for none).
+    pub view: prost::bytes::Bytes,
 }
 
 /// The global model and whatever trains it.
@@ -293,6 +298,7 @@ impl JobCtx {
                 .map_err(|e| Error::Job(format!("loading the {name} holdout: {e}")))??;
             return Ok(DataFacts {
                 n_features: holdout.n_features(),
+                raw_features: holdout.n_features(),
                 feature_names: holdout.feature_names.clone(),
                 class_names: holdout.class_names.clone(),
                 holdout: Some(Arc::new(holdout)),
@@ -349,11 +355,45 @@ impl JobCtx {
         };
         Ok(DataFacts {
             n_features: feature_names.len(),
+            raw_features: feature_names.len(),
             feature_names,
             class_names: classes,
             holdout,
             builtin: None,
         })
+    }
+
+    /// This job seen through a fusion view: a context whose tasks carry the view, and the data
+    /// facts (feature count, test set) as the view presents them.
+    pub fn with_view(
+        &self,
+        facts: &DataFacts,
+        view: &shoal_shared::fusion::FeatureView,
+    ) -> Result<(JobCtx, DataFacts)> {
+        let holdout = match &facts.holdout {
+            Some(h) => Some(Arc::new(view.apply(h)?)),
+            None => None,
+        };
+        let n_features = view.width(facts.class_names.len());
+        let feature_names = match &holdout {
+            Some(h) => h.feature_names.clone(),
+            None => (0..n_features).map(|i| format!("v{i}")).collect(),
+        };
+        let ctx = JobCtx {
+            view: view.to_bytes().into(),
+            ..self.clone()
+        };
+        Ok((
+            ctx,
+            DataFacts {
+                n_features,
+                raw_features: facts.raw_features,
+                feature_names,
+                class_names: facts.class_names.clone(),
+                holdout,
+                builtin: facts.builtin,
+            },
+        ))
     }
 
     /// Sets up the model, its initial state and the strategy.
@@ -1017,6 +1057,7 @@ impl JobCtx {
                 model: Some(shoal_proto::model_to_wire(&self.spec.model)),
                 parameters: payload.parameters.clone(),
                 model_blob: payload.blob.clone(),
+                feature_view: self.view.clone(),
                 deadline_unix_ms,
                 seed: seed::derive(
                     self.spec.seed,
@@ -1164,7 +1205,7 @@ fn kind_name(kind: &task::Kind) -> &'static str {
 /// Whether a client's copy of the dataset fits the job's model.
 fn compatible(c: &ClientView, dataset: &str, facts: &DataFacts) -> bool {
     c.dataset(dataset)
-        .is_some_and(|d| d.feature_names.len() == facts.n_features)
+        .is_some_and(|d| d.feature_names.len() == facts.raw_features)
 }
 
 /// Seeded client sampling, Flower's rule: `max(floor(n * fraction), min)` clients, at most all.

@@ -124,8 +124,8 @@ impl Default for Evaluation {
 pub const MAX_ROUNDS: u32 = 1_000_000;
 pub const MAX_WAIT_SECS: f64 = 30.0 * 24.0 * 3600.0;
 
-/// Kinds accepted by `kind`, and the ones still to come.
-const KINDS_PLANNED: [&str; 3] = ["fusion", "diffusion", "automl"];
+/// Kinds still to come.
+const KINDS_PLANNED: [&str; 2] = ["diffusion", "automl"];
 
 impl JobSpec {
     /// Parses a TOML spec and checks it.
@@ -155,13 +155,26 @@ impl JobSpec {
         let bad = |field: &str, msg: String| Err(Error::InvalidSpec(format!("`{field}` {msg}")));
         match self.kind.as_str() {
             "train" => {}
-            k if KINDS_PLANNED.contains(&k) => {
+            "fusion" => {
+                if self.model.forest().is_some() || self.model.gbdt().is_some() {
+                    return bad(
+                        "model",
+                        "of a fusion job must be logreg or mlp (each variant trains one)".into(),
+                    );
+                }
+            }
+            k if KINDS_PLANNED.contains(&k) => return bad(
+                "kind",
+                format!(
+                    "= \"{k}\" is not available yet in this version (\"train\" and \"fusion\" are)"
+                ),
+            ),
+            k => {
                 return bad(
                     "kind",
-                    format!("= \"{k}\" is not available yet in this version (only \"train\" is)"),
+                    format!("= \"{k}\" is unknown (expected \"train\" or \"fusion\")"),
                 )
             }
-            k => return bad("kind", format!("= \"{k}\" is unknown (expected \"train\")")),
         }
         if self.dataset.trim().is_empty() {
             return bad("dataset", "must name a dataset".into());
@@ -312,7 +325,7 @@ mod tests {
                 "round_timeout_secs",
             ),
             ("kind = \"train\"\nroundz = 3", "roundz"),
-            ("kind = \"fusion\"", "not available yet"),
+            ("kind = \"diffusion\"", "not available yet"),
             (
                 "kind = \"train\"\n[clients]\nfraction_fit = 1.5",
                 "fraction_fit",
@@ -385,6 +398,8 @@ mod example_tests {
         );
         let csv = JobSpec::from_toml(include_str!("../../examples/csv-quickstart.toml")).unwrap();
         assert_eq!(csv.evaluation.holdout.as_deref(), Some("shards/test.csv"));
+        let fusion = JobSpec::from_toml(include_str!("../../examples/fusion.toml")).unwrap();
+        assert_eq!(fusion.kind, "fusion");
         let forest = JobSpec::from_toml(include_str!("../../examples/forest.toml")).unwrap();
         assert_eq!(forest.model.forest().map(|p| p.trees_per_round), Some(5));
     }

@@ -137,6 +137,15 @@ impl Store {
         Ok(())
     }
 
+    /// Sets how many rounds a job will run (a fusion job knows only once it sees the data).
+    pub fn set_rounds_total(&self, id: &str, rounds: u32) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET rounds_total = ?2 WHERE id = ?1",
+            params![id, rounds],
+        )?;
+        Ok(())
+    }
+
     pub fn set_status(&self, id: &str, status: JobStatus, error: Option<&str>) -> Result<()> {
         self.conn().execute(
             "UPDATE jobs SET status = ?2, error = ?3 WHERE id = ?1",

@@ -39,6 +39,7 @@
 pub mod data;
 pub mod error;
 pub mod forest;
+pub mod fusion;
 pub mod gbdt;
 pub mod model;
 pub mod plot;

@@ -131,6 +131,68 @@ where
     Ok(())
 }
 
+/// A horizontal bar chart (one bar per label, values in `[0, max]`) as an SVG document.
+pub fn bar_chart_svg(
+    title: &str,
+    x_label: &str,
+    bars: &[(String, f64)],
+    size: (u32, u32),
+) -> Result<String> {
+    if bars.is_empty() {
+        return Err(Error::Data("no bars to draw".into()));
+    }
+    let max = bars
+        .iter()
+        .map(|(_, v)| *v)
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max)
+        .max(1e-9);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let n = bars.len();
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(150)
+            .build_cartesian_2d(0.0..max * 1.08, (0..n).into_segmented())
+            .map_err(plot_err)?;
+        let label_of = |v: &SegmentValue<usize>| match v {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
+                bars.get(*i).map(|b| b.0.clone()).unwrap_or_default()
+            }
+            SegmentValue::Last => String::new(),
+        };
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(n)
+            .y_label_formatter(&label_of)
+            .x_desc(x_label)
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(plot_err)?;
+        chart
+            .draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
+                let v = if v.is_finite() { *v } else { 0.0 };
+                let mut bar = Rectangle::new(
+                    [
+                        (0.0, SegmentValue::Exact(i)),
+                        (v, SegmentValue::Exact(i + 1)),
+                    ],
+                    PALETTE[i % PALETTE.len()].filled(),
+                );
+                bar.set_margin(4, 4, 0, 0);
+                bar
+            }))
+            .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+    }
+    Ok(svg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +223,17 @@ mod tests {
         // Three panels, two lines each, plus legend swatches.
         assert!(svg.matches("<polyline").count() >= 6);
         assert!(line_charts_svg(&[], 2, (400, 300)).is_err());
+    }
+
+    #[test]
+    fn draws_one_bar_per_label() {
+        let bars = vec![("early".to_string(), 0.95), ("single m3".to_string(), 0.5)];
+        let svg = bar_chart_svg("accuracy", "test accuracy", &bars, (600, 300)).unwrap();
+        assert!(svg.contains("single m3") && svg.contains("early"));
+        assert!(
+            svg.matches("<rect").count() >= 3,
+            "background plus two bars"
+        );
+        assert!(bar_chart_svg("x", "y", &[], (600, 300)).is_err());
     }
 }

@@ -41,7 +41,12 @@ pub const SEED_FL_THRESHOLDS: [f32; 3] = [0.0, 1.0, 0.5];
 pub const SEED_FL_NOISE_STD: f32 = 0.5;
 
 /// Every built-in dataset; the same list as [`Builtin::ALL`], for callers that name it by module.
-pub const ALL: [Builtin; 4] = Builtin::ALL;
+pub const ALL: [Builtin; 5] = Builtin::ALL;
+
+/// Rows of `multimodal` (the original generator's 1000 samples).
+pub const MULTIMODAL_ROWS: usize = 1000;
+/// Modalities of `multimodal`: name prefix and feature count.
+pub const MULTIMODAL_MODALITIES: [(&str, usize); 3] = [("m1", 10), ("m2", 8), ("m3", 6)];
 
 /// Golden-ratio constant used to spread `seed-fl` client indices over the seed space.
 const SEED_MIX: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -68,15 +73,20 @@ pub enum Builtin {
     Iris,
     /// Red wine quality (UCI), z-scored.
     WineQuality,
+    /// The original tutorial's three-modality data: `m1_*` (10), `m2_*` (8), `m3_*` (6) standard
+    /// normal features; label = sum of the first 5 of m1 + sum of the first 5 of m2 + N(0, 0.5²) > 0.
+    /// Modality 3 carries no signal.
+    Multimodal,
 }
 
 impl Builtin {
     /// Every built-in dataset, in the order of [`Builtin::name`]'s list.
-    pub const ALL: [Builtin; 4] = [
+    pub const ALL: [Builtin; 5] = [
         Builtin::Digits,
         Builtin::SeedFl,
         Builtin::Iris,
         Builtin::WineQuality,
+        Builtin::Multimodal,
     ];
 
     /// The name used on the command line and in job specs.
@@ -86,6 +96,7 @@ impl Builtin {
             Builtin::SeedFl => "seed-fl",
             Builtin::Iris => "iris",
             Builtin::WineQuality => "winequality",
+            Builtin::Multimodal => "multimodal",
         }
     }
 
@@ -108,6 +119,7 @@ impl Builtin {
                     .collect::<Result<Vec<_>>>()?;
                 concat(&blocks)
             }
+            Builtin::Multimodal => multimodal(),
             Builtin::Iris => {
                 let raw = linfa_datasets::iris();
                 let class_names = ["setosa", "versicolor", "virginica"].map(String::from);
@@ -345,6 +357,36 @@ fn seed_fl_client(seed: u64, client: usize) -> Result<Dataset> {
         ChaCha8Rng::seed_from_u64(seed ^ (client as u64).wrapping_add(1).wrapping_mul(SEED_MIX));
     let threshold = SEED_FL_THRESHOLDS[client % SEED_FL_THRESHOLDS.len()];
     seed_fl_rows(&mut rng, threshold, SEED_FL_ROWS)
+}
+
+/// The `multimodal` dataset, generated from a fixed seed so every participant builds the same rows.
+fn multimodal() -> Result<Dataset> {
+    let mut rng = ChaCha8Rng::seed_from_u64(HOLDOUT_SEED ^ 0x6d75_6c74_696d_6f64);
+    let width: usize = MULTIMODAL_MODALITIES.iter().map(|(_, n)| n).sum();
+    let mut values = Vec::with_capacity(MULTIMODAL_ROWS * width);
+    let mut labels = Vec::with_capacity(MULTIMODAL_ROWS);
+    for _ in 0..MULTIMODAL_ROWS {
+        let row: Vec<f32> = (0..width)
+            .map(|_| StandardNormal.sample(&mut rng))
+            .collect();
+        let m2 = MULTIMODAL_MODALITIES[0].1;
+        let signal: f32 = row[..5].iter().sum::<f32>() + row[m2..m2 + 5].iter().sum::<f32>();
+        let noise: f32 = StandardNormal.sample(&mut rng);
+        labels.push(usize::from(signal + 0.5 * noise > 0.0));
+        values.extend(row);
+    }
+    let features = Array2::from_shape_vec((MULTIMODAL_ROWS, width), values)
+        .map_err(|e| Error::Data(format!("multimodal generation: {e}")))?;
+    let feature_names = MULTIMODAL_MODALITIES
+        .iter()
+        .flat_map(|(m, n)| (0..*n).map(move |i| format!("{m}_{i}")))
+        .collect();
+    Dataset::new(
+        features,
+        labels,
+        feature_names,
+        vec!["0".into(), "1".into()],
+    )
 }
 
 /// `n` rows of the `seed-fl` concept with the given threshold: features `x ~ N(0, I₁₀)`, label
