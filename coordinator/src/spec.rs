@@ -163,12 +163,14 @@ impl JobSpec {
                     );
                 }
             }
-            k if KINDS_PLANNED.contains(&k) => return bad(
-                "kind",
-                format!(
+            k if KINDS_PLANNED.contains(&k) => {
+                return bad(
+                    "kind",
+                    format!(
                     "= \"{k}\" is not available yet in this version (\"train\" and \"fusion\" are)"
                 ),
-            ),
+                )
+            }
             k => {
                 return bad(
                     "kind",
