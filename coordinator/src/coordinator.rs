@@ -325,6 +325,12 @@ impl Coordinator {
             let features = vfacts.n_features;
             let mut state = vctx.init_state(vfacts)?;
             info!(variant = %name, features, "fusion variant started");
+            if self.config.print_rounds && self.config.log_format == crate::report::LogFormat::Text
+            {
+                crate::report::print_lines(&[format!(
+                    "fusion variant: {name} ({features} features)"
+                )]);
+            }
             let mut last = None;
             for round in 1..=per {
                 let mut rec = vctx.run_round(round, &mut state).await?;
