@@ -292,7 +292,27 @@ impl Coordinator {
         let holdout = facts.holdout.clone().ok_or_else(|| {
             Error::Job("a fusion job needs a test set: a built-in dataset such as multimodal, or [evaluation] holdout".into())
         })?;
-        let mods = fusion::modalities(&facts.feature_names);
+        // Views select columns by position: every client must hold the test set's columns in
+        // the same order.
+        for c in &clients {
+            let names = c.dataset(&ctx.spec.dataset).map(|d| &d.feature_names);
+            if names != Some(&holdout.feature_names) {
+                return Err(Error::Job(format!(
+                    "client `{}` holds `{}` with other feature names (or another order) than the test set; fusion views select columns by position",
+                    c.name, ctx.spec.dataset
+                )));
+            }
+        }
+        // Modalities come from the coordinator's own test set, never from what a client announced.
+        let mods = fusion::modalities(&holdout.feature_names);
+        if mods.len() > fusion::MAX_MODALITIES {
+            return Err(Error::Job(format!(
+                "fusion compares at most {} modalities; `{}` has {}",
+                fusion::MAX_MODALITIES,
+                ctx.spec.dataset,
+                mods.len()
+            )));
+        }
         if mods.len() < 2 {
             return Err(Error::Job(format!(
                 "fusion needs features from at least 2 modalities (name prefixes such as m1_, m2_); `{}` has {}",
@@ -302,7 +322,9 @@ impl Coordinator {
         }
         let variants = fusion::variants(&mods);
         let per = ctx.spec.rounds;
-        let total = per * (variants.len() as u32 + 1);
+        let total = per
+            .checked_mul(variants.len() as u32 + 1)
+            .ok_or_else(|| Error::InvalidSpec("rounds times fusion variants overflows".into()))?;
         self.store.set_rounds_total(&ctx.id, total)?;
         let mut results: Vec<VariantResult> = Vec::new();
         let mut members: Vec<StackMember> = Vec::new();
@@ -348,6 +370,7 @@ impl Coordinator {
                 rounds: per,
             });
             if let (Some(m), GlobalModel::Params { weights, .. }) = (modality, &state.global) {
+                weights.check_finite()?;
                 members.push(StackMember {
                     columns: mods[m].1.clone(),
                     weights: weights.clone(),

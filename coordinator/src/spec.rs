@@ -156,10 +156,16 @@ impl JobSpec {
         match self.kind.as_str() {
             "train" => {}
             "fusion" => {
-                if self.model.forest().is_some() || self.model.gbdt().is_some() {
+                if self.model != ModelSpec::Logreg {
                     return bad(
                         "model",
-                        "of a fusion job must be logreg or mlp (each variant trains one)".into(),
+                        "of a fusion job must be logreg (each variant, and the stacking of learned late fusion, is a logistic regression)".into(),
+                    );
+                }
+                if self.strategy.uses_control_variates() {
+                    return bad(
+                        "strategy",
+                        "= \"scaffold\" is not available for fusion (its client state would carry over between variants of different widths)".into(),
                     );
                 }
             }
@@ -328,6 +334,14 @@ mod tests {
             ),
             ("kind = \"train\"\nroundz = 3", "roundz"),
             ("kind = \"diffusion\"", "not available yet"),
+            (
+                "kind = \"fusion\"\n[model]\nkind = \"mlp\"",
+                "must be logreg",
+            ),
+            (
+                "kind = \"fusion\"\n[strategy]\nname = \"scaffold\"",
+                "not available for fusion",
+            ),
             (
                 "kind = \"train\"\n[clients]\nfraction_fit = 1.5",
                 "fraction_fit",

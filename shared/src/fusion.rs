@@ -20,6 +20,13 @@ use crate::{Error, Result};
 
 /// Most columns or products a view may name (a view comes off the network).
 pub const MAX_VIEW_COLUMNS: usize = 100_000;
+/// Most members a stacking view may have.
+pub const MAX_STACK_MEMBERS: usize = 64;
+/// Most values a view may produce (rows × output columns): a memory budget checked before any
+/// allocation.
+pub const MAX_VIEW_VALUES: usize = 1 << 28;
+/// Most modalities a fusion job compares.
+pub const MAX_MODALITIES: usize = 16;
 
 /// One trained member of a stacking view: a logistic regression over some columns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +54,19 @@ impl FeatureView {
     /// The view applied to `data`: a dataset with the view's features and the same labels.
     pub fn apply(&self, data: &Dataset) -> Result<Dataset> {
         let d = data.n_features();
+        let width = self.width(data.n_classes());
+        if width == 0
+            || width > MAX_VIEW_COLUMNS
+            || width.saturating_mul(data.n_rows()) > MAX_VIEW_VALUES
+        {
+            return Err(Error::invalid(
+                "feature view",
+                format!(
+                    "{width} output columns for {} rows is outside the limits",
+                    data.n_rows()
+                ),
+            ));
+        }
         let check = |cols: &mut dyn Iterator<Item = usize>| -> Result<()> {
             for c in cols {
                 if c >= d {
@@ -102,6 +122,12 @@ impl FeatureView {
                 for (m, member) in members.iter().enumerate() {
                     check(&mut member.columns.iter().copied())?;
                     let model = LogReg::new(member.columns.len(), k);
+                    // The member's weights must be a logreg over exactly its columns and classes.
+                    let layout = model.init(
+                        &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0),
+                    );
+                    layout.check_same_layout(&member.weights)?;
+                    member.weights.check_finite()?;
                     let x = data.features.select(Axis(1), &member.columns);
                     let p = model.predict_proba(&member.weights, x.view())?;
                     out.slice_mut(ndarray::s![.., m * k..(m + 1) * k])
@@ -140,7 +166,16 @@ impl FeatureView {
         let size = match &v {
             FeatureView::Columns { columns } => columns.len(),
             FeatureView::Cross { columns, pairs } => columns.len() + pairs.len(),
-            FeatureView::Stacked { members } => members.iter().map(|m| m.columns.len()).sum(),
+            FeatureView::Stacked { members } => {
+                if members.len() > MAX_STACK_MEMBERS || members.iter().any(|m| m.columns.is_empty())
+                {
+                    return Err(Error::Data(format!(
+                        "stacking view with {} members (at most {MAX_STACK_MEMBERS}, none without columns)",
+                        members.len()
+                    )));
+                }
+                members.iter().map(|m| m.columns.len()).sum()
+            }
         };
         if size == 0 || size > MAX_VIEW_COLUMNS {
             return Err(Error::Data(format!("feature view with {size} columns")));
@@ -338,6 +373,21 @@ mod tests {
         assert!(FeatureView::from_bytes(br#"{"view":"columns","columns":[]}"#).is_err());
         assert!(FeatureView::from_bytes(b"garbage").is_err());
         let data = Builtin::Iris.holdout().unwrap();
+        let empty_member = FeatureView::Stacked {
+            members: vec![StackMember {
+                columns: vec![],
+                weights: Weights::default(),
+            }],
+        };
+        assert!(FeatureView::from_bytes(&empty_member.to_bytes()).is_err());
+        // A member whose weights are not a logreg over its columns is refused, not run.
+        let wrong = FeatureView::Stacked {
+            members: vec![StackMember {
+                columns: vec![0, 1],
+                weights: LogReg::new(3, 3).init(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0)),
+            }],
+        };
+        assert!(wrong.apply(&data).is_err());
         let bad = FeatureView::Columns { columns: vec![9] };
         assert!(bad
             .apply(&data)
