@@ -14,7 +14,9 @@
 //!   SCAFFOLD), fed one update at a time through a [`strategy::Aggregator`].
 //! - [`forest::Forest`]: a federated random forest (linfa-trees fits, pooled as a versioned blob).
 //! - [`gbdt::Ensemble`] and [`gbdt::TreeGrower`]: lossless federated histogram gradient boosting.
-//! - [`plot`]: SVG line charts.
+//! - [`fusion::FeatureView`]: how a multimodal fusion variant sees the rows.
+//! - [`diffusion::NoiseSchedule`]: DDPM schedules and forward / reverse steps.
+//! - [`plot`]: SVG line and bar charts.
 //!
 //! # Layout
 //! - `data/`: datasets, CSV, built-in datasets, splits, partitioners
@@ -23,6 +25,8 @@
 //! - `strategy/`: aggregation strategies
 //! - `forest.rs`: random forests
 //! - `gbdt.rs`: gradient boosting (sketches, histograms, tree growing, centralized mode)
+//! - `fusion.rs`: multimodal fusion views and variants
+//! - `diffusion.rs`: diffusion schedules and steps (the federated job is still to come)
 //! - `seed.rs`: seed derivation
 //! - `plot.rs`: charts
 //! - `error.rs`: the crate's error type
@@ -37,6 +41,7 @@
 //! ```
 
 pub mod data;
+pub mod diffusion;
 pub mod error;
 pub mod forest;
 pub mod fusion;
