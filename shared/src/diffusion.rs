@@ -22,12 +22,16 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
+use crate::model::{Mlp, Model};
+use crate::tensor::Weights;
 use crate::{Error, Result};
 
 /// Largest ᾱ_T from which generation is allowed: x_T must be (nearly) pure noise.
 pub const MAX_FINAL_ALPHA_BAR: f64 = 0.01;
 /// Length of each `signals` sequence (the tutorial's).
 pub const SIGNAL_LEN: usize = 100;
+/// Range the sampler clips its clean-signal estimate to (`signals` lie within about ±1.5).
+pub const SAMPLE_CLIP: f32 = 2.0;
 
 /// How β grows over the steps.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -236,6 +240,186 @@ pub fn signals(client: usize, n: usize, seed: u64) -> Array2<f32> {
     out
 }
 
+/// The noise-prediction network: an MLP from `[x_t, embedding(t)]` to the predicted noise ε̂.
+///
+/// # Shapes
+/// input `[n, signal_len + embed_dim]` → `[n, signal_len]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Denoiser {
+    pub signal_len: usize,
+    pub embed_dim: usize,
+    pub mlp: Mlp,
+}
+
+impl Denoiser {
+    pub fn new(signal_len: usize, embed_dim: usize, hidden: &[usize]) -> Self {
+        Denoiser {
+            signal_len,
+            embed_dim,
+            mlp: Mlp::new(signal_len + embed_dim, hidden, signal_len),
+        }
+    }
+
+    pub fn init(&self, rng: &mut ChaCha8Rng) -> Weights {
+        self.mlp.init(rng)
+    }
+
+    /// `[x_t, embedding(t)]` rows for a batch.
+    fn inputs(&self, xt: &Array2<f32>, ts: &[usize]) -> Array2<f32> {
+        let mut x = Array2::<f32>::zeros((xt.nrows(), self.signal_len + self.embed_dim));
+        for (i, (row, &t)) in xt.outer_iter().zip(ts).enumerate() {
+            x.row_mut(i)
+                .slice_mut(ndarray::s![..self.signal_len])
+                .assign(&row);
+            let e = timestep_embedding(t, self.embed_dim);
+            x.row_mut(i)
+                .slice_mut(ndarray::s![self.signal_len..])
+                .assign(&ndarray::ArrayView1::from(&e));
+        }
+        x
+    }
+
+    /// A noised batch: random steps and noise for `rows` of `data`, drawn from `rng`. Returns the
+    /// network inputs and the noise it should predict.
+    fn noised(
+        &self,
+        sched: &NoiseSchedule,
+        data: &Array2<f32>,
+        rows: &[usize],
+        rng: &mut ChaCha8Rng,
+    ) -> Result<(Array2<f32>, Array2<f32>)> {
+        let mut xt = Array2::<f32>::zeros((rows.len(), self.signal_len));
+        let mut eps = Array2::<f32>::zeros((rows.len(), self.signal_len));
+        let mut ts = Vec::with_capacity(rows.len());
+        for (i, &r) in rows.iter().enumerate() {
+            let t = rand::Rng::gen_range(rng, 0..sched.steps());
+            let e: Vec<f32> = (0..self.signal_len)
+                .map(|_| StandardNormal.sample(rng))
+                .collect();
+            let x0 = data.row(r).to_vec();
+            xt.row_mut(i)
+                .assign(&ndarray::ArrayView1::from(&sched.q_sample(&x0, t, &e)?));
+            eps.row_mut(i).assign(&ndarray::ArrayView1::from(&e));
+            ts.push(t);
+        }
+        Ok((self.inputs(&xt, &ts), eps))
+    }
+
+    /// Local training: minibatch SGD with momentum on the noise-prediction MSE, each example
+    /// noised at a random step drawn from `seed`. Returns the new weights and the mean loss.
+    pub fn train(
+        &self,
+        mut w: Weights,
+        data: &Array2<f32>,
+        sched: &NoiseSchedule,
+        cfg: &crate::model::LocalConfig,
+        seed: u64,
+    ) -> Result<(Weights, f64)> {
+        cfg.check()?;
+        if data.ncols() != self.signal_len || data.nrows() == 0 {
+            return Err(Error::Shape {
+                what: "diffusion training data".into(),
+                expected: format!("rows of {} values", self.signal_len),
+                found: format!("{:?}", data.dim()),
+            });
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut order: Vec<usize> = (0..data.nrows()).collect();
+        let mut velocity = w.zeros_like();
+        let (lr, m) = (cfg.lr as f32, cfg.momentum as f32);
+        let (mut total, mut batches) = (0.0f64, 0usize);
+        for _ in 0..cfg.epochs {
+            rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rng);
+            for batch in order.chunks(cfg.batch_size as usize) {
+                let (x, eps) = self.noised(sched, data, batch, &mut rng)?;
+                let (loss, grad) = self.mlp.mse_grad(&w, x.view(), eps.view())?;
+                for (v, g) in velocity.values_mut().zip(grad.values()) {
+                    *v = m * *v + g;
+                }
+                w.add_scaled(-lr, &velocity)?;
+                total += f64::from(loss);
+                batches += 1;
+            }
+        }
+        w.check_finite()?;
+        Ok((w, total / batches.max(1) as f64))
+    }
+
+    /// Noise-prediction MSE on `data` at steps and noise drawn from `seed` (fixed across rounds,
+    /// so the figure is comparable round to round).
+    pub fn noise_mse(
+        &self,
+        w: &Weights,
+        data: &Array2<f32>,
+        sched: &NoiseSchedule,
+        seed: u64,
+    ) -> Result<f64> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let rows: Vec<usize> = (0..data.nrows()).collect();
+        let (x, eps) = self.noised(sched, data, &rows, &mut rng)?;
+        let pred = self.mlp.predict_raw(w, x.view())?;
+        Ok(f64::from(
+            (&pred - &eps).mapv(|d| d * d).mean().unwrap_or(f32::NAN),
+        ))
+    }
+
+    /// `n` signals generated from pure noise with the deterministic DDIM chain. Refuses a
+    /// schedule whose x_T is not pure noise.
+    pub fn sample(
+        &self,
+        w: &Weights,
+        sched: &NoiseSchedule,
+        n: usize,
+        seed: u64,
+    ) -> Result<Array2<f32>> {
+        sched.check_generation()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut x = Array2::<f32>::zeros((n, self.signal_len));
+        x.mapv_inplace(|_| StandardNormal.sample(&mut rng));
+        for t in (0..sched.steps()).rev() {
+            let eps = self
+                .mlp
+                .predict_raw(w, self.inputs(&x, &vec![t; n]).view())?;
+            let ab = sched.alpha_bars[t];
+            for (mut row, e) in x.outer_iter_mut().zip(eps.outer_iter()) {
+                let xt = row.to_vec();
+                // Clip the predicted clean signal to the data's range, then use the noise that is
+                // consistent with it: near t = T, ᾱ_t is tiny and dividing by √ᾱ_t would blow up
+                // any error of the network ("clip_denoised" in DDPM/DDIM implementations).
+                let x0: Vec<f32> = sched
+                    .predict_x0(&xt, t, &e.to_vec())?
+                    .into_iter()
+                    .map(|v| v.clamp(-SAMPLE_CLIP, SAMPLE_CLIP))
+                    .collect();
+                let eps_c: Vec<f32> = xt
+                    .iter()
+                    .zip(&x0)
+                    .map(|(x, c)| {
+                        ((f64::from(*x) - ab.sqrt() * f64::from(*c)) / (1.0 - ab).max(1e-12).sqrt())
+                            as f32
+                    })
+                    .collect();
+                let next = sched.ddim_step(&xt, t, &eps_c)?;
+                row.assign(&ndarray::ArrayView1::from(&next));
+            }
+        }
+        Ok(x)
+    }
+}
+
+/// Mean over `generated` of the mean squared distance to the nearest row of `real`.
+pub fn mean_nearest_distance(generated: &Array2<f32>, real: &Array2<f32>) -> f64 {
+    let mut total = 0.0f64;
+    for g in generated.outer_iter() {
+        let best = real
+            .outer_iter()
+            .map(|r| f64::from((&g - &r).mapv(|d| d * d).mean().unwrap_or(f32::MAX)))
+            .fold(f64::INFINITY, f64::min);
+        total += best;
+    }
+    total / generated.nrows().max(1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +530,49 @@ mod tests {
         assert!(
             broken > 0.3,
             "fresh noise should not reconstruct: MSE {broken}"
+        );
+    }
+
+    /// Training lowers the noise-prediction error by more than half, and generated signals lie
+    /// far closer to real ones than an untrained network's.
+    #[test]
+    fn a_trained_denoiser_predicts_noise_and_generates_signal_like_samples() {
+        let sched = NoiseSchedule::new(Schedule::Cosine { s: 0.008 }, 50).unwrap();
+        let net = Denoiser::new(SIGNAL_LEN, 16, &[256]);
+        let train = signals(0, 200, 1);
+        let held_out = signals(0, 50, 2);
+        let w0 = net.init(&mut ChaCha8Rng::seed_from_u64(0));
+        let before = net.noise_mse(&w0, &held_out, &sched, 9).unwrap();
+        let cfg = crate::model::LocalConfig {
+            epochs: 300,
+            batch_size: 32,
+            lr: 0.2,
+            ..Default::default()
+        };
+        let (w, _) = net.train(w0.clone(), &train, &sched, &cfg, 3).unwrap();
+        let after = net.noise_mse(&w, &held_out, &sched, 9).unwrap();
+        // Predicting zero noise scores about 1.0: the network must beat that, not just its start.
+        assert!(
+            after < 0.5 * before && after < 0.8,
+            "noise MSE {before} -> {after}"
+        );
+        let trained = mean_nearest_distance(&net.sample(&w, &sched, 20, 4).unwrap(), &train);
+        let untrained = mean_nearest_distance(&net.sample(&w0, &sched, 20, 4).unwrap(), &train);
+        assert!(
+            trained < 0.5 * untrained,
+            "nearest-real distance {trained} vs untrained {untrained}"
+        );
+        let tutorial = NoiseSchedule::new(
+            Schedule::Linear {
+                beta_start: 1e-4,
+                beta_end: 0.02,
+            },
+            50,
+        )
+        .unwrap();
+        assert!(
+            net.sample(&w, &tutorial, 1, 0).is_err(),
+            "no generation from a schedule that is not pure noise"
         );
     }
 
