@@ -502,16 +502,7 @@ impl JobCtx {
                             Evaluate,
                             "expected an evaluate result"
                         );
-                        check_count(e.num_examples, announced.get(client).copied(), "test")?;
-                        let plausible = e.loss.is_finite()
-                            && e.loss.abs() <= MAX_LOSS
-                            && (0.0..=1.0).contains(&e.accuracy);
-                        if !plausible {
-                            return Err(format!(
-                                "implausible evaluation (examples {}, loss {}, accuracy {})",
-                                e.num_examples, e.loss, e.accuracy
-                            ));
-                        }
+                        check_evaluation(&e, announced.get(client).copied())?;
                         let w = e.num_examples as f64;
                         l += e.loss * w;
                         a += e.accuracy * w;
@@ -993,11 +984,7 @@ impl JobCtx {
                     Evaluate,
                     "expected an evaluate result"
                 );
-                check_count(e.num_examples, announced.get(client).copied(), "test")?;
-                let valid = |a: f64| (0.0..=1.0).contains(&a);
-                if !valid(e.accuracy) || !e.personalized_accuracy.is_none_or(valid) {
-                    return Err("accuracy outside [0, 1]".into());
-                }
+                check_evaluation(&e, announced.get(client).copied())?;
                 rows.push(ClientRow {
                     client: client.to_string(),
                     examples: e.num_examples,
@@ -1157,6 +1144,27 @@ fn check_histogram_bounds(hists: &[Histogram], n: u64) -> std::result::Result<()
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// An evaluation a client could honestly report: a count within what it announced, a bounded
+/// finite loss, accuracies in [0, 1].
+fn check_evaluation(
+    e: &v1::EvaluateResult,
+    announced: Option<u64>,
+) -> std::result::Result<(), String> {
+    check_count(e.num_examples, announced, "test")?;
+    let valid = |a: f64| (0.0..=1.0).contains(&a);
+    let plausible = e.loss.is_finite()
+        && e.loss.abs() <= MAX_LOSS
+        && valid(e.accuracy)
+        && e.personalized_accuracy.is_none_or(valid);
+    if !plausible {
+        return Err(format!(
+            "implausible evaluation (examples {}, loss {}, accuracy {})",
+            e.num_examples, e.loss, e.accuracy
+        ));
     }
     Ok(())
 }
