@@ -123,16 +123,17 @@ pub struct SimulateArgs {
     /// A job file (TOML); the flags below override its fields.
     #[arg(long)]
     pub job: Option<PathBuf>,
-    /// Built-in dataset: digits, seed-fl, iris, winequality [default: digits].
+    /// Built-in dataset: digits, seed-fl, iris, winequality, multimodal, signals [default: digits].
     #[arg(long)]
     pub dataset: Option<String>,
     /// Number of clients.
     #[arg(long, default_value_t = 10)]
     pub clients: usize,
-    /// How the dataset is split over clients: iid, dirichlet:ALPHA, shards:K, quantity:ALPHA.
+    /// How the dataset is split over clients: iid, dirichlet:ALPHA, shards:K, quantity:ALPHA
+    /// (seed-fl and signals ignore it: each client gets its own concept or frequency band).
     #[arg(long, default_value = "dirichlet:0.5")]
     pub partition: String,
-    /// Model: logreg, mlp, forest, gbdt (tree settings go in a job file's model section) [default: logreg].
+    /// Model: logreg, mlp, forest, gbdt, denoiser (settings go in a job file's model section) [default: logreg].
     #[arg(long)]
     pub model: Option<String>,
     /// Hidden layer widths of an mlp, e.g. 64 or 128,64 (implies --model mlp).
@@ -168,7 +169,7 @@ pub struct SimulateArgs {
 
 #[derive(Debug, Args)]
 pub struct PartitionArgs {
-    /// A built-in dataset (digits, seed-fl, iris, winequality) or a CSV file.
+    /// A built-in dataset (digits, seed-fl, iris, winequality, multimodal, signals) or a CSV file.
     #[arg(long)]
     pub dataset: String,
     /// Label column when --dataset is a CSV file (default: the last column).
@@ -351,6 +352,8 @@ async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {
     if let Some(s) = a.seed {
         spec.seed = s;
     }
+    // The flags may have made a spec the file alone was not (a denoiser on a train job, ...).
+    spec.check()?;
     let scheme: Partitioner = a.partition.parse().context("--partition")?;
     let attack = if a.attackers > 0 {
         if a.attackers > a.clients {

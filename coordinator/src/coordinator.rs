@@ -182,6 +182,8 @@ impl Coordinator {
                     let mut run = run;
                     if ctx.spec.kind == "fusion" {
                         me.fusion(&ctx, &mut run, &events).await
+                    } else if ctx.spec.kind == "diffusion" {
+                        me.diffusion(&ctx, &mut run, &events).await
                     } else {
                         me.train(&ctx, &mut run, &events).await
                     }
@@ -255,7 +257,7 @@ impl Coordinator {
     }
 
     /// Records one round: state store, run folder, stdout, watchers.
-    fn record(
+    pub(crate) fn record(
         &self,
         ctx: &JobCtx,
         run: &mut RunFolder,
@@ -649,6 +651,7 @@ pub(crate) fn round_to_wire(job: &str, r: &RoundRecord) -> v1::RoundReport {
         fed_loss: r.fed_loss,
         fed_accuracy: r.fed_accuracy,
         test_accuracy: r.test_accuracy,
+        test_loss: r.test_loss,
         bytes_up: r.bytes_up,
         bytes_down: r.bytes_down,
         seconds: r.seconds,
@@ -667,7 +670,7 @@ pub fn round_from_wire(r: &v1::RoundReport) -> RoundRecord {
         fed_loss: r.fed_loss,
         fed_accuracy: r.fed_accuracy,
         test_accuracy: r.test_accuracy,
-        test_loss: None,
+        test_loss: r.test_loss,
         bytes_up: r.bytes_up,
         bytes_down: r.bytes_down,
         seconds: r.seconds,

@@ -46,7 +46,8 @@ fn series(
     })
 }
 
-/// The accuracy and loss charts of a run, as SVG documents (`None` when there are no rounds).
+/// The accuracy and loss charts of a run, as SVG documents (`None` when there are no rounds; an
+/// empty accuracy chart when no round has an accuracy, as with a diffusion denoiser).
 pub fn charts(rounds: &[RoundRecord]) -> Result<Option<(String, String)>> {
     if rounds.is_empty() {
         return Ok(None);
@@ -81,6 +82,13 @@ pub fn charts(rounds: &[RoundRecord]) -> Result<Option<(String, String)>> {
     Ok(Some((a, l)))
 }
 
+/// SVG figures some job kinds write into the run folder, inlined into `report.html` when present.
+const EXTRA_FIGURES: [(&str, &str); 3] = [
+    ("fusion.svg", "Fusion variants: test accuracy"),
+    ("forward.svg", "Forward process"),
+    ("samples.svg", "Real and generated signals"),
+];
+
 /// What the report says about how the job ended.
 #[derive(Debug, Clone)]
 pub struct Outcome<'a> {
@@ -103,8 +111,13 @@ pub fn write_report(
 ) -> Result<()> {
     let charts = charts(rounds)?;
     let io = |name: &str, e| Error::io(format!("cannot write {}", dir.join(name).display()), e);
+    let has_accuracy = rounds
+        .iter()
+        .any(|r| r.test_accuracy.is_some() || r.fed_accuracy.is_some());
     if let Some((a, l)) = &charts {
-        std::fs::write(dir.join("accuracy.svg"), a).map_err(|e| io("accuracy.svg", e))?;
+        if has_accuracy {
+            std::fs::write(dir.join("accuracy.svg"), a).map_err(|e| io("accuracy.svg", e))?;
+        }
         std::fs::write(dir.join("loss.svg"), l).map_err(|e| io("loss.svg", e))?;
     }
     let mut h = String::new();
@@ -152,7 +165,69 @@ pub fn write_report(
         h.push_str("</table>\n");
     }
     if let Some((a, l)) = &charts {
-        let _ = writeln!(h, "<h2>Charts</h2>\n<figure id=\"accuracy-chart\">{a}</figure>\n<figure id=\"loss-chart\">{l}</figure>");
+        h.push_str("<h2>Charts</h2>\n");
+        if has_accuracy {
+            let _ = writeln!(h, "<figure id=\"accuracy-chart\">{a}</figure>");
+        }
+        let _ = writeln!(h, "<figure id=\"loss-chart\">{l}</figure>");
+    }
+    if let Some(s) = summary.filter(|s| !s.variants.is_empty()) {
+        let _ = writeln!(h, "<h2>Fusion variants</h2>\n<table id=\"variants\"><tr><th>variant</th><th>features</th><th>rounds</th><th>test accuracy</th></tr>");
+        for v in &s.variants {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td></tr>",
+                escape(&v.variant),
+                v.features,
+                v.rounds,
+                v.test_accuracy
+            );
+        }
+        h.push_str("</table>\n");
+    }
+    if let Some(d) = summary.and_then(|s| s.diffusion.as_ref()) {
+        let _ = writeln!(h, "<h2>Diffusion</h2>\n<table id=\"diffusion\">");
+        let ratio = match (d.nearest_distance, d.untrained_nearest_distance) {
+            (Some(t), Some(u)) if u > 0.0 => format!("{:.3}", t / u),
+            _ => "-".into(),
+        };
+        for (k, v) in [
+            ("alpha_bar_T", format!("{:.3e}", d.final_alpha_bar)),
+            ("noise MSE, round 1", opt(d.first_noise_mse)),
+            ("noise MSE, last round", opt(d.last_noise_mse)),
+            ("generated signals", d.samples.to_string()),
+            ("distance to nearest real signal", opt(d.nearest_distance)),
+            ("same, untrained network", opt(d.untrained_nearest_distance)),
+            (
+                "real signal to nearest other real",
+                opt(d.real_nearest_distance),
+            ),
+            ("ratio", ratio),
+        ] {
+            let _ = writeln!(h, "<tr><th>{}</th><td>{}</td></tr>", escape(k), escape(&v));
+        }
+        h.push_str("</table>\n<table id=\"coverage\"><tr><th>band</th><th>generated nearest to it</th><th>share</th></tr>\n");
+        for c in &d.coverage {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{:.1}%</td></tr>",
+                escape(&c.band),
+                c.nearest,
+                100.0 * c.share
+            );
+        }
+        h.push_str("</table>\n");
+    }
+    // Figures a job kind writes beside the standard charts.
+    for (file, caption) in EXTRA_FIGURES {
+        if let Ok(svg) = std::fs::read_to_string(dir.join(file)) {
+            let _ = writeln!(
+                h,
+                "<h2>{}</h2>\n<figure id=\"{}\">{svg}</figure>",
+                escape(caption),
+                escape(file)
+            );
+        }
     }
     let _ = writeln!(
         h,

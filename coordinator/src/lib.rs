@@ -11,7 +11,8 @@
 //! # Layout
 //! - `bench.rs`: the `bench` command's measurements
 //! - `cli.rs`: the command line (`serve`, `simulate`, `partition`, `job ...`)
-//! - `coordinator.rs`: [`Coordinator`], job lifecycle
+//! - `coordinator.rs`: [`Coordinator`], job lifecycle, train and fusion jobs
+//! - `diffusion.rs`: the diffusion job (federated denoiser, generation, its figures)
 //! - `round.rs`: the round engine and [`round::RoundRecord`]
 //! - `registry.rs`: connected clients and open tasks
 //! - `services.rs`: the gRPC handlers
@@ -34,6 +35,7 @@
 pub mod bench;
 pub mod cli;
 pub mod coordinator;
+pub mod diffusion;
 pub mod error;
 pub mod html;
 pub mod registry;

@@ -44,15 +44,30 @@ fn opt3(v: Option<f64>) -> String {
 
 /// The human round line.
 pub fn round_line(r: &RoundRecord) -> String {
+    // A model without accuracy (a diffusion denoiser) is followed by its held-out losses.
+    let scores = if r.fed_accuracy.is_none()
+        && r.test_accuracy.is_none()
+        && (r.fed_loss.is_some() || r.test_loss.is_some())
+    {
+        format!(
+            "fed_loss {}  test_loss {}",
+            opt3(r.fed_loss),
+            opt3(r.test_loss)
+        )
+    } else {
+        format!(
+            "fed_acc {}  test_acc {}",
+            opt3(r.fed_accuracy),
+            opt3(r.test_accuracy)
+        )
+    };
     let mut line = format!(
-        "round {}/{}  clients {}/{}  train_loss {:.3}  fed_acc {}  test_acc {}  up {}  down {}  {:.2} s",
+        "round {}/{}  clients {}/{}  train_loss {:.3}  {scores}  up {}  down {}  {:.2} s",
         r.round,
         r.rounds_total,
         r.clients,
         r.clients_selected,
         r.train_loss,
-        opt3(r.fed_accuracy),
-        opt3(r.test_accuracy),
         human_bytes(r.bytes_up),
         human_bytes(r.bytes_down),
         r.seconds
@@ -116,6 +131,37 @@ pub struct Summary {
     /// Fusion jobs: each variant's test accuracy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub variants: Vec<VariantResult>,
+    /// Diffusion jobs: the schedule and what the final model generates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diffusion: Option<DiffusionResult>,
+}
+
+/// What a diffusion job's final model generates, judged against the coordinator's real signals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiffusionResult {
+    /// ᾱ_T of the schedule: how much signal variance survives to the last step.
+    pub final_alpha_bar: f64,
+    /// Signals generated from pure noise.
+    pub samples: u32,
+    /// Held-out noise-prediction MSE (federated) after the first and the last round.
+    pub first_noise_mse: Option<f64>,
+    pub last_noise_mse: Option<f64>,
+    /// Per band (class) of the real test signals: how many generated signals lie nearest to it.
+    pub coverage: Vec<BandCoverage>,
+    /// Mean squared distance from a generated signal to its nearest real one: the trained
+    /// model's, and an untrained network's from the same noise (the reference).
+    pub nearest_distance: Option<f64>,
+    pub untrained_nearest_distance: Option<f64>,
+    /// The same between real test signals (each to its nearest other one): the floor.
+    pub real_nearest_distance: Option<f64>,
+}
+
+/// One band's share of the generated signals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BandCoverage {
+    pub band: String,
+    pub nearest: u32,
+    pub share: f64,
 }
 
 /// One fusion variant's result.
@@ -156,6 +202,7 @@ impl Summary {
             seconds: rounds.iter().map(|r| r.seconds).sum(),
             clients: Vec::new(),
             variants: Vec::new(),
+            diffusion: None,
         }
     }
 
@@ -175,11 +222,13 @@ impl Summary {
         if let (Some(r), Some(a)) = (self.best_round, self.best_accuracy) {
             out.push(format!("  best round {r}  accuracy {a:.4}"));
         }
-        out.push(format!(
-            "  final test_acc {}  fed_acc {}",
-            opt3(self.final_test_accuracy),
-            opt3(self.final_fed_accuracy)
-        ));
+        if self.final_test_accuracy.is_some() || self.final_fed_accuracy.is_some() {
+            out.push(format!(
+                "  final test_acc {}  fed_acc {}",
+                opt3(self.final_test_accuracy),
+                opt3(self.final_fed_accuracy)
+            ));
+        }
         if let Some(c) = self.centralized_test_accuracy {
             out.push(format!(
                 "  centralized baseline (same model, pooled train rows) test_acc {c:.3}"
@@ -199,6 +248,51 @@ impl Summary {
                     v.variant, v.features, v.rounds, v.test_accuracy
                 ));
             }
+        }
+        if let Some(d) = &self.diffusion {
+            out.extend(d.lines());
+        }
+        out
+    }
+}
+
+impl DiffusionResult {
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = vec![format!(
+            "  diffusion  alpha_bar_T {:.2e}  held-out noise MSE {} -> {}",
+            self.final_alpha_bar,
+            opt3(self.first_noise_mse),
+            opt3(self.last_noise_mse)
+        )];
+        if self.samples == 0 {
+            out.push("  no signals generated (diffusion.samples = 0)".into());
+            return out;
+        }
+        if let (Some(t), Some(u)) = (self.nearest_distance, self.untrained_nearest_distance) {
+            out.push(format!(
+                "  {} generated signals: distance to the nearest real signal {t:.3} (untrained network: {u:.3}, ratio {:.2})",
+                self.samples,
+                t / u
+            ));
+            if let Some(r) = self.real_nearest_distance {
+                out.push(format!(
+                    "  (real test signals lie {r:.3} from their nearest other real signal)"
+                ));
+            }
+        } else {
+            out.push(format!(
+                "  {} generated signals (no test set to compare them with)",
+                self.samples
+            ));
+        }
+        for c in &self.coverage {
+            out.push(format!(
+                "  {:<10}  nearest for {:>4} of {} generated ({:.0}%)",
+                c.band,
+                c.nearest,
+                self.samples,
+                100.0 * c.share
+            ));
         }
         out
     }

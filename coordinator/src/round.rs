@@ -180,6 +180,15 @@ impl GlobalModel {
         Ok(res.map_err(|e| Error::Job(format!("evaluation: {e}")))??)
     }
 
+    /// Whether evaluation yields an accuracy (a diffusion denoiser's does not: its loss is the
+    /// noise-prediction MSE).
+    pub fn classifies(&self) -> bool {
+        match self {
+            GlobalModel::Params { model, .. } => model.classifies(),
+            GlobalModel::Forest { .. } | GlobalModel::Gbdt { .. } => true,
+        }
+    }
+
     /// Size of the model, for logs: parameters or trees.
     pub fn size(&self) -> usize {
         match self {
@@ -488,6 +497,7 @@ impl JobCtx {
             let payload = state.global.payload();
             let announced = announced_sizes(&eval_clients, &self.spec.dataset, |d| d.test_examples);
             let (mut l, mut a, mut n) = (0.0f64, 0.0f64, 0.0f64);
+            let classifies = state.global.classifies();
             eval_phase = self
                 .phase(
                     round,
@@ -502,7 +512,7 @@ impl JobCtx {
                             Evaluate,
                             "expected an evaluate result"
                         );
-                        check_evaluation(&e, announced.get(client).copied())?;
+                        check_evaluation(&e, announced.get(client).copied(), classifies)?;
                         let w = e.num_examples as f64;
                         l += e.loss * w;
                         a += e.accuracy * w;
@@ -515,7 +525,7 @@ impl JobCtx {
                 warn!("no client available for federated evaluation");
             } else if eval_phase.accepted >= quorum.max(1) {
                 fed_loss = Some(l / n);
-                fed_accuracy = Some(a / n);
+                fed_accuracy = classifies.then_some(a / n);
             } else {
                 warn!(
                     accepted = eval_phase.accepted,
@@ -529,7 +539,7 @@ impl JobCtx {
         if let Some(h) = &state.facts.holdout {
             let stats = state.global.evaluate(h.clone()).await?;
             test_loss = Some(stats.loss);
-            test_accuracy = Some(stats.accuracy);
+            test_accuracy = state.global.classifies().then_some(stats.accuracy);
         }
 
         Ok(RoundRecord {
@@ -984,7 +994,7 @@ impl JobCtx {
                     Evaluate,
                     "expected an evaluate result"
                 );
-                check_evaluation(&e, announced.get(client).copied())?;
+                check_evaluation(&e, announced.get(client).copied(), true)?;
                 rows.push(ClientRow {
                     client: client.to_string(),
                     examples: e.num_examples,
@@ -1153,12 +1163,14 @@ fn check_histogram_bounds(hists: &[Histogram], n: u64) -> std::result::Result<()
 fn check_evaluation(
     e: &v1::EvaluateResult,
     announced: Option<u64>,
+    classifies: bool,
 ) -> std::result::Result<(), String> {
     check_count(e.num_examples, announced, "test")?;
     let valid = |a: f64| (0.0..=1.0).contains(&a);
+    // A model without classes (a denoiser) reports no accuracy; whatever it sends is ignored.
     let plausible = e.loss.is_finite()
         && e.loss.abs() <= MAX_LOSS
-        && valid(e.accuracy)
+        && (!classifies || valid(e.accuracy))
         && e.personalized_accuracy.is_none_or(valid);
     if !plausible {
         return Err(format!(

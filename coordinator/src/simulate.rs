@@ -152,13 +152,17 @@ async fn drive(url: &str, o: &SimulateOptions) -> anyhow::Result<SimOutcome> {
             (0, _) | (_, None) => String::new(),
             (n, Some(a)) => format!("  {n} attackers ({a}, TEST ONLY)"),
         };
+        let split = match o.dataset {
+            Builtin::SeedFl => "one concept per client".to_string(),
+            Builtin::Signals => "one frequency band per client".to_string(),
+            _ => o.scheme.to_string(),
+        };
         crate::report::print_lines(&[format!(
-            "simulate  job {}  {} clients  {} on {} ({})  {}  {} rounds{attackers}  run folder {}",
+            "simulate  job {}  {} clients  {} on {} ({split})  {}  {} rounds{attackers}  run folder {}",
             info.job_id,
             o.clients,
             o.spec.model.label(),
             o.spec.dataset,
-            o.scheme,
             o.spec.aggregation_label(),
             o.spec.rounds,
             info.run_dir

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
-    /// `train` (fusion, diffusion and automl are planned).
+    /// `train`, `fusion` or `diffusion` (automl is planned).
     pub kind: String,
     /// A built-in dataset (`digits`, `seed-fl`, `iris`, `winequality`) or the name under which clients
     /// registered their CSV (`--data NAME=FILE.csv`).
@@ -39,7 +39,28 @@ pub struct JobSpec {
     pub local: LocalConfig,
     #[serde(default)]
     pub evaluation: Evaluation,
+    /// Diffusion jobs: what to generate after training (`[diffusion]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diffusion: Option<DiffusionOptions>,
 }
+
+/// The `[diffusion]` section of a diffusion job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiffusionOptions {
+    /// Signals generated from pure noise by the final model (and, as a reference, by the
+    /// untrained one); 0 trains without generating.
+    pub samples: u32,
+}
+
+impl Default for DiffusionOptions {
+    fn default() -> Self {
+        DiffusionOptions { samples: 90 }
+    }
+}
+
+/// Most signals a diffusion job generates.
+pub const MAX_DIFFUSION_SAMPLES: u32 = 10_000;
 
 fn default_dataset() -> String {
     "digits".into()
@@ -125,7 +146,9 @@ pub const MAX_ROUNDS: u32 = 1_000_000;
 pub const MAX_WAIT_SECS: f64 = 30.0 * 24.0 * 3600.0;
 
 /// Kinds still to come.
-const KINDS_PLANNED: [&str; 2] = ["diffusion", "automl"];
+const KINDS_PLANNED: [&str; 1] = ["automl"];
+/// Kinds this version runs, for error messages.
+const KINDS: &str = "\"train\", \"fusion\" or \"diffusion\"";
 
 impl JobSpec {
     /// Parses a TOML spec and checks it.
@@ -153,8 +176,60 @@ impl JobSpec {
     /// Rejects specs no run can satisfy, naming the field.
     pub fn check(&self) -> Result<()> {
         let bad = |field: &str, msg: String| Err(Error::InvalidSpec(format!("`{field}` {msg}")));
+        if self.model.denoiser().is_some() && self.kind != "diffusion" {
+            return bad(
+                "model",
+                format!(
+                    "= \"denoiser\" belongs to diffusion jobs, not to kind = \"{}\"",
+                    self.kind
+                ),
+            );
+        }
+        if self.diffusion.is_some() && self.kind != "diffusion" {
+            return bad(
+                "diffusion",
+                format!(
+                    "section is for diffusion jobs, not for kind = \"{}\"",
+                    self.kind
+                ),
+            );
+        }
         match self.kind.as_str() {
             "train" => {}
+            "diffusion" => {
+                let Some(d) = self.model.denoiser() else {
+                    return bad(
+                        "model",
+                        "of a diffusion job must be the noise-prediction network: [model] kind = \"denoiser\"".into(),
+                    );
+                };
+                if self.strategy.uses_control_variates()
+                    || matches!(self.strategy, StrategySpec::FedProx { .. })
+                    || self.local.proximal_mu != 0.0
+                {
+                    return bad(
+                        "strategy",
+                        "of a diffusion job cannot be scaffold or fedprox, nor set local.proximal_mu (the denoiser trains its own objective)".into(),
+                    );
+                }
+                let samples = self.diffusion_options().samples;
+                if samples > MAX_DIFFUSION_SAMPLES {
+                    return bad(
+                        "diffusion.samples",
+                        format!("must be at most {MAX_DIFFUSION_SAMPLES}, found {samples}"),
+                    );
+                }
+                if samples > 0 {
+                    let sched = d
+                        .noise_schedule()
+                        .map_err(|e| Error::InvalidSpec(e.to_string()))?;
+                    if let Err(e) = sched.check_generation() {
+                        return Err(Error::InvalidSpec(format!(
+                            "{e} (or set diffusion.samples = 0 to train without generating)"
+                        )));
+                    }
+                }
+            }
             "fusion" => {
                 if self.model != ModelSpec::Logreg {
                     return bad(
@@ -172,17 +247,10 @@ impl JobSpec {
             k if KINDS_PLANNED.contains(&k) => {
                 return bad(
                     "kind",
-                    format!(
-                    "= \"{k}\" is not available yet in this version (\"train\" and \"fusion\" are)"
-                ),
+                    format!("= \"{k}\" is not available yet in this version ({KINDS} are)"),
                 )
             }
-            k => {
-                return bad(
-                    "kind",
-                    format!("= \"{k}\" is unknown (expected \"train\" or \"fusion\")"),
-                )
-            }
+            k => return bad("kind", format!("= \"{k}\" is unknown (expected {KINDS})")),
         }
         if self.dataset.trim().is_empty() {
             return bad("dataset", "must name a dataset".into());
@@ -265,6 +333,11 @@ impl JobSpec {
         Ok(())
     }
 
+    /// The `[diffusion]` section, defaults filled in.
+    pub fn diffusion_options(&self) -> DiffusionOptions {
+        self.diffusion.clone().unwrap_or_default()
+    }
+
     /// How updates are combined, for headers and summaries: the strategy, or tree pooling for a
     /// forest (which has no strategy).
     pub fn aggregation_label(&self) -> &'static str {
@@ -333,7 +406,24 @@ mod tests {
                 "round_timeout_secs",
             ),
             ("kind = \"train\"\nroundz = 3", "roundz"),
-            ("kind = \"diffusion\"", "not available yet"),
+            ("kind = \"automl\"", "not available yet"),
+            ("kind = \"diffusion\"", "kind = \"denoiser\""),
+            (
+                "kind = \"train\"\n[model]\nkind = \"denoiser\"",
+                "belongs to diffusion jobs",
+            ),
+            (
+                "kind = \"diffusion\"\n[model]\nkind = \"denoiser\"\nsteps = 50\nschedule = { kind = \"linear\", beta_start = 1e-4, beta_end = 0.02 }",
+                "ᾱ_T = 0.603",
+            ),
+            (
+                "kind = \"diffusion\"\n[model]\nkind = \"denoiser\"\n[strategy]\nname = \"scaffold\"",
+                "cannot be scaffold",
+            ),
+            (
+                "kind = \"train\"\n[diffusion]\nsamples = 3",
+                "section is for diffusion jobs",
+            ),
             (
                 "kind = \"fusion\"\n[model]\nkind = \"mlp\"",
                 "must be logreg",
@@ -416,6 +506,13 @@ mod example_tests {
         assert_eq!(csv.evaluation.holdout.as_deref(), Some("shards/test.csv"));
         let fusion = JobSpec::from_toml(include_str!("../../examples/fusion.toml")).unwrap();
         assert_eq!(fusion.kind, "fusion");
+        let diffusion = JobSpec::from_toml(include_str!("../../examples/diffusion.toml")).unwrap();
+        assert_eq!(
+            diffusion.model.denoiser(),
+            Some(&shoal_shared::diffusion::DenoiserSpec::default()),
+            "diffusion.toml documents the defaults"
+        );
+        assert_eq!(diffusion.diffusion_options().samples, 90);
         let forest = JobSpec::from_toml(include_str!("../../examples/forest.toml")).unwrap();
         assert_eq!(forest.model.forest().map(|p| p.trees_per_round), Some(5));
     }

@@ -16,6 +16,7 @@
 //! assert_eq!(shoal_proto::weights_from_wire(&wire, usize::MAX).unwrap(), w);
 //! ```
 
+use shoal_shared::diffusion::{DenoiserSpec, Schedule};
 use shoal_shared::model::{LocalConfig, ModelSpec};
 use shoal_shared::tensor::{Tensor, Weights};
 
@@ -141,6 +142,23 @@ pub fn model_to_wire(m: &ModelSpec) -> v1::ModelSpec {
             min_child_weight: p.min_child_weight,
             sketch_size: p.sketch_size,
         }),
+        denoiser: m.denoiser().map(|p| {
+            let (schedule, beta_start, beta_end, s) = match p.schedule {
+                Schedule::Linear {
+                    beta_start,
+                    beta_end,
+                } => ("linear", beta_start, beta_end, 0.0),
+                Schedule::Cosine { s } => ("cosine", 0.0, 0.0, s),
+            };
+            v1::DenoiserParams {
+                embed_dim: u32::try_from(p.embed_dim).unwrap_or(u32::MAX),
+                steps: u32::try_from(p.steps).unwrap_or(u32::MAX),
+                schedule: schedule.into(),
+                beta_start,
+                beta_end,
+                s,
+            }
+        }),
     }
 }
 
@@ -179,6 +197,34 @@ pub fn model_from_wire(m: Option<&v1::ModelSpec>) -> Result<ModelSpec, WireError
         return Ok(spec);
     }
     let hidden: Vec<usize> = m.hidden.iter().map(|&h| h as usize).collect();
+    if m.kind == "denoiser" {
+        let p = m
+            .denoiser
+            .as_ref()
+            .ok_or(WireError::Missing("model.denoiser"))?;
+        let schedule = match p.schedule.as_str() {
+            "linear" => Schedule::Linear {
+                beta_start: p.beta_start,
+                beta_end: p.beta_end,
+            },
+            "cosine" => Schedule::Cosine { s: p.s },
+            other => {
+                return Err(invalid(
+                    "model.denoiser.schedule",
+                    format!("`{other}` is not linear or cosine"),
+                ))
+            }
+        };
+        let spec = ModelSpec::Denoiser(DenoiserSpec {
+            hidden,
+            embed_dim: p.embed_dim as usize,
+            steps: p.steps as usize,
+            schedule,
+        });
+        spec.check()
+            .map_err(|e| invalid("model.denoiser", e.to_string()))?;
+        return Ok(spec);
+    }
     ModelSpec::from_parts(&m.kind, &hidden).map_err(|e| invalid("model", e.to_string()))
 }
 
@@ -266,6 +312,16 @@ mod tests {
             ModelSpec::Mlp {
                 hidden: vec![128, 64],
             },
+            ModelSpec::Denoiser(DenoiserSpec::default()),
+            ModelSpec::Denoiser(DenoiserSpec {
+                hidden: vec![64, 32],
+                embed_dim: 8,
+                steps: 1000,
+                schedule: Schedule::Linear {
+                    beta_start: 1e-4,
+                    beta_end: 0.02,
+                },
+            }),
         ] {
             assert_eq!(model_from_wire(Some(&model_to_wire(&m))).unwrap(), m);
         }
@@ -274,8 +330,17 @@ mod tests {
             hidden: vec![],
             forest: None,
             gbdt: None,
+            denoiser: None,
         };
         assert!(model_from_wire(Some(&bad_model)).is_err());
+        let mut bad_denoiser = model_to_wire(&ModelSpec::Denoiser(DenoiserSpec::default()));
+        bad_denoiser.denoiser.as_mut().unwrap().schedule = "quadratic".into();
+        assert!(model_from_wire(Some(&bad_denoiser))
+            .unwrap_err()
+            .to_string()
+            .contains("quadratic"));
+        bad_denoiser.denoiser = None;
+        assert!(model_from_wire(Some(&bad_denoiser)).is_err());
         let c = LocalConfig {
             momentum: 0.9,
             weight_decay: 1e-4,

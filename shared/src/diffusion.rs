@@ -225,7 +225,18 @@ pub fn timestep_embedding(t: usize, dim: usize) -> Vec<f32> {
 /// # Shapes
 /// → `[n, SIGNAL_LEN]`.
 pub fn signals(client: usize, n: usize, seed: u64) -> Array2<f32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(crate::seed::derive(seed, &[client as u64, 0x5161]));
+    let rng = ChaCha8Rng::seed_from_u64(crate::seed::derive(seed, &[client as u64, 0x5161]));
+    signal_rows(client, n, rng)
+}
+
+/// Held-out signals of band `band`: drawn from a purpose tag no client's draw uses, so they never
+/// repeat a client's rows whatever the seeds.
+pub fn held_out_signals(band: usize, n: usize, seed: u64) -> Array2<f32> {
+    let rng = ChaCha8Rng::seed_from_u64(crate::seed::derive(seed, &[band as u64, 0x401d]));
+    signal_rows(band, n, rng)
+}
+
+fn signal_rows(client: usize, n: usize, mut rng: ChaCha8Rng) -> Array2<f32> {
     let c = client as f64;
     let mut out = Array2::<f32>::zeros((n, SIGNAL_LEN));
     for mut row in out.outer_iter_mut() {
@@ -405,6 +416,200 @@ impl Denoiser {
         }
         Ok(x)
     }
+}
+
+/// The denoising model of a diffusion job (`[model] kind = "denoiser"`): network shape and noise
+/// schedule. Defaults: one hidden layer of 256, a 16-value timestep embedding, 50 steps of the
+/// cosine schedule (ᾱ_T ≈ 0: x_T is pure noise).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DenoiserSpec {
+    /// Hidden layer widths of the noise-prediction MLP.
+    pub hidden: Vec<usize>,
+    /// Values of the sinusoidal timestep embedding appended to the input.
+    pub embed_dim: usize,
+    /// Diffusion steps T.
+    pub steps: usize,
+    pub schedule: Schedule,
+}
+
+impl Default for DenoiserSpec {
+    fn default() -> Self {
+        DenoiserSpec {
+            hidden: vec![256],
+            embed_dim: 16,
+            steps: 50,
+            schedule: Schedule::Cosine { s: 0.008 },
+        }
+    }
+}
+
+/// Largest timestep embedding accepted.
+pub const MAX_EMBED_DIM: usize = 1024;
+
+impl DenoiserSpec {
+    /// Rejects shapes and schedules no one means, naming the field.
+    pub fn check(&self) -> Result<()> {
+        crate::model::ModelSpec::Mlp {
+            hidden: self.hidden.clone(),
+        }
+        .check()?;
+        if !(1..=MAX_EMBED_DIM).contains(&self.embed_dim) {
+            return Err(Error::invalid(
+                "model.embed_dim",
+                format!("must be 1..={MAX_EMBED_DIM}, found {}", self.embed_dim),
+            ));
+        }
+        NoiseSchedule::new(self.schedule, self.steps)?;
+        Ok(())
+    }
+
+    /// The schedule this spec describes.
+    pub fn noise_schedule(&self) -> Result<NoiseSchedule> {
+        NoiseSchedule::new(self.schedule, self.steps)
+    }
+
+    /// A short description such as `denoiser(256; cosine T=50)`.
+    pub fn label(&self) -> String {
+        let hidden: Vec<String> = self.hidden.iter().map(usize::to_string).collect();
+        let sched = match self.schedule {
+            Schedule::Linear { .. } => "linear",
+            Schedule::Cosine { .. } => "cosine",
+        };
+        format!("denoiser({}; {sched} T={})", hidden.join(","), self.steps)
+    }
+}
+
+/// Seed of the steps and noise at which evaluation scores a denoiser: fixed, so a split's noise MSE
+/// is comparable from round to round.
+pub const EVAL_NOISE_SEED: u64 = 0x6e6f_6973_655f_6d73;
+
+/// A [`Denoiser`] with its schedule, usable wherever a [`Model`] trains over the federation:
+/// [`crate::model::train_local`] and [`crate::model::evaluate`] hand it the rows of a dataset
+/// (one signal per row; labels, such as a frequency band, are not used) and it trains and scores
+/// noise prediction. Its evaluation reports the noise MSE as loss and no accuracy (NaN).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DenoiserModel {
+    pub net: Denoiser,
+    pub schedule: NoiseSchedule,
+}
+
+impl DenoiserModel {
+    /// The model for signals of `signal_len` values.
+    pub fn new(spec: &DenoiserSpec, signal_len: usize) -> Result<Self> {
+        spec.check()?;
+        if signal_len == 0 {
+            return Err(Error::Data(
+                "a denoiser needs signals of at least 1 value".into(),
+            ));
+        }
+        Ok(DenoiserModel {
+            net: Denoiser::new(signal_len, spec.embed_dim, &spec.hidden),
+            schedule: spec.noise_schedule()?,
+        })
+    }
+
+    /// Local training on `data`'s rows (see [`Denoiser::train`]).
+    pub fn fit(
+        &self,
+        w: Weights,
+        data: &crate::data::Dataset,
+        cfg: &crate::model::LocalConfig,
+        seed: u64,
+    ) -> Result<(Weights, crate::model::TrainStats)> {
+        let (w, loss) = self
+            .net
+            .train(w, &data.features, &self.schedule, cfg, seed)?;
+        let per_epoch = data.n_rows().div_ceil(cfg.batch_size.max(1) as usize) as u64;
+        Ok((
+            w,
+            crate::model::TrainStats {
+                loss,
+                num_examples: data.n_rows() as u64,
+                steps: per_epoch * u64::from(cfg.epochs),
+                mean_gradient: None,
+            },
+        ))
+    }
+
+    /// Noise-prediction MSE on `data`'s rows at the fixed [`EVAL_NOISE_SEED`] draws.
+    pub fn score(
+        &self,
+        w: &Weights,
+        data: &crate::data::Dataset,
+    ) -> Result<crate::model::EvalStats> {
+        if data.n_rows() == 0 {
+            return Err(Error::Data("cannot evaluate on an empty split".into()));
+        }
+        if data.n_features() != self.net.signal_len {
+            return Err(Error::Shape {
+                what: "diffusion evaluation data".into(),
+                expected: format!("rows of {} values", self.net.signal_len),
+                found: format!("{} values", data.n_features()),
+            });
+        }
+        Ok(crate::model::EvalStats {
+            loss: self
+                .net
+                .noise_mse(w, &data.features, &self.schedule, EVAL_NOISE_SEED)?,
+            accuracy: f64::NAN,
+            num_examples: data.n_rows() as u64,
+        })
+    }
+}
+
+impl Model for DenoiserModel {
+    fn init(&self, rng: &mut ChaCha8Rng) -> Weights {
+        self.net.init(rng)
+    }
+
+    fn predict_proba(&self, _: &Weights, _: ndarray::ArrayView2<'_, f32>) -> Result<Array2<f32>> {
+        Err(Error::invalid(
+            "model",
+            "a denoiser predicts noise, not class probabilities",
+        ))
+    }
+
+    fn loss_grad(
+        &self,
+        _: &Weights,
+        _: ndarray::ArrayView2<'_, f32>,
+        _: &[usize],
+    ) -> Result<(f32, Weights)> {
+        Err(Error::invalid(
+            "model",
+            "a denoiser trains on noised signals (DenoiserModel::fit), not on labels",
+        ))
+    }
+
+    fn as_denoiser(&self) -> Option<&DenoiserModel> {
+        Some(self)
+    }
+}
+
+/// For each row of `generated`, the index of the nearest row of `real` (mean squared distance)
+/// and that distance.
+pub fn nearest_rows(generated: &Array2<f32>, real: &Array2<f32>) -> Vec<(usize, f64)> {
+    generated
+        .outer_iter()
+        .map(|g| {
+            real.outer_iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    (
+                        i,
+                        f64::from((&g - &r).mapv(|d| d * d).mean().unwrap_or(f32::MAX)),
+                    )
+                })
+                .fold((usize::MAX, f64::INFINITY), |best, cur| {
+                    if cur.1 < best.1 {
+                        cur
+                    } else {
+                        best
+                    }
+                })
+        })
+        .collect()
 }
 
 /// Mean over `generated` of the mean squared distance to the nearest row of `real`.

@@ -6,6 +6,8 @@
 //! | `seed-fl` | 200 per client × 10 | 2 | generated: a different concept per client |
 //! | `iris` | 150 × 4 | 3 | `linfa-datasets` |
 //! | `winequality` | 1599 × 11 | 6 | `linfa-datasets` (red wine quality scores 3..8) |
+//! | `multimodal` | 1000 × 24 | 2 | generated: three modalities, the tutorial's fusion data |
+//! | `signals` | 200 per client × 100 | 1 band per client | generated: sines of a frequency band per client (diffusion) |
 //!
 //! Every dataset is cut once, with a fixed seed, into a hold-out set for the coordinator's
 //! centralized evaluation ([`Builtin::holdout`]) and a training pool ([`Builtin::train_pool`])
@@ -41,7 +43,14 @@ pub const SEED_FL_THRESHOLDS: [f32; 3] = [0.0, 1.0, 0.5];
 pub const SEED_FL_NOISE_STD: f32 = 0.5;
 
 /// Every built-in dataset; the same list as [`Builtin::ALL`], for callers that name it by module.
-pub const ALL: [Builtin; 5] = Builtin::ALL;
+pub const ALL: [Builtin; 6] = Builtin::ALL;
+
+/// Frequency bands of `signals`: client (shard) `i` holds band `i`, so at most this many shards.
+pub const SIGNAL_BANDS: usize = 8;
+/// Signals generated for each `signals` client.
+pub const SIGNALS_PER_CLIENT: usize = 200;
+/// Held-out signals per band in the coordinator's `signals` test set.
+pub const SIGNALS_HOLDOUT_PER_BAND: usize = 40;
 
 /// Rows of `multimodal` (the original generator's 1000 samples).
 pub const MULTIMODAL_ROWS: usize = 1000;
@@ -77,16 +86,20 @@ pub enum Builtin {
     /// normal features; label = sum of the first 5 of m1 + sum of the first 5 of m2 + N(0, 0.5²) > 0.
     /// Modality 3 carries no signal.
     Multimodal,
+    /// 1-D sequences of 100 points, `sin(f·u + φ) + 0.1·noise` over u in [0, 4π] (the tutorial's
+    /// diffusion data); client `i` holds frequency/phase band `i` (label `band-i`).
+    Signals,
 }
 
 impl Builtin {
     /// Every built-in dataset, in the order of [`Builtin::name`]'s list.
-    pub const ALL: [Builtin; 5] = [
+    pub const ALL: [Builtin; 6] = [
         Builtin::Digits,
         Builtin::SeedFl,
         Builtin::Iris,
         Builtin::WineQuality,
         Builtin::Multimodal,
+        Builtin::Signals,
     ];
 
     /// The name used on the command line and in job specs.
@@ -97,6 +110,7 @@ impl Builtin {
             Builtin::Iris => "iris",
             Builtin::WineQuality => "winequality",
             Builtin::Multimodal => "multimodal",
+            Builtin::Signals => "signals",
         }
     }
 
@@ -120,6 +134,12 @@ impl Builtin {
                 concat(&blocks)
             }
             Builtin::Multimodal => multimodal(),
+            Builtin::Signals => {
+                let blocks = (0..SIGNAL_BANDS)
+                    .map(|band| signals_client(0, band))
+                    .collect::<Result<Vec<_>>>()?;
+                concat(&blocks)
+            }
             Builtin::Iris => {
                 let raw = linfa_datasets::iris();
                 let class_names = ["setosa", "versicolor", "virginica"].map(String::from);
@@ -174,6 +194,19 @@ impl Builtin {
                     .collect::<Result<Vec<_>>>()?;
                 concat(&blocks)
             }
+            Builtin::Signals => {
+                let blocks = (0..SIGNAL_BANDS)
+                    .map(|band| {
+                        let rows = crate::diffusion::held_out_signals(
+                            band,
+                            SIGNALS_HOLDOUT_PER_BAND,
+                            HOLDOUT_SEED,
+                        );
+                        signals_dataset(rows, band)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                concat(&blocks)
+            }
             _ => {
                 let full = self.load()?;
                 let (_, test) = holdout_split(&full);
@@ -186,7 +219,7 @@ impl Builtin {
     /// For `seed-fl`, the same as [`Builtin::load`].
     pub fn train_pool(self) -> Result<Dataset> {
         match self {
-            Builtin::SeedFl => self.load(),
+            Builtin::SeedFl | Builtin::Signals => self.load(),
             _ => {
                 let full = self.load()?;
                 let (train, _) = holdout_split(&full);
@@ -219,6 +252,7 @@ impl Builtin {
         }
         match self {
             Builtin::SeedFl => seed_fl_client(seed, shard),
+            Builtin::Signals => signals_client(seed, shard),
             _ => {
                 let pool = self.train_pool()?;
                 let parts = scheme.partition(&pool.labels, pool.n_classes(), n_shards, seed)?;
@@ -234,6 +268,7 @@ impl Builtin {
         }
         match self {
             Builtin::SeedFl => (0..n_shards).map(|s| seed_fl_client(seed, s)).collect(),
+            Builtin::Signals => (0..n_shards).map(|s| signals_client(seed, s)).collect(),
             _ => {
                 let pool = self.train_pool()?;
                 let parts = scheme.partition(&pool.labels, pool.n_classes(), n_shards, seed)?;
@@ -357,6 +392,31 @@ fn seed_fl_client(seed: u64, client: usize) -> Result<Dataset> {
         ChaCha8Rng::seed_from_u64(seed ^ (client as u64).wrapping_add(1).wrapping_mul(SEED_MIX));
     let threshold = SEED_FL_THRESHOLDS[client % SEED_FL_THRESHOLDS.len()];
     seed_fl_rows(&mut rng, threshold, SEED_FL_ROWS)
+}
+
+/// Client `band`'s `signals`: [`SIGNALS_PER_CLIENT`] sequences of its own band.
+fn signals_client(seed: u64, band: usize) -> Result<Dataset> {
+    if band >= SIGNAL_BANDS {
+        return Err(Error::invalid(
+            "shard index",
+            format!(
+                "`signals` has {SIGNAL_BANDS} frequency bands, one per client: shard {band} has none (use at most {SIGNAL_BANDS} shards)"
+            ),
+        ));
+    }
+    signals_dataset(
+        crate::diffusion::signals(band, SIGNALS_PER_CLIENT, seed),
+        band,
+    )
+}
+
+/// Rows of one band as a dataset: features `t000..t099`, every label `band-<band>` out of all
+/// [`SIGNAL_BANDS`] band names.
+fn signals_dataset(rows: Array2<f32>, band: usize) -> Result<Dataset> {
+    let n = rows.nrows();
+    let feature_names = (0..rows.ncols()).map(|i| format!("t{i:03}")).collect();
+    let class_names = (0..SIGNAL_BANDS).map(|b| format!("band-{b}")).collect();
+    Dataset::new(rows, vec![band; n], feature_names, class_names)
 }
 
 /// The `multimodal` dataset, generated from a fixed seed so every participant builds the same rows.
@@ -552,6 +612,35 @@ mod tests {
         // Blocks follow the concepts: the first (t = 0) has more positives than the second (t = 1).
         let block = |k: usize| holdout.select(&(k * 100..(k + 1) * 100).collect::<Vec<_>>());
         assert!(positive_rate(&block(0)) > positive_rate(&block(1)));
+    }
+
+    #[test]
+    fn signals_give_each_client_its_own_band_and_hold_out_fresh_rows() {
+        let iid = Partitioner::Iid;
+        let c1 = Builtin::Signals.shard(&iid, 1, 3, 7).unwrap();
+        assert_eq!((c1.n_rows(), c1.n_features()), (SIGNALS_PER_CLIENT, 100));
+        assert!(c1.labels.iter().all(|&l| l == 1));
+        assert_eq!(c1.class_names.len(), SIGNAL_BANDS);
+        assert_eq!(c1.class_names[1], "band-1");
+        assert_eq!(Builtin::Signals.shards(&iid, 3, 7).unwrap()[1], c1);
+        let err = Builtin::Signals
+            .shard(&iid, SIGNAL_BANDS, SIGNAL_BANDS + 1, 7)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("frequency bands"), "{err}");
+        let holdout = Builtin::Signals.holdout().unwrap();
+        assert_eq!(holdout.n_rows(), SIGNAL_BANDS * SIGNALS_HOLDOUT_PER_BAND);
+        assert_eq!(holdout.labels[SIGNALS_HOLDOUT_PER_BAND], 1);
+        // Held-out rows are drawn apart from any client's, even under the hold-out seed.
+        let same_seed = Builtin::Signals.shard(&iid, 0, 3, HOLDOUT_SEED).unwrap();
+        for h in holdout
+            .features
+            .rows()
+            .into_iter()
+            .take(SIGNALS_HOLDOUT_PER_BAND)
+        {
+            assert!(same_seed.features.rows().into_iter().all(|p| p != h));
+        }
     }
 
     #[test]

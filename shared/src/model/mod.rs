@@ -37,6 +37,8 @@ pub enum ModelSpec {
     Forest(crate::forest::ForestParams),
     /// Federated histogram gradient boosting (see [`crate::gbdt`]).
     Gbdt(crate::gbdt::GbdtParams),
+    /// The noise-prediction network of a diffusion job (see [`crate::diffusion`]).
+    Denoiser(crate::diffusion::DenoiserSpec),
 }
 
 fn default_hidden() -> Vec<usize> {
@@ -49,7 +51,7 @@ pub const MAX_LAYER_WIDTH: usize = 65_536;
 
 impl ModelSpec {
     /// All accepted names, for help texts and errors.
-    pub const NAMES: &'static str = "logreg, mlp, forest, gbdt";
+    pub const NAMES: &'static str = "logreg, mlp, forest, gbdt, denoiser";
 
     /// Parses a model name as given on the command line (an MLP gets one hidden layer of 64).
     pub fn from_name(name: &str) -> Result<Self> {
@@ -60,6 +62,7 @@ impl ModelSpec {
             }),
             "forest" => Ok(ModelSpec::Forest(Default::default())),
             "gbdt" => Ok(ModelSpec::Gbdt(Default::default())),
+            "denoiser" => Ok(ModelSpec::Denoiser(Default::default())),
             other => Err(Error::Unknown {
                 what: "model",
                 name: other.to_string(),
@@ -74,6 +77,7 @@ impl ModelSpec {
             ModelSpec::Mlp { .. } => "mlp",
             ModelSpec::Forest(_) => "forest",
             ModelSpec::Gbdt(_) => "gbdt",
+            ModelSpec::Denoiser(_) => "denoiser",
         }
     }
 
@@ -93,11 +97,20 @@ impl ModelSpec {
         }
     }
 
+    /// The denoiser's settings when this is one.
+    pub fn denoiser(&self) -> Option<&crate::diffusion::DenoiserSpec> {
+        match self {
+            ModelSpec::Denoiser(p) => Some(p),
+            _ => None,
+        }
+    }
+
     /// Hidden layer widths (empty for logistic regression).
     pub fn hidden(&self) -> &[usize] {
         match self {
             ModelSpec::Logreg | ModelSpec::Forest(_) | ModelSpec::Gbdt(_) => &[],
             ModelSpec::Mlp { hidden } => hidden,
+            ModelSpec::Denoiser(p) => &p.hidden,
         }
     }
 
@@ -107,6 +120,7 @@ impl ModelSpec {
             ModelSpec::Logreg => "logreg".into(),
             ModelSpec::Forest(p) => format!("forest({}/round)", p.trees_per_round),
             ModelSpec::Gbdt(p) => format!("gbdt(depth {})", p.max_depth),
+            ModelSpec::Denoiser(p) => p.label(),
             ModelSpec::Mlp { hidden } => format!(
                 "mlp({})",
                 hidden
@@ -133,6 +147,10 @@ impl ModelSpec {
             },
             ModelSpec::Forest(p) => ModelSpec::Forest(p),
             ModelSpec::Gbdt(p) => ModelSpec::Gbdt(p),
+            ModelSpec::Denoiser(p) => ModelSpec::Denoiser(crate::diffusion::DenoiserSpec {
+                hidden: hidden.to_vec(),
+                ..p
+            }),
         };
         spec.check()?;
         Ok(spec)
@@ -160,6 +178,9 @@ impl ModelSpec {
         if let ModelSpec::Gbdt(p) = self {
             p.check()?;
         }
+        if let ModelSpec::Denoiser(p) = self {
+            p.check()?;
+        }
         if let ModelSpec::Mlp { hidden } = self {
             if hidden.is_empty() || hidden.len() > MAX_HIDDEN_LAYERS {
                 return Err(Error::invalid(
@@ -182,7 +203,9 @@ impl ModelSpec {
 
     /// The model for data with `n_features` inputs and `n_classes` classes.
     pub fn build(&self, n_features: usize, n_classes: usize) -> Result<Box<dyn Model>> {
-        if n_features == 0 || n_classes < 2 {
+        // A denoiser models the rows themselves: labels (a band, a class) play no part.
+        let needs_classes = !matches!(self, ModelSpec::Denoiser(_));
+        if n_features == 0 || (needs_classes && n_classes < 2) {
             return Err(Error::Data(format!(
                 "a {} model needs at least 1 feature and 2 classes (found {n_features} features, {n_classes} classes)",
                 self.name()
@@ -197,6 +220,9 @@ impl ModelSpec {
                     "model",
                     "trees are not trained by minibatch SGD (see shoal_shared::forest and ::gbdt)",
                 ))
+            }
+            ModelSpec::Denoiser(p) => {
+                Box::new(crate::diffusion::DenoiserModel::new(p, n_features)?)
             }
         })
     }
@@ -217,6 +243,17 @@ pub trait Model: Send + Sync + std::fmt::Debug {
     /// (same layout as `w`).
     fn loss_grad(&self, w: &Weights, x: ArrayView2<'_, f32>, y: &[usize])
         -> Result<(f32, Weights)>;
+
+    /// The diffusion denoiser behind this model, if it is one: [`train_local`] and [`evaluate`]
+    /// hand such a model its own objective (noise prediction) instead of cross-entropy.
+    fn as_denoiser(&self) -> Option<&crate::diffusion::DenoiserModel> {
+        None
+    }
+
+    /// Whether [`evaluate`] yields a classification accuracy (a denoiser's is NaN).
+    fn classifies(&self) -> bool {
+        self.as_denoiser().is_none()
+    }
 }
 
 /// Local training settings (the job's `[local]` section).
@@ -362,6 +399,18 @@ pub fn train_local(
     if data.n_rows() == 0 {
         return Err(Error::Data("cannot train on an empty train split".into()));
     }
+    if let Some(d) = model.as_denoiser() {
+        if objective.anchor.is_some()
+            || objective.correction.is_some()
+            || objective.track_mean_gradient
+        {
+            return Err(Error::invalid(
+                "strategy",
+                "FedProx's proximal term and SCAFFOLD's correction are not available for a denoiser",
+            ));
+        }
+        return d.fit(weights, data, cfg, seed);
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut order: Vec<usize> = (0..data.n_rows()).collect();
     let (mut loss_sum, mut seen, mut steps) = (0.0f64, 0usize, 0u64);
@@ -428,6 +477,9 @@ pub fn train_local(
 /// Mean cross-entropy and accuracy of `weights` on `data`.
 pub fn evaluate(model: &dyn Model, weights: &Weights, data: &Dataset) -> Result<EvalStats> {
     check_layout(model, weights)?;
+    if let Some(d) = model.as_denoiser() {
+        return d.score(weights, data);
+    }
     if data.n_rows() == 0 {
         return Err(Error::Data("cannot evaluate on an empty split".into()));
     }
