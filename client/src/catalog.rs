@@ -15,12 +15,64 @@ use crate::error::{ClientError, Result};
 
 /// Fraction of each local dataset kept for federated evaluation.
 pub const LOCAL_TEST_FRACTION: f64 = 0.2;
+/// Fraction of each local dataset AutoML trials validate on (the rest trains): with the
+/// coordinator's 20% test set, a 60/20/20 split overall.
+pub const VALIDATION_FRACTION: f64 = 0.25;
+/// Seed of the validation split: fixed, so every trial of every search sees the same split.
+const VALIDATION_SEED: u64 = 0x7661_6c69_6461_7465;
+
+/// The train and validation parts of an AutoML split, or why there is none.
+type ValidationSplit = std::result::Result<(Arc<Dataset>, Arc<Dataset>), String>;
 
 /// One dataset as the client holds it.
 #[derive(Debug, Clone)]
 pub struct LocalData {
     pub train: Arc<Dataset>,
     pub test: Arc<Dataset>,
+    /// The validation view, made on first use.
+    validation: Arc<std::sync::OnceLock<ValidationSplit>>,
+}
+
+impl LocalData {
+    fn new(train: Dataset, test: Dataset) -> Self {
+        LocalData {
+            train: Arc::new(train),
+            test: Arc::new(test),
+            validation: Default::default(),
+        }
+    }
+
+    /// The data as AutoML trials see it: all local rows (train and test) split again, stratified,
+    /// into a train part and a [`VALIDATION_FRACTION`] validation part, presented as `train` and
+    /// `test`. Always the same split.
+    pub fn validation_view(&self) -> std::result::Result<LocalData, String> {
+        let split = self.validation.get_or_init(|| {
+            let all = shoal_shared::data::concat(&[
+                self.train.as_ref().clone(),
+                self.test.as_ref().clone(),
+            ])
+            .map_err(|e| e.to_string())?;
+            let (train, val) = stratified_split(
+                &all.labels,
+                all.n_classes(),
+                VALIDATION_FRACTION,
+                VALIDATION_SEED,
+            );
+            if train.is_empty() || val.is_empty() {
+                return Err(format!(
+                    "{} rows are too few for a validation split",
+                    all.n_rows()
+                ));
+            }
+            Ok((Arc::new(all.select(&train)), Arc::new(all.select(&val))))
+        });
+        let (train, test) = split.clone()?;
+        Ok(LocalData {
+            train,
+            test,
+            validation: Default::default(),
+        })
+    }
 }
 
 /// The datasets a client holds, by name.
@@ -59,10 +111,7 @@ impl Catalog {
         };
         self.datasets.insert(
             name.to_string(),
-            LocalData {
-                train: Arc::new(data.select(&train)),
-                test: Arc::new(data.select(&test)),
-            },
+            LocalData::new(data.select(&train), data.select(&test)),
         );
         Ok(())
     }

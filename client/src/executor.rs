@@ -89,10 +89,17 @@ impl Executor {
     }
 
     fn run(&self, task: &v1::Task) -> Result<task_result::Outcome, String> {
-        let local = self
+        let held = self
             .catalog
             .get(&task.dataset)
             .ok_or_else(|| format!("this client holds no dataset `{}`", task.dataset))?;
+        let validation;
+        let local = if task.validation {
+            validation = held.validation_view()?;
+            &validation
+        } else {
+            held
+        };
         let spec = shoal_proto::model_from_wire(task.model.as_ref()).map_err(|e| e.to_string())?;
         if let Some(params) = spec.forest() {
             return self.run_forest(task, local, params);

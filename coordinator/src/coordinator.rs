@@ -152,6 +152,7 @@ impl Coordinator {
             max_message_bytes: self.config.max_message_bytes,
             task_seq: Default::default(),
             view: Default::default(),
+            validation: false,
         };
         let me = self.clone();
         let span = tracing::info_span!("job", job = %id);
@@ -184,6 +185,8 @@ impl Coordinator {
                         me.fusion(&ctx, &mut run, &events).await
                     } else if ctx.spec.kind == "diffusion" {
                         me.diffusion(&ctx, &mut run, &events).await
+                    } else if ctx.spec.kind == "automl" {
+                        me.automl(&ctx, &mut run, &events).await
                     } else {
                         me.train(&ctx, &mut run, &events).await
                     }
@@ -264,10 +267,23 @@ impl Coordinator {
         events: &broadcast::Sender<v1::WatchEvent>,
         rec: &RoundRecord,
     ) -> Result<()> {
+        self.record_line(ctx, run, events, rec, true)
+    }
+
+    /// [`Self::record`], printing the round line only when `print_line` (a job kind that prints
+    /// its own lines, such as AutoML's per-trial lines, passes false).
+    pub(crate) fn record_line(
+        &self,
+        ctx: &JobCtx,
+        run: &mut RunFolder,
+        events: &broadcast::Sender<v1::WatchEvent>,
+        rec: &RoundRecord,
+        print_line: bool,
+    ) -> Result<()> {
         self.store.record_round(&ctx.id, rec)?;
         run.append(rec)?;
         let job = self.config.prefix_job_id.then_some(ctx.id.as_str());
-        if self.config.print_rounds {
+        if self.config.print_rounds && (print_line || self.config.log_format == LogFormat::Json) {
             print_round(self.config.log_format, job, rec);
         }
         let _ = events.send(v1::WatchEvent {

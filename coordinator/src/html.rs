@@ -83,7 +83,8 @@ pub fn charts(rounds: &[RoundRecord]) -> Result<Option<(String, String)>> {
 }
 
 /// SVG figures some job kinds write into the run folder, inlined into `report.html` when present.
-const EXTRA_FIGURES: [(&str, &str); 3] = [
+const EXTRA_FIGURES: [(&str, &str); 4] = [
+    ("trials.svg", "AutoML: validation accuracy per trial"),
     ("fusion.svg", "Fusion variants: test accuracy"),
     ("forward.svg", "Forward process"),
     ("samples.svg", "Real and generated signals"),
@@ -181,6 +182,34 @@ pub fn write_report(
                 v.features,
                 v.rounds,
                 v.test_accuracy
+            );
+        }
+        h.push_str("</table>\n");
+    }
+    if let Some(a) = summary.and_then(|s| s.automl.as_ref()) {
+        let _ = writeln!(
+            h,
+            "<h2>AutoML</h2>\n<p>{} search. Best: trial {} ({}), validation accuracy {:.4}, test accuracy {}. Default: validation accuracy {}, test accuracy {}.</p>\n<table id=\"trials\"><tr><th>trial</th><th>configuration</th><th>rounds</th><th>validation accuracy</th><th>seconds</th><th>status</th></tr>",
+            escape(&a.search),
+            a.best_trial,
+            escape(&a.best_config),
+            a.best_validation_accuracy,
+            opt(a.best_test_accuracy),
+            opt(a.default_validation_accuracy),
+            opt(a.default_test_accuracy)
+        );
+        let mut trials = a.trials.clone();
+        trials.sort_by_key(|t| t.trial);
+        for t in &trials {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td></tr>",
+                t.trial,
+                escape(&t.config),
+                t.budget,
+                opt(t.score),
+                t.seconds,
+                escape(&t.status)
             );
         }
         h.push_str("</table>\n");

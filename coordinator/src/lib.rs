@@ -9,6 +9,7 @@
 //! loopback gRPC.
 //!
 //! # Layout
+//! - `automl.rs`: the automl job (trials as federated runs, search, test once)
 //! - `bench.rs`: the `bench` command's measurements
 //! - `cli.rs`: the command line (`serve`, `simulate`, `partition`, `job ...`)
 //! - `coordinator.rs`: [`Coordinator`], job lifecycle, train and fusion jobs
@@ -32,6 +33,7 @@
 //! assert_eq!(spec.clients.fraction_fit, 1.0);
 //! ```
 
+pub mod automl;
 pub mod bench;
 pub mod cli;
 pub mod coordinator;

@@ -131,9 +131,86 @@ pub struct Summary {
     /// Fusion jobs: each variant's test accuracy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub variants: Vec<VariantResult>,
+    /// AutoML jobs: the trials, the best configuration, and the test accuracy of best and default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automl: Option<AutomlResult>,
     /// Diffusion jobs: the schedule and what the final model generates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diffusion: Option<DiffusionResult>,
+}
+
+/// An AutoML search's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutomlResult {
+    pub search: String,
+    /// Every trial, in the order they finished (trial 0 is the default configuration).
+    pub trials: Vec<TrialRow>,
+    pub best_trial: u32,
+    pub best_config: String,
+    pub best_validation_accuracy: f64,
+    /// The coordinator's test set, used once for the best configuration and once for the default.
+    pub best_test_accuracy: Option<f64>,
+    pub default_validation_accuracy: Option<f64>,
+    pub default_test_accuracy: Option<f64>,
+}
+
+/// One trial of an AutoML search.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialRow {
+    pub trial: u32,
+    pub config: String,
+    /// Rounds the trial ran.
+    pub budget: u32,
+    /// Federated validation accuracy after its last round.
+    pub score: Option<f64>,
+    pub seconds: f64,
+    /// `ok`, or why it failed.
+    pub status: String,
+}
+
+impl AutomlResult {
+    pub fn lines(&self) -> Vec<String> {
+        let opt = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.4}"));
+        let mut ranked: Vec<&TrialRow> = self.trials.iter().filter(|t| t.score.is_some()).collect();
+        ranked.sort_by(|a, b| {
+            b.score
+                .unwrap_or(f64::MIN)
+                .total_cmp(&a.score.unwrap_or(f64::MIN))
+                .then(a.trial.cmp(&b.trial))
+        });
+        let mut out = vec![format!(
+            "  automl ({} search, {} trials): best trial {}  {}",
+            self.search,
+            self.trials.len(),
+            self.best_trial,
+            self.best_config
+        )];
+        out.push(format!(
+            "  best     validation accuracy {:.4}  test accuracy {}",
+            self.best_validation_accuracy,
+            opt(self.best_test_accuracy)
+        ));
+        out.push(format!(
+            "  default  validation accuracy {}  test accuracy {}",
+            opt(self.default_validation_accuracy),
+            opt(self.default_test_accuracy)
+        ));
+        out.push("  top trials:".into());
+        for t in ranked.iter().take(5) {
+            out.push(format!(
+                "    trial {:>3}  {:.4}  {} rounds  {}",
+                t.trial,
+                t.score.unwrap_or(f64::NAN),
+                t.budget,
+                t.config
+            ));
+        }
+        let failed = self.trials.iter().filter(|t| t.status != "ok").count();
+        if failed > 0 {
+            out.push(format!("  {failed} trials failed (see trials.md)"));
+        }
+        out
+    }
 }
 
 /// What a diffusion job's final model generates, judged against the coordinator's real signals.
@@ -203,6 +280,7 @@ impl Summary {
             clients: Vec::new(),
             variants: Vec::new(),
             diffusion: None,
+            automl: None,
         }
     }
 
@@ -251,6 +329,9 @@ impl Summary {
         }
         if let Some(d) = &self.diffusion {
             out.extend(d.lines());
+        }
+        if let Some(a) = &self.automl {
+            out.extend(a.lines());
         }
         out
     }

@@ -107,6 +107,8 @@ pub struct JobCtx {
     pub task_seq: Arc<std::sync::atomic::AtomicU64>,
     /// Fusion: how clients present their rows for this part of the job (JSON, empty for none).
     pub view: prost::bytes::Bytes,
+    /// AutoML trials: clients train and evaluate on their validation split.
+    pub validation: bool,
 }
 
 /// The global model and whatever trains it.
@@ -255,6 +257,24 @@ impl Phase {
 }
 
 impl JobCtx {
+    /// The most examples each client may report for its train (or test) split: what its Hello
+    /// announced, or, for AutoML trials that re-split all rows, its train and test rows together.
+    fn announced(
+        &self,
+        clients: &[ClientView],
+        test: bool,
+    ) -> std::collections::HashMap<String, u64> {
+        announced_sizes(clients, &self.spec.dataset, |d| {
+            if self.validation {
+                d.train_examples + d.test_examples
+            } else if test {
+                d.test_examples
+            } else {
+                d.train_examples
+            }
+        })
+    }
+
     fn policy(&self) -> &crate::spec::ClientPolicy {
         &self.spec.clients
     }
@@ -495,7 +515,7 @@ impl JobCtx {
             );
             let quorum = (policy.min_evaluate_clients as usize).min(eval_clients.len());
             let payload = state.global.payload();
-            let announced = announced_sizes(&eval_clients, &self.spec.dataset, |d| d.test_examples);
+            let announced = self.announced(&eval_clients, true);
             let (mut l, mut a, mut n) = (0.0f64, 0.0f64, 0.0f64);
             let classifies = state.global.classifies();
             eval_phase = self
@@ -591,7 +611,7 @@ impl JobCtx {
         let mut agg = strategy.aggregator(weights);
         let (mut loss_sum, mut loss_weight) = (0.0f64, 0.0f64);
         let max_elements = weights.num_params();
-        let announced = announced_sizes(fit_clients, &self.spec.dataset, |d| d.train_examples);
+        let announced = self.announced(fit_clients, false);
         let current: &Weights = weights;
         let phase = self
             .phase(
@@ -672,7 +692,7 @@ impl JobCtx {
         });
         let (n_features, n_classes) = (facts.n_features, facts.class_names.len());
         let per_client = params.trees_per_round as usize;
-        let announced = announced_sizes(fit_clients, &self.spec.dataset, |d| d.train_examples);
+        let announced = self.announced(fit_clients, false);
         let mut grown: Vec<(String, Forest)> = Vec::with_capacity(fit_clients.len());
         let (mut loss_sum, mut loss_weight) = (0.0f64, 0.0f64);
         let phase = self
@@ -800,7 +820,7 @@ impl JobCtx {
         let blob: prost::bytes::Bytes = current.to_blob().into();
         let (mut loss_sum, mut loss_weight) = (0.0f64, 0.0f64);
         let mut trees = Vec::new();
-        let announced = announced_sizes(fit_clients, &self.spec.dataset, |d| d.train_examples);
+        let announced = self.announced(fit_clients, false);
         // One participant set for the whole round: a client that fails once is not asked again
         // this round, so one silent client cannot stall every tree.
         let mut participants: Vec<ClientView> = fit_clients.to_vec();
@@ -969,7 +989,7 @@ impl JobCtx {
             .filter(|c| compatible(c, &self.spec.dataset, &state.facts))
             .collect();
         let payload = state.global.payload();
-        let announced = announced_sizes(&clients, &self.spec.dataset, |d| d.test_examples);
+        let announced = self.announced(&clients, true);
         // Personalising means local training from the global model: weights models only.
         let personalize = match state.global {
             GlobalModel::Params { .. } => self.spec.evaluation.personalize_epochs,
@@ -1055,6 +1075,7 @@ impl JobCtx {
                 parameters: payload.parameters.clone(),
                 model_blob: payload.blob.clone(),
                 feature_view: self.view.clone(),
+                validation: self.validation,
                 deadline_unix_ms,
                 seed: seed::derive(
                     self.spec.seed,

@@ -9,6 +9,7 @@
 //! the rest. Unknown fields are errors, so a typo never silently falls back to a default.
 
 use serde::{Deserialize, Serialize};
+use shoal_shared::automl::{Config, Domain, SearchAlgorithm, SearchSpace, Tpe, Value};
 use shoal_shared::model::{LocalConfig, ModelSpec};
 use shoal_shared::strategy::StrategySpec;
 
@@ -18,7 +19,7 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
-    /// `train`, `fusion` or `diffusion` (automl is planned).
+    /// `train`, `fusion`, `diffusion` or `automl`.
     pub kind: String,
     /// A built-in dataset (`digits`, `seed-fl`, `iris`, `winequality`) or the name under which clients
     /// registered their CSV (`--data NAME=FILE.csv`).
@@ -42,7 +43,52 @@ pub struct JobSpec {
     /// Diffusion jobs: what to generate after training (`[diffusion]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diffusion: Option<DiffusionOptions>,
+    /// AutoML jobs: the search over overrides of this spec (`[automl]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automl: Option<AutomlOptions>,
 }
+
+/// The `[automl]` section: how to search, and over what. Every other section of the job is the
+/// base `train` job the trials override.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AutomlOptions {
+    /// `grid`, `random`, `halving` (successive halving, rounds as the budget) or `tpe`.
+    pub search: SearchAlgorithm,
+    /// Configurations tried by random search and TPE; the configurations successive halving
+    /// starts with. Grid search tries every combination and ignores it.
+    pub trials: u32,
+    /// Trials run at once (clients serve the tasks of several trials concurrently).
+    pub parallel_trials: u32,
+    /// Successive halving keeps the best 1/eta of each rung and gives them eta times the rounds.
+    pub eta: u32,
+    pub tpe: Tpe,
+    /// Parameter → values (a list) or range (`{ low, high, log, integer }`). Names are dotted
+    /// paths into the job spec (`"model.max_depth"`, `"local.lr"`, `"strategy.eta"`); the value
+    /// `"none"` removes the field so its default applies. `trees_total` sizes a forest: it sets
+    /// `model.max_trees` to the value and `model.trees_per_round` so that
+    /// `clients.min_available_clients` clients reach it in `rounds` rounds.
+    pub space: SearchSpace,
+}
+
+impl Default for AutomlOptions {
+    fn default() -> Self {
+        AutomlOptions {
+            search: SearchAlgorithm::Grid,
+            trials: 20,
+            parallel_trials: 1,
+            eta: 3,
+            tpe: Tpe::default(),
+            space: SearchSpace::default(),
+        }
+    }
+}
+
+/// Limits on an AutoML search.
+pub const MAX_TRIALS: u32 = 1000;
+pub const MAX_PARALLEL_TRIALS: u32 = 16;
+/// The AutoML parameter that sizes a forest (see [`AutomlOptions::space`]).
+pub const TREES_TOTAL: &str = "trees_total";
 
 /// The `[diffusion]` section of a diffusion job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,9 +192,8 @@ pub const MAX_ROUNDS: u32 = 1_000_000;
 pub const MAX_WAIT_SECS: f64 = 30.0 * 24.0 * 3600.0;
 
 /// Kinds still to come.
-const KINDS_PLANNED: [&str; 1] = ["automl"];
 /// Kinds this version runs, for error messages.
-const KINDS: &str = "\"train\", \"fusion\" or \"diffusion\"";
+const KINDS: &str = "\"train\", \"fusion\", \"diffusion\" or \"automl\"";
 
 impl JobSpec {
     /// Parses a TOML spec and checks it.
@@ -181,6 +226,15 @@ impl JobSpec {
                 "model",
                 format!(
                     "= \"denoiser\" belongs to diffusion jobs, not to kind = \"{}\"",
+                    self.kind
+                ),
+            );
+        }
+        if self.automl.is_some() && self.kind != "automl" {
+            return bad(
+                "automl",
+                format!(
+                    "section is for automl jobs, not for kind = \"{}\"",
                     self.kind
                 ),
             );
@@ -244,12 +298,7 @@ impl JobSpec {
                     );
                 }
             }
-            k if KINDS_PLANNED.contains(&k) => {
-                return bad(
-                    "kind",
-                    format!("= \"{k}\" is not available yet in this version ({KINDS} are)"),
-                )
-            }
+            "automl" => self.check_automl()?,
             k => return bad("kind", format!("= \"{k}\" is unknown (expected {KINDS})")),
         }
         if self.dataset.trim().is_empty() {
@@ -333,6 +382,150 @@ impl JobSpec {
         Ok(())
     }
 
+    /// Checks an automl job's search: its settings, and that every value of every parameter makes
+    /// a valid train job from this one (so a typo fails at submission, not at trial 17).
+    fn check_automl(&self) -> Result<()> {
+        let bad = |field: &str, msg: String| Err(Error::InvalidSpec(format!("`{field}` {msg}")));
+        let Some(a) = &self.automl else {
+            return bad(
+                "automl",
+                "section is missing: an automl job needs [automl] with at least [automl.space]"
+                    .into(),
+            );
+        };
+        let core = |e: shoal_shared::Error| Error::InvalidSpec(e.to_string());
+        a.space.check().map_err(core)?;
+        a.tpe.check().map_err(core)?;
+        if !(1..=MAX_TRIALS).contains(&a.trials) {
+            return bad(
+                "automl.trials",
+                format!("must be 1..={MAX_TRIALS}, found {}", a.trials),
+            );
+        }
+        if !(1..=MAX_PARALLEL_TRIALS).contains(&a.parallel_trials) {
+            return bad(
+                "automl.parallel_trials",
+                format!(
+                    "must be 1..={MAX_PARALLEL_TRIALS}, found {}",
+                    a.parallel_trials
+                ),
+            );
+        }
+        if !(2..=10).contains(&a.eta) {
+            return bad("automl.eta", format!("must be 2..=10, found {}", a.eta));
+        }
+        if a.search == SearchAlgorithm::Grid {
+            a.space.grid().map_err(core)?;
+        }
+        if a.search == SearchAlgorithm::Halving && a.space.params.contains_key("rounds") {
+            return bad(
+                "automl.space",
+                "cannot search `rounds` with successive halving: rounds are its budget".into(),
+            );
+        }
+        if self.model.denoiser().is_some() {
+            return bad(
+                "model",
+                "of an automl job must be a train model, not a denoiser".into(),
+            );
+        }
+        // Every listed value, and both ends of every range, alone on the base job.
+        for (name, domain) in &a.space.params {
+            let values: Vec<Value> = match domain {
+                Domain::Choice(v) => v.clone(),
+                Domain::Range {
+                    low, high, integer, ..
+                } => [low, high]
+                    .iter()
+                    .map(|&&x| {
+                        if *integer {
+                            Value::Int(x.round() as i64)
+                        } else {
+                            Value::Float(x)
+                        }
+                    })
+                    .collect(),
+            };
+            for v in values {
+                let config = Config::from([(name.clone(), v.clone())]);
+                if let Err(e) = self.trial_spec(&config) {
+                    return Err(Error::InvalidSpec(format!(
+                        "automl.space.\"{name}\" = {v}: {}",
+                        e.to_string().trim_start_matches("invalid job spec: ")
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `train` job a trial runs: this spec with `config`'s overrides, checked.
+    pub fn trial_spec(&self, config: &Config) -> Result<JobSpec> {
+        let base = JobSpec {
+            kind: "train".into(),
+            automl: None,
+            ..self.clone()
+        };
+        let mut doc = toml::Value::try_from(&base)
+            .map_err(|e| Error::InvalidSpec(format!("cannot render the base job: {e}")))?;
+        for (name, value) in config {
+            if name == TREES_TOTAL {
+                let Value::Int(total) = *value else {
+                    return Err(Error::InvalidSpec(format!(
+                        "`{TREES_TOTAL}` must be a whole number of trees, found {value}"
+                    )));
+                };
+                if self.model.forest().is_none() {
+                    return Err(Error::InvalidSpec(format!(
+                        "`{TREES_TOTAL}` sizes a forest, but the model is {}",
+                        self.model.name()
+                    )));
+                }
+                let growers = i64::from(self.clients.min_available_clients.max(1))
+                    * i64::from(self.rounds.max(1));
+                let per_round = ((total + growers - 1) / growers).max(1);
+                set_path(&mut doc, "model.max_trees", &Value::Int(total))?;
+                set_path(&mut doc, "model.trees_per_round", &Value::Int(per_round))?;
+            } else {
+                set_path(&mut doc, name, value)?;
+            }
+        }
+        let spec: JobSpec = doc.try_into().map_err(|e: toml::de::Error| {
+            Error::InvalidSpec(e.to_string().trim().replace('\n', " ").replace("  ", " "))
+        })?;
+        spec.check()?;
+        // A field the model kind does not have can slip through parsing (a logreg ignores
+        // `model.max_depth`): every override must be found again in the parsed spec.
+        let rendered = toml::Value::try_from(&spec)
+            .map_err(|e| Error::InvalidSpec(format!("cannot render the trial job: {e}")))?;
+        for (name, value) in config.iter().filter(|(n, _)| n.as_str() != TREES_TOTAL) {
+            let found = name
+                .split('.')
+                .try_fold(&rendered, |at, part| at.get(part));
+            let kept = match (value, found) {
+                (Value::Text(t), None) => t == "none",
+                (Value::Text(t), Some(toml::Value::String(f))) => t == f,
+                (Value::Int(i), Some(toml::Value::Integer(f))) => i == f,
+                (Value::Int(i), Some(toml::Value::Float(f))) => (*i as f64) == *f,
+                (Value::Float(x), Some(toml::Value::Float(f))) => x == f,
+                _ => false,
+            };
+            if !kept {
+                return Err(Error::InvalidSpec(format!(
+                    "`{name}` is not a field this job has (model {}, strategy {}), or does not take {value}",
+                    self.model.name(),
+                    self.strategy.name()
+                )));
+            }
+        }
+        Ok(spec)
+    }
+
+    /// The `[automl]` section when this is an automl job.
+    pub fn automl_options(&self) -> Option<&AutomlOptions> {
+        self.automl.as_ref()
+    }
+
     /// The `[diffusion]` section, defaults filled in.
     pub fn diffusion_options(&self) -> DiffusionOptions {
         self.diffusion.clone().unwrap_or_default()
@@ -367,6 +560,41 @@ impl JobSpec {
         }
         .lr_at(round)
     }
+}
+
+/// Sets the field at dotted `path` of a rendered spec (creating tables on the way); `"none"`
+/// removes it. An integer given for a field that holds a number becomes a number.
+fn set_path(doc: &mut toml::Value, path: &str, value: &Value) -> Result<()> {
+    let parts: Vec<&str> = path.split('.').collect();
+    let Some((last, tables)) = parts.split_last() else {
+        return Err(Error::InvalidSpec("an empty parameter name".into()));
+    };
+    let mut at = doc;
+    for part in tables {
+        let table = at.as_table_mut().ok_or_else(|| {
+            Error::InvalidSpec(format!("`{path}`: `{part}` is not inside a section"))
+        })?;
+        at = table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    let table = at.as_table_mut().ok_or_else(|| {
+        Error::InvalidSpec(format!("`{path}` does not name a field of a section"))
+    })?;
+    let new = match value {
+        Value::Text(t) if t == "none" => {
+            table.remove(*last);
+            return Ok(());
+        }
+        Value::Int(i) if matches!(table.get(*last), Some(toml::Value::Float(_))) => {
+            toml::Value::Float(*i as f64)
+        }
+        Value::Int(i) => toml::Value::Integer(*i),
+        Value::Float(f) => toml::Value::Float(*f),
+        Value::Text(t) => toml::Value::String(t.clone()),
+    };
+    table.insert(last.to_string(), new);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -406,7 +634,23 @@ mod tests {
                 "round_timeout_secs",
             ),
             ("kind = \"train\"\nroundz = 3", "roundz"),
-            ("kind = \"automl\"", "not available yet"),
+            ("kind = \"automl\"", "needs [automl]"),
+            (
+                "kind = \"automl\"\n[automl.space]\n\"model.max_dept\" = [3]",
+                "max_dept",
+            ),
+            (
+                "kind = \"automl\"\n[automl]\nsearch = \"grid\"\n[automl.space]\n\"local.lr\" = { low = 0.01, high = 0.1 }",
+                "grid search needs a list",
+            ),
+            (
+                "kind = \"automl\"\n[automl.space]\n\"local.lr\" = [0.1, -1.0]",
+                "\"local.lr\" = -1",
+            ),
+            (
+                "kind = \"automl\"\n[automl.space]\ntrees_total = [10]",
+                "sizes a forest",
+            ),
             ("kind = \"diffusion\"", "kind = \"denoiser\""),
             (
                 "kind = \"train\"\n[model]\nkind = \"denoiser\"",
@@ -513,6 +757,31 @@ mod example_tests {
             "diffusion.toml documents the defaults"
         );
         assert_eq!(diffusion.diffusion_options().samples, 90);
+        let automl = JobSpec::from_toml(include_str!("../../examples/automl-seed.toml")).unwrap();
+        let grid = automl.automl_options().unwrap().space.grid().unwrap();
+        assert_eq!(grid.len(), 36, "the tutorial's grid");
+        for config in &grid {
+            let trial = automl.trial_spec(config).unwrap();
+            let forest = trial.model.forest().unwrap();
+            // 5 clients x 5 rounds grow exactly the total.
+            assert_eq!(forest.trees_per_round * 25, forest.max_trees);
+            assert_eq!(trial.kind, "train");
+            assert!(trial.automl.is_none());
+        }
+        let none = grid
+            .iter()
+            .find(|c| c["model.max_depth"] == shoal_shared::automl::Value::Text("none".into()))
+            .unwrap();
+        assert_eq!(
+            automl
+                .trial_spec(none)
+                .unwrap()
+                .model
+                .forest()
+                .unwrap()
+                .max_depth,
+            None
+        );
         let forest = JobSpec::from_toml(include_str!("../../examples/forest.toml")).unwrap();
         assert_eq!(forest.model.forest().map(|p| p.trees_per_round), Some(5));
     }

@@ -15,7 +15,9 @@
 //! - [`forest::Forest`]: a federated random forest (linfa-trees fits, pooled as a versioned blob).
 //! - [`gbdt::Ensemble`] and [`gbdt::TreeGrower`]: lossless federated histogram gradient boosting.
 //! - [`fusion::FeatureView`]: how a multimodal fusion variant sees the rows.
-//! - [`diffusion::NoiseSchedule`]: DDPM schedules and forward / reverse steps.
+//! - [`diffusion::NoiseSchedule`]: DDPM schedules and forward / reverse steps;
+//!   [`diffusion::DenoiserModel`]: the noise-prediction network as a federated model.
+//! - [`automl::SearchSpace`] and [`automl::Tpe`]: hyperparameter search.
 //! - [`plot`]: SVG line and bar charts.
 //!
 //! # Layout
@@ -26,7 +28,8 @@
 //! - `forest.rs`: random forests
 //! - `gbdt.rs`: gradient boosting (sketches, histograms, tree growing, centralized mode)
 //! - `fusion.rs`: multimodal fusion views and variants
-//! - `diffusion.rs`: diffusion schedules and steps (the federated job is still to come)
+//! - `diffusion.rs`: diffusion schedules, steps and the denoiser
+//! - `automl.rs`: search spaces, grid/random/halving/TPE proposals
 //! - `seed.rs`: seed derivation
 //! - `plot.rs`: charts
 //! - `error.rs`: the crate's error type
@@ -40,6 +43,7 @@
 //! assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), 200);
 //! ```
 
+pub mod automl;
 pub mod data;
 pub mod diffusion;
 pub mod error;

@@ -7,6 +7,7 @@
 //! | `iris` | 150 × 4 | 3 | `linfa-datasets` |
 //! | `winequality` | 1599 × 11 | 6 | `linfa-datasets` (red wine quality scores 3..8) |
 //! | `multimodal` | 1000 × 24 | 2 | generated: three modalities, the tutorial's fusion data |
+//! | `classification` | 1000 × 20 | 2 | generated like scikit-learn's `make_classification` (AutoML) |
 //! | `signals` | 200 per client × 100 | 1 band per client | generated: sines of a frequency band per client (diffusion) |
 //!
 //! Every dataset is cut once, with a fixed seed, into a hold-out set for the coordinator's
@@ -24,7 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use super::partition::Partitioner;
-use super::{sort_class_names, stratified_split, Dataset};
+use super::{concat, sort_class_names, stratified_split, Dataset};
 use crate::error::{Error, Result};
 
 /// Fraction of each built-in dataset held out, stratified by class, for centralized evaluation.
@@ -43,7 +44,15 @@ pub const SEED_FL_THRESHOLDS: [f32; 3] = [0.0, 1.0, 0.5];
 pub const SEED_FL_NOISE_STD: f32 = 0.5;
 
 /// Every built-in dataset; the same list as [`Builtin::ALL`], for callers that name it by module.
-pub const ALL: [Builtin; 6] = Builtin::ALL;
+pub const ALL: [Builtin; 7] = Builtin::ALL;
+
+/// Shape of `classification`, scikit-learn's `make_classification` arguments of the tutorial's
+/// AutoML problem: rows, features, informative, redundant (the rest are noise), label flips.
+pub const CLASSIFICATION_ROWS: usize = 1000;
+pub const CLASSIFICATION_FEATURES: usize = 20;
+pub const CLASSIFICATION_INFORMATIVE: usize = 10;
+pub const CLASSIFICATION_REDUNDANT: usize = 5;
+pub const CLASSIFICATION_FLIP_Y: f64 = 0.01;
 
 /// Frequency bands of `signals`: client (shard) `i` holds band `i`, so at most this many shards.
 pub const SIGNAL_BANDS: usize = 8;
@@ -89,17 +98,21 @@ pub enum Builtin {
     /// 1-D sequences of 100 points, `sin(f·u + φ) + 0.1·noise` over u in [0, 4π] (the tutorial's
     /// diffusion data); client `i` holds frequency/phase band `i` (label `band-i`).
     Signals,
+    /// Binary classification like scikit-learn's `make_classification(1000, 20, n_informative=10,
+    /// n_redundant=5, n_clusters_per_class=1)`: the tutorial's AutoML data.
+    Classification,
 }
 
 impl Builtin {
     /// Every built-in dataset, in the order of [`Builtin::name`]'s list.
-    pub const ALL: [Builtin; 6] = [
+    pub const ALL: [Builtin; 7] = [
         Builtin::Digits,
         Builtin::SeedFl,
         Builtin::Iris,
         Builtin::WineQuality,
         Builtin::Multimodal,
         Builtin::Signals,
+        Builtin::Classification,
     ];
 
     /// The name used on the command line and in job specs.
@@ -111,6 +124,7 @@ impl Builtin {
             Builtin::WineQuality => "winequality",
             Builtin::Multimodal => "multimodal",
             Builtin::Signals => "signals",
+            Builtin::Classification => "classification",
         }
     }
 
@@ -134,6 +148,7 @@ impl Builtin {
                 concat(&blocks)
             }
             Builtin::Multimodal => multimodal(),
+            Builtin::Classification => classification(),
             Builtin::Signals => {
                 let blocks = (0..SIGNAL_BANDS)
                     .map(|band| signals_client(0, band))
@@ -419,6 +434,80 @@ fn signals_dataset(rows: Array2<f32>, band: usize) -> Result<Dataset> {
     Dataset::new(rows, vec![band; n], feature_names, class_names)
 }
 
+/// The `classification` dataset, generated as scikit-learn's `make_classification` does with
+/// one cluster per class: class centroids on vertices of a hypercube of side 2 in the informative
+/// dimensions, standard normal points mixed by a random matrix per class, redundant features as
+/// random linear combinations of the informative ones, the rest noise, 1% of labels redrawn,
+/// then rows and columns shuffled. From a fixed seed, so every participant builds the same rows.
+fn classification() -> Result<Dataset> {
+    use rand::seq::SliceRandom;
+    let mut rng = ChaCha8Rng::seed_from_u64(HOLDOUT_SEED ^ 0x6d61_6b65_636c_6173);
+    let (n, width, inf, red) = (
+        CLASSIFICATION_ROWS,
+        CLASSIFICATION_FEATURES,
+        CLASSIFICATION_INFORMATIVE,
+        CLASSIFICATION_REDUNDANT,
+    );
+    let uniform = |rng: &mut ChaCha8Rng, rows: usize, cols: usize| {
+        Array2::from_shape_fn((rows, cols), |_| 2.0 * rand::Rng::gen::<f64>(rng) - 1.0)
+    };
+    // Two distinct hypercube vertices in {-1, 1}^inf.
+    let mut centroids: Vec<Vec<f64>> = Vec::new();
+    while centroids.len() < 2 {
+        let v: Vec<f64> = (0..inf)
+            .map(|_| {
+                if rand::Rng::gen::<bool>(&mut rng) {
+                    1.0
+                } else {
+                    -1.0
+                }
+            })
+            .collect();
+        if !centroids.contains(&v) {
+            centroids.push(v);
+        }
+    }
+    let mut x = Array2::<f64>::zeros((n, width));
+    let mut labels = Vec::with_capacity(n);
+    for (class, centroid) in centroids.iter().enumerate() {
+        let rows = n / 2 + usize::from(class == 0) * (n % 2);
+        let z = Array2::from_shape_fn((rows, inf), |_| StandardNormal.sample(&mut rng));
+        let mixed = z.dot(&uniform(&mut rng, inf, inf));
+        let start = labels.len();
+        for (i, row) in mixed.outer_iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                x[[start + i, j]] = v + centroid[j];
+            }
+            labels.push(class);
+        }
+    }
+    let b = uniform(&mut rng, inf, red);
+    let redundant = x.slice(ndarray::s![.., ..inf]).dot(&b);
+    x.slice_mut(ndarray::s![.., inf..inf + red])
+        .assign(&redundant);
+    for v in x.slice_mut(ndarray::s![.., inf + red..]).iter_mut() {
+        *v = StandardNormal.sample(&mut rng);
+    }
+    for label in labels.iter_mut() {
+        if rand::Rng::gen::<f64>(&mut rng) < CLASSIFICATION_FLIP_Y {
+            *label = rand::Rng::gen_range(&mut rng, 0..2);
+        }
+    }
+    let mut rows: Vec<usize> = (0..n).collect();
+    rows.shuffle(&mut rng);
+    let mut cols: Vec<usize> = (0..width).collect();
+    cols.shuffle(&mut rng);
+    let features = Array2::from_shape_fn((n, width), |(i, j)| x[[rows[i], cols[j]]] as f32);
+    let labels = rows.iter().map(|&r| labels[r]).collect();
+    let feature_names = (0..width).map(|j| format!("x{j}")).collect();
+    Dataset::new(
+        features,
+        labels,
+        feature_names,
+        vec!["0".into(), "1".into()],
+    )
+}
+
 /// The `multimodal` dataset, generated from a fixed seed so every participant builds the same rows.
 fn multimodal() -> Result<Dataset> {
     let mut rng = ChaCha8Rng::seed_from_u64(HOLDOUT_SEED ^ 0x6d75_6c74_696d_6f64);
@@ -471,28 +560,6 @@ fn seed_fl_rows(rng: &mut ChaCha8Rng, threshold: f32, n: usize) -> Result<Datase
         labels,
         (0..SEED_FL_FEATURES).map(|i| format!("x{i}")).collect(),
         vec!["0".into(), "1".into()],
-    )
-}
-
-/// Stacks datasets that share their names.
-fn concat(parts: &[Dataset]) -> Result<Dataset> {
-    let first = parts
-        .first()
-        .ok_or_else(|| Error::Data("nothing to concatenate".into()))?;
-    let views: Vec<_> = parts.iter().map(|d| d.features.view()).collect();
-    let features = ndarray::concatenate(ndarray::Axis(0), &views).map_err(|e| Error::Shape {
-        what: "concatenated datasets".into(),
-        expected: format!("{} feature columns each", first.n_features()),
-        found: e.to_string(),
-    })?;
-    Dataset::new(
-        features,
-        parts
-            .iter()
-            .flat_map(|d| d.labels.iter().copied())
-            .collect(),
-        first.feature_names.clone(),
-        first.class_names.clone(),
     )
 }
 
@@ -641,6 +708,42 @@ mod tests {
         {
             assert!(same_seed.features.rows().into_iter().all(|p| p != h));
         }
+    }
+
+    #[test]
+    fn classification_is_balanced_separable_and_has_redundant_features() {
+        let d = Builtin::Classification.load().unwrap();
+        assert_eq!((d.n_rows(), d.n_features()), (1000, 20));
+        let positives = d.labels.iter().filter(|&&l| l == 1).count();
+        assert!((470..=530).contains(&positives), "{positives}");
+        assert_eq!(d, Builtin::Classification.load().unwrap(), "fixed seed");
+        // 5 columns are exact linear combinations of 10 others: the 20 columns have rank 15.
+        let x = d.features.mapv(f64::from);
+        let gram = x.t().dot(&x);
+        let mut m = gram.clone();
+        let mut rank = 0;
+        let scale = gram.diag().iter().cloned().fold(0.0, f64::max);
+        for c in 0..20 {
+            if let Some(p) = (rank..20).max_by(|&a, &b| m[[a, c]].abs().total_cmp(&m[[b, c]].abs()))
+            {
+                if m[[p, c]].abs() > 1e-6 * scale {
+                    for k in 0..20 {
+                        m.swap([rank, k], [p, k]);
+                    }
+                    for r in 0..20 {
+                        if r != rank {
+                            let f = m[[r, c]] / m[[rank, c]];
+                            for k in 0..20 {
+                                m[[r, k]] -= f * m[[rank, k]];
+                            }
+                        }
+                    }
+                    rank += 1;
+                }
+            }
+        }
+        assert_eq!(rank, 15);
+        assert_eq!(Builtin::Classification.holdout().unwrap().n_rows(), 200);
     }
 
     #[test]

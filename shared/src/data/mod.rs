@@ -275,6 +275,28 @@ pub fn stratified_split(
     (train, test)
 }
 
+/// Stacks datasets that share their feature and class names, rows one after another.
+pub fn concat(parts: &[Dataset]) -> Result<Dataset> {
+    let first = parts
+        .first()
+        .ok_or_else(|| Error::Data("nothing to concatenate".into()))?;
+    let views: Vec<_> = parts.iter().map(|d| d.features.view()).collect();
+    let features = ndarray::concatenate(ndarray::Axis(0), &views).map_err(|e| Error::Shape {
+        what: "concatenated datasets".into(),
+        expected: format!("{} feature columns each", first.n_features()),
+        found: e.to_string(),
+    })?;
+    Dataset::new(
+        features,
+        parts
+            .iter()
+            .flat_map(|d| d.labels.iter().copied())
+            .collect(),
+        first.feature_names.clone(),
+        first.class_names.clone(),
+    )
+}
+
 /// Sorts class names into the order every loader shares: numerically if every name parses as
 /// an integer (so `"10"` follows `"9"`), lexicographically otherwise.
 ///
