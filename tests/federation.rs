@@ -668,6 +668,7 @@ async fn fusion_variants_train_over_the_federation_on_their_own_views() {
     let runs = tempfile::tempdir().unwrap();
     let mut o = SimulateOptions::new(spec, Builtin::Multimodal);
     o.clients = 5;
+    o.scheme = Partitioner::Iid;
     o.out = runs.path().to_path_buf();
     o.quiet = true;
     let outcome = simulate(o).await.unwrap();
@@ -695,12 +696,18 @@ async fn fusion_variants_train_over_the_federation_on_their_own_views() {
             .as_f64()
             .unwrap()
     };
+    // The acceptance, on the tutorial's own rows.
     let singles = [acc("single m1"), acc("single m2"), acc("single m3")];
     assert!(
-        singles[2] <= 0.6,
+        singles[2] <= 0.65,
         "modality 3 carries no signal: {singles:?}"
     );
-    assert!(singles[0] > 0.65 && singles[1] > 0.65, "{singles:?}");
+    assert!(
+        singles[..2].iter().all(|a| (0.70..=0.85).contains(a)),
+        "{singles:?}"
+    );
+    assert!(acc("early fusion") >= 0.93 && acc("cross fusion") >= 0.93);
+    assert!(acc("late fusion") >= 0.88, "late {}", acc("late fusion"));
     let best_single = singles.iter().copied().fold(0.0, f64::max);
     for fused in [
         "early fusion",

@@ -36,7 +36,7 @@ struct Args {
     /// Label column of the CSV files (default: the last column).
     #[arg(long, env = "SHOAL_LABEL_COLUMN")]
     label_column: Option<String>,
-    /// Serve this client's shard of a built-in dataset instead (digits, seed-fl, iris, winequality, multimodal, signals).
+    /// Serve this client's shard of a built-in dataset instead (digits, seed-fl, iris, winequality, multimodal, signals, classification).
     #[arg(long, env = "SHOAL_BUILTIN")]
     builtin: Option<String>,
     /// How the built-in dataset is split over clients: iid, dirichlet:ALPHA, shards:K, quantity:ALPHA.

@@ -123,7 +123,7 @@ pub struct SimulateArgs {
     /// A job file (TOML); the flags below override its fields.
     #[arg(long)]
     pub job: Option<PathBuf>,
-    /// Built-in dataset: digits, seed-fl, iris, winequality, multimodal, signals [default: digits].
+    /// Built-in dataset: digits, seed-fl, iris, winequality, multimodal, signals, classification [default: digits].
     #[arg(long)]
     pub dataset: Option<String>,
     /// Number of clients.
@@ -169,7 +169,7 @@ pub struct SimulateArgs {
 
 #[derive(Debug, Args)]
 pub struct PartitionArgs {
-    /// A built-in dataset (digits, seed-fl, iris, winequality, multimodal, signals) or a CSV file.
+    /// A built-in dataset (digits, seed-fl, iris, winequality, multimodal, signals, classification) or a CSV file.
     #[arg(long)]
     pub dataset: String,
     /// Label column when --dataset is a CSV file (default: the last column).

@@ -499,9 +499,7 @@ impl JobSpec {
         let rendered = toml::Value::try_from(&spec)
             .map_err(|e| Error::InvalidSpec(format!("cannot render the trial job: {e}")))?;
         for (name, value) in config.iter().filter(|(n, _)| n.as_str() != TREES_TOTAL) {
-            let found = name
-                .split('.')
-                .try_fold(&rendered, |at, part| at.get(part));
+            let found = name.split('.').try_fold(&rendered, |at, part| at.get(part));
             let kept = match (value, found) {
                 (Value::Text(t), None) => t == "none",
                 (Value::Text(t), Some(toml::Value::String(f))) => t == f,

@@ -6,7 +6,7 @@
 //! | `seed-fl` | 200 per client × 10 | 2 | generated: a different concept per client |
 //! | `iris` | 150 × 4 | 3 | `linfa-datasets` |
 //! | `winequality` | 1599 × 11 | 6 | `linfa-datasets` (red wine quality scores 3..8) |
-//! | `multimodal` | 1000 × 24 | 2 | generated: three modalities, the tutorial's fusion data |
+//! | `multimodal` | 1000 × 24 | 2 | the tutorial's fusion data, its exact numpy draw; test = last 200 rows |
 //! | `classification` | 1000 × 20 | 2 | generated like scikit-learn's `make_classification` (AutoML) |
 //! | `signals` | 200 per client × 100 | 1 band per client | generated: sines of a frequency band per client (diffusion) |
 //!
@@ -63,6 +63,10 @@ pub const SIGNALS_HOLDOUT_PER_BAND: usize = 40;
 
 /// Rows of `multimodal` (the original generator's 1000 samples).
 pub const MULTIMODAL_ROWS: usize = 1000;
+/// The tutorial's `np.random.seed(42)` before generating `multimodal`.
+pub const MULTIMODAL_NUMPY_SEED: u32 = 42;
+/// `multimodal`'s test set is its last 200 rows, the tutorial's `split_idx = 800`.
+pub const MULTIMODAL_TRAIN_ROWS: usize = 800;
 /// Modalities of `multimodal`: name prefix and feature count.
 pub const MULTIMODAL_MODALITIES: [(&str, usize); 3] = [("m1", 10), ("m2", 8), ("m3", 6)];
 
@@ -222,6 +226,10 @@ impl Builtin {
                     .collect::<Result<Vec<_>>>()?;
                 concat(&blocks)
             }
+            Builtin::Multimodal => {
+                let full = self.load()?;
+                Ok(full.select(&(MULTIMODAL_TRAIN_ROWS..full.n_rows()).collect::<Vec<_>>()))
+            }
             _ => {
                 let full = self.load()?;
                 let (_, test) = holdout_split(&full);
@@ -235,6 +243,10 @@ impl Builtin {
     pub fn train_pool(self) -> Result<Dataset> {
         match self {
             Builtin::SeedFl | Builtin::Signals => self.load(),
+            Builtin::Multimodal => {
+                let full = self.load()?;
+                Ok(full.select(&(0..MULTIMODAL_TRAIN_ROWS).collect::<Vec<_>>()))
+            }
             _ => {
                 let full = self.load()?;
                 let (train, _) = holdout_split(&full);
@@ -508,21 +520,30 @@ fn classification() -> Result<Dataset> {
     )
 }
 
-/// The `multimodal` dataset, generated from a fixed seed so every participant builds the same rows.
+/// The `multimodal` dataset: the tutorial's own rows. It seeded numpy's legacy generator with 42
+/// and drew `randn(1000, 10)`, `randn(1000, 8)`, `randn(1000, 6)` and `randn(1000)` for the label
+/// noise; [`LegacyRandomState`](super::numpy_legacy::LegacyRandomState) replays that stream bit
+/// for bit. Label: `sum(m1[:5]) + sum(m2[:5]) + 0.5 * noise > 0`, computed in f64 as numpy did.
 fn multimodal() -> Result<Dataset> {
-    let mut rng = ChaCha8Rng::seed_from_u64(HOLDOUT_SEED ^ 0x6d75_6c74_696d_6f64);
+    let mut rng = super::numpy_legacy::LegacyRandomState::new(MULTIMODAL_NUMPY_SEED);
+    let blocks: Vec<Vec<f64>> = MULTIMODAL_MODALITIES
+        .iter()
+        .map(|(_, width)| rng.randn(MULTIMODAL_ROWS * width))
+        .collect();
+    let noise = rng.randn(MULTIMODAL_ROWS);
     let width: usize = MULTIMODAL_MODALITIES.iter().map(|(_, n)| n).sum();
     let mut values = Vec::with_capacity(MULTIMODAL_ROWS * width);
     let mut labels = Vec::with_capacity(MULTIMODAL_ROWS);
-    for _ in 0..MULTIMODAL_ROWS {
-        let row: Vec<f32> = (0..width)
-            .map(|_| StandardNormal.sample(&mut rng))
-            .collect();
-        let m2 = MULTIMODAL_MODALITIES[0].1;
-        let signal: f32 = row[..5].iter().sum::<f32>() + row[m2..m2 + 5].iter().sum::<f32>();
-        let noise: f32 = StandardNormal.sample(&mut rng);
-        labels.push(usize::from(signal + 0.5 * noise > 0.0));
-        values.extend(row);
+    for (row, noise) in noise.iter().enumerate() {
+        let mut signal = 0.0f64;
+        for (m, ((_, w), block)) in MULTIMODAL_MODALITIES.iter().zip(&blocks).enumerate() {
+            let r = &block[row * w..(row + 1) * w];
+            if m < 2 {
+                signal += r[..5].iter().sum::<f64>();
+            }
+            values.extend(r.iter().map(|&v| v as f32));
+        }
+        labels.push(usize::from(signal + noise * 0.5 > 0.0));
     }
     let features = Array2::from_shape_vec((MULTIMODAL_ROWS, width), values)
         .map_err(|e| Error::Data(format!("multimodal generation: {e}")))?;
@@ -744,6 +765,23 @@ mod tests {
         }
         assert_eq!(rank, 15);
         assert_eq!(Builtin::Classification.holdout().unwrap().n_rows(), 200);
+    }
+
+    /// The tutorial's exact rows (checked against numpy: `np.random.seed(42)`, the three
+    /// `randn` blocks and the label noise) and its split: the last 200 rows are the test set.
+    #[test]
+    fn multimodal_replays_the_tutorials_numpy_draw() {
+        let d = Builtin::Multimodal.load().unwrap();
+        assert_eq!((d.n_rows(), d.n_features()), (1000, 24));
+        assert_eq!(d.labels.iter().filter(|&&l| l == 1).count(), 502);
+        assert_eq!(&d.labels[..10], &[1, 0, 1, 1, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(d.features[[0, 0]], 0.496_714_15_f32);
+        assert_eq!(d.features[[999, 23]], 0.538_229_3_f32);
+        let test = Builtin::Multimodal.holdout().unwrap();
+        assert_eq!(test.n_rows(), 200);
+        assert_eq!(test.labels.iter().filter(|&&l| l == 1).count(), 104);
+        assert_eq!(test.features.row(0), d.features.row(800));
+        assert_eq!(Builtin::Multimodal.train_pool().unwrap().n_rows(), 800);
     }
 
     #[test]

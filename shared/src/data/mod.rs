@@ -14,6 +14,7 @@
 
 pub mod builtin;
 pub mod csv;
+pub mod numpy_legacy;
 pub mod partition;
 
 use std::collections::HashMap;
