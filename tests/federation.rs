@@ -932,3 +932,32 @@ async fn concurrent_trials_do_not_interfere_and_halving_promotes_the_best() {
     let tpe = automl_lr_scores("tpe", 2).await;
     assert_eq!(tpe.len(), 10);
 }
+
+/// A job whose quorum can never be met fails, with how many clients it needed and saw, once its
+/// configured wait is over: it never hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_that_cannot_be_met_fails_with_the_reason_after_the_wait() {
+    let tc = TestCoordinator::start().await;
+    let client = start_client(&tc.url, Builtin::Iris, Partitioner::Iid, 0, 3);
+    tc.wait_clients(1).await;
+    let mut jobs = tc.jobs().await;
+    let started = std::time::Instant::now();
+    let id = submit(
+        &mut jobs,
+        "kind = \"train\"\ndataset = \"iris\"\nrounds = 3\n[clients]\nmin_fit_clients = 3\n\
+         min_available_clients = 3\nwait_for_clients_secs = 1.5\n",
+    )
+    .await;
+    let (info, rounds) = finish(&mut jobs, &id, 30).await;
+    assert_eq!(info.status, v1::JobStatus::Failed as i32);
+    assert!(rounds.is_empty());
+    assert!(
+        info.error.contains("needed 3") && info.error.contains("saw 1"),
+        "{}",
+        info.error
+    );
+    // It waited its 1.5 s before giving up (and `finish` bounds the whole job at 30 s).
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1400));
+    client.0.cancel();
+    tc.stop().await;
+}

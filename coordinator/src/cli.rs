@@ -113,7 +113,8 @@ pub struct ServeArgs {
     /// Format of the round lines on stdout.
     #[arg(long, env = "SHOAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Submit this job file as soon as the server is up (handy for containers).
+    /// Submit this job file as soon as the server is up (handy for containers); only on a fresh
+    /// state dir: a restart resumes the running jobs instead.
     #[arg(long, env = "SHOAL_JOB")]
     pub job: Option<PathBuf>,
 }
@@ -318,9 +319,19 @@ async fn serve_cmd(a: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     tracing::info!(addr = %listener.local_addr()?, state = %a.state_dir.display(), "coordinator listening");
+    // A restart on the same state dir goes on with the jobs the last process left running,
+    // and does not submit --job a second time.
+    let fresh = coord.job_count()? == 0;
+    for id in coord.resume_interrupted()? {
+        println!("resumed job {id}");
+    }
     if let Some(spec) = initial {
-        let row = coord.submit(spec)?;
-        println!("submitted job {} (run folder {})", row.id, row.run_dir);
+        if fresh {
+            let row = coord.submit(spec)?;
+            println!("submitted job {} (run folder {})", row.id, row.run_dir);
+        } else {
+            println!("--job not submitted: the state dir already holds jobs (this is a restart)");
+        }
     }
     crate::server::serve(listener, coord, shoal_client::shutdown_signal()).await
 }

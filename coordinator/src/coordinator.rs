@@ -54,6 +54,16 @@ impl Default for CoordinatorConfig {
     }
 }
 
+/// Where an interrupted job goes on from.
+#[derive(Debug)]
+struct Resume {
+    /// The last round completed and checkpointed (0: none).
+    round: u32,
+    checkpoint: Option<String>,
+    /// The rounds recorded up to it.
+    records: Vec<RoundRecord>,
+}
+
 #[derive(Debug)]
 struct JobHandle {
     cancel: CancellationToken,
@@ -72,11 +82,9 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// A coordinator over `store`. Jobs a previous process left unfinished are marked failed.
+    /// A coordinator over `store`. Call [`Coordinator::resume_interrupted`] once it serves, to
+    /// go on with the jobs a previous process left unfinished.
     pub fn new(config: CoordinatorConfig, store: Store) -> Result<Arc<Self>> {
-        for id in store.fail_interrupted()? {
-            tracing::warn!(job = %id, "job was interrupted by a previous coordinator stop; marked failed");
-        }
         Ok(Arc::new(Coordinator {
             registry: Arc::new(Registry::default()),
             store: Arc::new(store),
@@ -97,6 +105,57 @@ impl Coordinator {
 
     fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<String, JobHandle>> {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Goes on with the jobs a previous coordinator process left queued or running: a train job
+    /// resumes after its last checkpointed round (the round the crash interrupted runs again,
+    /// from the same seeds, so nothing is lost or repeated); other kinds are marked failed, saying
+    /// why. Returns the ids of the resumed jobs.
+    pub fn resume_interrupted(self: &Arc<Self>) -> Result<Vec<String>> {
+        let mut resumed = Vec::new();
+        for row in self.store.interrupted()? {
+            let id = row.id.clone();
+            match self.resume(row) {
+                Ok(round) => {
+                    tracing::warn!(job = %id, round, "resuming a job interrupted by a coordinator stop");
+                    resumed.push(id);
+                }
+                Err(e) => {
+                    tracing::warn!(job = %id, "an interrupted job cannot resume: {e}");
+                    self.store.set_status(
+                        &id,
+                        JobStatus::Failed,
+                        Some(&format!("interrupted: the coordinator stopped while the job was running, and it cannot resume: {e}")),
+                    )?;
+                }
+            }
+        }
+        Ok(resumed)
+    }
+
+    /// Restarts one interrupted job from its checkpoint; returns the last completed round.
+    fn resume(self: &Arc<Self>, row: JobRow) -> Result<u32> {
+        if row.kind != "train" {
+            return Err(Error::Job(format!(
+                "only train jobs resume after a restart, this is a {} job",
+                row.kind
+            )));
+        }
+        let spec = JobSpec::from_toml(&row.spec_toml)?;
+        let checkpoint = self.store.checkpoint(&row.id)?;
+        let round = checkpoint.as_ref().map_or(0, |c| c.0);
+        // Rounds recorded after the checkpoint cannot be: both go in one transaction. Older
+        // stores wrote rounds without checkpoints; those rounds run again.
+        self.store.truncate_rounds(&row.id, round)?;
+        let records = self.store.rounds(&row.id)?;
+        let run = RunFolder::reopen(std::path::Path::new(&row.run_dir), &records)?;
+        let resume = Resume {
+            round,
+            checkpoint: checkpoint.map(|c| c.1),
+            records,
+        };
+        self.start(row.id, spec, run, Some(resume))?;
+        Ok(round)
     }
 
     /// Stores the job, creates its run folder and starts it.
@@ -131,19 +190,52 @@ impl Coordinator {
             run_dir: run.dir().display().to_string(),
         };
         // The handle exists before the row, so a Watch never sees a queued job without one.
+        let (cancel, events) = self.handle(&id);
+        if let Err(e) = self.store.insert_job(&row) {
+            self.handles().remove(&id);
+            return Err(e);
+        }
+        self.spawn_job(id.clone(), spec, cancel, events, run, None);
+        info!(job = %id, "job submitted");
+        Ok(row)
+    }
+
+    /// A new handle (cancel token, event channel) for job `id`.
+    fn handle(&self, id: &str) -> (CancellationToken, broadcast::Sender<v1::WatchEvent>) {
         let cancel = self.shutdown.child_token();
         let (events, _) = broadcast::channel(256);
         self.handles().insert(
-            id.clone(),
+            id.to_string(),
             JobHandle {
                 cancel: cancel.clone(),
                 events: events.clone(),
             },
         );
-        if let Err(e) = self.store.insert_job(&row) {
-            self.handles().remove(&id);
-            return Err(e);
-        }
+        (cancel, events)
+    }
+
+    /// Starts a job whose row exists already (a resumed one).
+    fn start(
+        self: &Arc<Self>,
+        id: String,
+        spec: JobSpec,
+        run: RunFolder,
+        resume: Option<Resume>,
+    ) -> Result<()> {
+        let (cancel, events) = self.handle(&id);
+        self.spawn_job(id, spec, cancel, events, run, resume);
+        Ok(())
+    }
+
+    fn spawn_job(
+        self: &Arc<Self>,
+        id: String,
+        spec: JobSpec,
+        cancel: CancellationToken,
+        events: broadcast::Sender<v1::WatchEvent>,
+        run: RunFolder,
+        resume: Option<Resume>,
+    ) {
         let ctx = JobCtx {
             id: id.clone(),
             spec,
@@ -157,9 +249,7 @@ impl Coordinator {
         let me = self.clone();
         let span = tracing::info_span!("job", job = %id);
         self.tracker
-            .spawn(async move { me.run_job(ctx, run, events).await }.instrument(span));
-        info!(job = %id, "job submitted");
-        Ok(row)
+            .spawn(async move { me.run_job(ctx, run, events, resume).await }.instrument(span));
     }
 
     async fn run_job(
@@ -167,6 +257,7 @@ impl Coordinator {
         ctx: JobCtx,
         run: RunFolder,
         events: broadcast::Sender<v1::WatchEvent>,
+        resume: Option<Resume>,
     ) {
         let id = ctx.id.clone();
         if let Err(e) = self.store.set_status(&id, JobStatus::Running, None) {
@@ -188,7 +279,7 @@ impl Coordinator {
                     } else if ctx.spec.kind == "automl" {
                         me.automl(&ctx, &mut run, &events).await
                     } else {
-                        me.train(&ctx, &mut run, &events).await
+                        me.train(&ctx, &mut run, &events, resume).await
                     }
                 }
                 .in_current_span(),
@@ -270,6 +361,20 @@ impl Coordinator {
         self.record_line(ctx, run, events, rec, true)
     }
 
+    /// [`Self::record`] with the job's checkpoint after the round, stored in the same transaction.
+    fn record_checkpointed(
+        &self,
+        ctx: &JobCtx,
+        run: &mut RunFolder,
+        events: &broadcast::Sender<v1::WatchEvent>,
+        rec: &RoundRecord,
+        checkpoint: &str,
+    ) -> Result<()> {
+        self.store
+            .record_round_with(&ctx.id, rec, Some(checkpoint))?;
+        self.announce(ctx, run, events, rec, true)
+    }
+
     /// [`Self::record`], printing the round line only when `print_line` (a job kind that prints
     /// its own lines, such as AutoML's per-trial lines, passes false).
     pub(crate) fn record_line(
@@ -281,6 +386,18 @@ impl Coordinator {
         print_line: bool,
     ) -> Result<()> {
         self.store.record_round(&ctx.id, rec)?;
+        self.announce(ctx, run, events, rec, print_line)
+    }
+
+    /// A recorded round's run-folder line, round line and watch event.
+    fn announce(
+        &self,
+        ctx: &JobCtx,
+        run: &mut RunFolder,
+        events: &broadcast::Sender<v1::WatchEvent>,
+        rec: &RoundRecord,
+        print_line: bool,
+    ) -> Result<()> {
         run.append(rec)?;
         let job = self.config.prefix_job_id.then_some(ctx.id.as_str());
         if self.config.print_rounds && (print_line || self.config.log_format == LogFormat::Json) {
@@ -418,16 +535,32 @@ impl Coordinator {
         Ok(summary)
     }
 
-    /// A train job from first round to summary.
+    /// A train job from first round (or the round after its checkpoint) to summary.
     async fn train(
         &self,
         ctx: &JobCtx,
         run: &mut RunFolder,
         events: &broadcast::Sender<v1::WatchEvent>,
+        resume: Option<Resume>,
     ) -> Result<Summary> {
         let clients = ctx.wait_available(1, None).await?;
         let facts = ctx.resolve_data(&clients).await?;
         let mut state = ctx.init_state(facts)?;
+        let mut records: Vec<RoundRecord> = Vec::new();
+        let mut first = 1;
+        if let Some(r) = resume {
+            if let Some(c) = &r.checkpoint {
+                state.global.restore(c, &state.facts)?;
+            }
+            records = r.records;
+            first = r.round + 1;
+            if self.config.print_rounds && self.config.log_format == LogFormat::Text {
+                crate::report::print_lines(&[format!(
+                    "[{}] resuming after round {} of {}",
+                    ctx.id, r.round, ctx.spec.rounds
+                )]);
+            }
+        }
         info!(
             dataset = %ctx.spec.dataset,
             features = state.facts.n_features,
@@ -435,10 +568,10 @@ impl Coordinator {
             size = state.global.size(),
             "job started"
         );
-        let mut records: Vec<RoundRecord> = Vec::new();
-        for round in 1..=ctx.spec.rounds {
+        for round in first..=ctx.spec.rounds {
             let rec = ctx.run_round(round, &mut state).await?;
-            self.record(ctx, run, events, &rec)?;
+            let checkpoint = state.global.checkpoint()?;
+            self.record_checkpointed(ctx, run, events, &rec, &checkpoint)?;
             records.push(rec);
         }
         let table = ctx.client_table(&state).await?;
@@ -469,6 +602,11 @@ impl Coordinator {
         let row = self.store.job(id)?;
         let last = self.store.rounds(id)?.pop();
         Ok(job_to_wire(&row, last.as_ref()))
+    }
+
+    /// How many jobs the state holds, whatever their status.
+    pub fn job_count(&self) -> Result<usize> {
+        Ok(self.store.jobs()?.len())
     }
 
     pub fn list(&self) -> Result<Vec<v1::JobInfo>> {

@@ -449,6 +449,27 @@ impl RunFolder {
         Ok(RunFolder { dir, csv, jsonl })
     }
 
+    /// Opens an existing run folder again (a resumed job): the metric files are rewritten from
+    /// the stored rounds, so each round appears exactly once whatever a crash left in them.
+    pub fn reopen(dir: &Path, rounds: &[RoundRecord]) -> Result<Self> {
+        let ctx = |what: &str| format!("cannot rewrite {what} in run folder {}", dir.display());
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(ctx("the folder"), e))?;
+        let mut csv =
+            File::create(dir.join("metrics.csv")).map_err(|e| Error::io(ctx("metrics.csv"), e))?;
+        writeln!(csv, "{CSV_HEADER}").map_err(|e| Error::io(ctx("metrics.csv"), e))?;
+        let jsonl = File::create(dir.join("metrics.jsonl"))
+            .map_err(|e| Error::io(ctx("metrics.jsonl"), e))?;
+        let mut run = RunFolder {
+            dir: dir.to_path_buf(),
+            csv,
+            jsonl,
+        };
+        for r in rounds {
+            run.append(r)?;
+        }
+        Ok(run)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

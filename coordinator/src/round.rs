@@ -214,6 +214,94 @@ impl GlobalModel {
     }
 }
 
+/// What a train job needs to go on after a coordinator restart: the global model with its
+/// strategy state. Client sampling needs no saved RNG: every draw derives from (job seed, round).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum Checkpoint {
+    Params {
+        weights: Weights,
+        strategy: Strategy,
+    },
+    /// The forest's versioned blob (JSON text).
+    Forest { blob: String },
+    /// The ensemble's versioned blob, once the bin edges exist.
+    Gbdt { blob: Option<String> },
+}
+
+impl GlobalModel {
+    /// The checkpoint of this model, as JSON.
+    pub fn checkpoint(&self) -> Result<String> {
+        let text = |b: Vec<u8>| String::from_utf8(b).map_err(|e| Error::Job(e.to_string()));
+        let c = match self {
+            GlobalModel::Params {
+                weights, strategy, ..
+            } => Checkpoint::Params {
+                weights: weights.clone(),
+                strategy: strategy.clone(),
+            },
+            GlobalModel::Forest { forest, .. } => Checkpoint::Forest {
+                blob: text(forest.to_blob())?,
+            },
+            GlobalModel::Gbdt { ensemble, .. } => Checkpoint::Gbdt {
+                blob: ensemble.as_ref().map(|e| text(e.to_blob())).transpose()?,
+            },
+        };
+        serde_json::to_string(&c)
+            .map_err(|e| Error::Job(format!("cannot encode a checkpoint: {e}")))
+    }
+
+    /// Puts back the model a checkpoint holds, checked against this (freshly initialised) one.
+    pub fn restore(&mut self, json: &str, facts: &DataFacts) -> Result<()> {
+        let bad = |e: String| Error::Job(format!("the checkpoint cannot be restored: {e}"));
+        let c: Checkpoint = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+        let n_classes = facts.class_names.len();
+        match (self, c) {
+            (
+                GlobalModel::Params {
+                    weights, strategy, ..
+                },
+                Checkpoint::Params {
+                    weights: w,
+                    strategy: st,
+                },
+            ) => {
+                weights
+                    .check_same_layout(&w)
+                    .map_err(|e| bad(e.to_string()))?;
+                w.check_finite().map_err(|e| bad(e.to_string()))?;
+                if st.spec != strategy.spec {
+                    return Err(bad("it was written for another strategy".into()));
+                }
+                *weights = w;
+                *strategy = st;
+            }
+            (GlobalModel::Forest { forest, params }, Checkpoint::Forest { blob }) => {
+                *forest = Arc::new(
+                    Forest::from_blob(
+                        blob.as_bytes(),
+                        facts.n_features,
+                        n_classes,
+                        params.max_trees as usize,
+                    )
+                    .map_err(|e| bad(e.to_string()))?,
+                );
+            }
+            (GlobalModel::Gbdt { ensemble, .. }, Checkpoint::Gbdt { blob }) => {
+                *ensemble = match blob {
+                    Some(b) => Some(Arc::new(
+                        Ensemble::from_blob(b.as_bytes(), facts.n_features, n_classes, usize::MAX)
+                            .map_err(|e| bad(e.to_string()))?,
+                    )),
+                    None => None,
+                };
+            }
+            _ => return Err(bad("it was written for another kind of model".into())),
+        }
+        Ok(())
+    }
+}
+
 /// The state a train job carries from round to round.
 #[derive(Debug)]
 pub struct TrainState {
@@ -232,6 +320,29 @@ pub struct ClientRow {
     pub accuracy: f64,
     /// After `personalize_epochs` local epochs from the global model, when asked.
     pub personalized_accuracy: Option<f64>,
+}
+
+/// An example-weighted mean whose terms are summed in client-name order at the end, so that it
+/// does not depend on the order in which results arrived (floating-point addition is not
+/// associative).
+#[derive(Debug, Default)]
+struct OrderedMean(Vec<(String, f64, f64)>);
+
+impl OrderedMean {
+    fn push(&mut self, client: &str, value: f64, weight: f64) {
+        self.0.push((client.to_string(), value, weight));
+    }
+
+    /// The weighted mean (NaN when empty).
+    fn mean(&mut self) -> f64 {
+        self.0.sort_by(|a, b| a.0.cmp(&b.0));
+        let (mut sum, mut weight) = (0.0f64, 0.0f64);
+        for (_, v, w) in &self.0 {
+            sum += v * w;
+            weight += w;
+        }
+        sum / weight
+    }
 }
 
 /// Outcome of pushing one kind of task to a set of clients.
@@ -516,7 +627,7 @@ impl JobCtx {
             let quorum = (policy.min_evaluate_clients as usize).min(eval_clients.len());
             let payload = state.global.payload();
             let announced = self.announced(&eval_clients, true);
-            let (mut l, mut a, mut n) = (0.0f64, 0.0f64, 0.0f64);
+            let (mut l, mut a) = (OrderedMean::default(), OrderedMean::default());
             let classifies = state.global.classifies();
             eval_phase = self
                 .phase(
@@ -534,9 +645,8 @@ impl JobCtx {
                         );
                         check_evaluation(&e, announced.get(client).copied(), classifies)?;
                         let w = e.num_examples as f64;
-                        l += e.loss * w;
-                        a += e.accuracy * w;
-                        n += w;
+                        l.push(client, e.loss, w);
+                        a.push(client, e.accuracy, w);
                         Ok(())
                     },
                 )
@@ -544,8 +654,8 @@ impl JobCtx {
             if eval_clients.is_empty() {
                 warn!("no client available for federated evaluation");
             } else if eval_phase.accepted >= quorum.max(1) {
-                fed_loss = Some(l / n);
-                fed_accuracy = classifies.then_some(a / n);
+                fed_loss = Some(l.mean());
+                fed_accuracy = classifies.then_some(a.mean());
             } else {
                 warn!(
                     accepted = eval_phase.accepted,
@@ -608,8 +718,10 @@ impl JobCtx {
                 .map(|c| shoal_proto::weights_to_wire(&c)),
         });
         let wants_control = self.spec.strategy.uses_control_variates();
-        let mut agg = strategy.aggregator(weights);
-        let (mut loss_sum, mut loss_weight) = (0.0f64, 0.0f64);
+        // Valid updates wait here and enter the aggregate in client-name order once the phase is
+        // over: a seeded job then gives bit-identical models whatever order updates arrive in.
+        let mut updates: Vec<(String, Weights, u64, Option<Weights>)> = Vec::new();
+        let mut loss = OrderedMean::default();
         let max_elements = weights.num_params();
         let announced = self.announced(fit_clients, false);
         let current: &Weights = weights;
@@ -647,10 +759,8 @@ impl JobCtx {
                         (None, true) => return Err("SCAFFOLD update without control_delta".into()),
                         (_, false) => None,
                     };
-                    agg.add(&w, fit.num_examples, control_delta.as_ref())
-                        .map_err(|e| e.to_string())?;
-                    loss_sum += fit.train_loss * fit.num_examples as f64;
-                    loss_weight += fit.num_examples as f64;
+                    loss.push(client, fit.train_loss, fit.num_examples as f64);
+                    updates.push((client.to_string(), w, fit.num_examples, control_delta));
                     tracing::debug!(client, examples = fit.num_examples, "update accepted");
                     Ok(())
                 },
@@ -659,6 +769,12 @@ impl JobCtx {
         if phase.accepted < quorum.max(1) {
             return Ok((phase, f64::NAN));
         }
+        updates.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut agg = strategy.aggregator(weights);
+        for (_, w, n, control) in &updates {
+            agg.add(w, *n, control.as_ref())?;
+        }
+        drop(updates);
         match strategy.finish(round, weights, agg, n_available) {
             Ok(next) => *weights = next,
             Err(shoal_shared::Error::NonFinite(what)) => {
@@ -668,7 +784,7 @@ impl JobCtx {
             }
             Err(e) => return Err(e.into()),
         }
-        Ok((phase, loss_sum / loss_weight))
+        Ok((phase, loss.mean()))
     }
 
     /// Fit phase of a forest: each selected client grows `trees_per_round` new trees on its own
@@ -694,7 +810,7 @@ impl JobCtx {
         let per_client = params.trees_per_round as usize;
         let announced = self.announced(fit_clients, false);
         let mut grown: Vec<(String, Forest)> = Vec::with_capacity(fit_clients.len());
-        let (mut loss_sum, mut loss_weight) = (0.0f64, 0.0f64);
+        let mut loss = OrderedMean::default();
         let phase = self
             .phase(
                 round,
@@ -714,8 +830,7 @@ impl JobCtx {
                         return Err("fit result without trees".into());
                     }
                     trees.set_weight(fit.num_examples as f32);
-                    loss_sum += fit.train_loss * fit.num_examples as f64;
-                    loss_weight += fit.num_examples as f64;
+                    loss.push(client, fit.train_loss, fit.num_examples as f64);
                     grown.push((client.to_string(), trees));
                     Ok(())
                 },
@@ -730,7 +845,7 @@ impl JobCtx {
             next.merge(trees, round, params.max_trees as usize)?;
         }
         *forest = Arc::new(next);
-        Ok((phase, loss_sum / loss_weight))
+        Ok((phase, loss.mean()))
     }
 
     /// Gradient boosting before round 1: every available client sends a quantile sketch of its
@@ -818,7 +933,7 @@ impl JobCtx {
         let n_features = facts.n_features;
         let bins = current.edges.max_bins();
         let blob: prost::bytes::Bytes = current.to_blob().into();
-        let (mut loss_sum, mut loss_weight) = (0.0f64, 0.0f64);
+        let mut loss = OrderedMean::default();
         let mut trees = Vec::new();
         let announced = self.announced(fit_clients, false);
         // One participant set for the whole round: a client that fails once is not asked again
@@ -887,8 +1002,7 @@ impl JobCtx {
                             check_histogram_bounds(&hists, n)?;
                             if first {
                                 check_loss(h.train_loss)?;
-                                loss_sum += h.train_loss * h.num_examples as f64;
-                                loss_weight += h.num_examples as f64;
+                                loss.push(client, h.train_loss, h.num_examples as f64);
                             }
                             got.push((client.to_string(), hists));
                             Ok(())
@@ -958,7 +1072,7 @@ impl JobCtx {
                 trees.push(g.finish());
             }
         }
-        if loss_weight <= 0.0 {
+        if loss.0.is_empty() {
             return Err(Error::Job(format!(
                 "round {round}: no client reported a training loss"
             )));
@@ -966,7 +1080,7 @@ impl JobCtx {
         let mut next = Ensemble::clone(&current);
         next.rounds.push(trees);
         *ensemble = Some(Arc::new(next));
-        Ok((total, loss_sum / loss_weight))
+        Ok((total, loss.mean()))
     }
 
     /// Local training settings for round `round`'s Fit tasks.
@@ -1057,8 +1171,10 @@ impl JobCtx {
             let seq = self
                 .task_seq
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Fixed width: message sizes (and so the bytes in the metrics) do not depend on
+            // how many tasks this process sent before, e.g. before a restart.
             let task_id = format!(
-                "{}/{}/{}/{}/{}",
+                "{}/{}/{}/{:010}/{}",
                 self.id,
                 round,
                 kind_name(&kind),

@@ -88,6 +88,12 @@ CREATE TABLE IF NOT EXISTS rounds (
     metrics TEXT NOT NULL,
     PRIMARY KEY (job_id, round)
 );
+-- The state a running job resumes from: written with its round, in the same transaction.
+CREATE TABLE IF NOT EXISTS checkpoints (
+    job_id TEXT PRIMARY KEY REFERENCES jobs(id),
+    round INTEGER NOT NULL,
+    state TEXT NOT NULL
+);
 ";
 
 impl Store {
@@ -156,6 +162,17 @@ impl Store {
 
     /// Records a completed round and advances the job's progress in one transaction.
     pub fn record_round(&self, id: &str, record: &RoundRecord) -> Result<()> {
+        self.record_round_with(id, record, None)
+    }
+
+    /// Records a round and, when given, the job's checkpoint after it, in one transaction: a
+    /// crash leaves both or neither, so a resumed job neither loses nor repeats a round.
+    pub fn record_round_with(
+        &self,
+        id: &str,
+        record: &RoundRecord,
+        checkpoint: Option<&str>,
+    ) -> Result<()> {
         let metrics = serde_json::to_string(record)
             .map_err(|e| Error::Job(format!("cannot encode round metrics: {e}")))?;
         let mut conn = self.conn();
@@ -167,6 +184,40 @@ impl Store {
         tx.execute(
             "UPDATE jobs SET rounds_done = ?2 WHERE id = ?1",
             params![id, record.round],
+        )?;
+        if let Some(state) = checkpoint {
+            tx.execute(
+                "INSERT OR REPLACE INTO checkpoints (job_id, round, state) VALUES (?1, ?2, ?3)",
+                params![id, record.round, state],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The last checkpoint of a job: its round and state.
+    pub fn checkpoint(&self, id: &str) -> Result<Option<(u32, String)>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT round, state FROM checkpoints WHERE job_id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Drops the rounds after `round` (work a crash interrupted after its checkpoint).
+    pub fn truncate_rounds(&self, id: &str, round: u32) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM rounds WHERE job_id = ?1 AND round > ?2",
+            params![id, round],
+        )?;
+        tx.execute(
+            "UPDATE jobs SET rounds_done = ?2 WHERE id = ?1",
+            params![id, round],
         )?;
         tx.commit()?;
         Ok(())
@@ -212,21 +263,13 @@ impl Store {
 
     /// Marks jobs left running or queued by a previous process as failed, and says so. Returns
     /// their ids. (Resuming them from a checkpoint is planned; until then nothing is hidden.)
-    pub fn fail_interrupted(&self) -> Result<Vec<String>> {
-        let ids: Vec<String> = self
+    /// Jobs a previous coordinator process left queued or running.
+    pub fn interrupted(&self) -> Result<Vec<JobRow>> {
+        Ok(self
             .jobs()?
             .into_iter()
             .filter(|j| !j.status.is_terminal())
-            .map(|j| j.id)
-            .collect();
-        for id in &ids {
-            self.set_status(
-                id,
-                JobStatus::Failed,
-                Some("interrupted: the coordinator stopped while the job was running"),
-            )?;
-        }
-        Ok(ids)
+            .collect())
     }
 }
 
@@ -284,14 +327,27 @@ mod tests {
                 seconds: 0.1,
                 rejected: 0,
             };
-            s.record_round("a", &rec).unwrap();
-            assert_eq!(s.rounds("a").unwrap(), vec![rec]);
+            s.record_round_with("a", &rec, Some("{\"state\":1}"))
+                .unwrap();
+            assert_eq!(s.rounds("a").unwrap(), vec![rec.clone()]);
+            // A round recorded without its checkpoint (as after a crash mid-write) is dropped
+            // again when the job resumes from round 1.
+            s.record_round("a", &RoundRecord { round: 2, ..rec })
+                .unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
         let j = s.job("a").unwrap();
-        assert_eq!((j.status, j.rounds_done), (JobStatus::Running, 1));
-        assert_eq!(s.fail_interrupted().unwrap(), vec!["a".to_string()]);
-        assert_eq!(s.job("a").unwrap().status, JobStatus::Failed);
+        assert_eq!((j.status, j.rounds_done), (JobStatus::Running, 2));
+        let interrupted: Vec<String> = s.interrupted().unwrap().into_iter().map(|j| j.id).collect();
+        assert_eq!(interrupted, vec!["a".to_string()]);
+        assert_eq!(
+            s.checkpoint("a").unwrap(),
+            Some((1, "{\"state\":1}".to_string()))
+        );
+        s.truncate_rounds("a", 1).unwrap();
+        assert_eq!(s.rounds("a").unwrap().len(), 1);
+        assert_eq!(s.job("a").unwrap().rounds_done, 1);
+        assert_eq!(s.checkpoint("b").unwrap(), None);
         assert!(matches!(s.job("nope"), Err(Error::JobNotFound(_))));
     }
 }
