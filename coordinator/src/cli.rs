@@ -44,6 +44,23 @@ pub enum Command {
     /// Measure: print throughput figures against baselines from the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Ask a coordinator whether it serves (gRPC health); exit 0 if so, 1 if not. For container
+    /// healthchecks and scripts.
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The coordinator's address.
+    #[arg(
+        long,
+        env = "SHOAL_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub coordinator: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 3)]
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +134,10 @@ pub struct ServeArgs {
     /// state dir: a restart resumes the running jobs instead.
     #[arg(long, env = "SHOAL_JOB")]
     pub job: Option<PathBuf>,
+    /// Exit once every job has ended (status 0 if all finished, 1 otherwise): a container that
+    /// runs one job and stops, as the docker-compose rehearsal does.
+    #[arg(long, env = "SHOAL_EXIT_WHEN_DONE")]
+    pub exit_when_done: bool,
 }
 
 #[derive(Debug, Args)]
@@ -239,7 +260,8 @@ pub enum JobCommand {
 /// Runs a parsed command line; returns the process exit code.
 pub async fn run_cli(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Serve(a) => serve_cmd(a).await.map(|_| 0),
+        Command::Serve(a) => serve_cmd(a).await,
+        Command::Health(a) => health_cmd(&a).await,
         Command::Simulate(a) => simulate_cmd(a).await,
         Command::Partition(a) => partition_cmd(&a).map(|_| 0),
         Command::Job(j) => job_cmd(j).await,
@@ -301,7 +323,61 @@ async fn study_cmd(cmd: StudyCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn serve_cmd(a: ServeArgs) -> anyhow::Result<()> {
+async fn health_cmd(a: &HealthArgs) -> anyhow::Result<i32> {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+    let limit = std::time::Duration::from_secs(a.timeout_secs.max(1));
+    let check = async {
+        let channel = shoal_client::endpoint(&a.coordinator)?
+            .connect_timeout(limit)
+            .connect()
+            .await?;
+        let reply = HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?;
+        anyhow::Ok(reply.into_inner().status)
+    };
+    match tokio::time::timeout(limit, check).await {
+        Ok(Ok(status)) if status == ServingStatus::Serving as i32 => {
+            println!("serving");
+            Ok(0)
+        }
+        Ok(Ok(status)) => {
+            println!("not serving (status {status})");
+            Ok(1)
+        }
+        Ok(Err(e)) => {
+            println!("unreachable: {}", e.to_string().replace('\n', " "));
+            Ok(1)
+        }
+        Err(_) => {
+            println!("no answer within {}s", limit.as_secs());
+            Ok(1)
+        }
+    }
+}
+
+/// Resolves once the coordinator has had a job and none is queued or running any more; returns
+/// whether every job finished.
+async fn all_jobs_done(coord: std::sync::Arc<Coordinator>) -> bool {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if let Ok(jobs) = coord.list() {
+            let active = jobs.iter().any(|j| {
+                j.status == v1::JobStatus::Queued as i32
+                    || j.status == v1::JobStatus::Running as i32
+            });
+            if !jobs.is_empty() && !active {
+                return jobs
+                    .iter()
+                    .all(|j| j.status == v1::JobStatus::Finished as i32);
+            }
+        }
+    }
+}
+
+async fn serve_cmd(a: ServeArgs) -> anyhow::Result<i32> {
     let initial = match &a.job {
         Some(path) => Some(read_spec(path)?),
         None => None,
@@ -333,7 +409,32 @@ async fn serve_cmd(a: ServeArgs) -> anyhow::Result<()> {
             println!("--job not submitted: the state dir already holds jobs (this is a restart)");
         }
     }
-    crate::server::serve(listener, coord, shoal_client::shutdown_signal()).await
+    if a.exit_when_done {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let watched = coord.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(all_jobs_done(watched).await);
+        });
+        let ok = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = ok.clone();
+        let stop = async move {
+            tokio::select! {
+                _ = shoal_client::shutdown_signal() => {}
+                done = rx => {
+                    flag.store(done.unwrap_or(false), std::sync::atomic::Ordering::SeqCst);
+                    println!("every job has ended; exiting (--exit-when-done)");
+                }
+            }
+        };
+        crate::server::serve(listener, coord, stop).await?;
+        return Ok(if ok.load(std::sync::atomic::Ordering::SeqCst) {
+            0
+        } else {
+            1
+        });
+    }
+    crate::server::serve(listener, coord, shoal_client::shutdown_signal()).await?;
+    Ok(0)
 }
 
 async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {

@@ -13,7 +13,8 @@ async fn main() -> std::process::ExitCode {
         | Command::Partition(_)
         | Command::Job(_)
         | Command::Study(_)
-        | Command::Bench(_) => "warn",
+        | Command::Bench(_)
+        | Command::Health(_) => "warn",
         Command::Serve(_) => "warn,shoal_coordinator=info",
     };
     tracing_subscriber::fmt()

@@ -1,0 +1,13 @@
+# Built by deploy/build-images.sh from binaries made on the host: no base image, nothing pulled.
+FROM scratch
+COPY rootfs/ /
+COPY --chown=10001:10001 state/ /state/
+USER 10001:10001
+WORKDIR /state
+ENV SHOAL_LISTEN=0.0.0.0:50051 SHOAL_STATE_DIR=/state/db SHOAL_OUT=/state/runs
+EXPOSE 50051
+HEALTHCHECK --interval=5s --timeout=4s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/shoal-coordinator", "health", "--coordinator", "http://127.0.0.1:50051"]
+# The binary is PID 1 and handles SIGTERM itself: jobs stop, client streams close, state is kept.
+ENTRYPOINT ["/usr/local/bin/shoal-coordinator"]
+CMD ["serve"]
