@@ -961,3 +961,38 @@ async fn a_quorum_that_cannot_be_met_fails_with_the_reason_after_the_wait() {
     client.0.cancel();
     tc.stop().await;
 }
+
+/// Over-selection: a round that needs 2 updates asks all 4 clients and closes as soon as 2 have
+/// arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_selection_asks_more_clients_and_keeps_the_first_updates() {
+    let tc = TestCoordinator::start().await;
+    let clients: Vec<_> = (0..4)
+        .map(|i| start_client(&tc.url, Builtin::Iris, Partitioner::Iid, i, 4))
+        .collect();
+    tc.wait_clients(4).await;
+    let mut jobs = tc.jobs().await;
+    let id = submit(
+        &mut jobs,
+        "kind = \"train\"\ndataset = \"iris\"\nrounds = 3\n[clients]\nfraction_fit = 0.5\nmin_fit_clients = 2\n\
+         min_available_clients = 4\nover_selection = 2.0\n",
+    )
+    .await;
+    let (info, rounds) = finish(&mut jobs, &id, 60).await;
+    assert_eq!(
+        info.status,
+        v1::JobStatus::Finished as i32,
+        "{}",
+        info.error
+    );
+    assert!(
+        rounds
+            .iter()
+            .all(|r| r.clients_selected == 4 && r.clients == 2),
+        "{rounds:?}"
+    );
+    for (stop, _) in clients {
+        stop.cancel();
+    }
+    tc.stop().await;
+}

@@ -8,3 +8,6 @@ mod federation;
 
 // Real processes: `serve`, `shoal-client`, `job ...`, `partition`, and CLI error handling.
 mod processes;
+
+// Deployment files: Kubernetes manifests and the compose federation.
+mod deploy;

@@ -572,18 +572,30 @@ impl JobCtx {
         let started = Instant::now();
         let policy = self.policy().clone();
         let avail = self.wait_available(round, Some(&state.facts)).await?;
-        let fit_clients = sample(
+        let fit_seed = seed::derive(self.spec.seed, &[round.into(), SEED_SAMPLE_FIT]);
+        let mut fit_clients = sample(
             &avail,
             policy.fraction_fit,
             policy.min_fit_clients,
-            seed::derive(self.spec.seed, &[round.into(), SEED_SAMPLE_FIT]),
+            fit_seed,
         );
         let quorum = (policy.min_fit_clients as usize).min(fit_clients.len());
+        // Over-selection (weights models): ask more clients than the round needs and close the
+        // phase once the needed number of updates is in, so stragglers cost nothing.
+        let mut target = None;
+        if policy.over_selection > 1.0 && matches!(state.global, GlobalModel::Params { .. }) {
+            let needed = fit_clients.len();
+            let asked = ((needed as f64 * policy.over_selection).ceil() as usize).min(avail.len());
+            if asked > needed {
+                fit_clients = sample_n(&avail, asked, fit_seed);
+                target = Some(needed);
+            }
+        }
         tracing::debug!(selected = fit_clients.len(), available = avail.len(), "fit");
 
         let (fit_phase, train_loss) = match &state.global {
             GlobalModel::Params { .. } => {
-                self.fit_params(round, state, &fit_clients, avail.len(), quorum)
+                self.fit_params(round, state, &fit_clients, avail.len(), quorum, target)
                     .await?
             }
             GlobalModel::Forest { .. } => {
@@ -699,6 +711,7 @@ impl JobCtx {
         fit_clients: &[ClientView],
         n_available: usize,
         quorum: usize,
+        target: Option<usize>,
     ) -> Result<(Phase, f64)> {
         let TrainState { facts, global } = state;
         let GlobalModel::Params {
@@ -726,13 +739,14 @@ impl JobCtx {
         let announced = self.announced(fit_clients, false);
         let current: &Weights = weights;
         let phase = self
-            .phase(
+            .phase_until(
                 round,
                 fit_clients,
                 &payload,
                 facts,
                 fit,
                 quorum,
+                target,
                 |client, arrived| {
                     let fit = expect_outcome!(arrived.result.outcome, Fit, "expected a fit result");
                     let params = fit
@@ -1156,6 +1170,25 @@ impl JobCtx {
         facts: &DataFacts,
         kind: task::Kind,
         quorum: usize,
+        on_result: impl FnMut(&str, Arrived) -> std::result::Result<(), String>,
+    ) -> Result<Phase> {
+        self.phase_until(
+            round, clients, payload, facts, kind, quorum, None, on_result,
+        )
+        .await
+    }
+
+    /// [`Self::phase`], closing as soon as `target` results have been accepted (over-selection).
+    #[allow(clippy::too_many_arguments)]
+    async fn phase_until(
+        &self,
+        round: u32,
+        clients: &[ClientView],
+        payload: &Payload,
+        facts: &DataFacts,
+        kind: task::Kind,
+        quorum: usize,
+        target: Option<usize>,
         mut on_result: impl FnMut(&str, Arrived) -> std::result::Result<(), String>,
     ) -> Result<Phase> {
         let policy = self.policy();
@@ -1257,6 +1290,9 @@ impl JobCtx {
                     }
                     if phase.accepted >= quorum && grace.is_none() {
                         grace = Some(Instant::now() + secs(policy.wait_after_quorum_secs));
+                    }
+                    if target.is_some_and(|t| phase.accepted >= t) {
+                        break;
                     }
                 }
             }
@@ -1370,6 +1406,12 @@ pub fn sample(avail: &[ClientView], fraction: f64, min: u32, seed: u64) -> Vec<C
     let n = ((avail.len() as f64 * fraction).floor() as usize)
         .max(min as usize)
         .min(avail.len());
+    sample_n(avail, n, seed)
+}
+
+/// `n` of `avail` (all of them when `n` reaches their number), drawn from `seed`, in name order.
+pub fn sample_n(avail: &[ClientView], n: usize, seed: u64) -> Vec<ClientView> {
+    let n = n.min(avail.len());
     if n == avail.len() {
         return avail.to_vec();
     }

@@ -138,6 +138,10 @@ pub struct ClientPolicy {
     pub wait_after_quorum_secs: f64,
     /// Hard limit on a round's training (and again on its evaluation) phase.
     pub round_timeout_secs: f64,
+    /// Over-selection (weights models): ask this many times the clients a round needs and close
+    /// its training phase as soon as the needed number of updates has arrived. 1 = off. Which
+    /// clients make it in then depends on who is fastest, so a run is no longer bit-reproducible.
+    pub over_selection: f64,
 }
 
 impl Default for ClientPolicy {
@@ -151,6 +155,7 @@ impl Default for ClientPolicy {
             wait_for_clients_secs: 300.0,
             wait_after_quorum_secs: 10.0,
             round_timeout_secs: 120.0,
+            over_selection: 1.0,
         }
     }
 }
@@ -345,6 +350,20 @@ impl JobSpec {
                     format!("must be a number of seconds between 0 and {MAX_WAIT_SECS}, found {v}"),
                 );
             }
+        }
+        if !(c.over_selection.is_finite() && (1.0..=4.0).contains(&c.over_selection)) {
+            return bad(
+                "clients.over_selection",
+                format!("must be between 1 (off) and 4, found {}", c.over_selection),
+            );
+        }
+        if c.over_selection > 1.0 && (self.model.forest().is_some() || self.model.gbdt().is_some())
+        {
+            return bad(
+                "clients.over_selection",
+                "applies to weights models; a forest or boosting round uses every selected client"
+                    .into(),
+            );
         }
         if c.round_timeout_secs == 0.0 {
             return bad("clients.round_timeout_secs", "must be positive".into());
@@ -679,6 +698,10 @@ mod tests {
                 "fraction_fit",
             ),
             ("kind = \"train\"\n[local]\nlr = -1.0", "lr"),
+            (
+                "kind = \"train\"\n[clients]\nover_selection = 0.5",
+                "over_selection",
+            ),
             ("kind = \"train\"\n[model]\nkind = \"resnet\"", "resnet"),
             (
                 "kind = \"train\"\n[model]\nkind = \"forest\"\n[strategy]\nname = \"fedadam\"",
