@@ -996,3 +996,57 @@ async fn over_selection_asks_more_clients_and_keeps_the_first_updates() {
     }
     tc.stop().await;
 }
+
+/// A diffusion job resumes after a graceful coordinator restart (SIGTERM, a rolling update) from
+/// its last checkpoint, and ends with the same model and samples as an uninterrupted run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diffusion_job_resumes_after_a_coordinator_restart() {
+    let spec = "kind = \"diffusion\"\ndataset = \"signals\"\nrounds = 8\n\
+                [model]\nkind = \"denoiser\"\nhidden = [64]\nembed_dim = 8\n\
+                [local]\nepochs = 3\nlr = 0.1\n\
+                [clients]\nmin_fit_clients = 3\nmin_available_clients = 3\nmin_evaluate_clients = 3\n\
+                [diffusion]\nsamples = 12\n";
+    async fn run(spec: &str, restart_after: Option<u32>) -> (serde_json::Value, String) {
+        let (state, runs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut tc =
+            TestCoordinator::start_persistent("127.0.0.1:0", state.path(), runs.path()).await;
+        let addr = tc.url.trim_start_matches("http://").to_string();
+        let clients: Vec<_> = (0..3)
+            .map(|i| start_client(&tc.url, Builtin::Signals, Partitioner::Iid, i, 3))
+            .collect();
+        tc.wait_clients(3).await;
+        let mut jobs = tc.jobs().await;
+        let id = submit(&mut jobs, spec).await;
+        if let Some(k) = restart_after {
+            while tc.coord.job_info(&id).unwrap().rounds_done < k {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            tc.stop().await;
+            tc = TestCoordinator::start_persistent(&addr, state.path(), runs.path()).await;
+            jobs = tc.jobs().await;
+        }
+        let (info, rounds) = finish(&mut jobs, &id, 120).await;
+        assert_eq!(
+            info.status,
+            v1::JobStatus::Finished as i32,
+            "{}",
+            info.error
+        );
+        let numbers: Vec<u32> = rounds.iter().map(|r| r.round).collect();
+        assert_eq!(numbers, (1..=8).collect::<Vec<_>>(), "every round once");
+        let dir = std::path::Path::new(&info.run_dir);
+        let model: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("model.json")).unwrap())
+                .unwrap();
+        let generated = std::fs::read_to_string(dir.join("generated.csv")).unwrap();
+        for (stop, _) in clients {
+            stop.cancel();
+        }
+        tc.stop().await;
+        (model["global"].clone(), generated)
+    }
+    let (model, generated) = run(spec, None).await;
+    let (resumed_model, resumed_generated) = run(spec, Some(3)).await;
+    assert!(resumed_model == model, "the resumed job's model differs");
+    assert_eq!(resumed_generated, generated);
+}

@@ -458,6 +458,7 @@ fn bench_gbdt_prints_its_figures() {
 /// without the `seconds` column.
 fn crash_run(
     kill_after: Option<usize>,
+    graceful: bool,
     client_order: [usize; 3],
 ) -> (serde_json::Value, Vec<String>) {
     const ROUNDS: usize = 25;
@@ -530,7 +531,13 @@ fn crash_run(
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        server.0.kill().unwrap();
+        if graceful {
+            // SIGTERM, as a rolling update sends: the job is left to resume, not failed.
+            let pid = server.0.id().to_string();
+            Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        } else {
+            server.0.kill().unwrap();
+        }
         server.0.wait().unwrap();
         server = serve();
         // The restarted process says where it resumed: at or after round k, not from scratch.
@@ -587,12 +594,12 @@ fn crash_run(
 /// S5: a coordinator SIGKILLed mid-job and restarted on its state dir resumes after its last
 /// checkpointed round; the job finishes with every round recorded once and a final model
 /// bit-identical to an uninterrupted run with the same seed. Starting the clients in another
-/// order changes nothing either.
+/// order changes nothing either, and neither does a graceful stop (SIGTERM) and restart.
 #[test]
 fn a_killed_coordinator_resumes_and_runs_reproduce_bit_for_bit() {
-    let (model, rows) = crash_run(None, [0, 1, 2]);
+    let (model, rows) = crash_run(None, false, [0, 1, 2]);
     assert_eq!(rows.len(), 25);
-    let (crashed_model, crashed_rows) = crash_run(Some(8), [0, 1, 2]);
+    let (crashed_model, crashed_rows) = crash_run(Some(8), false, [0, 1, 2]);
     let rounds: Vec<String> = crashed_rows
         .iter()
         .map(|r| r.split(',').next().unwrap().to_string())
@@ -604,10 +611,13 @@ fn a_killed_coordinator_resumes_and_runs_reproduce_bit_for_bit() {
         crashed_model == model,
         "the final model differs after a restart"
     );
-    let (shuffled_model, shuffled_rows) = crash_run(None, [2, 0, 1]);
+    let (shuffled_model, shuffled_rows) = crash_run(None, false, [2, 0, 1]);
     assert_eq!(shuffled_rows, rows);
     assert!(
         shuffled_model == model,
         "client start order changed the model"
     );
+    let (stopped_model, stopped_rows) = crash_run(Some(8), true, [0, 1, 2]);
+    assert_eq!(stopped_rows, rows, "a SIGTERM stop resumes as well");
+    assert!(stopped_model == model);
 }

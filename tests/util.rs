@@ -67,6 +67,40 @@ impl TestCoordinator {
         }
     }
 
+    /// Starts on `addr` with its state in `state` and run folders in `runs` (kept by the caller),
+    /// and resumes the jobs a previous coordinator on that state left running.
+    pub async fn start_persistent(
+        addr: &str,
+        state: &std::path::Path,
+        runs: &std::path::Path,
+    ) -> Self {
+        let coord = Coordinator::new(
+            CoordinatorConfig {
+                runs_dir: runs.to_path_buf(),
+                print_rounds: false,
+                ..CoordinatorConfig::default()
+            },
+            Store::open(state).unwrap(),
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(shoal_coordinator::server::serve(
+            listener,
+            coord.clone(),
+            stop.clone().cancelled_owned(),
+        ));
+        coord.resume_interrupted().unwrap();
+        TestCoordinator {
+            url,
+            coord,
+            _runs: tempfile::tempdir().unwrap(),
+            stop,
+            server: Some(server),
+        }
+    }
+
     pub async fn jobs(&self) -> JobsClient<Channel> {
         JobsClient::new(channel(&self.url).await)
     }

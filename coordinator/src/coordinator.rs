@@ -54,14 +54,17 @@ impl Default for CoordinatorConfig {
     }
 }
 
+/// Job kinds that checkpoint every round and resume after a restart.
+const RESUMABLE_KINDS: [&str; 2] = ["train", "diffusion"];
+
 /// Where an interrupted job goes on from.
 #[derive(Debug)]
-struct Resume {
+pub(crate) struct Resume {
     /// The last round completed and checkpointed (0: none).
-    round: u32,
-    checkpoint: Option<String>,
+    pub(crate) round: u32,
+    pub(crate) checkpoint: Option<String>,
     /// The rounds recorded up to it.
-    records: Vec<RoundRecord>,
+    pub(crate) records: Vec<RoundRecord>,
 }
 
 #[derive(Debug)]
@@ -135,9 +138,9 @@ impl Coordinator {
 
     /// Restarts one interrupted job from its checkpoint; returns the last completed round.
     fn resume(self: &Arc<Self>, row: JobRow) -> Result<u32> {
-        if row.kind != "train" {
+        if !RESUMABLE_KINDS.contains(&row.kind.as_str()) {
             return Err(Error::Job(format!(
-                "only train jobs resume after a restart, this is a {} job",
+                "only train and diffusion jobs resume after a restart, this is a {} job",
                 row.kind
             )));
         }
@@ -275,7 +278,7 @@ impl Coordinator {
                     if ctx.spec.kind == "fusion" {
                         me.fusion(&ctx, &mut run, &events).await
                     } else if ctx.spec.kind == "diffusion" {
-                        me.diffusion(&ctx, &mut run, &events).await
+                        me.diffusion(&ctx, &mut run, &events, resume).await
                     } else if ctx.spec.kind == "automl" {
                         me.automl(&ctx, &mut run, &events).await
                     } else {
@@ -291,6 +294,16 @@ impl Coordinator {
                 "internal error: the job task failed: {e}"
             ))),
         };
+        // A job that resumes after a restart is left running when the coordinator stops (SIGTERM,
+        // a rolling update): the next process on this state dir goes on with it.
+        if outcome.is_err()
+            && self.shutdown.is_cancelled()
+            && RESUMABLE_KINDS.contains(&ctx.spec.kind.as_str())
+        {
+            info!(job = %id, "coordinator stopping; the job resumes when a coordinator starts on this state dir");
+            self.handles().remove(&id);
+            return;
+        }
         let (status, message) = match &outcome {
             Ok(_) => (JobStatus::Finished, None),
             Err(_) if self.shutdown.is_cancelled() => (
@@ -362,7 +375,7 @@ impl Coordinator {
     }
 
     /// [`Self::record`] with the job's checkpoint after the round, stored in the same transaction.
-    fn record_checkpointed(
+    pub(crate) fn record_checkpointed(
         &self,
         ctx: &JobCtx,
         run: &mut RunFolder,

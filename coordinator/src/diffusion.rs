@@ -34,12 +34,13 @@ const SEED_FORWARD: u64 = 0x66_7764;
 const SHOWN_PER_PANEL: usize = 3;
 
 impl Coordinator {
-    /// A diffusion job from first round to generated samples.
+    /// A diffusion job from first round (or the round after its checkpoint) to generated samples.
     pub(crate) async fn diffusion(
         &self,
         ctx: &JobCtx,
         run: &mut RunFolder,
         events: &broadcast::Sender<v1::WatchEvent>,
+        resume: Option<crate::coordinator::Resume>,
     ) -> Result<Summary> {
         let clients = ctx.wait_available(1, None).await?;
         let mut facts = ctx.resolve_data(&clients).await?;
@@ -84,9 +85,19 @@ impl Coordinator {
             crate::report::print_lines(&[header]);
         }
         let mut records: Vec<RoundRecord> = Vec::new();
-        for round in 1..=ctx.spec.rounds {
+        let mut first = 1;
+        if let Some(r) = resume {
+            // The untrained reference (`initial`) comes from the job seed, so it is the same.
+            if let Some(c) = &r.checkpoint {
+                state.global.restore(c, &state.facts)?;
+            }
+            records = r.records;
+            first = r.round + 1;
+        }
+        for round in first..=ctx.spec.rounds {
             let rec = ctx.run_round(round, &mut state).await?;
-            self.record(ctx, run, events, &rec)?;
+            let checkpoint = state.global.checkpoint()?;
+            self.record_checkpointed(ctx, run, events, &rec, &checkpoint)?;
             records.push(rec);
         }
         let GlobalModel::Params { weights, .. } = &state.global else {
