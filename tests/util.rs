@@ -50,6 +50,11 @@ impl TestCoordinator {
             Store::in_memory().unwrap(),
         )
         .unwrap();
+        Self::serve(addr, coord, runs).await
+    }
+
+    /// Serves `coord` on `addr`; `runs` lives as long as the coordinator.
+    async fn serve(addr: &str, coord: Arc<Coordinator>, runs: tempfile::TempDir) -> Self {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();
@@ -83,22 +88,9 @@ impl TestCoordinator {
             Store::open(state).unwrap(),
         )
         .unwrap();
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let stop = CancellationToken::new();
-        let server = tokio::spawn(shoal_coordinator::server::serve(
-            listener,
-            coord.clone(),
-            stop.clone().cancelled_owned(),
-        ));
-        coord.resume_interrupted().unwrap();
-        TestCoordinator {
-            url,
-            coord,
-            _runs: tempfile::tempdir().unwrap(),
-            stop,
-            server: Some(server),
-        }
+        let tc = Self::serve(addr, coord, tempfile::tempdir().unwrap()).await;
+        tc.coord.resume_interrupted().unwrap();
+        tc
     }
 
     pub async fn jobs(&self) -> JobsClient<Channel> {

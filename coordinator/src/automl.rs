@@ -113,7 +113,7 @@ impl Coordinator {
             .then(|| halving_rungs(opts.trials as usize, full, opts.eta));
         let total = planned_total + 1;
         self.store.set_rounds_total(&ctx.id, total)?;
-        self.print(&[format!(
+        self.print_text(&[format!(
             "automl: {} search over {} ({planned_total} trials and the default, up to {full} rounds each, {} at a time, scored by federated validation accuracy)",
             opts.search.name(),
             opts.space.params.keys().cloned().collect::<Vec<_>>().join(", "),
@@ -223,7 +223,7 @@ impl Coordinator {
             } else {
                 format!("trial {:>3}/{planned_total}", planned.trial)
             };
-            self.print(&[format!(
+            self.print_text(&[format!(
                 "{name}  {label}  {} rounds  validation accuracy {}  {seconds:.2} s{}",
                 planned.budget,
                 score.map_or_else(|| "-".into(), |s| format!("{s:.4}")),
@@ -367,12 +367,6 @@ impl Coordinator {
             bytes_down: down,
             state,
         })
-    }
-
-    fn print(&self, lines: &[String]) {
-        if self.config.print_rounds && self.config.log_format == crate::report::LogFormat::Text {
-            crate::report::print_lines(lines);
-        }
     }
 }
 

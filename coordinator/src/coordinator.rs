@@ -375,7 +375,7 @@ impl Coordinator {
     }
 
     /// [`Self::record`] with the job's checkpoint after the round, stored in the same transaction.
-    pub(crate) fn record_checkpointed(
+    fn record_checkpointed(
         &self,
         ctx: &JobCtx,
         run: &mut RunFolder,
@@ -495,12 +495,7 @@ impl Coordinator {
             let features = vfacts.n_features;
             let mut state = vctx.init_state(vfacts)?;
             info!(variant = %name, features, "fusion variant started");
-            if self.config.print_rounds && self.config.log_format == crate::report::LogFormat::Text
-            {
-                crate::report::print_lines(&[format!(
-                    "fusion variant: {name} ({features} features)"
-                )]);
-            }
+            self.print_text(&[format!("fusion variant: {name} ({features} features)")]);
             let mut last = None;
             for round in 1..=per {
                 let mut rec = vctx.run_round(round, &mut state).await?;
@@ -559,21 +554,6 @@ impl Coordinator {
         let clients = ctx.wait_available(1, None).await?;
         let facts = ctx.resolve_data(&clients).await?;
         let mut state = ctx.init_state(facts)?;
-        let mut records: Vec<RoundRecord> = Vec::new();
-        let mut first = 1;
-        if let Some(r) = resume {
-            if let Some(c) = &r.checkpoint {
-                state.global.restore(c, &state.facts)?;
-            }
-            records = r.records;
-            first = r.round + 1;
-            if self.config.print_rounds && self.config.log_format == LogFormat::Text {
-                crate::report::print_lines(&[format!(
-                    "[{}] resuming after round {} of {}",
-                    ctx.id, r.round, ctx.spec.rounds
-                )]);
-            }
-        }
         info!(
             dataset = %ctx.spec.dataset,
             features = state.facts.n_features,
@@ -581,12 +561,9 @@ impl Coordinator {
             size = state.global.size(),
             "job started"
         );
-        for round in first..=ctx.spec.rounds {
-            let rec = ctx.run_round(round, &mut state).await?;
-            let checkpoint = state.global.checkpoint()?;
-            self.record_checkpointed(ctx, run, events, &rec, &checkpoint)?;
-            records.push(rec);
-        }
+        let records = self
+            .checkpointed_rounds(ctx, run, events, &mut state, resume)
+            .await?;
         let table = ctx.client_table(&state).await?;
         let mut summary = Summary::from_rounds(&ctx.id, &ctx.spec, &records);
         summary.clients = table;
@@ -608,6 +585,46 @@ impl Coordinator {
         run.write_json("summary.json", &summary)?;
         run.write_client_table(&summary.clients)?;
         Ok(summary)
+    }
+
+    /// The rounds of a job that checkpoints (train, diffusion): from round 1, or after the
+    /// checkpoint `resume` carries, each recorded with the checkpoint that follows it. Returns
+    /// every round's record, the resumed ones included.
+    pub(crate) async fn checkpointed_rounds(
+        &self,
+        ctx: &JobCtx,
+        run: &mut RunFolder,
+        events: &broadcast::Sender<v1::WatchEvent>,
+        state: &mut crate::round::TrainState,
+        resume: Option<Resume>,
+    ) -> Result<Vec<RoundRecord>> {
+        let mut records = Vec::new();
+        let mut first = 1;
+        if let Some(r) = resume {
+            if let Some(c) = &r.checkpoint {
+                state.global.restore(c, &state.facts)?;
+            }
+            records = r.records;
+            first = r.round + 1;
+            self.print_text(&[format!(
+                "[{}] resuming after round {} of {}",
+                ctx.id, r.round, ctx.spec.rounds
+            )]);
+        }
+        for round in first..=ctx.spec.rounds {
+            let rec = ctx.run_round(round, state).await?;
+            let checkpoint = state.global.checkpoint()?;
+            self.record_checkpointed(ctx, run, events, &rec, &checkpoint)?;
+            records.push(rec);
+        }
+        Ok(records)
+    }
+
+    /// Prints lines on stdout when round lines are printed as text (not JSON).
+    pub(crate) fn print_text(&self, lines: &[String]) {
+        if self.config.print_rounds && self.config.log_format == LogFormat::Text {
+            crate::report::print_lines(lines);
+        }
     }
 
     /// The job's status as the API shows it.

@@ -24,7 +24,7 @@ use tracing::info;
 
 use crate::error::{Error, Result};
 use crate::report::{BandCoverage, DiffusionResult, RunFolder, Summary};
-use crate::round::{GlobalModel, JobCtx, RoundRecord};
+use crate::round::{GlobalModel, JobCtx};
 use crate::Coordinator;
 
 /// Purposes of the generation draws (distinct from the round engine's).
@@ -81,25 +81,11 @@ impl Coordinator {
             state.global.size()
         );
         info!(alpha_bar_t = alpha_bar, "diffusion job started");
-        if self.config.print_rounds && self.config.log_format == crate::report::LogFormat::Text {
-            crate::report::print_lines(&[header]);
-        }
-        let mut records: Vec<RoundRecord> = Vec::new();
-        let mut first = 1;
-        if let Some(r) = resume {
-            // The untrained reference (`initial`) comes from the job seed, so it is the same.
-            if let Some(c) = &r.checkpoint {
-                state.global.restore(c, &state.facts)?;
-            }
-            records = r.records;
-            first = r.round + 1;
-        }
-        for round in first..=ctx.spec.rounds {
-            let rec = ctx.run_round(round, &mut state).await?;
-            let checkpoint = state.global.checkpoint()?;
-            self.record_checkpointed(ctx, run, events, &rec, &checkpoint)?;
-            records.push(rec);
-        }
+        self.print_text(&[header]);
+        // After a restart the untrained reference (`initial`) is the same: it comes from the seed.
+        let records = self
+            .checkpointed_rounds(ctx, run, events, &mut state, resume)
+            .await?;
         let GlobalModel::Params { weights, .. } = &state.global else {
             return Err(Error::Job(
                 "internal: a diffusion job without weights".into(),
