@@ -19,6 +19,7 @@ use std::time::Instant;
 use futures::stream::{FuturesUnordered, StreamExt};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 use shoal_proto::v1;
 use shoal_shared::automl::{halving_rungs, Config, SearchAlgorithm};
 use shoal_shared::plot::{line_charts_svg, Panel, Series};
@@ -26,6 +27,7 @@ use shoal_shared::seed;
 use tokio::sync::broadcast;
 use tracing::{info, warn, Instrument};
 
+use crate::coordinator::Resume;
 use crate::error::{Error, Result};
 use crate::report::{AutomlResult, RunFolder, Summary, TrialRow};
 use crate::round::{DataFacts, JobCtx, RoundRecord, TrainState};
@@ -36,7 +38,7 @@ use crate::Coordinator;
 const SEED_SEARCH: u64 = 0x7365_6172_6368;
 
 /// One trial to run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Planned {
     /// 0 is the default configuration; search trials count from 1.
     trial: u32,
@@ -61,14 +63,39 @@ struct TrialOutcome {
 
 type TrialFuture<'a> = Pin<Box<dyn Future<Output = Finished> + Send + 'a>>;
 
+/// Where a search stands after a finished trial; stored with that trial's row, so a restarted
+/// coordinator goes on with the trials not yet finished (those that were running start again).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Progress {
+    rows: Vec<TrialRow>,
+    /// Finished search trials and their scores, for TPE.
+    history: Vec<(Config, f64)>,
+    /// The best full-budget search trial: score, trial, configuration, its model's checkpoint.
+    best: Option<(f64, u32, Config, String)>,
+    /// The default configuration's score and model checkpoint.
+    default: Option<(Option<f64>, String)>,
+    /// Trials planned and not finished, in trial order.
+    queue: Vec<Planned>,
+    next_trial: u32,
+    /// TPE proposals made.
+    proposed: u32,
+    /// Successive halving: the rung in progress and its finished trials (score, trial, config).
+    rung: usize,
+    rung_results: Vec<(Option<f64>, u32, Config)>,
+    /// The search RNG's position (a u128, in decimal: JSON numbers stop at 2^53).
+    rng_word_pos: String,
+}
+
 impl Coordinator {
     /// An automl job: the default trial and the search's, then the test set for the best and
-    /// the default configuration.
+    /// the default configuration. Resumes from the [`Progress`] stored with the last finished
+    /// trial when `resume` holds one.
     pub(crate) async fn automl(
         &self,
         ctx: &JobCtx,
         run: &mut RunFolder,
         events: &broadcast::Sender<v1::WatchEvent>,
+        resume: Option<Resume>,
     ) -> Result<Summary> {
         let opts = ctx
             .spec
@@ -87,7 +114,7 @@ impl Coordinator {
         let mut rng = ChaCha8Rng::seed_from_u64(seed::derive(ctx.spec.seed, &[SEED_SEARCH]));
         // The plan: configurations known up front (grid, random, halving's first rung); TPE
         // proposes as trials finish.
-        let (mut queue, planned_total): (Vec<Planned>, u32) = match opts.search {
+        let (queue, planned_total): (Vec<Planned>, u32) = match opts.search {
             SearchAlgorithm::Grid => {
                 let grid = opts.space.grid()?;
                 let n = grid.len() as u32;
@@ -113,51 +140,85 @@ impl Coordinator {
             .then(|| halving_rungs(opts.trials as usize, full, opts.eta));
         let total = planned_total + 1;
         self.store.set_rounds_total(&ctx.id, total)?;
-        self.print_text(&[format!(
-            "automl: {} search over {} ({planned_total} trials and the default, up to {full} rounds each, {} at a time, scored by federated validation accuracy)",
-            opts.search.name(),
-            opts.space.params.keys().cloned().collect::<Vec<_>>().join(", "),
-            opts.parallel_trials
-        )]);
-        queue.insert(
-            0,
-            Planned {
-                trial: 0,
-                config: None,
-                budget: full,
-            },
-        );
-
-        let mut rows: Vec<TrialRow> = Vec::new();
         let mut records: Vec<RoundRecord> = Vec::new();
-        let mut history: Vec<(Config, f64)> = Vec::new();
-        let mut best: Option<(f64, u32, Config, TrainState)> = None;
-        let mut default: Option<(Option<f64>, TrainState)> = None;
-        let mut next_trial = queue.iter().map(|p| p.trial).max().unwrap_or(0) + 1;
-        let mut rung = 0usize;
-        let mut rung_results: Vec<(f64, u32, Config)> = Vec::new();
+        let mut best_state: Option<TrainState> = None;
+        let mut default_state: Option<TrainState> = None;
+        let mut p = match resume.as_ref().and_then(|r| r.checkpoint.as_deref()) {
+            Some(c) => {
+                let p: Progress = serde_json::from_str(c).map_err(|e| {
+                    Error::Job(format!("the automl checkpoint cannot be read: {e}"))
+                })?;
+                let pos = p.rng_word_pos.parse::<u128>().map_err(|e| {
+                    Error::Job(format!("the automl checkpoint's RNG position: {e}"))
+                })?;
+                rng.set_word_pos(pos);
+                if let Some((_, _, config, c)) = &p.best {
+                    best_state = Some(self.restore_trial(ctx, &trial_facts, config, c)?);
+                }
+                if let Some((_, c)) = &p.default {
+                    default_state =
+                        Some(self.restore_trial(ctx, &trial_facts, &Config::new(), c)?);
+                }
+                p
+            }
+            None => {
+                let mut queue = queue;
+                queue.insert(
+                    0,
+                    Planned {
+                        trial: 0,
+                        config: None,
+                        budget: full,
+                    },
+                );
+                Progress {
+                    next_trial: queue.iter().map(|p| p.trial).max().unwrap_or(0) + 1,
+                    queue,
+                    ..Progress::default()
+                }
+            }
+        };
+        if let Some(r) = resume {
+            records = r.records;
+            self.print_text(&[format!(
+                "[{}] resuming the search after {} finished trials; {} to run",
+                ctx.id,
+                r.round,
+                p.queue.len()
+            )]);
+        } else {
+            self.print_text(&[format!(
+                "automl: {} search over {} ({planned_total} trials and the default, up to {full} rounds each, {} at a time, scored by federated validation accuracy)",
+                opts.search.name(),
+                opts.space.params.keys().cloned().collect::<Vec<_>>().join(", "),
+                opts.parallel_trials
+            )]);
+        }
+
         let mut running: FuturesUnordered<TrialFuture<'_>> = FuturesUnordered::new();
+        // The trials in `running`, so a checkpoint can list them as not finished.
+        let mut started: BTreeMap<u32, Planned> = BTreeMap::new();
         let parallel = opts.parallel_trials as usize;
-        let mut proposed = 0u32;
         loop {
             // Fill the free slots.
             while running.len() < parallel {
-                let next = if !queue.is_empty() {
-                    Some(queue.remove(0))
-                } else if opts.search == SearchAlgorithm::Tpe && proposed < opts.trials {
-                    proposed += 1;
-                    let config = opts.tpe.propose(&opts.space, &history, &mut rng);
-                    next_trial += 1;
+                let next = if !p.queue.is_empty() {
+                    Some(p.queue.remove(0))
+                } else if opts.search == SearchAlgorithm::Tpe && p.proposed < opts.trials {
+                    p.proposed += 1;
+                    let config = opts.tpe.propose(&opts.space, &p.history, &mut rng);
+                    p.next_trial += 1;
                     Some(Planned {
-                        trial: next_trial - 1,
+                        trial: p.next_trial - 1,
                         config: Some(config),
                         budget: full,
                     })
                 } else {
                     None
                 };
-                let Some(p) = next else { break };
-                running.push(Box::pin(self.trial(ctx, &trial_facts, p)));
+                let Some(next) = next else { break };
+                started.insert(next.trial, next.clone());
+                running.push(Box::pin(self.trial(ctx, &trial_facts, next)));
             }
             let Some(done) = running.next().await else {
                 break;
@@ -167,11 +228,12 @@ impl Coordinator {
                 outcome,
                 seconds,
             } = done;
+            started.remove(&planned.trial);
             let label = planned
                 .config
                 .as_ref()
                 .map_or_else(|| "default".to_string(), config_label);
-            let (score, status) = match outcome {
+            let (score, status, rec) = match outcome {
                 Ok(out) => {
                     let mut rec = out.last.clone();
                     rec.round = records.len() as u32 + 1;
@@ -181,41 +243,44 @@ impl Coordinator {
                     rec.seconds = seconds;
                     rec.test_accuracy = None;
                     rec.test_loss = None;
-                    self.record_line(ctx, run, events, &rec, false)?;
-                    records.push(rec);
                     let score = out.score;
                     match &planned.config {
-                        None => default = Some((score, out.state)),
+                        None => {
+                            p.default = Some((score, out.state.global.checkpoint()?));
+                            default_state = Some(out.state);
+                        }
                         Some(c) => {
                             if let Some(s) = score {
-                                history.push((c.clone(), s));
+                                p.history.push((c.clone(), s));
                                 if planned.budget == full
-                                    && best.as_ref().is_none_or(|(b, t, ..)| {
+                                    && p.best.as_ref().is_none_or(|(b, t, ..)| {
                                         s > *b || (s == *b && planned.trial < *t)
                                     })
                                 {
-                                    best = Some((s, planned.trial, c.clone(), out.state));
+                                    p.best = Some((
+                                        s,
+                                        planned.trial,
+                                        c.clone(),
+                                        out.state.global.checkpoint()?,
+                                    ));
+                                    best_state = Some(out.state);
                                 }
                             }
                             if rungs.is_some() {
-                                rung_results.push((
-                                    score.unwrap_or(f64::NEG_INFINITY),
-                                    planned.trial,
-                                    c.clone(),
-                                ));
+                                p.rung_results.push((score, planned.trial, c.clone()));
                             }
                         }
                     }
-                    (score, "ok".to_string())
+                    (score, "ok".to_string(), Some(rec))
                 }
                 Err(Error::Cancelled) => return Err(Error::Cancelled),
                 Err(e) if matches!(e, Error::ShuttingDown) => return Err(e),
                 Err(e) => {
                     warn!(trial = planned.trial, "trial failed: {e}");
                     if let (Some(c), Some(_)) = (&planned.config, &rungs) {
-                        rung_results.push((f64::NEG_INFINITY, planned.trial, c.clone()));
+                        p.rung_results.push((None, planned.trial, c.clone()));
                     }
-                    (None, format!("failed: {e}"))
+                    (None, format!("failed: {e}"), None)
                 }
             };
             let name = if planned.config.is_none() {
@@ -233,7 +298,7 @@ impl Coordinator {
                     format!("  {status}")
                 }
             )]);
-            rows.push(TrialRow {
+            p.rows.push(TrialRow {
                 trial: planned.trial,
                 config: label,
                 budget: planned.budget,
@@ -243,31 +308,56 @@ impl Coordinator {
             });
             // Successive halving: when a rung is done, promote its best 1/eta.
             if let Some(rungs) = &rungs {
-                let in_rung = rungs[rung].0;
-                if rung_results.len() == in_rung
+                let in_rung = rungs[p.rung].0;
+                if p.rung_results.len() == in_rung
                     && running.is_empty()
-                    && queue.is_empty()
-                    && rung + 1 < rungs.len()
+                    && p.queue.is_empty()
+                    && p.rung + 1 < rungs.len()
                 {
-                    rung_results.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-                    let (keep, budget) = rungs[rung + 1];
-                    for (_, _, c) in rung_results.drain(..).take(keep) {
-                        queue.push(Planned {
-                            trial: next_trial,
+                    p.rung_results.sort_by(|a, b| {
+                        let score = |s: Option<f64>| s.unwrap_or(f64::NEG_INFINITY);
+                        score(b.0).total_cmp(&score(a.0)).then(a.1.cmp(&b.1))
+                    });
+                    let (keep, budget) = rungs[p.rung + 1];
+                    for (_, _, c) in p.rung_results.drain(..).take(keep) {
+                        p.queue.push(Planned {
+                            trial: p.next_trial,
                             config: Some(c),
                             budget,
                         });
-                        next_trial += 1;
+                        p.next_trial += 1;
                     }
-                    rung_results.clear();
-                    rung += 1;
+                    p.rung_results.clear();
+                    p.rung += 1;
                 }
+            }
+            // A finished trial is one metrics row, stored with where the search stands.
+            if let Some(rec) = rec {
+                p.rng_word_pos = rng.get_word_pos().to_string();
+                let queue = std::mem::take(&mut p.queue);
+                p.queue = started
+                    .values()
+                    .cloned()
+                    .chain(queue.iter().cloned())
+                    .collect();
+                p.queue.sort_by_key(|t| t.trial);
+                let checkpoint = serde_json::to_string(&p)
+                    .map_err(|e| Error::Job(format!("cannot write the automl checkpoint: {e}")));
+                p.queue = queue;
+                self.record(ctx, run, events, &rec, &checkpoint?, false)?;
+                records.push(rec);
             }
         }
 
-        let (default_score, default_state) =
-            default.ok_or_else(|| Error::Job("the default configuration's trial failed".into()))?;
-        let Some((best_score, best_trial, best_config, best_state)) = best else {
+        let (Some((default_score, _)), Some(default_state)) = (&p.default, default_state) else {
+            return Err(Error::Job(
+                "the default configuration's trial failed".into(),
+            ));
+        };
+        let default_score = *default_score;
+        let (Some((best_score, best_trial, best_config, _)), Some(best_state)) =
+            (p.best.clone(), best_state)
+        else {
             return Err(Error::Job(
                 "no trial of the search finished with a validation score".into(),
             ));
@@ -283,7 +373,7 @@ impl Coordinator {
         info!(best_trial, best_score, "automl search finished");
         let result = AutomlResult {
             search: opts.search.name().into(),
-            trials: rows,
+            trials: p.rows,
             best_trial,
             best_config: config_label(&best_config),
             best_validation_accuracy: best_score,
@@ -312,6 +402,20 @@ impl Coordinator {
         Ok(summary)
     }
 
+    /// A trial's model as a checkpoint left it.
+    fn restore_trial(
+        &self,
+        ctx: &JobCtx,
+        facts: &DataFacts,
+        config: &Config,
+        checkpoint: &str,
+    ) -> Result<TrainState> {
+        let tctx = trial_ctx(ctx, config, 0, ctx.spec.rounds)?;
+        let mut state = tctx.init_state(facts.clone())?;
+        state.global.restore(checkpoint, &state.facts)?;
+        Ok(state)
+    }
+
     /// Runs one trial: its spec, its own task ids, the validation split, `budget` rounds.
     fn trial<'a>(
         &'a self,
@@ -338,18 +442,8 @@ impl Coordinator {
         facts: &DataFacts,
         planned: &Planned,
     ) -> Result<TrialOutcome> {
-        let mut spec: JobSpec = match &planned.config {
-            Some(c) => ctx.spec.trial_spec(c)?,
-            None => ctx.spec.trial_spec(&Config::new())?,
-        };
-        spec.rounds = planned.budget;
-        let tctx = JobCtx {
-            id: format!("{}-t{}", ctx.id, planned.trial),
-            spec,
-            task_seq: Default::default(),
-            validation: true,
-            ..ctx.clone()
-        };
+        let config = planned.config.clone().unwrap_or_default();
+        let tctx = trial_ctx(ctx, &config, planned.trial, planned.budget)?;
         let mut state = tctx.init_state(facts.clone())?;
         let (mut up, mut down) = (0u64, 0u64);
         let mut last = None;
@@ -368,6 +462,20 @@ impl Coordinator {
             state,
         })
     }
+}
+
+/// The context a trial runs in: the job's spec with the configuration's overrides and the
+/// trial's budget, its own task ids, and the validation split.
+fn trial_ctx(ctx: &JobCtx, config: &Config, trial: u32, budget: u32) -> Result<JobCtx> {
+    let mut spec: JobSpec = ctx.spec.trial_spec(config)?;
+    spec.rounds = budget;
+    Ok(JobCtx {
+        id: format!("{}-t{trial}", ctx.id),
+        spec,
+        task_seq: Default::default(),
+        validation: true,
+        ..ctx.clone()
+    })
 }
 
 fn plan(configs: Vec<Config>, budget: u32, first: u32) -> Vec<Planned> {

@@ -54,9 +54,6 @@ impl Default for CoordinatorConfig {
     }
 }
 
-/// Job kinds that checkpoint every round and resume after a restart.
-const RESUMABLE_KINDS: [&str; 2] = ["train", "diffusion"];
-
 /// Where an interrupted job goes on from.
 #[derive(Debug)]
 pub(crate) struct Resume {
@@ -110,10 +107,12 @@ impl Coordinator {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Goes on with the jobs a previous coordinator process left queued or running: a train job
-    /// resumes after its last checkpointed round (the round the crash interrupted runs again,
-    /// from the same seeds, so nothing is lost or repeated); other kinds are marked failed, saying
-    /// why. Returns the ids of the resumed jobs.
+    /// Goes on with the jobs a previous coordinator process left queued or running. Every kind
+    /// resumes after its last checkpoint: train and diffusion jobs after their last round (the
+    /// round the crash interrupted runs again, from the same seeds, so nothing is lost or
+    /// repeated), fusion jobs at the variant and round they reached, AutoML jobs with the trials
+    /// not yet finished. A job whose checkpoint cannot be restored is marked failed, saying why.
+    /// Returns the ids of the resumed jobs.
     pub fn resume_interrupted(self: &Arc<Self>) -> Result<Vec<String>> {
         let mut resumed = Vec::new();
         for row in self.store.interrupted()? {
@@ -138,12 +137,6 @@ impl Coordinator {
 
     /// Restarts one interrupted job from its checkpoint; returns the last completed round.
     fn resume(self: &Arc<Self>, row: JobRow) -> Result<u32> {
-        if !RESUMABLE_KINDS.contains(&row.kind.as_str()) {
-            return Err(Error::Job(format!(
-                "only train and diffusion jobs resume after a restart, this is a {} job",
-                row.kind
-            )));
-        }
         let spec = JobSpec::from_toml(&row.spec_toml)?;
         let checkpoint = self.store.checkpoint(&row.id)?;
         let round = checkpoint.as_ref().map_or(0, |c| c.0);
@@ -276,11 +269,11 @@ impl Coordinator {
                 async move {
                     let mut run = run;
                     if ctx.spec.kind == "fusion" {
-                        me.fusion(&ctx, &mut run, &events).await
+                        me.fusion(&ctx, &mut run, &events, resume).await
                     } else if ctx.spec.kind == "diffusion" {
                         me.diffusion(&ctx, &mut run, &events, resume).await
                     } else if ctx.spec.kind == "automl" {
-                        me.automl(&ctx, &mut run, &events).await
+                        me.automl(&ctx, &mut run, &events, resume).await
                     } else {
                         me.train(&ctx, &mut run, &events, resume).await
                     }
@@ -296,10 +289,7 @@ impl Coordinator {
         };
         // A job that resumes after a restart is left running when the coordinator stops (SIGTERM,
         // a rolling update): the next process on this state dir goes on with it.
-        if outcome.is_err()
-            && self.shutdown.is_cancelled()
-            && RESUMABLE_KINDS.contains(&ctx.spec.kind.as_str())
-        {
+        if outcome.is_err() && self.shutdown.is_cancelled() {
             info!(job = %id, "coordinator stopping; the job resumes when a coordinator starts on this state dir");
             self.handles().remove(&id);
             return;
@@ -363,42 +353,20 @@ impl Coordinator {
         )
     }
 
-    /// Records one round: state store, run folder, stdout, watchers.
+    /// Records one round with the job's checkpoint after it, in one transaction, then the run
+    /// folder, stdout and watchers. The round line is printed only when `print_line` (AutoML
+    /// prints its own per-trial lines).
     pub(crate) fn record(
         &self,
         ctx: &JobCtx,
         run: &mut RunFolder,
         events: &broadcast::Sender<v1::WatchEvent>,
         rec: &RoundRecord,
-    ) -> Result<()> {
-        self.record_line(ctx, run, events, rec, true)
-    }
-
-    /// [`Self::record`] with the job's checkpoint after the round, stored in the same transaction.
-    fn record_checkpointed(
-        &self,
-        ctx: &JobCtx,
-        run: &mut RunFolder,
-        events: &broadcast::Sender<v1::WatchEvent>,
-        rec: &RoundRecord,
         checkpoint: &str,
+        print_line: bool,
     ) -> Result<()> {
         self.store
             .record_round_with(&ctx.id, rec, Some(checkpoint))?;
-        self.announce(ctx, run, events, rec, true)
-    }
-
-    /// [`Self::record`], printing the round line only when `print_line` (a job kind that prints
-    /// its own lines, such as AutoML's per-trial lines, passes false).
-    pub(crate) fn record_line(
-        &self,
-        ctx: &JobCtx,
-        run: &mut RunFolder,
-        events: &broadcast::Sender<v1::WatchEvent>,
-        rec: &RoundRecord,
-        print_line: bool,
-    ) -> Result<()> {
-        self.store.record_round(&ctx.id, rec)?;
         self.announce(ctx, run, events, rec, print_line)
     }
 
@@ -425,15 +393,18 @@ impl Coordinator {
     /// A fusion job: one federated training per variant (each modality alone, early and cross
     /// fusion), late fusion from the single-modality models, and learned late fusion (a model over
     /// their outputs, trained over the federation). Rounds are numbered across the variants.
+    /// After every round a [`FusionCheckpoint`] goes in with the round, so a restarted
+    /// coordinator goes on from the variant and round it reached.
     async fn fusion(
         &self,
         ctx: &JobCtx,
         run: &mut RunFolder,
         events: &broadcast::Sender<v1::WatchEvent>,
+        resume: Option<Resume>,
     ) -> Result<Summary> {
         use crate::report::VariantResult;
         use crate::round::GlobalModel;
-        use shoal_shared::fusion::{self, FeatureView, StackMember};
+        use shoal_shared::fusion::{self, FeatureView};
 
         let clients = ctx.wait_available(1, None).await?;
         let facts = ctx.resolve_data(&clients).await?;
@@ -474,11 +445,22 @@ impl Coordinator {
             .checked_mul(variants.len() as u32 + 1)
             .ok_or_else(|| Error::InvalidSpec("rounds times fusion variants overflows".into()))?;
         self.store.set_rounds_total(&ctx.id, total)?;
-        let mut results: Vec<VariantResult> = Vec::new();
-        let mut members: Vec<StackMember> = Vec::new();
+        // Where to start: the beginning, or the checkpoint's variant and round.
+        let mut at = FusionCheckpoint::default();
         let mut records: Vec<RoundRecord> = Vec::new();
-        let mut offset = 0u32;
-        for (name, view, modality) in variants
+        if let Some(r) = resume {
+            if let Some(c) = &r.checkpoint {
+                at = serde_json::from_str(c).map_err(|e| {
+                    Error::Job(format!("the fusion checkpoint cannot be read: {e}"))
+                })?;
+            }
+            records = r.records;
+            self.print_text(&[format!(
+                "[{}] resuming after round {} of {total}",
+                ctx.id, r.round
+            )]);
+        }
+        let plan: Vec<(String, Option<FeatureView>, Option<usize>)> = variants
             .iter()
             .map(|v| (v.name.clone(), Some(v.view.clone()), v.modality))
             .chain(std::iter::once((
@@ -486,58 +468,75 @@ impl Coordinator {
                 None,
                 None,
             )))
-        {
+            .collect();
+        for (index, (name, view, modality)) in plan.into_iter().enumerate().skip(at.variant) {
             // Learned late fusion stacks the single-modality models trained just before.
             let view = view.unwrap_or_else(|| FeatureView::Stacked {
-                members: members.clone(),
+                members: at.members.clone(),
             });
             let (vctx, vfacts) = ctx.with_view(&facts, &view)?;
             let features = vfacts.n_features;
             let mut state = vctx.init_state(vfacts)?;
-            info!(variant = %name, features, "fusion variant started");
-            self.print_text(&[format!("fusion variant: {name} ({features} features)")]);
-            let mut last = None;
-            for round in 1..=per {
+            let first = if index == at.variant {
+                if let Some(c) = &at.state {
+                    state.global.restore(c, &state.facts)?;
+                }
+                at.round + 1
+            } else {
+                1
+            };
+            let offset = index as u32 * per;
+            if first == 1 {
+                info!(variant = %name, features, "fusion variant started");
+                self.print_text(&[format!("fusion variant: {name} ({features} features)")]);
+            }
+            for round in first..=per {
                 let mut rec = vctx.run_round(round, &mut state).await?;
                 rec.round = offset + round;
                 rec.rounds_total = total;
-                self.record(ctx, run, events, &rec)?;
-                last = rec.test_accuracy;
+                if round == per {
+                    // The variant is done: its result (and, for a single modality, its model
+                    // as a stacking member) goes into the same checkpoint as its last round.
+                    at.results.push(VariantResult {
+                        variant: name.clone(),
+                        features,
+                        test_accuracy: rec.test_accuracy.unwrap_or(f64::NAN),
+                        rounds: per,
+                    });
+                    if let (Some(m), GlobalModel::Params { weights, .. }) =
+                        (modality, &state.global)
+                    {
+                        weights.check_finite()?;
+                        at.members.push(fusion::StackMember {
+                            columns: mods[m].1.clone(),
+                            weights: weights.clone(),
+                        });
+                    }
+                    if at.members.len() == mods.len()
+                        && !at.results.iter().any(|r| r.variant == "late fusion")
+                    {
+                        at.results.push(late_fusion_result(
+                            &at.members,
+                            &holdout,
+                            facts.n_features,
+                        )?);
+                    }
+                    at.variant = index + 1;
+                    at.round = 0;
+                    at.state = None;
+                } else {
+                    at.variant = index;
+                    at.round = round;
+                    at.state = Some(state.global.checkpoint()?);
+                }
+                let checkpoint = serde_json::to_string(&at)
+                    .map_err(|e| Error::Job(format!("cannot write the fusion checkpoint: {e}")))?;
+                self.record(ctx, run, events, &rec, &checkpoint, true)?;
                 records.push(rec);
-            }
-            offset += per;
-            results.push(VariantResult {
-                variant: name,
-                features,
-                test_accuracy: last.unwrap_or(f64::NAN),
-                rounds: per,
-            });
-            if let (Some(m), GlobalModel::Params { weights, .. }) = (modality, &state.global) {
-                weights.check_finite()?;
-                members.push(StackMember {
-                    columns: mods[m].1.clone(),
-                    weights: weights.clone(),
-                });
-            }
-            if members.len() == mods.len() && !results.iter().any(|r| r.variant == "late fusion") {
-                // Late fusion needs no training: the mean of the single-modality models'
-                // probabilities, scored on the coordinator's test set.
-                let p = fusion::late_fusion_proba(&members, &holdout)?;
-                let correct = p
-                    .outer_iter()
-                    .zip(&holdout.labels)
-                    .filter(|(row, &y)| shoal_shared::model::argmax(row.iter().copied()) == y)
-                    .count();
-                results.push(VariantResult {
-                    variant: "late fusion".into(),
-                    features: facts.n_features,
-                    test_accuracy: correct as f64 / holdout.n_rows().max(1) as f64,
-                    rounds: 0,
-                });
             }
         }
         let mut summary = Summary::from_rounds(&ctx.id, &ctx.spec, &records);
-        summary.variants = results;
+        summary.variants = at.results;
         write_fusion_outputs(run, &summary.variants)?;
         run.write_json("summary.json", &summary)?;
         Ok(summary)
@@ -614,7 +613,7 @@ impl Coordinator {
         for round in first..=ctx.spec.rounds {
             let rec = ctx.run_round(round, state).await?;
             let checkpoint = state.global.checkpoint()?;
-            self.record_checkpointed(ctx, run, events, &rec, &checkpoint)?;
+            self.record(ctx, run, events, &rec, &checkpoint, true)?;
             records.push(rec);
         }
         Ok(records)
@@ -699,6 +698,42 @@ impl Coordinator {
         self.tracker.close();
         self.tracker.wait().await;
     }
+}
+
+/// Where a fusion job stands after a round: the variant to run next and the rounds of it done
+/// (with its model when it is part way), and what the finished variants left.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct FusionCheckpoint {
+    /// Index of the variant in progress (or next to start) in the job's plan.
+    variant: usize,
+    /// Rounds of that variant done.
+    round: u32,
+    /// Its global model's checkpoint after `round` (none when it has not started).
+    state: Option<String>,
+    results: Vec<crate::report::VariantResult>,
+    /// The single-modality models, for late and learned late fusion.
+    members: Vec<shoal_shared::fusion::StackMember>,
+}
+
+/// Late fusion needs no training: the mean of the single-modality models' probabilities, scored
+/// on the coordinator's test set.
+fn late_fusion_result(
+    members: &[shoal_shared::fusion::StackMember],
+    holdout: &shoal_shared::data::Dataset,
+    features: usize,
+) -> Result<crate::report::VariantResult> {
+    let p = shoal_shared::fusion::late_fusion_proba(members, holdout)?;
+    let correct = p
+        .outer_iter()
+        .zip(&holdout.labels)
+        .filter(|(row, &y)| shoal_shared::model::argmax(row.iter().copied()) == y)
+        .count();
+    Ok(crate::report::VariantResult {
+        variant: "late fusion".into(),
+        features,
+        test_accuracy: correct as f64 / holdout.n_rows().max(1) as f64,
+        rounds: 0,
+    })
 }
 
 /// `fusion.md` and `fusion.svg`: the variants' test accuracy as a table and a bar chart.
