@@ -621,3 +621,153 @@ fn a_killed_coordinator_resumes_and_runs_reproduce_bit_for_bit() {
     assert_eq!(stopped_rows, rows, "a SIGTERM stop resumes as well");
     assert!(stopped_model == model);
 }
+
+/// The README's mutual-TLS quick start, step by step, on a free port in a temporary directory.
+#[test]
+fn mutual_tls_quick_start_runs_as_the_readme_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = tmp.path().join("pki");
+    let coordinator = || {
+        let mut c = Command::new(bin("shoal-coordinator"));
+        c.current_dir(tmp.path());
+        c
+    };
+    let out = run(coordinator().args([
+        "certs",
+        "--out",
+        "pki",
+        "--clients",
+        "2",
+        "--names",
+        "localhost,127.0.0.1",
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(coordinator().args(["tokens", "--out", "pki", "--clients", "2"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for f in [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "client-0.pem",
+        "client-1.key",
+        "admin.pem",
+        "admin.token",
+        "client-tokens",
+        "admin-tokens",
+    ] {
+        assert!(pki.join(f).exists(), "{f}");
+    }
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("https://{listen}");
+    let _server = Proc(
+        coordinator()
+            .args([
+                "serve",
+                "--listen",
+                &listen,
+                "--state-dir",
+                "state",
+                "--out",
+                "runs",
+            ])
+            .args([
+                "--tls-cert",
+                "pki/server.pem",
+                "--tls-key",
+                "pki/server.key",
+                "--client-ca",
+                "pki/ca.pem",
+            ])
+            .args([
+                "--client-tokens",
+                "pki/client-tokens",
+                "--admin-tokens",
+                "pki/admin-tokens",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let admin_tls = [
+        "--ca",
+        "pki/ca.pem",
+        "--cert",
+        "pki/admin.pem",
+        "--key",
+        "pki/admin.key",
+    ];
+    let start = Instant::now();
+    while !run(coordinator()
+        .args(["health", "--coordinator", &url])
+        .args(admin_tls))
+    .status
+    .success()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the coordinator never served"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _clients: Vec<Proc> = (0..2)
+        .map(|i| {
+            Proc(
+                Command::new(bin("shoal-client"))
+                    .current_dir(tmp.path())
+                    .args(["--coordinator", &url, "--name", &format!("client-{i}")])
+                    .args(["--ca", "pki/ca.pem"])
+                    .args([
+                        "--cert",
+                        &format!("pki/client-{i}.pem"),
+                        "--key",
+                        &format!("pki/client-{i}.key"),
+                    ])
+                    .args(["--token-file", &format!("pki/client-{i}.token")])
+                    .args([
+                        "--builtin",
+                        "digits",
+                        "--partition",
+                        "iid",
+                        "--shard",
+                        &format!("{i}/2"),
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let job = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/digits.toml");
+    let out = run(coordinator()
+        .args(["job", "submit"])
+        .arg(&job)
+        .args(["--watch", "--coordinator", &url])
+        .args(admin_tls)
+        .args(["--admin-token-file", "pki/admin.token"]));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("round ")).count(),
+        30,
+        "{stdout}"
+    );
+    // Without the admin token the same operator is refused; with a client's token too.
+    let out = run(coordinator()
+        .args(["job", "list", "--coordinator", &url])
+        .args(admin_tls)
+        .env(
+            "SHOAL_ADMIN_TOKEN",
+            std::fs::read_to_string(pki.join("client-0.token"))
+                .unwrap()
+                .trim(),
+        ));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("admin token"),
+        "{}",
+        text(&out.stderr)
+    );
+}

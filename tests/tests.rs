@@ -11,3 +11,9 @@ mod processes;
 
 // Deployment files: Kubernetes manifests and the compose federation.
 mod deploy;
+
+// Hostile peers and credentials: TLS, mutual TLS, tokens, admin separation, bad messages.
+mod security;
+
+// The fuzz targets' corpora, replayed through the same decoders on stable Rust.
+mod fuzz_replay;

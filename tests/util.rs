@@ -5,11 +5,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use shoal_client::{Catalog, ClientConfig};
+use shoal_coordinator::cli::AdminJobs;
 use shoal_coordinator::store::Store;
 use shoal_coordinator::{Coordinator, CoordinatorConfig};
 use shoal_proto::v1::{
-    self, client_message, coordinator_message, federation_client::FederationClient,
-    jobs_client::JobsClient, ClientMessage, CoordinatorMessage, Hello,
+    self, client_message, coordinator_message, federation_client::FederationClient, ClientMessage,
+    CoordinatorMessage, Hello,
 };
 use shoal_shared::data::builtin::Builtin;
 use shoal_shared::data::partition::Partitioner;
@@ -93,8 +94,16 @@ impl TestCoordinator {
         tc
     }
 
-    pub async fn jobs(&self) -> JobsClient<Channel> {
-        JobsClient::new(channel(&self.url).await)
+    /// A Jobs client without credentials (a coordinator without admin tokens lets it in).
+    pub async fn jobs(&self) -> AdminJobs {
+        self.jobs_with(None).await
+    }
+
+    /// A Jobs client that sends `token` as its admin token.
+    pub async fn jobs_with(&self, token: Option<&str>) -> AdminJobs {
+        shoal_coordinator::cli::connect_jobs_with(&self.url, None, token)
+            .await
+            .unwrap()
     }
 
     /// Waits (at most 20 s) until exactly `n` clients are connected.
@@ -144,7 +153,7 @@ pub fn start_client(
 }
 
 /// Submits a TOML job and returns its id.
-pub async fn submit(jobs: &mut JobsClient<Channel>, toml: &str) -> String {
+pub async fn submit(jobs: &mut AdminJobs, toml: &str) -> String {
     jobs.submit(v1::SubmitRequest {
         spec: toml.into(),
         format: "toml".into(),
@@ -157,7 +166,7 @@ pub async fn submit(jobs: &mut JobsClient<Channel>, toml: &str) -> String {
 
 /// Follows a job to its end (at most `secs`) and returns its final info and round reports.
 pub async fn finish(
-    jobs: &mut JobsClient<Channel>,
+    jobs: &mut AdminJobs,
     id: &str,
     secs: u64,
 ) -> (v1::JobInfo, Vec<v1::RoundReport>) {

@@ -36,6 +36,10 @@ pub struct ClientConfig {
     /// Give up after this long without a working connection (`None`: never).
     pub give_up_after: Option<Duration>,
     pub max_message_bytes: usize,
+    /// TLS to the coordinator (`None`: plaintext).
+    pub tls: Option<crate::tls::ClientTls>,
+    /// This client's token, sent in its Hello (coordinators with `--client-tokens`).
+    pub token: Option<String>,
 }
 
 impl ClientConfig {
@@ -49,26 +53,52 @@ impl ClientConfig {
             max_backoff: Duration::from_secs(30),
             give_up_after: None,
             max_message_bytes: 64 * 1024 * 1024,
+            tls: None,
+            token: None,
         }
     }
 }
 
-/// Normalises a coordinator address: `host:port` gets `http://`; anything unparsable is an error
-/// that names it.
+/// Normalises a coordinator address (`host:port` gets `http://`) into a plaintext endpoint;
+/// anything unparsable is an error that names it.
 pub fn endpoint(url: &str) -> Result<Endpoint> {
+    endpoint_with(url, None)
+}
+
+/// [`endpoint`] with TLS when `tls` is given: `host:port` then gets `https://`, and an
+/// explicit `http://` is refused rather than silently sent in the clear.
+pub fn endpoint_with(url: &str, tls: Option<&crate::tls::ClientTls>) -> Result<Endpoint> {
     let url = if url.contains("://") {
         url.to_string()
+    } else if tls.is_some() {
+        format!("https://{url}")
     } else {
         format!("http://{url}")
     };
-    Endpoint::from_shared(url.clone())
+    if tls.is_some() && url.starts_with("http://") {
+        return Err(ClientError::Config(format!(
+            "`{url}`: TLS settings (--ca) are given, so use an https:// address"
+        )));
+    }
+    if tls.is_none() && url.starts_with("https://") {
+        return Err(ClientError::Config(format!(
+            "`{url}`: an https:// address needs --ca (the CA of the coordinator's certificate)"
+        )));
+    }
+    let mut e = Endpoint::from_shared(url.clone())
         .map(|e| {
             e.connect_timeout(Duration::from_secs(5))
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(20))
                 .keep_alive_while_idle(true)
         })
-        .map_err(|e| ClientError::Config(format!("invalid coordinator address `{url}`: {e}")))
+        .map_err(|e| ClientError::Config(format!("invalid coordinator address `{url}`: {e}")))?;
+    if let Some(t) = tls {
+        e = e
+            .tls_config(t.config())
+            .map_err(|e| ClientError::Config(format!("TLS settings for `{url}`: {e}")))?;
+    }
+    Ok(e)
 }
 
 /// Runs the client until `shutdown` resolves (Ok), the coordinator rejects it, or
@@ -77,7 +107,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future<Output = ()>) -> Re
     if config.catalog.is_empty() {
         return Err(ClientError::Config("the client holds no dataset".into()));
     }
-    let endpoint = endpoint(&config.coordinator)?;
+    let endpoint = endpoint_with(&config.coordinator, config.tls.as_ref())?;
     let span = tracing::info_span!("client", client = %config.name);
     // Lives across reconnects: per-job client state (SCAFFOLD's c_i) survives a dropped stream.
     let executor = Arc::new(Executor::new(config.catalog.clone(), config.attack));
@@ -155,7 +185,7 @@ async fn session(
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         client_name: config.name.clone(),
-        token: String::new(),
+        token: config.token.clone().unwrap_or_default(),
         datasets: config.catalog.infos(),
     };
     tx.send(ClientMessage {

@@ -10,6 +10,7 @@
 //! - `catalog.rs`: local datasets and their train/test split
 //! - `connection.rs`: connect, Hello, serve tasks, reconnect
 //! - `executor.rs`: one task against local data (weights models, forests, boosting)
+//! - `tls.rs`: TLS and mutual-TLS settings ([`TlsFiles`], [`ClientTls`]) and token files
 //! - `attack.rs`: test-only attacker modes ([`Attack`])
 //! - `error.rs`: [`ClientError`]
 //!
@@ -29,11 +30,13 @@ pub mod catalog;
 pub mod connection;
 pub mod error;
 pub mod executor;
+pub mod tls;
 
 pub use attack::Attack;
 pub use catalog::Catalog;
-pub use connection::{endpoint, run, ClientConfig};
+pub use connection::{endpoint, endpoint_with, run, ClientConfig};
 pub use error::{ClientError, Result};
+pub use tls::{ClientTls, TlsFiles};
 
 /// Resolves on SIGINT or SIGTERM (what `docker stop` and Kubernetes send). Shared by both binaries.
 pub async fn shutdown_signal() {

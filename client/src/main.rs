@@ -55,6 +55,11 @@ struct Args {
     /// Exit with an error after this many seconds without a connection (default: keep trying).
     #[arg(long, env = "SHOAL_GIVE_UP_AFTER", value_name = "SECS")]
     give_up_after: Option<u64>,
+    #[command(flatten)]
+    tls: shoal_client::TlsFiles,
+    /// A file holding this client's token (for a coordinator started with --client-tokens).
+    #[arg(long, env = "SHOAL_TOKEN_FILE", value_name = "PATH")]
+    token_file: Option<PathBuf>,
 }
 
 fn parse_shard(s: &str) -> anyhow::Result<(usize, usize)> {
@@ -112,7 +117,14 @@ fn build(args: &Args) -> anyhow::Result<ClientConfig> {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "client".into());
         format!("{host}-{}", std::process::id())
     });
-    shoal_client::endpoint(&args.coordinator)?;
+    let tls = args.tls.load()?;
+    shoal_client::endpoint_with(&args.coordinator, tls.as_ref())?;
+    // The token comes from a file or the environment, never from a flag value that `ps` shows.
+    let token = match (&args.token_file, std::env::var("SHOAL_TOKEN")) {
+        (Some(path), _) => Some(shoal_client::tls::read_token_file(path, "--token-file")?),
+        (None, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
+        _ => None,
+    };
     let attack = match &args.attack {
         Some(a) => Some(
             a.parse::<shoal_client::Attack>()
@@ -126,6 +138,8 @@ fn build(args: &Args) -> anyhow::Result<ClientConfig> {
         tracing::warn!(attack = %a, "TEST ONLY: this client corrupts every update it sends");
     }
     config.give_up_after = args.give_up_after.map(Duration::from_secs);
+    config.tls = tls;
+    config.token = token;
     Ok(config)
 }
 

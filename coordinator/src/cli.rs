@@ -47,6 +47,56 @@ pub enum Command {
     /// Ask a coordinator whether it serves (gRPC health); exit 0 if so, 1 if not. For container
     /// healthchecks and scripts.
     Health(HealthArgs),
+    /// Make a development CA, a server certificate and one certificate per client (PEM files)
+    /// for TLS and mutual TLS. Use a real CA in production.
+    Certs(CertsArgs),
+    /// Make a token per client and an admin token, and the hash files the coordinator reads
+    /// (--client-tokens, --admin-tokens).
+    Tokens(TokensArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Make certificates for clients client-0 ... client-(N-1).
+    #[arg(long, default_value_t = 0)]
+    pub clients: usize,
+    /// Client names instead of client-I (comma-separated); each becomes its certificate's name.
+    #[arg(long, value_delimiter = ',')]
+    pub client_names: Vec<String>,
+    /// Names and addresses clients reach the coordinator by (comma-separated): the server
+    /// certificate is valid for these.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1,coordinator"
+    )]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokensArgs {
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Make tokens for clients client-0 ... client-(N-1).
+    #[arg(long, default_value_t = 0)]
+    pub clients: usize,
+    /// Client names instead of client-I (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub client_names: Vec<String>,
+}
+
+/// `--clients N` as client-0 ... client-(N-1), or the names given.
+fn client_names(n: usize, names: &[String]) -> anyhow::Result<Vec<String>> {
+    match (n, names.is_empty()) {
+        (0, true) => bail!("give --clients N or --client-names A,B,..."),
+        (_, true) => Ok((0..n).map(|i| format!("client-{i}")).collect()),
+        (0, false) => Ok(names.to_vec()),
+        _ => bail!("give --clients or --client-names, not both"),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -61,6 +111,8 @@ pub struct HealthArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 3)]
     pub timeout_secs: u64,
+    #[command(flatten)]
+    pub tls: shoal_client::TlsFiles,
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +190,58 @@ pub struct ServeArgs {
     /// runs one job and stops, as the docker-compose rehearsal does.
     #[arg(long, env = "SHOAL_EXIT_WHEN_DONE")]
     pub exit_when_done: bool,
+    /// Serve TLS with this certificate (PEM); needs --tls-key.
+    #[arg(long, env = "SHOAL_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key (PEM) of --tls-cert.
+    #[arg(long, env = "SHOAL_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: clients must present a certificate signed by this CA (PEM), whose name is
+    /// the client's name. Needs --tls-cert.
+    #[arg(
+        long,
+        env = "SHOAL_CLIENT_CA",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub client_ca: Option<PathBuf>,
+    /// Clients must present a token: this file holds `name sha256` lines (`shoal-coordinator
+    /// tokens` writes it).
+    #[arg(long, env = "SHOAL_CLIENT_TOKENS", value_name = "PATH")]
+    pub client_tokens: Option<PathBuf>,
+    /// The Jobs service needs an admin token: this file holds their `name sha256` lines.
+    /// Required when clients must authenticate.
+    #[arg(long, env = "SHOAL_ADMIN_TOKENS", value_name = "PATH")]
+    pub admin_tokens: Option<PathBuf>,
+    /// Most clients connected at once.
+    #[arg(long, env = "SHOAL_MAX_CLIENTS", default_value_t = 1000)]
+    pub max_clients: usize,
+    /// Largest gRPC message received or sent, in bytes.
+    #[arg(long, env = "SHOAL_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Largest model a job may train, in parameters (tensor elements).
+    #[arg(long, env = "SHOAL_MAX_TENSOR_ELEMENTS", default_value_t = 16 * 1024 * 1024)]
+    pub max_tensor_elements: usize,
+    /// Seconds a new stream has to send its Hello.
+    #[arg(
+        long,
+        env = "SHOAL_HELLO_TIMEOUT",
+        default_value_t = 10.0,
+        value_name = "SECS"
+    )]
+    pub hello_timeout_secs: f64,
+    /// Seconds of silence after which a client's stream is dropped.
+    #[arg(
+        long,
+        env = "SHOAL_HEARTBEAT_TIMEOUT",
+        default_value_t = 60.0,
+        value_name = "SECS"
+    )]
+    pub heartbeat_timeout_secs: f64,
+    /// Failed authentication attempts an address may make per minute; past them it is refused
+    /// without a check until the minute is over.
+    #[arg(long, env = "SHOAL_AUTH_FAILURES_PER_MINUTE", default_value_t = 10)]
+    pub auth_failures_per_minute: u32,
 }
 
 #[derive(Debug, Args)]
@@ -219,6 +323,12 @@ pub struct Remote {
         default_value = "http://127.0.0.1:50051"
     )]
     pub coordinator: String,
+    #[command(flatten)]
+    pub tls: shoal_client::TlsFiles,
+    /// A file holding an admin token, for a coordinator started with --admin-tokens (or set
+    /// SHOAL_ADMIN_TOKEN).
+    #[arg(long, env = "SHOAL_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -262,6 +372,33 @@ pub async fn run_cli(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Serve(a) => serve_cmd(a).await,
         Command::Health(a) => health_cmd(&a).await,
+        Command::Certs(a) => {
+            let clients = client_names(a.clients, &a.client_names)?;
+            let f = crate::security::generate_certs(&a.out, &a.names, &clients)?;
+            println!(
+                "wrote the CA ({}), the server certificate for {} ({}, {}) and {} client certificates (admin.pem is the operator's) to {}",
+                f.ca.display(),
+                a.names.join(", "),
+                f.server_cert.display(),
+                f.server_key.display(),
+                f.clients.len(),
+                a.out.display()
+            );
+            println!("keep ca.key offline: whoever holds it can make client certificates");
+            Ok(0)
+        }
+        Command::Tokens(a) => {
+            let clients = client_names(a.clients, &a.client_names)?;
+            let f = crate::security::generate_tokens(&a.out, &clients)?;
+            println!(
+                "wrote {} client tokens and admin.token to {}; the coordinator reads {} (--client-tokens) and {} (--admin-tokens)",
+                clients.len(),
+                a.out.display(),
+                f.client_hashes.display(),
+                f.admin_hashes.display()
+            );
+            Ok(0)
+        }
         Command::Simulate(a) => simulate_cmd(a).await,
         Command::Partition(a) => partition_cmd(&a).map(|_| 0),
         Command::Job(j) => job_cmd(j).await,
@@ -327,7 +464,8 @@ async fn health_cmd(a: &HealthArgs) -> anyhow::Result<i32> {
     use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
     let limit = std::time::Duration::from_secs(a.timeout_secs.max(1));
     let check = async {
-        let channel = shoal_client::endpoint(&a.coordinator)?
+        let tls = a.tls.load()?;
+        let channel = shoal_client::endpoint_with(&a.coordinator, tls.as_ref())?
             .connect_timeout(limit)
             .connect()
             .await?;
@@ -377,20 +515,61 @@ async fn all_jobs_done(coord: std::sync::Arc<Coordinator>) -> bool {
     }
 }
 
+/// The coordinator's settings from `serve`'s flags; every file is read now, so a bad one stops
+/// the start with its name.
+fn serve_config(a: &ServeArgs) -> anyhow::Result<CoordinatorConfig> {
+    use crate::security::{server_tls, AuthConfig, TokenSet};
+    let secs = |v: f64, flag: &str| -> anyhow::Result<std::time::Duration> {
+        if !(v.is_finite() && v > 0.0 && v < 1e7) {
+            bail!("{flag} {v}: give a positive number of seconds");
+        }
+        Ok(std::time::Duration::from_secs_f64(v))
+    };
+    if a.max_clients == 0 || a.max_message_bytes < 1024 || a.max_tensor_elements == 0 {
+        bail!("--max-clients and --max-tensor-elements must be at least 1, --max-message-bytes at least 1024");
+    }
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some(server_tls(c, k, a.client_ca.as_deref())?),
+        _ => None,
+    };
+    let auth = AuthConfig {
+        client_tokens: a.client_tokens.as_deref().map(TokenSet::load).transpose()?,
+        client_certs: a.client_ca.is_some(),
+        admin_tokens: a.admin_tokens.as_deref().map(TokenSet::load).transpose()?,
+    };
+    auth.check()?;
+    if !auth.clients_authenticated() {
+        tracing::warn!("clients are not authenticated: anyone who reaches this port can join the federation (see --client-tokens, --client-ca)");
+    }
+    if auth.admin_tokens.is_none() {
+        tracing::warn!("the Jobs service is open: anyone who reaches this port can submit and read jobs (see --admin-tokens)");
+    }
+    if tls.is_none() && (auth.client_tokens.is_some() || auth.admin_tokens.is_some()) {
+        tracing::warn!("tokens travel in plaintext without TLS (see --tls-cert)");
+    }
+    Ok(CoordinatorConfig {
+        runs_dir: a.out.clone(),
+        log_format: a.log_format,
+        max_message_bytes: a.max_message_bytes,
+        max_tensor_elements: a.max_tensor_elements,
+        max_clients: a.max_clients,
+        hello_timeout: secs(a.hello_timeout_secs, "--hello-timeout-secs")?,
+        heartbeat_timeout: secs(a.heartbeat_timeout_secs, "--heartbeat-timeout-secs")?,
+        auth,
+        tls,
+        auth_failures_per_minute: a.auth_failures_per_minute,
+        ..CoordinatorConfig::default()
+    })
+}
+
 async fn serve_cmd(a: ServeArgs) -> anyhow::Result<i32> {
     let initial = match &a.job {
         Some(path) => Some(read_spec(path)?),
         None => None,
     };
+    let config = serve_config(&a)?;
     let store = Store::open(&a.state_dir)?;
-    let coord = Coordinator::new(
-        CoordinatorConfig {
-            runs_dir: a.out.clone(),
-            log_format: a.log_format,
-            ..CoordinatorConfig::default()
-        },
-        store,
-    )?;
+    let coord = Coordinator::new(config, store)?;
     let listener = TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
@@ -585,15 +764,52 @@ pub fn partition_table(shards: &[Dataset], test: &Dataset) -> String {
     out
 }
 
-async fn connect_jobs(url: &str) -> anyhow::Result<JobsClient<tonic::transport::Channel>> {
-    let endpoint = shoal_client::endpoint(url)?;
+/// Adds the admin token, when there is one, to every Jobs call.
+#[derive(Debug, Clone)]
+pub struct AdminToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for AdminToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A Jobs client that sends the admin token.
+pub type AdminJobs = JobsClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AdminToken>,
+>;
+
+/// Connects to the Jobs service at `url`, with TLS when given and the admin token on every call.
+pub async fn connect_jobs_with(
+    url: &str,
+    tls: Option<&shoal_client::ClientTls>,
+    token: Option<&str>,
+) -> anyhow::Result<AdminJobs> {
+    let endpoint = shoal_client::endpoint_with(url, tls)?;
+    let header = token
+        .map(|t| format!("Bearer {}", t.trim()).parse())
+        .transpose()
+        .map_err(|_| anyhow::anyhow!("the admin token holds characters a header cannot carry"))?;
     let channel = endpoint.connect().await.map_err(|e| {
         anyhow::anyhow!(
             "cannot reach the coordinator at {url}: {}",
             shoal_client::connection::error_chain(&e)
         )
     })?;
-    Ok(JobsClient::new(channel))
+    Ok(JobsClient::with_interceptor(channel, AdminToken(header)))
+}
+
+async fn connect_jobs(remote: &Remote) -> anyhow::Result<AdminJobs> {
+    let tls = remote.tls.load()?;
+    let token = match (&remote.admin_token_file, std::env::var("SHOAL_ADMIN_TOKEN")) {
+        (Some(p), _) => Some(shoal_client::tls::read_token_file(p, "--admin-token-file")?),
+        (None, Ok(t)) if !t.trim().is_empty() => Some(t),
+        _ => None,
+    };
+    connect_jobs_with(&remote.coordinator, tls.as_ref(), token.as_deref()).await
 }
 
 fn status_name(s: i32) -> &'static str {
@@ -650,7 +866,7 @@ async fn job_cmd(cmd: JobCommand) -> anyhow::Result<i32> {
             } else {
                 "toml"
             };
-            let mut c = connect_jobs(&remote.coordinator).await?;
+            let mut c = connect_jobs(&remote).await?;
             let info = c
                 .submit(v1::SubmitRequest {
                     spec: text,
@@ -669,7 +885,7 @@ async fn job_cmd(cmd: JobCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         JobCommand::Status { id, remote } => {
-            let mut c = connect_jobs(&remote.coordinator).await?;
+            let mut c = connect_jobs(&remote).await?;
             let j = c
                 .get(v1::GetRequest { job_id: id })
                 .await
@@ -680,7 +896,7 @@ async fn job_cmd(cmd: JobCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         JobCommand::List { remote } => {
-            let mut c = connect_jobs(&remote.coordinator).await?;
+            let mut c = connect_jobs(&remote).await?;
             let list = c
                 .list(v1::ListRequest {})
                 .await
@@ -695,11 +911,11 @@ async fn job_cmd(cmd: JobCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         JobCommand::Watch { id, remote } => {
-            let mut c = connect_jobs(&remote.coordinator).await?;
+            let mut c = connect_jobs(&remote).await?;
             watch_job(&mut c, &id).await
         }
         JobCommand::Cancel { id, remote } => {
-            let mut c = connect_jobs(&remote.coordinator).await?;
+            let mut c = connect_jobs(&remote).await?;
             let j = c
                 .cancel(v1::CancelRequest { job_id: id })
                 .await
@@ -712,10 +928,7 @@ async fn job_cmd(cmd: JobCommand) -> anyhow::Result<i32> {
 }
 
 /// Prints round lines until the job ends; 0 when it finished.
-pub async fn watch_job(
-    c: &mut JobsClient<tonic::transport::Channel>,
-    id: &str,
-) -> anyhow::Result<i32> {
+pub async fn watch_job(c: &mut AdminJobs, id: &str) -> anyhow::Result<i32> {
     let mut stream = c
         .watch(v1::WatchRequest {
             job_id: id.to_string(),

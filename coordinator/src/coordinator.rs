@@ -37,6 +37,18 @@ pub struct CoordinatorConfig {
     pub heartbeat_interval: std::time::Duration,
     /// A client from which nothing arrives for this long is dropped.
     pub heartbeat_timeout: std::time::Duration,
+    /// Most clients connected at once; more are refused until one leaves.
+    pub max_clients: usize,
+    /// Largest model (in parameters) a job may train; a tensor on the wire is never decoded
+    /// beyond its job's model size.
+    pub max_tensor_elements: usize,
+    /// Who may connect and who may use the Jobs service.
+    pub auth: crate::security::AuthConfig,
+    /// TLS for every service (and mutual TLS when it names a client CA); `None`: plaintext.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Failed authentication attempts a peer address may make per minute before it is refused
+    /// without a check for the rest of that minute.
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for CoordinatorConfig {
@@ -50,6 +62,11 @@ impl Default for CoordinatorConfig {
             hello_timeout: std::time::Duration::from_secs(10),
             heartbeat_interval: std::time::Duration::from_secs(5),
             heartbeat_timeout: std::time::Duration::from_secs(60),
+            max_clients: 1000,
+            max_tensor_elements: 16 * 1024 * 1024,
+            auth: crate::security::AuthConfig::default(),
+            tls: None,
+            auth_failures_per_minute: 10,
         }
     }
 }
@@ -79,20 +96,111 @@ pub struct Coordinator {
     jobs: Mutex<HashMap<String, JobHandle>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    /// Failed authentication attempts per peer address.
+    pub(crate) failures: crate::security::FailureBudget,
 }
 
 impl Coordinator {
     /// A coordinator over `store`. Call [`Coordinator::resume_interrupted`] once it serves, to
     /// go on with the jobs a previous process left unfinished.
     pub fn new(config: CoordinatorConfig, store: Store) -> Result<Arc<Self>> {
+        config.auth.check()?;
         Ok(Arc::new(Coordinator {
-            registry: Arc::new(Registry::default()),
+            registry: Arc::new(Registry::new(config.max_clients)),
             store: Arc::new(store),
-            config,
             jobs: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            failures: crate::security::FailureBudget::new(config.auth_failures_per_minute),
+            config,
         }))
+    }
+
+    /// Checks a client's credentials: its token against the client token file (bound to its
+    /// name), and with mutual TLS its certificate's name against the name it gave. The error is
+    /// the reason it is refused.
+    pub(crate) fn authenticate_client(
+        &self,
+        hello: &v1::Hello,
+        cert_name: Option<&str>,
+    ) -> std::result::Result<(), String> {
+        let auth = &self.config.auth;
+        let name = hello.client_name.trim();
+        if auth.client_certs {
+            match cert_name {
+                None => return Err("no client certificate (mutual TLS is required)".into()),
+                Some(c) if c != name => {
+                    return Err(format!("the client certificate is `{c}`'s, not `{name}`'s"))
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(tokens) = &auth.client_tokens {
+            if hello.token.trim().is_empty() {
+                return Err("no token (pass --token-file)".into());
+            }
+            if !tokens.verify(name, &hello.token) {
+                return Err(format!("the token is not `{name}`'s"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets a Jobs call through when it carries an admin token (`authorization: Bearer TOKEN`),
+    /// or when no admin tokens are configured (a development coordinator).
+    pub(crate) fn authorize_admin<T>(
+        &self,
+        request: &tonic::Request<T>,
+    ) -> std::result::Result<(), tonic::Status> {
+        let Some(admins) = &self.config.auth.admin_tokens else {
+            return Ok(());
+        };
+        let peer = request.remote_addr();
+        if let Err(wait) = self.failures.check(peer.map(|a| a.ip())) {
+            return Err(Error::Exhausted(format!(
+                "too many failed attempts from this address; try again in {} s",
+                wait.as_secs() + 1
+            ))
+            .into());
+        }
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let reason = match token {
+            None => "no admin token (pass --admin-token-file or set SHOAL_ADMIN_TOKEN)",
+            Some(t) if admins.find(t).is_some() => return Ok(()),
+            Some(_) => "the token is not an admin token",
+        };
+        self.auth_failed(peer, "Jobs", reason);
+        Err(
+            Error::Unauthenticated(format!("the Jobs service needs an admin token: {reason}"))
+                .into(),
+        )
+    }
+
+    /// Logs a failed attempt with the peer's address, until the peer has used its budget.
+    pub(crate) fn auth_failed(
+        &self,
+        peer: Option<std::net::SocketAddr>,
+        service: &str,
+        reason: &str,
+    ) {
+        use crate::security::Failure;
+        let peer_text = peer.map_or_else(|| "unknown peer".into(), |p| p.to_string());
+        match self.failures.fail(peer.map(|a| a.ip())) {
+            Failure::Logged => {
+                tracing::warn!(peer = %peer_text, service, "refused: {reason}")
+            }
+            Failure::Exhausted => tracing::warn!(
+                peer = %peer_text,
+                service,
+                "refused: {reason}; this address has used its failed-attempt budget and is refused without a check, unlogged, for {} s",
+                crate::security::FAILURE_WINDOW.as_secs()
+            ),
+            Failure::Quiet => {}
+        }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -238,9 +346,11 @@ impl Coordinator {
             registry: self.registry.clone(),
             cancel,
             max_message_bytes: self.config.max_message_bytes,
+            max_tensor_elements: self.config.max_tensor_elements,
             task_seq: Default::default(),
             view: Default::default(),
             validation: false,
+            strikes: Default::default(),
         };
         let me = self.clone();
         let span = tracing::info_span!("job", job = %id);
@@ -256,6 +366,12 @@ impl Coordinator {
         resume: Option<Resume>,
     ) {
         let id = ctx.id.clone();
+        // A resumed job keeps its clients' refusal tallies (and so its quarantines).
+        if let Some(r) = &resume {
+            for rec in &r.records {
+                ctx.strike(&rec.rejected_by);
+            }
+        }
         if let Err(e) = self.store.set_status(&id, JobStatus::Running, None) {
             error!("cannot record job start: {e}");
         }
@@ -875,6 +991,8 @@ pub(crate) fn round_to_wire(job: &str, r: &RoundRecord) -> v1::RoundReport {
         bytes_down: r.bytes_down,
         seconds: r.seconds,
         rejected: r.rejected,
+        rejected_by: r.rejected_by.clone().into_iter().collect(),
+        quarantined: r.quarantined.clone(),
     }
 }
 
@@ -894,5 +1012,7 @@ pub fn round_from_wire(r: &v1::RoundReport) -> RoundRecord {
         bytes_down: r.bytes_down,
         seconds: r.seconds,
         rejected: r.rejected,
+        rejected_by: r.rejected_by.clone().into_iter().collect(),
+        quarantined: r.quarantined.clone(),
     }
 }

@@ -30,6 +30,15 @@ pub enum Error {
     Cancelled,
     #[error("the coordinator is shutting down")]
     ShuttingDown,
+    /// A setting, flag or file of the coordinator's own is wrong; the message names it.
+    #[error("{0}")]
+    Config(String),
+    /// Missing or wrong credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Too many failed attempts from this peer, or too many clients.
+    #[error("{0}")]
+    Exhausted(String),
 }
 
 /// Result alias for the coordinator.
@@ -54,6 +63,9 @@ impl From<Error> for Status {
             Error::JobEnded(_) => Code::FailedPrecondition,
             Error::Cancelled => Code::Cancelled,
             Error::ShuttingDown => Code::Unavailable,
+            Error::Config(_) => Code::InvalidArgument,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::Exhausted(_) => Code::ResourceExhausted,
             Error::Core(_) | Error::Store(_) | Error::Io { .. } | Error::Job(_) => Code::Internal,
         };
         Status::new(code, e.to_string())

@@ -322,6 +322,8 @@ mod tests {
             bytes_down: 2000,
             seconds: 0.01,
             rejected: 0,
+            rejected_by: Default::default(),
+            quarantined: Vec::new(),
         }
     }
 

@@ -17,6 +17,7 @@
 //! - `round.rs`: the round engine and [`round::RoundRecord`]
 //! - `registry.rs`: connected clients and open tasks
 //! - `services.rs`: the gRPC handlers
+//! - `security.rs`: TLS, client and admin tokens, the failed-attempt budget, `certs` and `tokens`
 //! - `server.rs`: serving and shutdown
 //! - `spec.rs`: job specs ([`spec::JobSpec`])
 //! - `store.rs`: SQLite state
@@ -43,6 +44,7 @@ pub mod html;
 pub mod registry;
 pub mod report;
 pub mod round;
+pub mod security;
 pub mod server;
 pub mod services;
 pub mod simulate;

@@ -14,7 +14,9 @@ async fn main() -> std::process::ExitCode {
         | Command::Job(_)
         | Command::Study(_)
         | Command::Bench(_)
-        | Command::Health(_) => "warn",
+        | Command::Health(_)
+        | Command::Certs(_)
+        | Command::Tokens(_) => "warn",
         Command::Serve(_) => "warn,shoal_coordinator=info",
     };
     tracing_subscriber::fmt()

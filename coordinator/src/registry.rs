@@ -16,6 +16,9 @@ use tonic::Status;
 /// Outbound half of a client's stream.
 pub type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
 
+/// Longest job id kept for counting refused results.
+const MAX_NAME_CHARS: usize = 128;
+
 /// Depth of each client's outbound queue; tasks are few and large, so a small queue suffices.
 const OUTBOUND_DEPTH: usize = 16;
 
@@ -68,6 +71,8 @@ pub struct Disconnected(pub String);
 pub enum RegisterError {
     #[error("the coordinator is shutting down")]
     Closed,
+    #[error("the coordinator already serves its maximum of {max} clients (--max-clients)")]
+    Full { max: usize },
     #[error("a client named `{name}` is already connected (from {addr:?}); pick another --name, or retry once that session has ended")]
     NameTaken {
         name: String,
@@ -90,10 +95,17 @@ struct Pending {
     slot: oneshot::Sender<Arrived>,
 }
 
+/// Most jobs whose refused results are counted at once: the job id of a refused result comes
+/// from the sender, so a hostile peer must not grow this map without bound.
+const MAX_REFUSED_JOBS: usize = 256;
+
 #[derive(Debug, Default)]
 struct Inner {
     clients: BTreeMap<String, Entry>,
     pending: HashMap<String, Pending>,
+    /// Results refused here (unknown, duplicate, late, another client's task), by the job they
+    /// name and the client that sent them; the job's round engine takes them each round.
+    refused: HashMap<String, BTreeMap<String, u32>>,
     next_session: u64,
     closed: bool,
 }
@@ -102,20 +114,27 @@ struct Inner {
 #[derive(Debug)]
 pub struct Registry {
     inner: Mutex<Inner>,
+    max_clients: usize,
     /// Bumped on every connect and disconnect, so waiters wake without polling.
     changed: watch::Sender<u64>,
 }
 
 impl Default for Registry {
     fn default() -> Self {
-        Registry {
-            inner: Mutex::new(Inner::default()),
-            changed: watch::channel(0).0,
-        }
+        Registry::new(usize::MAX)
     }
 }
 
 impl Registry {
+    /// A registry that holds at most `max_clients` sessions at once.
+    pub fn new(max_clients: usize) -> Self {
+        Registry {
+            inner: Mutex::new(Inner::default()),
+            max_clients,
+            changed: watch::channel(0).0,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -144,6 +163,11 @@ impl Registry {
                 return Err(RegisterError::NameTaken {
                     name: name.to_string(),
                     addr: e.addr,
+                });
+            }
+            if inner.clients.len() >= self.max_clients {
+                return Err(RegisterError::Full {
+                    max: self.max_clients,
                 });
             }
             inner.next_session += 1;
@@ -255,21 +279,38 @@ impl Registry {
     ) -> Result<(), ResultRejected> {
         let mut inner = self.lock();
         let task = result.task_id.clone();
-        match inner.pending.get(&task) {
-            None => return Err(ResultRejected::UnknownTask(task)),
+        let refusal = match inner.pending.get(&task) {
+            None => Some(ResultRejected::UnknownTask(task.clone())),
             Some(p) if p.client != client || p.session != session => {
-                return Err(ResultRejected::WrongClient {
-                    task,
+                Some(ResultRejected::WrongClient {
+                    task: task.clone(),
                     client: client.to_string(),
                 })
             }
-            Some(_) => {}
+            Some(_) => None,
+        };
+        if let Some(e) = refusal {
+            let job: String = result.job_id.chars().take(MAX_NAME_CHARS).collect();
+            if inner.refused.contains_key(&job) || inner.refused.len() < MAX_REFUSED_JOBS {
+                *inner
+                    .refused
+                    .entry(job)
+                    .or_default()
+                    .entry(client.to_string())
+                    .or_default() += 1;
+            }
+            return Err(e);
         }
         if let Some(p) = inner.pending.remove(&task) {
             // The waiter may have given up (deadline); then the result is simply dropped.
             let _ = p.slot.send(Arrived { result, bytes });
         }
         Ok(())
+    }
+
+    /// The results refused here since the last call that named job `job`, by client.
+    pub fn take_refused(&self, job: &str) -> BTreeMap<String, u32> {
+        self.lock().refused.remove(job).unwrap_or_default()
     }
 
     /// Forgets open tasks (after a round's deadline), so late results are refused.
@@ -339,6 +380,11 @@ mod tests {
             r.complete("a", sa, res, 7),
             Err(ResultRejected::UnknownTask(_))
         ));
+        // Both refusals are counted against their senders, under the job they name.
+        let refused = r.take_refused("");
+        assert_eq!(refused.get("a"), Some(&1));
+        assert_eq!(refused.get("b"), Some(&1));
+        assert!(r.take_refused("").is_empty(), "taken once");
     }
 
     #[tokio::test]
@@ -379,6 +425,19 @@ mod tests {
             assert!(sent <= OUTBOUND_DEPTH, "queue never filled");
         }
         assert_eq!(sent, OUTBOUND_DEPTH);
+    }
+
+    #[test]
+    fn a_full_registry_refuses_new_clients_until_one_leaves() {
+        let r = Registry::new(2);
+        let a = r.register("a", ds("d"), None).unwrap();
+        let _b = r.register("b", ds("d"), None).unwrap();
+        assert!(matches!(
+            r.register("c", ds("d"), None),
+            Err(RegisterError::Full { max: 2 })
+        ));
+        r.unregister("a", a.session);
+        assert!(r.register("c", ds("d"), None).is_ok());
     }
 
     #[tokio::test]

@@ -74,6 +74,17 @@ pub fn round_line(r: &RoundRecord) -> String {
     );
     if r.rejected > 0 {
         line.push_str(&format!("  rejected {}", r.rejected));
+        if !r.rejected_by.is_empty() {
+            let by: Vec<String> = r
+                .rejected_by
+                .iter()
+                .map(|(c, n)| format!("{c}: {n}"))
+                .collect();
+            line.push_str(&format!(" ({})", by.join(", ")));
+        }
+    }
+    if !r.quarantined.is_empty() {
+        line.push_str(&format!("  quarantined {}", r.quarantined.join(", ")));
     }
     line
 }
@@ -544,6 +555,8 @@ mod tests {
             bytes_down: 1_200_000,
             seconds: 0.04,
             rejected: 0,
+            rejected_by: Default::default(),
+            quarantined: Vec::new(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! validate updates into the strategy's running aggregate, evaluate (federated and centralized),
 //! record.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::error::{Error, Result};
 use crate::registry::{Arrived, ClientView, Registry};
-use crate::spec::JobSpec;
+use crate::spec::{JobSpec, NormAction};
 
 /// The awaited variant of a task result; a client's error or another variant is the verdict
 /// (`return Err(...)` from the enclosing result check).
@@ -65,8 +66,14 @@ pub struct RoundRecord {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub seconds: f64,
-    /// Results refused by validation this round.
+    /// Results refused this round (validation, duplicates, late or unknown results).
     pub rejected: u32,
+    /// The same, by client.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rejected_by: BTreeMap<String, u32>,
+    /// Clients quarantined after this round: left out of the rest of the job.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<String>,
 }
 
 /// JSON has no NaN: serde_json writes it as null; read null back as NaN.
@@ -103,12 +110,17 @@ pub struct JobCtx {
     pub cancel: CancellationToken,
     /// Largest message the coordinator sends; a task that would exceed it fails the job clearly.
     pub max_message_bytes: usize,
+    /// Largest model, in parameters, the job may train.
+    pub max_tensor_elements: usize,
     /// Numbers the job's tasks.
     pub task_seq: Arc<std::sync::atomic::AtomicU64>,
     /// Fusion: how clients present their rows for this part of the job (JSON, empty for none).
     pub view: prost::bytes::Bytes,
     /// AutoML trials: clients train and evaluate on their validation split.
     pub validation: bool,
+    /// Refused results per client over the whole job (shared by an AutoML job's trials); a
+    /// client at `updates.quarantine_after` is left out of the job.
+    pub strikes: Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
 }
 
 /// The global model and whatever trains it.
@@ -350,6 +362,7 @@ impl OrderedMean {
 struct Phase {
     accepted: usize,
     rejected: usize,
+    rejected_by: BTreeMap<String, u32>,
     failed: usize,
     timed_out: usize,
     bytes_up: u64,
@@ -360,6 +373,9 @@ impl Phase {
     /// Adds another phase's traffic and refusals (a boosting round runs many phases).
     fn absorb(&mut self, other: &Phase) {
         self.rejected += other.rejected;
+        for (client, n) in &other.rejected_by {
+            *self.rejected_by.entry(client.clone()).or_default() += n;
+        }
         self.failed += other.failed;
         self.timed_out += other.timed_out;
         self.bytes_up += other.bytes_up;
@@ -407,6 +423,7 @@ impl JobCtx {
                 .available(&self.spec.dataset)
                 .into_iter()
                 .filter(|c| facts.is_none_or(|f| compatible(c, &self.spec.dataset, f)))
+                .filter(|c| !self.is_quarantined(&c.name))
                 .collect();
             if avail.len() >= need {
                 return Ok(avail);
@@ -552,6 +569,13 @@ impl JobCtx {
                 let model: Arc<dyn Model> = Arc::from(spec.build(facts.n_features, n_classes)?);
                 let mut rng = ChaCha8Rng::seed_from_u64(seed::derive(self.spec.seed, &[SEED_INIT]));
                 let weights = model.init(&mut rng);
+                if weights.num_params() > self.max_tensor_elements {
+                    return Err(Error::Job(format!(
+                        "the model has {} parameters, over the coordinator's limit of {} (--max-tensor-elements)",
+                        weights.num_params(),
+                        self.max_tensor_elements
+                    )));
+                }
                 GlobalModel::Params {
                     model,
                     weights,
@@ -629,6 +653,7 @@ impl JobCtx {
                 .available(&self.spec.dataset)
                 .into_iter()
                 .filter(|c| compatible(c, &self.spec.dataset, &state.facts))
+                .filter(|c| !self.is_quarantined(&c.name))
                 .collect();
             let eval_clients = sample(
                 &avail,
@@ -684,6 +709,14 @@ impl JobCtx {
             test_accuracy = state.global.classifies().then_some(stats.accuracy);
         }
 
+        // Refusals: the phases' own, and results the registry refused for this job (duplicates,
+        // late answers, other clients' tasks).
+        let mut rejected_by = fit_phase.rejected_by.clone();
+        let registry_refused = self.registry.take_refused(&self.id);
+        for (client, n) in eval_phase.rejected_by.iter().chain(&registry_refused) {
+            *rejected_by.entry(client.clone()).or_default() += n;
+        }
+        let quarantined = self.strike(&rejected_by);
         Ok(RoundRecord {
             round,
             rounds_total: self.spec.rounds,
@@ -697,8 +730,43 @@ impl JobCtx {
             bytes_up: fit_phase.bytes_up + eval_phase.bytes_up,
             bytes_down: fit_phase.bytes_down + eval_phase.bytes_down,
             seconds: started.elapsed().as_secs_f64(),
-            rejected: (fit_phase.rejected + eval_phase.rejected) as u32,
+            rejected: rejected_by.values().sum(),
+            rejected_by,
+            quarantined,
         })
+    }
+
+    /// Whether `client` is quarantined for this job.
+    pub fn is_quarantined(&self, client: &str) -> bool {
+        let after = self.spec.updates.quarantine_after;
+        after > 0
+            && self
+                .strikes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(client)
+                .is_some_and(|&n| n >= after)
+    }
+
+    /// Adds a round's refusals to the job's tally; returns the clients this quarantines.
+    pub fn strike(&self, refused: &BTreeMap<String, u32>) -> Vec<String> {
+        let after = self.spec.updates.quarantine_after;
+        let mut strikes = self.strikes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut newly = Vec::new();
+        for (client, n) in refused {
+            let total = strikes.entry(client.clone()).or_default();
+            let before = *total;
+            *total = total.saturating_add(*n);
+            if after > 0 && before < after && *total >= after {
+                warn!(
+                    client,
+                    refused = *total,
+                    "client quarantined for the rest of the job: too many refused results"
+                );
+                newly.push(client.clone());
+            }
+        }
+        newly
     }
 
     /// Fit phase of a weights model: each valid update goes straight into the strategy's running
@@ -736,6 +804,7 @@ impl JobCtx {
         let mut updates: Vec<(String, Weights, u64, Option<Weights>)> = Vec::new();
         let mut loss = OrderedMean::default();
         let max_elements = weights.num_params();
+        let bound = self.spec.updates.clone();
         let announced = self.announced(fit_clients, false);
         let current: &Weights = weights;
         let phase = self
@@ -753,10 +822,25 @@ impl JobCtx {
                         .parameters
                         .as_ref()
                         .ok_or("fit result without parameters")?;
-                    let w = shoal_proto::weights_from_wire(params, max_elements)
+                    let mut w = shoal_proto::weights_from_wire(params, max_elements)
                         .map_err(|e| e.to_string())?;
                     current.check_same_layout(&w).map_err(|e| e.to_string())?;
                     w.check_finite().map_err(|e| e.to_string())?;
+                    if let Some(max) = bound.max_norm {
+                        let norm = match bound.on_norm {
+                            NormAction::Reject => w.distance(current),
+                            NormAction::Clip => w.clip_toward(current, max),
+                        }
+                        .map_err(|e| e.to_string())?;
+                        if norm > max && bound.on_norm == NormAction::Reject {
+                            return Err(format!(
+                                "update norm {norm:.4} is over the job's bound of {max} (updates.max_norm)"
+                            ));
+                        }
+                        if norm > max {
+                            tracing::debug!(client, norm, max, "update clipped to the norm bound");
+                        }
+                    }
                     check_count(fit.num_examples, announced.get(client).copied(), "train")?;
                     check_loss(fit.train_loss)?;
                     let control_delta = match (&fit.control_delta, wants_control) {
@@ -1279,6 +1363,7 @@ impl JobCtx {
                                 Ok(()) => phase.accepted += 1,
                                 Err(reason) => {
                                     phase.rejected += 1;
+                                    *phase.rejected_by.entry(client.clone()).or_default() += 1;
                                     warn!(client, round, "result rejected: {reason}");
                                 }
                             }
@@ -1460,6 +1545,8 @@ mod tests {
             bytes_down: 0,
             seconds: 0.0,
             rejected: 0,
+            rejected_by: Default::default(),
+            quarantined: Vec::new(),
         };
         let back: RoundRecord =
             serde_json::from_str(&serde_json::to_string(&rec).unwrap()).unwrap();

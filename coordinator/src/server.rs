@@ -31,7 +31,11 @@ pub async fn serve(
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let stopping = coord.clone();
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &coord.config.tls {
+        builder = builder.tls_config(tls.clone())?;
+    }
+    builder
         // Dead peers (a pulled cable, a killed container) are found without waiting for a task.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))

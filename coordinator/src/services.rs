@@ -55,6 +55,16 @@ impl Federation for FederationService {
         request: Request<Streaming<ClientMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let peer = request.remote_addr();
+        let ip = peer.map(|a| a.ip());
+        if let Err(wait) = self.coord.failures.check(ip) {
+            return Err(Error::Exhausted(format!(
+                "too many failed attempts from {}; try again in {} s",
+                ip.map_or_else(|| "this peer".into(), |i| i.to_string()),
+                wait.as_secs() + 1
+            ))
+            .into());
+        }
+        let cert_name = peer_cert_name(&request);
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(self.coord.config.hello_timeout, inbound.message()).await;
         let hello = match first {
@@ -71,7 +81,8 @@ impl Federation for FederationService {
                 msg: Some(client_message::Msg::Hello(h)),
             }))) => h,
             Ok(Ok(Some(_))) => {
-                warn!(?peer, "first message was not Hello");
+                self.coord
+                    .auth_failed(peer, "Federation", "first message was not Hello");
                 return Ok(reject("the first message must be Hello".into()));
             }
         };
@@ -83,14 +94,27 @@ impl Federation for FederationService {
             )));
         }
         if let Err(reason) = check_hello(&hello) {
-            warn!(?peer, "Hello refused: {reason}");
+            self.coord
+                .auth_failed(peer, "Federation", &format!("Hello refused: {reason}"));
             return Ok(reject(reason));
+        }
+        if let Err(reason) = self.coord.authenticate_client(&hello, cert_name.as_deref()) {
+            self.coord.auth_failed(
+                peer,
+                "Federation",
+                &format!("client `{}`: {reason}", hello.client_name.trim()),
+            );
+            return Ok(reject(format!("unauthenticated: {reason}")));
         }
         let name = hello.client_name.trim().to_string();
         let datasets: Vec<String> = hello.datasets.iter().map(|d| d.name.clone()).collect();
         let reg = match self.coord.registry.register(&name, hello.datasets, peer) {
             Ok(reg) => reg,
             Err(RegisterError::Closed) => return Err(Error::ShuttingDown.into()),
+            Err(e @ RegisterError::Full { .. }) => {
+                warn!(?peer, "{e}");
+                return Err(Error::Exhausted(e.to_string()).into());
+            }
             Err(e @ RegisterError::NameTaken { .. }) => {
                 warn!(?peer, "{e}");
                 // Retryable: the same client reconnecting before its old stream was noticed gone.
@@ -165,6 +189,12 @@ impl Federation for FederationService {
             .take_until(shutdown);
         Ok(Response::new(Box::pin(out)))
     }
+}
+
+/// The name in the peer's TLS client certificate, when it presented one.
+fn peer_cert_name<T>(request: &Request<T>) -> Option<String> {
+    let certs = request.peer_certs()?;
+    crate::security::cert_name(certs.first()?.as_ref())
 }
 
 /// Bounds on what a Hello may announce, so a peer cannot size the model or the registry at will.
@@ -265,6 +295,7 @@ impl Jobs for JobsService {
         &self,
         request: Request<v1::SubmitRequest>,
     ) -> Result<Response<v1::JobInfo>, Status> {
+        self.coord.authorize_admin(&request)?;
         let req = request.into_inner();
         let spec = match req.format.as_str() {
             "" | "toml" => JobSpec::from_toml(&req.spec)?,
@@ -281,6 +312,7 @@ impl Jobs for JobsService {
     }
 
     async fn get(&self, request: Request<v1::GetRequest>) -> Result<Response<v1::JobInfo>, Status> {
+        self.coord.authorize_admin(&request)?;
         Ok(Response::new(
             self.coord.job_info(&request.into_inner().job_id)?,
         ))
@@ -288,8 +320,9 @@ impl Jobs for JobsService {
 
     async fn list(
         &self,
-        _request: Request<v1::ListRequest>,
+        request: Request<v1::ListRequest>,
     ) -> Result<Response<v1::ListResponse>, Status> {
+        self.coord.authorize_admin(&request)?;
         Ok(Response::new(v1::ListResponse {
             jobs: self.coord.list()?,
         }))
@@ -299,6 +332,7 @@ impl Jobs for JobsService {
         &self,
         request: Request<v1::CancelRequest>,
     ) -> Result<Response<v1::JobInfo>, Status> {
+        self.coord.authorize_admin(&request)?;
         Ok(Response::new(
             self.coord.cancel(&request.into_inner().job_id)?,
         ))
@@ -310,6 +344,7 @@ impl Jobs for JobsService {
         &self,
         request: Request<v1::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.coord.authorize_admin(&request)?;
         let id = request.into_inner().job_id;
         let (history, live) = self.coord.watch(&id)?;
         let last_round = history

@@ -40,6 +40,9 @@ pub struct JobSpec {
     pub local: LocalConfig,
     #[serde(default)]
     pub evaluation: Evaluation,
+    /// What the coordinator accepts from clients: an update norm bound and quarantine.
+    #[serde(default)]
+    pub updates: UpdatePolicy,
     /// Diffusion jobs: what to generate after training (`[diffusion]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diffusion: Option<DiffusionOptions>,
@@ -160,6 +163,41 @@ impl Default for ClientPolicy {
     }
 }
 
+/// What a bounded update does beyond the bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NormAction {
+    /// Refuse the update (it counts against the client).
+    #[default]
+    Reject,
+    /// Scale the update down to the bound and accept it.
+    Clip,
+}
+
+/// Checks on clients' updates beyond shape and finiteness (the job's `[updates]` section).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpdatePolicy {
+    /// Bound on an update's L2 distance from the global model it started from (weights models);
+    /// none by default.
+    pub max_norm: Option<f64>,
+    /// What happens to an update beyond `max_norm`: reject or clip.
+    pub on_norm: NormAction,
+    /// A client with this many refused results in the job is left out of it for the rest of
+    /// the job (quarantined); 0 = never.
+    pub quarantine_after: u32,
+}
+
+impl Default for UpdatePolicy {
+    fn default() -> Self {
+        UpdatePolicy {
+            max_norm: None,
+            on_norm: NormAction::Reject,
+            quarantine_after: 3,
+        }
+    }
+}
+
 /// Evaluation settings (the job's `[evaluation]` section).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -226,6 +264,14 @@ impl JobSpec {
     /// Rejects specs no run can satisfy, naming the field.
     pub fn check(&self) -> Result<()> {
         let bad = |field: &str, msg: String| Err(Error::InvalidSpec(format!("`{field}` {msg}")));
+        if let Some(m) = self.updates.max_norm {
+            if !(m.is_finite() && m > 0.0) {
+                return bad(
+                    "updates.max_norm",
+                    format!("= {m}: give a positive number (or leave it out for no bound)"),
+                );
+            }
+        }
         if self.model.denoiser().is_some() && self.kind != "diffusion" {
             return bad(
                 "model",

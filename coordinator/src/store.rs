@@ -326,6 +326,8 @@ mod tests {
                 bytes_down: 20,
                 seconds: 0.1,
                 rejected: 0,
+                rejected_by: Default::default(),
+                quarantined: Vec::new(),
             };
             s.record_round_with("a", &rec, Some("{\"state\":1}"))
                 .unwrap();

@@ -191,6 +191,34 @@ impl Weights {
         Ok(())
     }
 
+    /// Euclidean distance to `other` (layouts must match).
+    pub fn distance(&self, other: &Weights) -> Result<f64> {
+        self.check_same_layout(other)?;
+        Ok(self
+            .values()
+            .zip(other.values())
+            .map(|(a, b)| {
+                let d = f64::from(a) - f64::from(b);
+                d * d
+            })
+            .sum::<f64>()
+            .sqrt())
+    }
+
+    /// Norm clipping of an update: moves `self` toward `center` along the line between them so
+    /// that its distance is at most `max`. Returns the distance before clipping.
+    pub fn clip_toward(&mut self, center: &Weights, max: f64) -> Result<f64> {
+        let d = self.distance(center)?;
+        if d > max && d > 0.0 {
+            let keep = max / d;
+            for (x, c) in self.values_mut().zip(center.values()) {
+                let (xf, cf) = (f64::from(*x), f64::from(c));
+                *x = (cf + (xf - cf) * keep) as f32;
+            }
+        }
+        Ok(d)
+    }
+
     /// Euclidean norm of all values.
     pub fn l2_norm(&self) -> f64 {
         self.values()
@@ -209,6 +237,21 @@ mod tests {
             Tensor::new("a", vec![2], vals[..2].to_vec()).unwrap(),
             Tensor::new("b", vec![1], vals[2..].to_vec()).unwrap(),
         ])
+    }
+
+    #[test]
+    fn clipping_pulls_an_update_to_the_bound_along_its_direction() {
+        let center = w(&[1.0, 1.0, 1.0]);
+        let mut u = w(&[4.0, 5.0, 1.0]); // delta (3, 4, 0): norm 5
+        assert_eq!(u.distance(&center).unwrap(), 5.0);
+        assert_eq!(u.clip_toward(&center, 2.5).unwrap(), 5.0);
+        let v: Vec<f32> = u.values().collect();
+        assert_eq!(v, vec![2.5, 3.0, 1.0]);
+        assert!((u.distance(&center).unwrap() - 2.5).abs() < 1e-6);
+        // Within the bound nothing moves.
+        let before = u.clone();
+        u.clip_toward(&center, 10.0).unwrap();
+        assert_eq!(u, before);
     }
 
     #[test]

@@ -1,0 +1,1 @@
+//! Replays fuzz/corpus (written by the fuzzing helper).

@@ -1,0 +1,708 @@
+//! Hostile clients and credentials: every case of the hostile-client suite against a federation
+//! of three honest clients with tokens, checked for a clear rejection, honest clients still
+//! served, and the job's final accuracy equal to the same job with no hostile peer; tokens,
+//! admin separation, and TLS with mutual TLS.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_client::ClientConfig;
+use shoal_coordinator::security::{
+    generate_certs, generate_tokens, read_token, AuthConfig, TokenSet,
+};
+use shoal_coordinator::CoordinatorConfig;
+use shoal_proto::v1::{self, client_message, coordinator_message, task, task_result};
+use shoal_shared::data::builtin::Builtin;
+use shoal_shared::data::partition::Partitioner;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use crate::util::{finish, submit, RawPeer, TestCoordinator};
+
+const HONEST: usize = 3;
+
+/// The job every case runs: 3 rounds of logistic regression on digits, a quorum of the three
+/// honest clients, a short grace after it so a silent peer costs little.
+fn job() -> String {
+    "kind = \"train\"\ndataset = \"digits\"\nrounds = 3\n\
+     [local]\nepochs = 2\n\
+     [clients]\nmin_fit_clients = 3\nmin_available_clients = 3\nmin_evaluate_clients = 3\n\
+     wait_after_quorum_secs = 0.3\nround_timeout_secs = 20\n"
+        .to_string()
+}
+
+/// A coordinator that wants client and admin tokens, with three honest clients connected.
+struct Federation {
+    tc: TestCoordinator,
+    dir: tempfile::TempDir,
+    clients: Vec<CancellationToken>,
+}
+
+impl Federation {
+    async fn start(tweak: impl FnOnce(&mut CoordinatorConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut names: Vec<String> = (0..HONEST).map(|i| format!("client-{i}")).collect();
+        names.push("hostile".into());
+        let files = generate_tokens(dir.path(), &names).unwrap();
+        let mut config = CoordinatorConfig {
+            print_rounds: false,
+            hello_timeout: Duration::from_millis(500),
+            auth: AuthConfig {
+                client_tokens: Some(TokenSet::load(&files.client_hashes).unwrap()),
+                client_certs: false,
+                admin_tokens: Some(TokenSet::load(&files.admin_hashes).unwrap()),
+            },
+            ..CoordinatorConfig::default()
+        };
+        tweak(&mut config);
+        let tc = TestCoordinator::start_with(config).await;
+        let clients = (0..HONEST)
+            .map(|i| {
+                let mut c = shoal_client::Catalog::new();
+                c.add_builtin(Builtin::Digits, &Partitioner::Iid, i, HONEST, 42)
+                    .unwrap();
+                let mut config = ClientConfig::new(&tc.url, format!("client-{i}"), c);
+                config.token = Some(token(&dir, &format!("client-{i}")));
+                let stop = CancellationToken::new();
+                let s = stop.clone();
+                tokio::spawn(async move { shoal_client::run(config, s.cancelled_owned()).await });
+                stop
+            })
+            .collect();
+        tc.wait_clients(HONEST).await;
+        Federation { tc, dir, clients }
+    }
+
+    fn token(&self, name: &str) -> String {
+        token(&self.dir, name)
+    }
+
+    /// Runs the job to its end and returns its final test accuracy and rounds.
+    async fn run_job(&self) -> (f64, Vec<v1::RoundReport>) {
+        let mut jobs = self.tc.jobs_with(Some(&self.token("admin"))).await;
+        let id = submit(&mut jobs, &job()).await;
+        let (info, rounds) = finish(&mut jobs, &id, 120).await;
+        assert_eq!(
+            info.status,
+            v1::JobStatus::Finished as i32,
+            "{}",
+            info.error
+        );
+        (rounds.last().unwrap().test_accuracy.unwrap(), rounds)
+    }
+
+    async fn stop(self) {
+        for c in &self.clients {
+            c.cancel();
+        }
+        self.tc.stop().await;
+    }
+}
+
+fn token(dir: &tempfile::TempDir, name: &str) -> String {
+    read_token(&dir.path().join(format!("{name}.token"))).unwrap()
+}
+
+/// The final test accuracy of the job with no hostile peer, computed once.
+async fn baseline() -> f64 {
+    static BASELINE: OnceCell<f64> = OnceCell::const_new();
+    *BASELINE
+        .get_or_init(|| async {
+            let fed = Federation::start(|_| {}).await;
+            let (acc, _) = fed.run_job().await;
+            fed.stop().await;
+            acc
+        })
+        .await
+}
+
+fn hello(name: &str, token: &str) -> v1::Hello {
+    let data = Builtin::Digits.holdout().unwrap();
+    v1::Hello {
+        protocol_version: shoal_proto::PROTOCOL_VERSION,
+        client_name: name.into(),
+        token: token.into(),
+        datasets: vec![v1::DatasetInfo {
+            name: "digits".into(),
+            train_examples: 100,
+            test_examples: 20,
+            feature_names: data.feature_names.clone(),
+            class_names: data.class_names.clone(),
+        }],
+    }
+}
+
+/// The Reject reason a peer gets, or what came instead.
+async fn rejection(peer: &mut RawPeer) -> String {
+    match peer.next().await {
+        Some(coordinator_message::Msg::Reject(r)) => {
+            assert!(peer.next().await.is_none(), "the stream ends after Reject");
+            r.reason
+        }
+        other => panic!("expected Reject, got {other:?}"),
+    }
+}
+
+/// Runs the job with `hostile` acting alongside; checks the job matches the baseline and
+/// returns its rounds.
+async fn with_hostile<F, Fut>(fed: &Federation, hostile: F) -> Vec<v1::RoundReport>
+where
+    F: FnOnce(String, String) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let h = tokio::spawn(hostile(fed.tc.url.clone(), fed.token("hostile")));
+    let (acc, rounds) = fed.run_job().await;
+    // A peer that acts and ends must have ended well; one that keeps serving is stopped. A
+    // failed assertion inside it fails the test.
+    h.abort();
+    if let Err(e) = h.await {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+    assert_eq!(
+        acc,
+        baseline().await,
+        "a hostile peer changed the job's final accuracy"
+    );
+    rounds
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peers_without_valid_credentials_are_rejected_and_never_get_a_task() {
+    let fed = Federation::start(|_| {}).await;
+    let url = fed.tc.url.clone();
+    let honest_token = fed.token("client-0");
+    let rounds = with_hostile(&fed, move |url2, _| async move {
+        assert_eq!(url, url2);
+        // No token.
+        let mut p =
+            RawPeer::with_first(&url2, client_message::Msg::Hello(hello("hostile", ""))).await;
+        let r = rejection(&mut p).await;
+        assert!(
+            r.contains("unauthenticated") && r.contains("no token"),
+            "{r}"
+        );
+        // A wrong token.
+        let mut p = RawPeer::with_first(
+            &url2,
+            client_message::Msg::Hello(hello("hostile", "not-the-token")),
+        )
+        .await;
+        let r = rejection(&mut p).await;
+        assert!(r.contains("the token is not `hostile`'s"), "{r}");
+        // Another client's token under its own name: tokens are bound to names.
+        let mut p = RawPeer::with_first(
+            &url2,
+            client_message::Msg::Hello(hello("hostile", &honest_token)),
+        )
+        .await;
+        let r = rejection(&mut p).await;
+        assert!(r.contains("unauthenticated"), "{r}");
+    })
+    .await;
+    // Nobody but the honest three ever took part.
+    for r in &rounds {
+        assert_eq!(r.clients_selected, HONEST as u32, "round {}", r.round);
+    }
+    assert_eq!(fed.tc.coord.registry().len(), HONEST);
+    fed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_hello_a_garbage_hello_and_a_wrong_version_are_rejected() {
+    let fed = Federation::start(|_| {}).await;
+    with_hostile(&fed, |url, token| async move {
+        // No Hello at all: the stream is refused once the Hello timeout passes.
+        let (tx, rx) = tokio::sync::mpsc::channel::<v1::ClientMessage>(1);
+        let mut client =
+            v1::federation_client::FederationClient::new(crate::util::channel(&url).await);
+        let err = client
+            .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap_err();
+        drop(tx);
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+        assert!(
+            err.message().contains("expected Hello"),
+            "{}",
+            err.message()
+        );
+        // A first message that is not a Hello.
+        let mut p = RawPeer::with_first(
+            &url,
+            client_message::Msg::Heartbeat(v1::Heartbeat { unix_ms: 1 }),
+        )
+        .await;
+        assert!(rejection(&mut p).await.contains("must be Hello"));
+        // A garbage Hello: no name, no datasets.
+        let mut p =
+            RawPeer::with_first(&url, client_message::Msg::Hello(v1::Hello::default())).await;
+        let r = rejection(&mut p).await;
+        assert!(r.contains("client_name"), "{r}");
+        // A wrong protocol version, with a valid token.
+        let mut old = hello("hostile", &token);
+        old.protocol_version = 999;
+        let mut p = RawPeer::with_first(&url, client_message::Msg::Hello(old)).await;
+        assert!(rejection(&mut p).await.contains("999"));
+    })
+    .await;
+    fed.stop().await;
+}
+
+/// An authenticated peer that answers every task through `answer`.
+async fn answering_peer(
+    url: &str,
+    token: &str,
+    answer: impl Fn(&v1::Task) -> Vec<v1::TaskResult> + Send + 'static,
+) {
+    let mut p = RawPeer::with_first(url, client_message::Msg::Hello(hello("hostile", token))).await;
+    assert!(matches!(
+        p.next().await,
+        Some(coordinator_message::Msg::Welcome(_))
+    ));
+    while let Some(msg) = p.next().await {
+        if let coordinator_message::Msg::Task(t) = msg {
+            for r in answer(&t) {
+                p.send_result(r).await;
+            }
+        }
+    }
+}
+
+fn fit_result(t: &v1::Task, corrupt: impl Fn(&mut v1::Tensor)) -> task_result::Outcome {
+    match t.kind {
+        Some(task::Kind::Fit(_)) => {
+            let mut params = t.parameters.clone().unwrap();
+            corrupt(&mut params.tensors[0]);
+            task_result::Outcome::Fit(v1::FitResult {
+                parameters: Some(params),
+                num_examples: 100,
+                train_loss: 0.5,
+                control_delta: None,
+                model_blob: Vec::new(),
+            })
+        }
+        _ => task_result::Outcome::Error("this peer does not evaluate".into()),
+    }
+}
+
+fn result(t: &v1::Task, outcome: task_result::Outcome) -> v1::TaskResult {
+    v1::TaskResult {
+        task_id: t.task_id.clone(),
+        job_id: t.job_id.clone(),
+        round: t.round,
+        outcome: Some(outcome),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nan_updates_are_rejected_counted_per_client_and_quarantine_the_sender() {
+    let fed = Federation::start(|_| {}).await;
+    let rounds = with_hostile(&fed, |url, token| async move {
+        answering_peer(&url, &token, |t| {
+            vec![result(
+                t,
+                fit_result(t, |x| {
+                    let mut d = x.data.to_vec();
+                    d[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
+                    x.data = d.into();
+                }),
+            )]
+        })
+        .await
+    })
+    .await;
+    let hostile: u32 = rounds
+        .iter()
+        .filter_map(|r| r.rejected_by.get("hostile"))
+        .sum();
+    assert!(
+        hostile >= 3,
+        "refusals counted against the sender: {rounds:?}"
+    );
+    assert!(
+        rounds
+            .iter()
+            .any(|r| r.quarantined == vec!["hostile".to_string()]),
+        "the sender is quarantined after 3 refusals: {rounds:?}"
+    );
+    fed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_shapes_other_clients_tasks_duplicates_and_late_results_are_refused() {
+    let fed = Federation::start(|_| {}).await;
+    let rounds = with_hostile(&fed, |url, token| async move {
+        answering_peer(&url, &token, |t| {
+            let wrong_shape = result(
+                t,
+                fit_result(t, |x| {
+                    x.shape[0] += 1;
+                    let mut d = x.data.to_vec();
+                    d.extend_from_slice(&[0u8; 40]);
+                    x.data = d.into();
+                }),
+            );
+            // Results for the honest clients' tasks of this round: same job, round and kind,
+            // nearby sequence numbers, their names.
+            let parts: Vec<&str> = t.task_id.split('/').collect();
+            let seq: u64 = parts[3].parse().unwrap();
+            let mut out = vec![wrong_shape.clone(), wrong_shape];
+            for s in seq.saturating_sub(4)..seq + 4 {
+                for c in 0..HONEST {
+                    let id = format!("{}/{}/{}/{s:010}/client-{c}", parts[0], parts[1], parts[2]);
+                    let mut r = result(t, task_result::Outcome::Error("mine now".into()));
+                    r.task_id = id;
+                    out.push(r);
+                }
+            }
+            out
+        })
+        .await
+    })
+    .await;
+    let hostile: u32 = rounds
+        .iter()
+        .filter_map(|r| r.rejected_by.get("hostile"))
+        .sum();
+    // The first answer per task is judged (wrong shape), the duplicate and the results for
+    // others' tasks are refused by the registry; until the peer is quarantined.
+    assert!(hostile >= 3, "{rounds:?}");
+    for r in &rounds {
+        for c in 0..HONEST {
+            assert!(
+                !r.rejected_by.contains_key(&format!("client-{c}")),
+                "an honest client's result was refused: {r:?}"
+            );
+        }
+    }
+    fed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_result_after_the_deadline_is_refused() {
+    let fed = Federation::start(|_| {}).await;
+    let late = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let sent = late.clone();
+    let rounds = with_hostile(&fed, move |url, token| async move {
+        let mut p =
+            RawPeer::with_first(&url, client_message::Msg::Hello(hello("hostile", &token))).await;
+        assert!(matches!(
+            p.next().await,
+            Some(coordinator_message::Msg::Welcome(_))
+        ));
+        while let Some(msg) = p.next().await {
+            if let coordinator_message::Msg::Task(t) = msg {
+                // Answer round 1's fit task well after its phase closed (quorum + 0.3 s grace).
+                if t.round != 1 || !matches!(t.kind, Some(task::Kind::Fit(_))) {
+                    continue;
+                }
+                let tx = p.tx.clone();
+                let sent = sent.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                    let r = result(&t, fit_result(&t, |_| {}));
+                    let _ = tx
+                        .send(v1::ClientMessage {
+                            msg: Some(client_message::Msg::Result(r)),
+                        })
+                        .await;
+                    sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                });
+            }
+        }
+    })
+    .await;
+    // The late result was sent while the job still ran, and refused.
+    assert_eq!(late.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let hostile: u32 = rounds
+        .iter()
+        .filter_map(|r| r.rejected_by.get("hostile"))
+        .sum();
+    assert_eq!(hostile, 1, "{rounds:?}");
+    assert!(rounds.iter().all(|r| r.clients == HONEST as u32));
+    fed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_over_the_size_limit_ends_only_that_stream() {
+    let fed = Federation::start(|c| c.max_message_bytes = 1024 * 1024).await;
+    with_hostile(&fed, |url, token| async move {
+        let mut p =
+            RawPeer::with_first(&url, client_message::Msg::Hello(hello("hostile", &token))).await;
+        assert!(matches!(
+            p.next().await,
+            Some(coordinator_message::Msg::Welcome(_))
+        ));
+        // 2 MiB of loss text in one result: over the 1 MiB limit.
+        p.send_result(v1::TaskResult {
+            task_id: "x".repeat(2 * 1024 * 1024),
+            ..Default::default()
+        })
+        .await;
+        let end = tokio::time::timeout(Duration::from_secs(10), p.rx.message()).await;
+        match end {
+            Ok(Err(status)) => assert!(
+                matches!(
+                    status.code(),
+                    tonic::Code::OutOfRange
+                        | tonic::Code::ResourceExhausted
+                        | tonic::Code::Internal
+                ),
+                "{status:?}"
+            ),
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(m))) => {
+                // Heartbeats may come first; the stream must still end.
+                let _ = m;
+                tokio::time::timeout(Duration::from_secs(10), async {
+                    while let Ok(Some(_)) = p.rx.message().await {}
+                })
+                .await
+                .expect("the oversized sender's stream did not end");
+            }
+            Err(_) => panic!("the oversized sender's stream did not end"),
+        }
+    })
+    .await;
+    fed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_hellos_is_refused_and_the_address_is_then_turned_away() {
+    let fed = Federation::start(|c| c.auth_failures_per_minute = 20).await;
+    let outcomes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = outcomes.clone();
+    with_hostile(&fed, move |url, _| async move {
+        let mut floods = Vec::new();
+        for i in 0..200 {
+            let url = url.clone();
+            floods.push(tokio::spawn(async move {
+                match RawPeer::try_with_first(
+                    &url,
+                    client_message::Msg::Hello(hello(&format!("flood-{i}"), "guess")),
+                )
+                .await
+                {
+                    Ok(mut p) => match p.next().await {
+                        Some(coordinator_message::Msg::Reject(r)) => {
+                            format!("reject: {}", r.reason)
+                        }
+                        other => format!("unexpected: {other:?}"),
+                    },
+                    Err(s) => format!("status {:?}: {}", s.code(), s.message()),
+                }
+            }));
+        }
+        for f in floods {
+            let outcome = f.await.unwrap();
+            seen.lock().unwrap().push(outcome);
+        }
+    })
+    .await;
+    let outcomes = outcomes.lock().unwrap().clone();
+    assert_eq!(outcomes.len(), 200);
+    let rejected = outcomes
+        .iter()
+        .filter(|o| o.starts_with("reject: unauthenticated"))
+        .count();
+    let turned_away = outcomes
+        .iter()
+        .filter(|o| o.contains("ResourceExhausted") && o.contains("too many failed attempts"))
+        .count();
+    assert_eq!(rejected + turned_away, 200, "{outcomes:?}");
+    assert!(
+        turned_away >= 150,
+        "the budget of 20 turned the rest away: {turned_away}"
+    );
+    assert_eq!(fed.tc.coord.registry().len(), HONEST);
+    fed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_credentials_cannot_use_the_jobs_service() {
+    let fed = Federation::start(|_| {}).await;
+    for token in [
+        None,
+        Some(fed.token("client-0")),
+        Some("made-up".to_string()),
+    ] {
+        let mut jobs = fed.tc.jobs_with(token.as_deref()).await;
+        let err = jobs.list(v1::ListRequest {}).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            tonic::Code::Unauthenticated,
+            "{token:?}: {err:?}"
+        );
+        let err = jobs
+            .submit(v1::SubmitRequest {
+                spec: job(),
+                format: "toml".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        let err = jobs
+            .cancel(v1::CancelRequest {
+                job_id: "any".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    }
+    let mut admin = fed.tc.jobs_with(Some(&fed.token("admin"))).await;
+    assert!(admin.list(v1::ListRequest {}).await.is_ok());
+    // The admin token is no client token either.
+    let mut p = RawPeer::with_first(
+        &fed.tc.url,
+        client_message::Msg::Hello(hello("admin", &fed.token("admin"))),
+    )
+    .await;
+    assert!(rejection(&mut p).await.contains("unauthenticated"));
+    fed.stop().await;
+}
+
+#[test]
+fn clients_must_authenticate_only_with_admin_credentials_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = generate_tokens(dir.path(), &["a".into()]).unwrap();
+    let config = CoordinatorConfig {
+        auth: AuthConfig {
+            client_tokens: Some(TokenSet::load(&files.client_hashes).unwrap()),
+            client_certs: false,
+            admin_tokens: None,
+        },
+        ..CoordinatorConfig::default()
+    };
+    let err = shoal_coordinator::Coordinator::new(
+        config,
+        shoal_coordinator::store::Store::in_memory().unwrap(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--admin-tokens"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mutual_tls_lets_in_only_certified_clients_under_their_own_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..HONEST).map(|i| format!("client-{i}")).collect();
+    let certs = generate_certs(
+        dir.path(),
+        &["localhost".into(), "127.0.0.1".into()],
+        &names,
+    )
+    .unwrap();
+    let tokens = generate_tokens(dir.path(), &[]).unwrap();
+    let tls = shoal_coordinator::security::server_tls(
+        &certs.server_cert,
+        &certs.server_key,
+        Some(&certs.ca),
+    )
+    .unwrap();
+    let tc = TestCoordinator::start_with(CoordinatorConfig {
+        print_rounds: false,
+        tls: Some(tls),
+        auth: AuthConfig {
+            client_tokens: None,
+            client_certs: true,
+            admin_tokens: Some(TokenSet::load(&tokens.admin_hashes).unwrap()),
+        },
+        ..CoordinatorConfig::default()
+    })
+    .await;
+    let url = tc.url.replace("http://", "https://");
+    let files = |name: &str| shoal_client::TlsFiles {
+        ca: Some(certs.ca.clone()),
+        cert: Some(dir.path().join(format!("{name}.pem"))),
+        key: Some(dir.path().join(format!("{name}.key"))),
+        tls_domain: None,
+    };
+    let start = |name: &str, cert_of: &str, i: usize| {
+        let mut c = shoal_client::Catalog::new();
+        c.add_builtin(Builtin::Digits, &Partitioner::Iid, i, HONEST, 42)
+            .unwrap();
+        let mut config = ClientConfig::new(&url, name, c);
+        config.tls = files(cert_of).load().unwrap();
+        config.give_up_after = Some(Duration::from_secs(5));
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        (
+            stop,
+            tokio::spawn(async move { shoal_client::run(config, s.cancelled_owned()).await }),
+        )
+    };
+    let honest: Vec<_> = (0..HONEST)
+        .map(|i| start(&format!("client-{i}"), &format!("client-{i}"), i))
+        .collect();
+    tc.wait_clients(HONEST).await;
+    // client-1's certificate under another name: refused, and told why.
+    let (_s, impostor) = start("impostor", "client-1", 0);
+    match impostor.await.unwrap() {
+        Err(shoal_client::ClientError::Rejected(r)) => {
+            assert!(
+                r.contains("certificate is `client-1`'s, not `impostor`'s"),
+                "{r}"
+            )
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    // No client certificate: the TLS handshake fails, so the client never gets a stream.
+    let mut c = shoal_client::Catalog::new();
+    c.add_builtin(Builtin::Digits, &Partitioner::Iid, 0, HONEST, 42)
+        .unwrap();
+    let mut anonymous = ClientConfig::new(&url, "anonymous", c);
+    anonymous.tls = shoal_client::TlsFiles {
+        ca: Some(certs.ca.clone()),
+        ..Default::default()
+    }
+    .load()
+    .unwrap();
+    anonymous.give_up_after = Some(Duration::from_millis(500));
+    assert!(matches!(
+        shoal_client::run(anonymous, std::future::pending()).await,
+        Err(shoal_client::ClientError::Unreachable { .. })
+    ));
+    // Plaintext to a TLS coordinator gets nowhere either.
+    assert!(
+        shoal_client::endpoint(&tc.url)
+            .unwrap()
+            .connect()
+            .await
+            .is_err()
+            || {
+                let mut p = v1::federation_client::FederationClient::new(
+                    crate::util::channel(&tc.url).await,
+                );
+                let (_tx, rx) = tokio::sync::mpsc::channel::<v1::ClientMessage>(1);
+                p.connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                    .is_err()
+            }
+    );
+    assert_eq!(tc.coord.registry().len(), HONEST);
+    // A job over mutual TLS, submitted with an admin certificate... and token.
+    let admin_tls = files("client-0").load().unwrap();
+    let mut jobs = shoal_coordinator::cli::connect_jobs_with(
+        &url,
+        admin_tls.as_ref(),
+        Some(&read_token(&tokens.tokens[0].1).unwrap()),
+    )
+    .await
+    .unwrap();
+    let id = submit(&mut jobs, &job()).await;
+    let (info, rounds) = finish(&mut jobs, &id, 120).await;
+    assert_eq!(
+        info.status,
+        v1::JobStatus::Finished as i32,
+        "{}",
+        info.error
+    );
+    assert_eq!(rounds.len(), 3);
+    assert!(rounds.last().unwrap().test_accuracy.unwrap() > 0.85);
+    for (stop, _) in honest {
+        stop.cancel();
+    }
+    tc.stop().await;
+}
