@@ -22,7 +22,7 @@ cargo build --release --locked -p shoal-coordinator -p shoal-client
 ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
 root="$ctx/rootfs"
-mkdir -p "$root/usr/local/bin" "$root/etc" "$root/tmp" "$ctx/state"
+mkdir -p "$root/usr/local/bin" "$root/etc" "$root/tmp" "$ctx/state" "$ctx/pki"
 cp target/release/shoal-coordinator target/release/shoal-client "$root/usr/local/bin/"
 for bin in target/release/shoal-coordinator target/release/shoal-client; do
     # Lines look like `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or

@@ -423,10 +423,14 @@ impl JobCtx {
                 .available(&self.spec.dataset)
                 .into_iter()
                 .filter(|c| facts.is_none_or(|f| compatible(c, &self.spec.dataset, f)))
-                .filter(|c| !self.is_quarantined(&c.name))
                 .collect();
+            // Quarantined clients count as present (the federation is as big as it was) but
+            // take no further part in the job.
             if avail.len() >= need {
-                return Ok(avail);
+                return Ok(avail
+                    .into_iter()
+                    .filter(|c| !self.is_quarantined(&c.name))
+                    .collect());
             }
             if !told {
                 info!(round, have = avail.len(), need, dataset = %self.spec.dataset, "waiting for clients");

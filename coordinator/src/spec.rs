@@ -548,7 +548,13 @@ impl JobSpec {
                 }
                 let growers = i64::from(self.clients.min_available_clients.max(1))
                     * i64::from(self.rounds.max(1));
-                let per_round = ((total + growers - 1) / growers).max(1);
+                if total < 1 {
+                    return Err(Error::InvalidSpec(format!(
+                        "`{TREES_TOTAL}` = {total}: a forest needs at least 1 tree"
+                    )));
+                }
+                // Saturating: a huge total is refused by the forest's own limits, not by overflow.
+                let per_round = (total.saturating_add(growers - 1) / growers).max(1);
                 set_path(&mut doc, "model.max_trees", &Value::Int(total))?;
                 set_path(&mut doc, "model.trees_per_round", &Value::Int(per_round))?;
             } else {

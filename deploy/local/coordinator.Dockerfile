@@ -2,6 +2,8 @@
 FROM scratch
 COPY rootfs/ /
 COPY --chown=10001:10001 state/ /state/
+# Mount point of the TLS override's certificates (docker-compose.tls.yml), owned by the user.
+COPY --chown=10001:10001 pki/ /pki/
 USER 10001:10001
 WORKDIR /state
 ENV SHOAL_LISTEN=0.0.0.0:50051 SHOAL_STATE_DIR=/state/db SHOAL_OUT=/state/runs

@@ -97,6 +97,13 @@ impl SearchSpace {
                             format!("range needs finite low < high, found {low} to {high}"),
                         ));
                     }
+                    // Sampling draws from [low, high]: its width must be a finite number too.
+                    if !(high - low).is_finite() {
+                        return Err(Error::invalid(
+                            field,
+                            format!("range {low} to {high} is too wide: high - low overflows"),
+                        ));
+                    }
                     if *log && *low <= 0.0 {
                         return Err(Error::invalid(
                             field,
@@ -396,7 +403,10 @@ impl Parzen {
                 let span = hi - lo;
                 let floor = span / (xs.len() as f64 + 1.0).min(100.0);
                 // Each point's bandwidth is the larger gap to its neighbours (the bounds count as
-                // neighbours), kept between span/min(n+1, 100) and span: hyperopt's rule.
+                // neighbours), kept between span/min(n+1, 100) and span: hyperopt's rule. The
+                // 1e-12 that keeps it from vanishing must not exceed a narrower span (`clamp`
+                // panics when its bounds cross).
+                let min_bandwidth = floor.max(1e-12).min(span);
                 let components = xs
                     .iter()
                     .enumerate()
@@ -407,7 +417,7 @@ impl Parzen {
                         } else {
                             xs[i + 1] - x
                         };
-                        (x, left.max(right).clamp(floor.max(1e-12), span))
+                        (x, left.max(right).clamp(min_bandwidth, span))
                     })
                     .collect();
                 Parzen::Range {
@@ -514,6 +524,7 @@ mod tests {
             ("a = []", "lists no value"),
             ("a = { low = 1.0, high = 0.5 }", "low < high"),
             ("a = { low = 0.0, high = 1.0, log = true }", "low > 0"),
+            ("a = { low = -1e308, high = 1e308 }", "too wide"),
         ];
         for (text, needle) in cases {
             let err = space(text).check().unwrap_err().to_string();
@@ -556,6 +567,32 @@ mod tests {
         assert_eq!(halving_rungs(2, 5, 3), vec![(2, 5)]);
         // A budget too small to shrink: every configuration once, at the full budget.
         assert_eq!(halving_rungs(27, 1, 3), vec![(27, 1)]);
+    }
+
+    /// Found by the `job_spec` fuzz target: a range narrower than the smallest bandwidth made
+    /// `clamp` panic (min > max) as soon as TPE took over from the startup trials.
+    #[test]
+    fn tpe_proposes_within_a_range_narrower_than_its_bandwidth_floor() {
+        for text in [
+            "x = { low = 0.1, high = 0.10000000000000002 }",
+            "x = { low = 1e300, high = 1.0000000000000002e300, log = true }",
+        ] {
+            let s = space(text);
+            s.check().unwrap();
+            let (lo, hi) = match s.params["x"] {
+                Domain::Range { low, high, .. } => (low, high),
+                Domain::Choice(_) => unreachable!(),
+            };
+            let tpe = Tpe::default();
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            let mut hist: Vec<(Config, f64)> = Vec::new();
+            for i in 0..10 {
+                let c = tpe.propose(&s, &hist, &mut rng);
+                let Value::Float(x) = c["x"] else { panic!() };
+                assert!((lo..=hi).contains(&x), "{text}: {x}");
+                hist.push((c, f64::from(i % 3)));
+            }
+        }
     }
 
     /// On a smooth objective with one good region, TPE's best after 30 trials beats random
