@@ -250,7 +250,12 @@ async fn updates_with_wrong_shape_or_nan_are_rejected_and_the_round_completes() 
     let mut jobs = tc.jobs().await;
     let id = submit(
         &mut jobs,
-        &digits_job(3, 4, "wait_after_quorum_secs = 10\n"),
+        // No quarantine here: every round must judge (and refuse) both bad peers again.
+        &digits_job(
+            3,
+            4,
+            "wait_after_quorum_secs = 10\n[updates]\nquarantine_after = 0\n",
+        ),
     )
     .await;
     let (info, rounds) = finish(&mut jobs, &id, 60).await;

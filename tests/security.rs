@@ -143,18 +143,31 @@ async fn rejection(peer: &mut RawPeer) -> String {
     }
 }
 
+/// How a hostile peer behaves over a job.
+#[derive(Clone, Copy, PartialEq)]
+enum Peer {
+    /// Acts and ends (credential and Hello cases, floods): awaited after the job.
+    Finite,
+    /// Connects with valid credentials and keeps answering tasks: the job starts once it is
+    /// connected, and it is stopped after the job.
+    Serving,
+}
+
 /// Runs the job with `hostile` acting alongside; checks the job matches the baseline and
-/// returns its rounds.
-async fn with_hostile<F, Fut>(fed: &Federation, hostile: F) -> Vec<v1::RoundReport>
+/// returns its rounds. A failed assertion inside `hostile` fails the test.
+async fn with_hostile<F, Fut>(fed: &Federation, peer: Peer, hostile: F) -> Vec<v1::RoundReport>
 where
     F: FnOnce(String, String) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let h = tokio::spawn(hostile(fed.tc.url.clone(), fed.token("hostile")));
+    if peer == Peer::Serving {
+        fed.tc.wait_clients(HONEST + 1).await;
+    }
     let (acc, rounds) = fed.run_job().await;
-    // A peer that acts and ends must have ended well; one that keeps serving is stopped. A
-    // failed assertion inside it fails the test.
-    h.abort();
+    if peer == Peer::Serving {
+        h.abort();
+    }
     if let Err(e) = h.await {
         if e.is_panic() {
             std::panic::resume_unwind(e.into_panic());
@@ -173,7 +186,7 @@ async fn peers_without_valid_credentials_are_rejected_and_never_get_a_task() {
     let fed = Federation::start(|_| {}).await;
     let url = fed.tc.url.clone();
     let honest_token = fed.token("client-0");
-    let rounds = with_hostile(&fed, move |url2, _| async move {
+    let rounds = with_hostile(&fed, Peer::Finite, move |url2, _| async move {
         assert_eq!(url, url2);
         // No token.
         let mut p =
@@ -212,7 +225,7 @@ async fn peers_without_valid_credentials_are_rejected_and_never_get_a_task() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_hello_a_garbage_hello_and_a_wrong_version_are_rejected() {
     let fed = Federation::start(|_| {}).await;
-    with_hostile(&fed, |url, token| async move {
+    with_hostile(&fed, Peer::Finite, |url, token| async move {
         // No Hello at all: the stream is refused once the Hello timeout passes.
         let (tx, rx) = tokio::sync::mpsc::channel::<v1::ClientMessage>(1);
         let mut client =
@@ -236,8 +249,11 @@ async fn no_hello_a_garbage_hello_and_a_wrong_version_are_rejected() {
         .await;
         assert!(rejection(&mut p).await.contains("must be Hello"));
         // A garbage Hello: no name, no datasets.
-        let mut p =
-            RawPeer::with_first(&url, client_message::Msg::Hello(v1::Hello::default())).await;
+        let garbage = v1::Hello {
+            protocol_version: shoal_proto::PROTOCOL_VERSION,
+            ..Default::default()
+        };
+        let mut p = RawPeer::with_first(&url, client_message::Msg::Hello(garbage)).await;
         let r = rejection(&mut p).await;
         assert!(r.contains("client_name"), "{r}");
         // A wrong protocol version, with a valid token.
@@ -299,7 +315,7 @@ fn result(t: &v1::Task, outcome: task_result::Outcome) -> v1::TaskResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nan_updates_are_rejected_counted_per_client_and_quarantine_the_sender() {
     let fed = Federation::start(|_| {}).await;
-    let rounds = with_hostile(&fed, |url, token| async move {
+    let rounds = with_hostile(&fed, Peer::Serving, |url, token| async move {
         answering_peer(&url, &token, |t| {
             vec![result(
                 t,
@@ -333,7 +349,7 @@ async fn nan_updates_are_rejected_counted_per_client_and_quarantine_the_sender()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn wrong_shapes_other_clients_tasks_duplicates_and_late_results_are_refused() {
     let fed = Federation::start(|_| {}).await;
-    let rounds = with_hostile(&fed, |url, token| async move {
+    let rounds = with_hostile(&fed, Peer::Serving, |url, token| async move {
         answering_peer(&url, &token, |t| {
             let wrong_shape = result(
                 t,
@@ -385,7 +401,7 @@ async fn a_result_after_the_deadline_is_refused() {
     let fed = Federation::start(|_| {}).await;
     let late = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let sent = late.clone();
-    let rounds = with_hostile(&fed, move |url, token| async move {
+    let rounds = with_hostile(&fed, Peer::Serving, move |url, token| async move {
         let mut p =
             RawPeer::with_first(&url, client_message::Msg::Hello(hello("hostile", &token))).await;
         assert!(matches!(
@@ -428,7 +444,7 @@ async fn a_result_after_the_deadline_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_message_over_the_size_limit_ends_only_that_stream() {
     let fed = Federation::start(|c| c.max_message_bytes = 1024 * 1024).await;
-    with_hostile(&fed, |url, token| async move {
+    with_hostile(&fed, Peer::Finite, |url, token| async move {
         let mut p =
             RawPeer::with_first(&url, client_message::Msg::Hello(hello("hostile", &token))).await;
         assert!(matches!(
@@ -470,11 +486,11 @@ async fn a_message_over_the_size_limit_ends_only_that_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_flood_of_hellos_is_refused_and_the_address_is_then_turned_away() {
+async fn a_flood_of_hellos_is_refused_then_turned_away_and_valid_credentials_still_get_in() {
     let fed = Federation::start(|c| c.auth_failures_per_minute = 20).await;
     let outcomes = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = outcomes.clone();
-    with_hostile(&fed, move |url, _| async move {
+    with_hostile(&fed, Peer::Finite, move |url, token| async move {
         let mut floods = Vec::new();
         for i in 0..200 {
             let url = url.clone();
@@ -499,6 +515,13 @@ async fn a_flood_of_hellos_is_refused_and_the_address_is_then_turned_away() {
             let outcome = f.await.unwrap();
             seen.lock().unwrap().push(outcome);
         }
+        // Valid credentials from the flooded address still get in.
+        let mut p =
+            RawPeer::with_first(&url, client_message::Msg::Hello(hello("hostile", &token))).await;
+        assert!(matches!(
+            p.next().await,
+            Some(coordinator_message::Msg::Welcome(_))
+        ));
     })
     .await;
     let outcomes = outcomes.lock().unwrap().clone();
@@ -516,7 +539,7 @@ async fn a_flood_of_hellos_is_refused_and_the_address_is_then_turned_away() {
         turned_away >= 150,
         "the budget of 20 turned the rest away: {turned_away}"
     );
-    assert_eq!(fed.tc.coord.registry().len(), HONEST);
+    fed.tc.wait_clients(HONEST).await;
     fed.stop().await;
 }
 

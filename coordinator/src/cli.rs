@@ -238,8 +238,8 @@ pub struct ServeArgs {
         value_name = "SECS"
     )]
     pub heartbeat_timeout_secs: f64,
-    /// Failed authentication attempts an address may make per minute; past them it is refused
-    /// without a check until the minute is over.
+    /// Failed authentication attempts an address may make per minute, each logged; past them
+    /// its failures are answered ResourceExhausted, unlogged, until the minute is over.
     #[arg(long, env = "SHOAL_AUTH_FAILURES_PER_MINUTE", default_value_t = 10)]
     pub auth_failures_per_minute: u32,
 }

@@ -46,8 +46,8 @@ pub struct CoordinatorConfig {
     pub auth: crate::security::AuthConfig,
     /// TLS for every service (and mutual TLS when it names a client CA); `None`: plaintext.
     pub tls: Option<tonic::transport::ServerTlsConfig>,
-    /// Failed authentication attempts a peer address may make per minute before it is refused
-    /// without a check for the rest of that minute.
+    /// Failed authentication attempts a peer address may make per minute, each logged; past
+    /// them its failures are answered ResourceExhausted, unlogged, for the rest of that minute.
     pub auth_failures_per_minute: u32,
 }
 
@@ -156,13 +156,6 @@ impl Coordinator {
             return Ok(());
         };
         let peer = request.remote_addr();
-        if let Err(wait) = self.failures.check(peer.map(|a| a.ip())) {
-            return Err(Error::Exhausted(format!(
-                "too many failed attempts from this address; try again in {} s",
-                wait.as_secs() + 1
-            ))
-            .into());
-        }
         let token = request
             .metadata()
             .get("authorization")
@@ -173,33 +166,47 @@ impl Coordinator {
             Some(t) if admins.find(t).is_some() => return Ok(()),
             Some(_) => "the token is not an admin token",
         };
-        self.auth_failed(peer, "Jobs", reason);
+        self.auth_failed(peer, "Jobs", reason)?;
         Err(
             Error::Unauthenticated(format!("the Jobs service needs an admin token: {reason}"))
                 .into(),
         )
     }
 
-    /// Logs a failed attempt with the peer's address, until the peer has used its budget.
+    /// Records a failed attempt. Within the peer address's budget it is logged with the address
+    /// and the caller gives its own answer (`Ok`); past the budget it is not logged and the
+    /// answer is `ResourceExhausted`, for the rest of the window. Valid credentials are always
+    /// checked first and let in: a flood from an address (a shared NAT, say) must not lock out
+    /// the honest clients behind it, and 256-bit tokens are not guessed, so what the budget
+    /// bounds is the noise and work failures cause.
     pub(crate) fn auth_failed(
         &self,
         peer: Option<std::net::SocketAddr>,
         service: &str,
         reason: &str,
-    ) {
+    ) -> std::result::Result<(), tonic::Status> {
         use crate::security::Failure;
         let peer_text = peer.map_or_else(|| "unknown peer".into(), |p| p.to_string());
         match self.failures.fail(peer.map(|a| a.ip())) {
             Failure::Logged => {
-                tracing::warn!(peer = %peer_text, service, "refused: {reason}")
+                tracing::warn!(peer = %peer_text, service, "refused: {reason}");
+                Ok(())
             }
-            Failure::Exhausted => tracing::warn!(
-                peer = %peer_text,
-                service,
-                "refused: {reason}; this address has used its failed-attempt budget and is refused without a check, unlogged, for {} s",
+            Failure::Exhausted => {
+                tracing::warn!(
+                    peer = %peer_text,
+                    service,
+                    "refused: {reason}; this address has used its failed-attempt budget: its next failures are answered ResourceExhausted, unlogged, for {} s",
+                    crate::security::FAILURE_WINDOW.as_secs()
+                );
+                Ok(())
+            }
+            Failure::Quiet => Err(Error::Exhausted(format!(
+                "too many failed attempts from {}; try again within {} s",
+                peer.map_or_else(|| "this address".into(), |p| p.ip().to_string()),
                 crate::security::FAILURE_WINDOW.as_secs()
-            ),
-            Failure::Quiet => {}
+            ))
+            .into()),
         }
     }
 

@@ -55,15 +55,6 @@ impl Federation for FederationService {
         request: Request<Streaming<ClientMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let peer = request.remote_addr();
-        let ip = peer.map(|a| a.ip());
-        if let Err(wait) = self.coord.failures.check(ip) {
-            return Err(Error::Exhausted(format!(
-                "too many failed attempts from {}; try again in {} s",
-                ip.map_or_else(|| "this peer".into(), |i| i.to_string()),
-                wait.as_secs() + 1
-            ))
-            .into());
-        }
         let cert_name = peer_cert_name(&request);
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(self.coord.config.hello_timeout, inbound.message()).await;
@@ -82,7 +73,7 @@ impl Federation for FederationService {
             }))) => h,
             Ok(Ok(Some(_))) => {
                 self.coord
-                    .auth_failed(peer, "Federation", "first message was not Hello");
+                    .auth_failed(peer, "Federation", "first message was not Hello")?;
                 return Ok(reject("the first message must be Hello".into()));
             }
         };
@@ -95,7 +86,7 @@ impl Federation for FederationService {
         }
         if let Err(reason) = check_hello(&hello) {
             self.coord
-                .auth_failed(peer, "Federation", &format!("Hello refused: {reason}"));
+                .auth_failed(peer, "Federation", &format!("Hello refused: {reason}"))?;
             return Ok(reject(reason));
         }
         if let Err(reason) = self.coord.authenticate_client(&hello, cert_name.as_deref()) {
@@ -103,7 +94,7 @@ impl Federation for FederationService {
                 peer,
                 "Federation",
                 &format!("client `{}`: {reason}", hello.client_name.trim()),
-            );
+            )?;
             return Ok(reject(format!("unauthenticated: {reason}")));
         }
         let name = hello.client_name.trim().to_string();
