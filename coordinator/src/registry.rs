@@ -16,6 +16,9 @@ use tonic::Status;
 /// Outbound half of a client's stream.
 pub type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
 
+/// Expired task ids remembered to recognise late answers.
+const MAX_EXPIRED: usize = 65_536;
+
 /// Longest job id kept for counting refused results.
 const MAX_NAME_CHARS: usize = 128;
 
@@ -59,6 +62,10 @@ pub enum ResultRejected {
     UnknownTask(String),
     #[error("task `{task}` was sent to another client, not to `{client}`")]
     WrongClient { task: String, client: String },
+    /// An answer after its round phase closed: refused, but no sign of bad faith (a slow or
+    /// partitioned client sends these), so it does not count towards quarantine.
+    #[error("task `{0}` is past its deadline")]
+    Late(String),
 }
 
 /// Why a task could not be dispatched.
@@ -106,6 +113,12 @@ struct Inner {
     /// Results refused here (unknown, duplicate, late, another client's task), by the job they
     /// name and the client that sent them; the job's round engine takes them each round.
     refused: HashMap<String, BTreeMap<String, u32>>,
+    /// The late ones among them.
+    late: HashMap<String, BTreeMap<String, u32>>,
+    /// Tasks whose phase closed unanswered (most recent last), to tell a late answer from an
+    /// unknown or repeated one.
+    expired: std::collections::VecDeque<String>,
+    expired_set: std::collections::HashSet<String>,
     next_session: u64,
     closed: bool,
 }
@@ -279,7 +292,9 @@ impl Registry {
     ) -> Result<(), ResultRejected> {
         let mut inner = self.lock();
         let task = result.task_id.clone();
+        let late = !inner.pending.contains_key(&task) && inner.expired_set.remove(&task);
         let refusal = match inner.pending.get(&task) {
+            None if late => Some(ResultRejected::Late(task.clone())),
             None => Some(ResultRejected::UnknownTask(task.clone())),
             Some(p) if p.client != client || p.session != session => {
                 Some(ResultRejected::WrongClient {
@@ -292,6 +307,14 @@ impl Registry {
         if let Some(e) = refusal {
             let job: String = result.job_id.chars().take(MAX_NAME_CHARS).collect();
             if inner.refused.contains_key(&job) || inner.refused.len() < MAX_REFUSED_JOBS {
+                if matches!(e, ResultRejected::Late(_)) {
+                    *inner
+                        .late
+                        .entry(job.clone())
+                        .or_default()
+                        .entry(client.to_string())
+                        .or_default() += 1;
+                }
                 *inner
                     .refused
                     .entry(job)
@@ -308,16 +331,28 @@ impl Registry {
         Ok(())
     }
 
-    /// The results refused here since the last call that named job `job`, by client.
-    pub fn take_refused(&self, job: &str) -> BTreeMap<String, u32> {
-        self.lock().refused.remove(job).unwrap_or_default()
+    /// The results refused here since the last call that named job `job`, by client: all of
+    /// them, and the late ones among them.
+    pub fn take_refused(&self, job: &str) -> (BTreeMap<String, u32>, BTreeMap<String, u32>) {
+        let mut inner = self.lock();
+        let all = inner.refused.remove(job).unwrap_or_default();
+        let late = inner.late.remove(job).unwrap_or_default();
+        (all, late)
     }
 
     /// Forgets open tasks (after a round's deadline), so late results are refused.
     pub fn forget(&self, task_ids: &[String]) {
         let mut inner = self.lock();
         for id in task_ids {
-            inner.pending.remove(id);
+            if inner.pending.remove(id).is_some() {
+                inner.expired.push_back(id.clone());
+                inner.expired_set.insert(id.clone());
+            }
+        }
+        while inner.expired.len() > MAX_EXPIRED {
+            if let Some(old) = inner.expired.pop_front() {
+                inner.expired_set.remove(&old);
+            }
         }
     }
 
@@ -381,10 +416,28 @@ mod tests {
             Err(ResultRejected::UnknownTask(_))
         ));
         // Both refusals are counted against their senders, under the job they name.
-        let refused = r.take_refused("");
+        let (refused, late) = r.take_refused("");
         assert_eq!(refused.get("a"), Some(&1));
         assert_eq!(refused.get("b"), Some(&1));
-        assert!(r.take_refused("").is_empty(), "taken once");
+        assert!(late.is_empty());
+        assert!(r.take_refused("").0.is_empty(), "taken once");
+        // An answer after its task expired is late, not unknown.
+        let _slot = r.dispatch("a", task("t2")).unwrap();
+        r.forget(&["t2".to_string()]);
+        let res2 = TaskResult {
+            task_id: "t2".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            r.complete("a", sa, res2.clone(), 1),
+            Err(ResultRejected::Late(_))
+        ));
+        assert!(matches!(
+            r.complete("a", sa, res2, 1),
+            Err(ResultRejected::UnknownTask(_))
+        ));
+        let (refused, late) = r.take_refused("");
+        assert_eq!((refused.get("a"), late.get("a")), (Some(&2), Some(&1)));
     }
 
     #[tokio::test]

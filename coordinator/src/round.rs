@@ -716,11 +716,19 @@ impl JobCtx {
         // Refusals: the phases' own, and results the registry refused for this job (duplicates,
         // late answers, other clients' tasks).
         let mut rejected_by = fit_phase.rejected_by.clone();
-        let registry_refused = self.registry.take_refused(&self.id);
+        let (registry_refused, late) = self.registry.take_refused(&self.id);
         for (client, n) in eval_phase.rejected_by.iter().chain(&registry_refused) {
             *rejected_by.entry(client.clone()).or_default() += n;
         }
-        let quarantined = self.strike(&rejected_by);
+        // Late answers are shown but do not count towards quarantine: a slow or partitioned
+        // client sends them in good faith.
+        let mut strikes = rejected_by.clone();
+        for (client, n) in &late {
+            if let Some(s) = strikes.get_mut(client) {
+                *s = s.saturating_sub(*n);
+            }
+        }
+        let quarantined = self.strike(&strikes);
         Ok(RoundRecord {
             round,
             rounds_total: self.spec.rounds,
