@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_client::ClientConfig;
-use shoal_coordinator::security::{
-    generate_certs, generate_tokens, read_token, AuthConfig, TokenSet,
-};
+use shoal_coordinator::security::{generate_certs, generate_tokens, AuthConfig, TokenSet};
 use shoal_coordinator::CoordinatorConfig;
 use shoal_proto::v1::{self, client_message, coordinator_message, task, task_result};
 use shoal_shared::data::builtin::Builtin;
@@ -20,6 +18,10 @@ use tokio_util::sync::CancellationToken;
 use crate::util::{finish, submit, RawPeer, TestCoordinator};
 
 const HONEST: usize = 3;
+
+fn read_token(path: &std::path::Path) -> String {
+    shoal_client::tls::read_token_file(path, "token").unwrap()
+}
 
 /// The job every case runs: 3 rounds of logistic regression on digits, a quorum of the three
 /// honest clients, a short grace after it so a silent peer costs little.
@@ -100,7 +102,7 @@ impl Federation {
 }
 
 fn token(dir: &tempfile::TempDir, name: &str) -> String {
-    read_token(&dir.path().join(format!("{name}.token"))).unwrap()
+    read_token(&dir.path().join(format!("{name}.token")))
 }
 
 /// The final test accuracy of the job with no hostile peer, computed once.
@@ -710,7 +712,7 @@ async fn mutual_tls_lets_in_only_certified_clients_under_their_own_names() {
     let mut jobs = shoal_coordinator::cli::connect_jobs_with(
         &url,
         admin_tls.as_ref(),
-        Some(&read_token(&tokens.tokens[0].1).unwrap()),
+        Some(&read_token(&tokens.tokens[0].1)),
     )
     .await
     .unwrap();

@@ -60,12 +60,8 @@ pub struct CertsArgs {
     /// Output directory.
     #[arg(long)]
     pub out: PathBuf,
-    /// Make certificates for clients client-0 ... client-(N-1).
-    #[arg(long, default_value_t = 0)]
-    pub clients: usize,
-    /// Client names instead of client-I (comma-separated); each becomes its certificate's name.
-    #[arg(long, value_delimiter = ',')]
-    pub client_names: Vec<String>,
+    #[command(flatten)]
+    pub clients: ClientNames,
     /// Names and addresses clients reach the coordinator by (comma-separated): the server
     /// certificate is valid for these.
     #[arg(
@@ -81,21 +77,31 @@ pub struct TokensArgs {
     /// Output directory.
     #[arg(long)]
     pub out: PathBuf,
-    /// Make tokens for clients client-0 ... client-(N-1).
+    #[command(flatten)]
+    pub clients: ClientNames,
+}
+
+/// Whom `certs` and `tokens` make credentials for.
+#[derive(Debug, Args)]
+pub struct ClientNames {
+    /// For clients client-0 ... client-(N-1).
     #[arg(long, default_value_t = 0)]
     pub clients: usize,
-    /// Client names instead of client-I (comma-separated).
+    /// Client names instead of client-I (comma-separated); each becomes its certificate's or
+    /// token's name.
     #[arg(long, value_delimiter = ',')]
     pub client_names: Vec<String>,
 }
 
-/// `--clients N` as client-0 ... client-(N-1), or the names given.
-fn client_names(n: usize, names: &[String]) -> anyhow::Result<Vec<String>> {
-    match (n, names.is_empty()) {
-        (0, true) => bail!("give --clients N or --client-names A,B,..."),
-        (_, true) => Ok((0..n).map(|i| format!("client-{i}")).collect()),
-        (0, false) => Ok(names.to_vec()),
-        _ => bail!("give --clients or --client-names, not both"),
+impl ClientNames {
+    /// `--clients N` as client-0 ... client-(N-1), or the names given.
+    fn resolve(&self) -> anyhow::Result<Vec<String>> {
+        match (self.clients, self.client_names.is_empty()) {
+            (0, true) => bail!("give --clients N or --client-names A,B,..."),
+            (n, true) => Ok((0..n).map(|i| format!("client-{i}")).collect()),
+            (0, false) => Ok(self.client_names.clone()),
+            _ => bail!("give --clients or --client-names, not both"),
+        }
     }
 }
 
@@ -373,7 +379,7 @@ pub async fn run_cli(cli: Cli) -> anyhow::Result<i32> {
         Command::Serve(a) => serve_cmd(a).await,
         Command::Health(a) => health_cmd(&a).await,
         Command::Certs(a) => {
-            let clients = client_names(a.clients, &a.client_names)?;
+            let clients = a.clients.resolve()?;
             let f = crate::security::generate_certs(&a.out, &a.names, &clients)?;
             println!(
                 "wrote the CA ({}), the server certificate for {} ({}, {}) and {} client certificates (admin.pem is the operator's) to {}",
@@ -388,7 +394,7 @@ pub async fn run_cli(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Tokens(a) => {
-            let clients = client_names(a.clients, &a.client_names)?;
+            let clients = a.clients.resolve()?;
             let f = crate::security::generate_tokens(&a.out, &clients)?;
             println!(
                 "wrote {} client tokens and admin.token to {}; the coordinator reads {} (--client-tokens) and {} (--admin-tokens)",

@@ -453,20 +453,10 @@ fn write(path: &Path, text: &str, secret: bool) -> Result<()> {
     f.write_all(text.as_bytes()).map_err(io)
 }
 
-/// Reads a token from a file (first non-empty line), naming the file on error.
-pub fn read_token(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::io(format!("cannot read token file {}", path.display()), e))?;
-    text.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .ok_or_else(|| Error::Config(format!("{}: holds no token", path.display())))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_client::tls::read_token_file;
 
     #[test]
     fn tokens_verify_only_for_their_own_name() {
@@ -558,8 +548,8 @@ mod tests {
         let files = generate_tokens(dir.path(), &["client-0".into(), "client-1".into()]).unwrap();
         let clients = TokenSet::load(&files.client_hashes).unwrap();
         let admins = TokenSet::load(&files.admin_hashes).unwrap();
-        let t0 = read_token(&files.tokens[0].1).unwrap();
-        let admin = read_token(&files.tokens[2].1).unwrap();
+        let t0 = read_token_file(&files.tokens[0].1, "t").unwrap();
+        let admin = read_token_file(&files.tokens[2].1, "t").unwrap();
         assert!(clients.verify("client-0", &t0));
         assert!(!clients.verify("client-1", &t0));
         assert_eq!(admins.find(&admin), Some("admin"));
