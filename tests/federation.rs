@@ -435,6 +435,103 @@ async fn clients_wait_for_a_late_coordinator_and_reconnect_after_a_restart() {
     tc.stop().await;
 }
 
+/// A network cut (docker network disconnect, a pulled cable): the cut-off client's rounds end
+/// without it at quorum, and once the link is back it connects again, replacing its silent old
+/// session at once rather than waiting minutes for TCP or keep-alive to declare it dead, and
+/// takes part in the rounds that follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cut_off_by_the_network_takes_part_again_once_it_is_back() {
+    use std::time::Duration;
+    let tc = TestCoordinator::start_with(shoal_coordinator::CoordinatorConfig {
+        heartbeat_interval: Duration::from_millis(500),
+        print_rounds: false,
+        ..Default::default()
+    })
+    .await;
+    let proxy = crate::util::CutProxy::start(&tc.url).await;
+    let mut clients: Vec<_> = (0..2)
+        .map(|i| start_client(&tc.url, Builtin::Iris, Partitioner::Iid, i, 3))
+        .collect();
+    let mut catalog = shoal_client::Catalog::new();
+    catalog
+        .add_builtin(Builtin::Iris, &Partitioner::Iid, 2, 3, 42)
+        .unwrap();
+    let mut config = shoal_client::ClientConfig::new(&proxy.url, "client-2", catalog);
+    config.initial_backoff = Duration::from_millis(50);
+    config.max_backoff = Duration::from_millis(300);
+    clients.push(crate::util::spawn_client(config));
+    tc.wait_clients(3).await;
+
+    let mut jobs = tc.jobs().await;
+    let id = submit(
+        &mut jobs,
+        "kind = \"train\"\ndataset = \"iris\"\nrounds = 12\n[clients]\nmin_available_clients = 2\n\
+         min_fit_clients = 2\nmin_evaluate_clients = 2\nwait_after_quorum_secs = 1\nround_timeout_secs = 10\n",
+    )
+    .await;
+    let mut watch = jobs
+        .watch(v1::WatchRequest { job_id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    // Cut after round 2; restore once two rounds have run without client-2.
+    let (mut rounds, mut without, mut restored_after) = (Vec::new(), 0, None);
+    let info = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(ev) = watch.message().await.unwrap() {
+            match ev.event {
+                Some(v1::watch_event::Event::Round(r)) => {
+                    if r.round == 2 {
+                        proxy.cut();
+                    } else if r.round > 2 && restored_after.is_none() && r.clients == 2 {
+                        without += 1;
+                        if without == 2 {
+                            proxy.restore();
+                            restored_after = Some(r.round);
+                        }
+                    }
+                    rounds.push(r);
+                }
+                Some(v1::watch_event::Event::Finished(j)) => return j,
+                None => {}
+            }
+        }
+        panic!("watch ended without a final event");
+    })
+    .await
+    .expect("the job did not end within 120 s");
+    assert_eq!(
+        info.status,
+        v1::JobStatus::Finished as i32,
+        "{}",
+        info.error
+    );
+    let counts: Vec<u32> = rounds.iter().map(|r| r.clients).collect();
+    let restored_after = restored_after
+        .unwrap_or_else(|| panic!("fewer than two rounds ran without client-2: {counts:?}"));
+    assert!(
+        restored_after < 12,
+        "the cut lasted to the end of the job: {counts:?}"
+    );
+    assert_eq!(
+        counts.last(),
+        Some(&3),
+        "client-2 did not take part again after the link came back (clients per round: {counts:?})"
+    );
+    for (stop, handle) in clients {
+        stop.cancel();
+        handle.await.unwrap().unwrap();
+    }
+    // The old session's connection is still stalled in the proxy; the coordinator's shutdown
+    // must not wait for it (keep-alive would take 30 s), so it is left open here.
+    let started = std::time::Instant::now();
+    tc.stop().await;
+    drop(proxy);
+    eprintln!(
+        "shutdown with a dead connection open took {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holdout_the_coordinator_cannot_read_is_refused_at_submission() {
     let tc = TestCoordinator::start().await;

@@ -144,7 +144,13 @@ pub fn start_client(
 ) -> (CancellationToken, JoinHandle<shoal_client::Result<()>>) {
     let mut catalog = Catalog::new();
     catalog.add_builtin(dataset, &scheme, i, n, 42).unwrap();
-    let config = ClientConfig::new(url, format!("client-{i}"), catalog);
+    spawn_client(ClientConfig::new(url, format!("client-{i}"), catalog))
+}
+
+/// Runs an in-process client with `config` until the returned token is cancelled.
+pub fn spawn_client(
+    config: ClientConfig,
+) -> (CancellationToken, JoinHandle<shoal_client::Result<()>>) {
     let stop = CancellationToken::new();
     let token = stop.clone();
     let handle =
@@ -281,4 +287,85 @@ pub fn bin(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(path.exists(), "{} not found", path.display());
     path
+}
+
+/// A TCP relay to a coordinator that a test can cut as a pulled cable would: while cut, the
+/// connections it carries stall for good (nothing is delivered, nothing is closed, so neither
+/// end learns of it from TCP) and new connections are refused; once restored, new connections
+/// pass again.
+pub struct CutProxy {
+    pub url: String,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    stop: CancellationToken,
+}
+
+impl CutProxy {
+    /// Relays 127.0.0.1:0 to `target` (an `http://host:port` URL).
+    pub async fn start(target: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let target = target.trim_start_matches("http://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = CancellationToken::new();
+        let (c, s) = (cut.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let inbound = tokio::select! {
+                    _ = s.cancelled() => return,
+                    a = listener.accept() => match a { Ok((sock, _)) => sock, Err(_) => continue },
+                };
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused
+                }
+                let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                tokio::spawn(pump(ri, wo, c.clone(), s.clone()));
+                tokio::spawn(pump(ro, wi, c.clone(), s.clone()));
+            }
+        });
+        CutProxy { url, cut, stop }
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Copies `from` to `to` until either closes; once the link is cut it holds both open and
+/// silent until the proxy is dropped.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    stop: CancellationToken,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = from.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => n },
+        };
+        if cut.load(std::sync::atomic::Ordering::SeqCst) {
+            stop.cancelled().await;
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }

@@ -50,7 +50,9 @@ impl ClientConfig {
             catalog: Arc::new(catalog),
             attack: None,
             initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(30),
+            // Rounds last seconds: a client back on the network should not sleep through several
+            // of them. Full jitter still spreads a restarted coordinator's reconnect storm.
+            max_backoff: Duration::from_secs(10),
             give_up_after: None,
             max_message_bytes: 64 * 1024 * 1024,
             tls: None,
@@ -58,6 +60,14 @@ impl ClientConfig {
         }
     }
 }
+
+/// Longest a connection attempt may take, name lookup and TLS included. A lookup begun while the
+/// network is down can otherwise hang for the resolver's whole retry schedule (10 s with glibc's
+/// defaults) after the network is back.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest wait for the coordinator's answer to Hello (its own Hello timeout is 10 s).
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Normalises a coordinator address (`host:port` gets `http://`) into a plaintext endpoint;
 /// anything unparsable is an error that names it.
@@ -87,7 +97,7 @@ pub fn endpoint_with(url: &str, tls: Option<&crate::tls::ClientTls>) -> Result<E
     }
     let mut e = Endpoint::from_shared(url.clone())
         .map(|e| {
-            e.connect_timeout(Duration::from_secs(5))
+            e.connect_timeout(CONNECT_TIMEOUT)
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(20))
                 .keep_alive_while_idle(true)
@@ -174,9 +184,14 @@ async fn session(
     endpoint: &Endpoint,
     executor: &Arc<Executor>,
 ) -> std::result::Result<(), Session> {
-    let channel: Channel = endpoint
-        .connect()
+    let channel: Channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
         .await
+        .map_err(|_| {
+            lost(
+                false,
+                format!("no connection within {CONNECT_TIMEOUT:?} (name lookup, TCP or TLS)"),
+            )
+        })?
         .map_err(|e| lost(false, error_chain(&e)))?;
     let mut client = FederationClient::new(channel)
         .max_decoding_message_size(config.max_message_bytes)
@@ -193,12 +208,24 @@ async fn session(
     })
     .await
     .map_err(|_| lost(false, "outbound stream closed"))?;
-    let mut inbound = client
-        .connect(ReceiverStream::new(rx))
+    let handshake = async {
+        let mut inbound = client
+            .connect(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| lost(false, s.message().to_string()))?
+            .into_inner();
+        let first = inbound.message().await;
+        Ok::<_, Session>((inbound, first))
+    };
+    let (mut inbound, first) = tokio::time::timeout(WELCOME_TIMEOUT, handshake)
         .await
-        .map_err(|s| lost(false, s.message().to_string()))?
-        .into_inner();
-    let heartbeat_every = match inbound.message().await {
+        .map_err(|_| {
+            lost(
+                false,
+                format!("no answer to Hello within {WELCOME_TIMEOUT:?}"),
+            )
+        })??;
+    let heartbeat_every = match first {
         Ok(Some(msg)) => match msg.msg {
             Some(coordinator_message::Msg::Welcome(w)) => {
                 info!(coordinator = %config.coordinator, "connected");

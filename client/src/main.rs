@@ -55,6 +55,14 @@ struct Args {
     /// Exit with an error after this many seconds without a connection (default: keep trying).
     #[arg(long, env = "SHOAL_GIVE_UP_AFTER", value_name = "SECS")]
     give_up_after: Option<u64>,
+    /// Longest wait between reconnect attempts; waits double from 0.2 s up to this, with jitter.
+    #[arg(
+        long,
+        env = "SHOAL_MAX_BACKOFF",
+        value_name = "SECS",
+        default_value_t = 10.0
+    )]
+    max_backoff_secs: f64,
     #[command(flatten)]
     tls: shoal_client::TlsFiles,
     /// A file holding this client's token (for a coordinator started with --client-tokens).
@@ -138,6 +146,15 @@ fn build(args: &Args) -> anyhow::Result<ClientConfig> {
         tracing::warn!(attack = %a, "TEST ONLY: this client corrupts every update it sends");
     }
     config.give_up_after = args.give_up_after.map(Duration::from_secs);
+    config.max_backoff = Duration::try_from_secs_f64(args.max_backoff_secs)
+        .ok()
+        .filter(|d| *d >= config.initial_backoff && *d <= Duration::from_secs(3600))
+        .with_context(|| {
+            format!(
+                "--max-backoff-secs {}: expected 0.2 to 3600 seconds",
+                args.max_backoff_secs
+            )
+        })?;
     config.tls = tls;
     config.token = token;
     Ok(config)

@@ -106,7 +106,9 @@ impl Coordinator {
     pub fn new(config: CoordinatorConfig, store: Store) -> Result<Arc<Self>> {
         config.auth.check()?;
         Ok(Arc::new(Coordinator {
-            registry: Arc::new(Registry::new(config.max_clients)),
+            registry: Arc::new(
+                Registry::new(config.max_clients).with_stale_after(config.heartbeat_interval * 3),
+            ),
             store: Arc::new(store),
             jobs: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use shoal_proto::v1::{coordinator_message, CoordinatorMessage, DatasetInfo, Task, TaskResult};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -80,10 +81,11 @@ pub enum RegisterError {
     Closed,
     #[error("the coordinator already serves its maximum of {max} clients (--max-clients)")]
     Full { max: usize },
-    #[error("a client named `{name}` is already connected (from {addr:?}); pick another --name, or retry once that session has ended")]
+    #[error("a client named `{name}` is already connected (from {addr:?}) and was heard from {quiet_ms} ms ago; pick another --name, or retry once that session has ended")]
     NameTaken {
         name: String,
         addr: Option<SocketAddr>,
+        quiet_ms: u128,
     },
 }
 
@@ -93,6 +95,8 @@ struct Entry {
     datasets: Vec<DatasetInfo>,
     addr: Option<SocketAddr>,
     tx: Outbound,
+    /// When this session last sent anything (Hello, heartbeat, result).
+    last_seen: Instant,
 }
 
 #[derive(Debug)]
@@ -128,6 +132,9 @@ struct Inner {
 pub struct Registry {
     inner: Mutex<Inner>,
     max_clients: usize,
+    /// A session silent this long may be replaced by a new Hello under its name (see
+    /// [`Registry::register`]).
+    stale_after: Duration,
     /// Bumped on every connect and disconnect, so waiters wake without polling.
     changed: watch::Sender<u64>,
 }
@@ -139,13 +146,23 @@ impl Default for Registry {
 }
 
 impl Registry {
-    /// A registry that holds at most `max_clients` sessions at once.
+    /// A registry that holds at most `max_clients` sessions at once and never replaces a session
+    /// (see [`Registry::with_stale_after`]).
     pub fn new(max_clients: usize) -> Self {
         Registry {
             inner: Mutex::new(Inner::default()),
             max_clients,
+            stale_after: Duration::MAX,
             changed: watch::channel(0).0,
         }
+    }
+
+    /// Lets a new Hello replace a session that has sent nothing for `stale_after`. A live client
+    /// beats every heartbeat interval, so only a dead one goes this quiet; the coordinator sets
+    /// three intervals, the same silence after which a client itself gives its stream up.
+    pub fn with_stale_after(mut self, stale_after: Duration) -> Self {
+        self.stale_after = stale_after;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -156,9 +173,11 @@ impl Registry {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// Registers a client under `name`. A name can hold one live session: a second client with
-    /// the same name is refused until the first one's stream has ended (a reconnecting client
-    /// retries until the coordinator has noticed its old connection is gone).
+    /// Registers a client under `name`. A name holds one session. A second Hello under a name
+    /// whose session is still heard from is refused (two processes configured with one name must
+    /// not take turns); one whose session has been silent for `stale_after` replaces it, and the
+    /// old session's open tasks are dropped. That is a client coming back from a network cut:
+    /// its old connection carries nothing, but TCP may not say so for minutes.
     pub fn register(
         &self,
         name: &str,
@@ -173,10 +192,23 @@ impl Registry {
                 return Err(RegisterError::Closed);
             }
             if let Some(e) = inner.clients.get(name) {
-                return Err(RegisterError::NameTaken {
-                    name: name.to_string(),
-                    addr: e.addr,
-                });
+                let quiet = e.last_seen.elapsed();
+                if quiet < self.stale_after {
+                    return Err(RegisterError::NameTaken {
+                        name: name.to_string(),
+                        addr: e.addr,
+                        quiet_ms: quiet.as_millis(),
+                    });
+                }
+                let old = e.session;
+                tracing::info!(
+                    client = name,
+                    quiet_ms = quiet.as_millis(),
+                    "a new session replaces a silent one"
+                );
+                // Dropping the entry drops the only sender of the old stream, which ends it.
+                inner.clients.remove(name);
+                drop_pending_of(&mut inner, name, old);
             }
             if inner.clients.len() >= self.max_clients {
                 return Err(RegisterError::Full {
@@ -192,12 +224,22 @@ impl Registry {
                     datasets,
                     addr,
                     tx,
+                    last_seen: Instant::now(),
                 },
             );
             session
         };
         self.bump();
         Ok(Registered { session, rx, weak })
+    }
+
+    /// Notes that `name`'s session `session` sent something.
+    pub fn seen(&self, name: &str, session: u64) {
+        if let Some(e) = self.lock().clients.get_mut(name) {
+            if e.session == session {
+                e.last_seen = Instant::now();
+            }
+        }
     }
 
     /// Removes a client's session (no-op when a newer session has replaced it).
@@ -466,6 +508,43 @@ mod tests {
         assert_eq!(r.available("d").len(), 1);
         r.unregister("a", r2.session);
         assert!(r.available("d").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_silent_session_is_replaced_by_a_new_hello_under_its_name() {
+        // Every session counts as silent at once: a new Hello takes the name over.
+        let r = Registry::default().with_stale_after(Duration::ZERO);
+        let mut old = r.register("a", ds("d"), None).unwrap();
+        let slot = r.dispatch("a", task("t1")).unwrap();
+        assert!(
+            old.rx.recv().await.is_some(),
+            "task pushed down the old stream"
+        );
+        let new = r.register("a", ds("d"), None).unwrap();
+        assert!(new.session > old.session);
+        // The old stream ends, and its open task is let go (its round stops waiting for it).
+        assert!(old.rx.recv().await.is_none());
+        assert!(slot.await.is_err());
+        // The old session's reader ending later must not remove the new one.
+        r.unregister("a", old.session);
+        assert_eq!(r.len(), 1);
+        // A result from the old session for a task of the new one is refused.
+        let _slot2 = r.dispatch("a", task("t2")).unwrap();
+        let res = TaskResult {
+            task_id: "t2".into(),
+            ..Default::default()
+        };
+        assert!(r.complete("a", old.session, res.clone(), 1).is_err());
+        r.complete("a", new.session, res, 1).unwrap();
+
+        // A session heard from recently keeps its name.
+        let r = Registry::default().with_stale_after(Duration::from_secs(3600));
+        let live = r.register("b", ds("d"), None).unwrap();
+        r.seen("b", live.session);
+        assert!(matches!(
+            r.register("b", ds("d"), None),
+            Err(RegisterError::NameTaken { .. })
+        ));
     }
 
     #[tokio::test]

@@ -35,7 +35,12 @@ pub async fn serve(
     if let Some(tls) = &coord.config.tls {
         builder = builder.tls_config(tls.clone())?;
     }
-    builder
+    // Set once jobs have stopped and client streams are closed: from then on the drain below
+    // only waits for connections to go, which a dead peer's never does until keep-alive gives
+    // up on it (30 s), so the drain is bounded.
+    let stopped = Arc::new(tokio::sync::Notify::new());
+    let stopped_tx = stopped.clone();
+    let server = builder
         // Dead peers (a pulled cable, a killed container) are found without waiting for a task.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
@@ -51,8 +56,21 @@ pub async fn serve(
                 shutdown.await;
                 tracing::info!("shutting down");
                 stopping.shutdown().await;
+                stopped_tx.notify_one();
             },
-        )
-        .await?;
+        );
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r?,
+        _ = async {
+            stopped.notified().await;
+            tokio::time::sleep(DRAIN_LIMIT).await;
+        } => {
+            tracing::warn!("connections still open {DRAIN_LIMIT:?} after shutdown (dead peers?); closing them");
+        }
+    }
     Ok(())
 }
+
+/// Longest wait, once jobs have stopped, for open connections to close.
+pub const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -138,6 +138,7 @@ impl Federation for FederationService {
                     };
                     match next {
                         Ok(Some(msg)) => {
+                            registry.seen(&reader_name, session);
                             let bytes = msg.encoded_len() as u64;
                             match msg.msg {
                                 Some(client_message::Msg::Result(r)) => {

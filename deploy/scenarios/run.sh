@@ -21,14 +21,23 @@ cd "$(dirname "$0")/.."
 scenarios=("$@")
 [[ ${#scenarios[@]} -eq 0 ]] && scenarios=(kill straggler disconnect restart)
 
-fail() { echo "FAIL [$name]: $*" >&2; exit 1; }
+# On failure, the end of every service's log goes with the reason, so a CI log says what happened.
+fail() {
+    echo "FAIL [$name]: $*" >&2
+    compose logs --no-color --tail 25 >&2 2>/dev/null || true
+    exit 1
+}
 
 # Compose v2 (`docker compose`) where installed, else v1 (`docker-compose`).
 if docker compose version >/dev/null 2>&1; then DC=(docker compose); else DC=(docker-compose); fi
 compose() { "${DC[@]}" -p "shoal-$name" -f docker-compose.yml -f scenarios/override.yml "$@"; }
 
+# The job's round count, from its spec.
+ROUNDS="$(sed -n 's/^rounds *= *\([0-9]*\).*/\1/p' scenarios/job.toml)"
+[[ -n "$ROUNDS" ]] || { echo "scenarios/job.toml: no rounds = N line" >&2; exit 1; }
+
 # Rounds the coordinator has logged so far.
-rounds_done() { compose logs --no-color coordinator 2>/dev/null | grep -c 'round [0-9]*/10 ' || true; }
+rounds_done() { compose logs --no-color coordinator 2>/dev/null | grep -c "round [0-9]*/$ROUNDS " || true; }
 
 wait_rounds() {
     local want=$1 deadline=$((SECONDS + 180))
@@ -58,7 +67,7 @@ check_complete() {
     [[ -f "$dir/summary.json" ]] || fail "the job did not finish (no summary.json)"
     local rounds
     rounds="$(tail -n +2 "$dir/metrics.csv" | cut -d, -f1 | tr '\n' ' ')"
-    [[ "$rounds" == "1 2 3 4 5 6 7 8 9 10 " ]] || fail "rounds in metrics.csv: $rounds"
+    [[ "$rounds" == "$(seq -s ' ' 1 "$ROUNDS") " ]] || fail "rounds in metrics.csv: $rounds"
 }
 
 for name in "${scenarios[@]}"; do
@@ -100,7 +109,8 @@ for name in "${scenarios[@]}"; do
         [[ $fours -ge 1 ]] || fail "no round ran without the disconnected client"
         last="$(tail -1 "$dir/metrics.csv" | cut -d, -f2)"
         [[ $last -eq 5 ]] || fail "client-2 did not take part again after reconnecting (last round: $last clients)"
-        echo "ok: client-2 cut off for 2 rounds ($fours rounds at quorum), then took part again"
+        back="$(tail -n +2 "$dir/metrics.csv" | awk -F, '$2 < 5 { n = 0; next } { n++ } END { print n }')"
+        echo "ok: client-2 cut off for 2 rounds ($fours rounds at quorum), then took part again (the last $back of $ROUNDS rounds)"
         ;;
     restart)
         wait_rounds 3
