@@ -378,7 +378,7 @@ impl Coordinator {
         // A resumed job keeps its clients' refusal tallies (and so its quarantines).
         if let Some(r) = &resume {
             for rec in &r.records {
-                ctx.strike(&rec.rejected_by);
+                ctx.strike(&rec.strikes());
             }
         }
         if let Err(e) = self.store.set_status(&id, JobStatus::Running, None) {
@@ -1022,6 +1022,8 @@ pub fn round_from_wire(r: &v1::RoundReport) -> RoundRecord {
         seconds: r.seconds,
         rejected: r.rejected,
         rejected_by: r.rejected_by.clone().into_iter().collect(),
+        // The wire carries no late count: readers of the Jobs API print, they do not quarantine.
+        late_by: Default::default(),
         quarantined: r.quarantined.clone(),
     }
 }

@@ -323,6 +323,7 @@ mod tests {
             seconds: 0.01,
             rejected: 0,
             rejected_by: Default::default(),
+            late_by: Default::default(),
             quarantined: Vec::new(),
         }
     }

@@ -556,6 +556,7 @@ mod tests {
             seconds: 0.04,
             rejected: 0,
             rejected_by: Default::default(),
+            late_by: Default::default(),
             quarantined: Vec::new(),
         }
     }

@@ -71,9 +71,27 @@ pub struct RoundRecord {
     /// The same, by client.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rejected_by: BTreeMap<String, u32>,
+    /// The late answers among them, by client: shown, but not counted towards quarantine.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub late_by: BTreeMap<String, u32>,
     /// Clients quarantined after this round: left out of the rest of the job.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quarantined: Vec<String>,
+}
+
+impl RoundRecord {
+    /// Refusals that count towards quarantine, by client: all but the late answers (a slow or
+    /// partitioned client sends those in good faith).
+    pub fn strikes(&self) -> BTreeMap<String, u32> {
+        let mut strikes = self.rejected_by.clone();
+        for (client, n) in &self.late_by {
+            if let Some(s) = strikes.get_mut(client) {
+                *s = s.saturating_sub(*n);
+            }
+        }
+        strikes.retain(|_, n| *n > 0);
+        strikes
+    }
 }
 
 /// JSON has no NaN: serde_json writes it as null; read null back as NaN.
@@ -720,16 +738,7 @@ impl JobCtx {
         for (client, n) in eval_phase.rejected_by.iter().chain(&registry_refused) {
             *rejected_by.entry(client.clone()).or_default() += n;
         }
-        // Late answers are shown but do not count towards quarantine: a slow or partitioned
-        // client sends them in good faith.
-        let mut strikes = rejected_by.clone();
-        for (client, n) in &late {
-            if let Some(s) = strikes.get_mut(client) {
-                *s = s.saturating_sub(*n);
-            }
-        }
-        let quarantined = self.strike(&strikes);
-        Ok(RoundRecord {
+        let mut rec = RoundRecord {
             round,
             rounds_total: self.spec.rounds,
             clients: fit_phase.accepted as u32,
@@ -744,8 +753,11 @@ impl JobCtx {
             seconds: started.elapsed().as_secs_f64(),
             rejected: rejected_by.values().sum(),
             rejected_by,
-            quarantined,
-        })
+            late_by: late,
+            quarantined: Vec::new(),
+        };
+        rec.quarantined = self.strike(&rec.strikes());
+        Ok(rec)
     }
 
     /// Whether `client` is quarantined for this job.
@@ -1558,11 +1570,32 @@ mod tests {
             seconds: 0.0,
             rejected: 0,
             rejected_by: Default::default(),
+            late_by: Default::default(),
             quarantined: Vec::new(),
         };
         let back: RoundRecord =
             serde_json::from_str(&serde_json::to_string(&rec).unwrap()).unwrap();
         assert!(back.train_loss.is_nan());
+    }
+
+    #[test]
+    fn late_answers_are_stored_apart_and_do_not_strike() {
+        let json = r#"{"round":2,"rounds_total":5,"clients":3,"clients_selected":4,"train_loss":0.5,
+            "fed_loss":null,"fed_accuracy":null,"test_accuracy":null,"test_loss":null,"bytes_up":1,
+            "bytes_down":2,"seconds":0.1,"rejected":5,"rejected_by":{"slow":2,"bad":3}}"#;
+        // A record stored before late answers were kept apart reads back with none.
+        let mut rec: RoundRecord = serde_json::from_str(json).unwrap();
+        assert!(rec.late_by.is_empty());
+        assert_eq!(rec.strikes(), rec.rejected_by);
+        rec.late_by = [("slow".to_string(), 2)].into();
+        let back: RoundRecord =
+            serde_json::from_str(&serde_json::to_string(&rec).unwrap()).unwrap();
+        assert_eq!(back, rec);
+        assert_eq!(
+            back.strikes(),
+            [("bad".to_string(), 3)].into(),
+            "only the late client's refusals were late"
+        );
     }
 
     #[test]

@@ -327,6 +327,7 @@ mod tests {
                 seconds: 0.1,
                 rejected: 0,
                 rejected_by: Default::default(),
+                late_by: Default::default(),
                 quarantined: Vec::new(),
             };
             s.record_round_with("a", &rec, Some("{\"state\":1}"))
