@@ -660,7 +660,7 @@ fn mutual_tls_quick_start_runs_as_the_readme_says() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let url = format!("https://{listen}");
-    let _server = Proc(
+    let server = Proc(
         coordinator()
             .args([
                 "serve",
@@ -711,7 +711,7 @@ fn mutual_tls_quick_start_runs_as_the_readme_says() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let _clients: Vec<Proc> = (0..2)
+    let mut clients: Vec<Proc> = (0..2)
         .map(|i| {
             Proc(
                 Command::new(bin("shoal-client"))
@@ -770,4 +770,47 @@ fn mutual_tls_quick_start_runs_as_the_readme_says() {
         "{}",
         text(&out.stderr)
     );
+
+    // Rotating client-1's token in the hash file and sending SIGHUP (as the README says) cuts
+    // client-1 off: it comes back with its old token, is refused, and exits with the reason.
+    let hashes = std::fs::read_to_string(pki.join("client-tokens")).unwrap();
+    let rotated: String = hashes
+        .lines()
+        .map(|l| match l.split_whitespace().next() {
+            Some("client-1") => format!(
+                "client-1 {}\n",
+                shoal_coordinator::security::hash_token(&shoal_coordinator::security::new_token())
+            ),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    assert_ne!(rotated, hashes);
+    std::fs::write(pki.join("client-tokens"), rotated).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = clients[1].0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "client-1 still runs 30 s after its token was rotated"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    assert!(
+        clients[0].0.try_wait().unwrap().is_none(),
+        "client-0 kept running"
+    );
+    // The coordinator is still serving (SIGHUP did not end it).
+    assert!(run(coordinator()
+        .args(["health", "--coordinator", &url])
+        .args(admin_tls))
+    .status
+    .success());
 }

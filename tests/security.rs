@@ -731,3 +731,84 @@ async fn mutual_tls_lets_in_only_certified_clients_under_their_own_names() {
     }
     tc.stop().await;
 }
+
+/// Token files re-read without a restart (`serve` does it on SIGHUP): a rotated token's old
+/// session is disconnected and the old token refused, a new client's token works at once, a
+/// removed one no longer does, untouched clients keep their sessions, and admin tokens rotate
+/// the same way. A reload that would turn token checks off is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reloaded_token_files_rotate_revoke_and_add_without_a_restart() {
+    use shoal_coordinator::security::{hash_token, new_token};
+    let fed = Federation::start(|_| {}).await;
+    let (rotated, newcomer, admin) = (new_token(), new_token(), new_token());
+    let clients = format!(
+        "client-0 {}\nclient-1 {}\nclient-2 {}\nnewcomer {}\n",
+        hash_token(&fed.token("client-0")),
+        hash_token(&rotated),
+        hash_token(&fed.token("client-2")),
+        hash_token(&newcomer),
+    );
+    let clients = TokenSet::parse(&clients, "new client tokens").unwrap();
+    let admins = TokenSet::parse(&format!("admin {}\n", hash_token(&admin)), "new admin").unwrap();
+    let coord = fed.tc.coord.clone();
+    let dropped = coord
+        .reload_tokens(Some(clients.clone()), Some(admins.clone()))
+        .unwrap();
+    assert_eq!(dropped, vec!["client-1".to_string()]);
+    // client-1's own process comes back with its old token and is refused for good.
+    fed.tc.wait_clients(HONEST - 1).await;
+    let names = |coord: &shoal_coordinator::Coordinator| -> Vec<String> {
+        coord
+            .registry()
+            .available("digits")
+            .into_iter()
+            .map(|c| c.name)
+            .collect()
+    };
+    assert_eq!(names(&coord), ["client-0", "client-2"]);
+
+    let url = fed.tc.url.clone();
+    let old = fed.token("client-1");
+    let hello_with = |name: &str, token: &str| client_message::Msg::Hello(hello(name, token));
+    let r = rejection(&mut RawPeer::with_first(&url, hello_with("client-1", &old)).await).await;
+    assert!(r.contains("not `client-1`'s"), "{r}");
+    let r = rejection(
+        &mut RawPeer::with_first(&url, hello_with("hostile", &fed.token("hostile"))).await,
+    )
+    .await;
+    assert!(r.contains("unauthenticated"), "{r}");
+    let mut back = RawPeer::with_first(&url, hello_with("client-1", &rotated)).await;
+    assert!(matches!(
+        back.next().await,
+        Some(coordinator_message::Msg::Welcome(_))
+    ));
+    let mut new = RawPeer::with_first(&url, hello_with("newcomer", &newcomer)).await;
+    assert!(matches!(
+        new.next().await,
+        Some(coordinator_message::Msg::Welcome(_))
+    ));
+
+    // Admin tokens: the old one is refused, the new one lets the operator in.
+    let err = fed
+        .tc
+        .jobs_with(Some(&fed.token("admin")))
+        .await
+        .list(v1::ListRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    fed.tc
+        .jobs_with(Some(&admin))
+        .await
+        .list(v1::ListRequest {})
+        .await
+        .unwrap();
+
+    // Turning client token checks off by a reload is refused; the new sets stay in force.
+    let err = coord.reload_tokens(None, Some(admins)).unwrap_err();
+    assert!(err.to_string().contains("on or off"), "{err}");
+    let r = rejection(&mut RawPeer::with_first(&url, hello_with("client-1", &old)).await).await;
+    assert!(r.contains("not `client-1`'s"), "{r}");
+    drop((back, new));
+    fed.stop().await;
+}

@@ -580,6 +580,8 @@ async fn serve_cmd(a: ServeArgs) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     tracing::info!(addr = %listener.local_addr()?, state = %a.state_dir.display(), "coordinator listening");
+    #[cfg(unix)]
+    reload_tokens_on_hangup(&coord, a.client_tokens.clone(), a.admin_tokens.clone())?;
     // A restart on the same state dir goes on with the jobs the last process left running,
     // and does not submit --job a second time.
     let fresh = coord.job_count()? == 0;
@@ -620,6 +622,50 @@ async fn serve_cmd(a: ServeArgs) -> anyhow::Result<i32> {
     }
     crate::server::serve(listener, coord, shoal_client::shutdown_signal()).await?;
     Ok(0)
+}
+
+/// On SIGHUP, reads the token files again and puts them in force: how tokens are added, rotated
+/// and revoked without a restart. A file that does not load leaves the old sets in force.
+#[cfg(unix)]
+fn reload_tokens_on_hangup(
+    coord: &std::sync::Arc<Coordinator>,
+    client: Option<PathBuf>,
+    admin: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup()).context("cannot watch for SIGHUP")?;
+    let coord = coord.clone();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            if client.is_none() && admin.is_none() {
+                tracing::warn!("SIGHUP: nothing to reload (no --client-tokens or --admin-tokens)");
+                continue;
+            }
+            let load = |p: &Option<PathBuf>| {
+                p.as_deref()
+                    .map(crate::security::TokenSet::load)
+                    .transpose()
+            };
+            let reloaded = load(&client)
+                .and_then(|c| Ok((c, load(&admin)?)))
+                .and_then(|(c, a)| {
+                    let counts = (c.as_ref().map(|t| t.len()), a.as_ref().map(|t| t.len()));
+                    Ok((counts, coord.reload_tokens(c, a)?))
+                });
+            match reloaded {
+                Ok(((clients, admins), dropped)) => tracing::info!(
+                    client_tokens = ?clients,
+                    admin_tokens = ?admins,
+                    ?dropped,
+                    "SIGHUP: token files reloaded"
+                ),
+                Err(e) => tracing::error!(
+                    "SIGHUP: token files not reloaded, the old ones stay in force: {e}"
+                ),
+            }
+        }
+    });
+    Ok(())
 }
 
 async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {

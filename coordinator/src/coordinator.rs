@@ -91,6 +91,9 @@ struct JobHandle {
 #[derive(Debug)]
 pub struct Coordinator {
     pub(crate) registry: Arc<Registry>,
+    /// The token sets in force: `config.auth`'s at start, then whatever
+    /// [`Coordinator::reload_tokens`] put in.
+    tokens: std::sync::RwLock<Tokens>,
     pub(crate) store: Arc<Store>,
     pub(crate) config: CoordinatorConfig,
     jobs: Mutex<HashMap<String, JobHandle>>,
@@ -98,6 +101,15 @@ pub struct Coordinator {
     shutdown: CancellationToken,
     /// Failed authentication attempts per peer address.
     pub(crate) failures: crate::security::FailureBudget,
+}
+
+/// Client and admin token sets.
+#[derive(Debug)]
+struct Tokens {
+    client: Option<crate::security::TokenSet>,
+    admin: Option<crate::security::TokenSet>,
+    /// Bumped by every reload, so a Hello checked against older sets is checked again.
+    generation: u64,
 }
 
 impl Coordinator {
@@ -114,18 +126,24 @@ impl Coordinator {
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             failures: crate::security::FailureBudget::new(config.auth_failures_per_minute),
+            tokens: std::sync::RwLock::new(Tokens {
+                client: config.auth.client_tokens.clone(),
+                admin: config.auth.admin_tokens.clone(),
+                generation: 0,
+            }),
             config,
         }))
     }
 
     /// Checks a client's credentials: its token against the client token file (bound to its
     /// name), and with mutual TLS its certificate's name against the name it gave. The error is
-    /// the reason it is refused.
+    /// the reason it is refused; `Ok` holds the generation of the token sets it was checked
+    /// against (see [`Coordinator::tokens_reloaded_since`]).
     pub(crate) fn authenticate_client(
         &self,
         hello: &v1::Hello,
         cert_name: Option<&str>,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<u64, String> {
         let auth = &self.config.auth;
         let name = hello.client_name.trim();
         if auth.client_certs {
@@ -137,15 +155,61 @@ impl Coordinator {
                 Some(_) => {}
             }
         }
-        if let Some(tokens) = &auth.client_tokens {
+        let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = &tokens.client {
             if hello.token.trim().is_empty() {
                 return Err("no token (pass --token-file)".into());
             }
-            if !tokens.verify(name, &hello.token) {
+            if !client.verify(name, &hello.token) {
                 return Err(format!("the token is not `{name}`'s"));
             }
         }
-        Ok(())
+        Ok(tokens.generation)
+    }
+
+    /// Whether the token sets were reloaded after generation `checked`: a Hello checked before
+    /// a reload and registered after it must be checked again, or a revoked token could slip in
+    /// between the reload's check of connected clients and its registration.
+    pub(crate) fn tokens_reloaded_since(&self, checked: u64) -> bool {
+        self.tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .generation
+            != checked
+    }
+
+    /// Puts new client and admin token sets in force (what `serve` does on SIGHUP, after reading
+    /// both token files again). Token checks cannot be turned on or off this way. Clients whose
+    /// token was changed or removed are disconnected, so a revoked token serves no longer; their
+    /// next Hello needs the new one. Returns their names.
+    pub fn reload_tokens(
+        &self,
+        client: Option<crate::security::TokenSet>,
+        admin: Option<crate::security::TokenSet>,
+    ) -> Result<Vec<String>> {
+        let revoked = {
+            let mut t = self.tokens.write().unwrap_or_else(|p| p.into_inner());
+            if t.client.is_some() != client.is_some() || t.admin.is_some() != admin.is_some() {
+                return Err(Error::Config(
+                    "a reload cannot turn token checks on or off: restart the coordinator with or without --client-tokens / --admin-tokens".into(),
+                ));
+            }
+            let revoked = match (&t.client, &client) {
+                (Some(old), Some(new)) => old.revoked_in(new),
+                _ => Vec::new(),
+            };
+            *t = Tokens {
+                client,
+                admin,
+                generation: t.generation + 1,
+            };
+            revoked
+        };
+        Ok(revoked
+            .into_iter()
+            .filter(|name| self.registry.drop_client(name))
+            .inspect(|name| info!(client = %name, "token revoked: client disconnected"))
+            .collect())
     }
 
     /// Lets a Jobs call through when it carries an admin token (`authorization: Bearer TOKEN`),
@@ -154,7 +218,8 @@ impl Coordinator {
         &self,
         request: &tonic::Request<T>,
     ) -> std::result::Result<(), tonic::Status> {
-        let Some(admins) = &self.config.auth.admin_tokens else {
+        let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
+        let Some(admins) = &tokens.admin else {
             return Ok(());
         };
         let peer = request.remote_addr();

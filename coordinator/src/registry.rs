@@ -258,6 +258,25 @@ impl Registry {
         }
     }
 
+    /// Ends `name`'s session, whichever it is (its credential was revoked), and lets its open
+    /// tasks go; returns whether there was one.
+    pub fn drop_client(&self, name: &str) -> bool {
+        let removed = {
+            let mut inner = self.lock();
+            match inner.clients.remove(name) {
+                Some(e) => {
+                    drop_pending_of(&mut inner, name, e.session);
+                    true
+                }
+                None => false,
+            }
+        };
+        if removed {
+            self.bump();
+        }
+        removed
+    }
+
     /// Connected clients holding `dataset`, sorted by name (a stable order keeps seeded sampling
     /// reproducible).
     pub fn available(&self, dataset: &str) -> Vec<ClientView> {

@@ -127,6 +127,20 @@ impl TokenSet {
         bool::from(ok) && !token.trim().is_empty()
     }
 
+    /// Names whose token `new` no longer holds (changed or removed): sessions that proved
+    /// themselves with one of those tokens hold a credential that is no longer valid.
+    pub fn revoked_in(&self, new: &TokenSet) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|(n, h)| {
+                !new.entries
+                    .iter()
+                    .any(|(m, g)| m == n && bool::from(h.ct_eq(g)))
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     /// The name whose token `token` is, if any (admin tokens: any entry will do).
     pub fn find(&self, token: &str) -> Option<&str> {
         let presented: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
@@ -457,6 +471,23 @@ fn write(path: &Path, text: &str, secret: bool) -> Result<()> {
 mod tests {
     use super::*;
     use shoal_client::tls::read_token_file;
+
+    #[test]
+    fn a_reloaded_set_revokes_changed_and_removed_tokens_only() {
+        let h = |t: &str| hash_token(t);
+        let old = TokenSet::parse(
+            &format!("a {}\nb {}\nc {}\n", h("ta"), h("tb"), h("tc")),
+            "old",
+        )
+        .unwrap();
+        let new = TokenSet::parse(
+            &format!("a {}\nb {}\nd {}\n", h("ta"), h("tb2"), h("td")),
+            "new",
+        )
+        .unwrap();
+        assert_eq!(old.revoked_in(&new), ["b", "c"]);
+        assert!(old.revoked_in(&old).is_empty());
+    }
 
     #[test]
     fn tokens_verify_only_for_their_own_name() {

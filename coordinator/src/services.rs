@@ -89,15 +89,24 @@ impl Federation for FederationService {
                 .auth_failed(peer, "Federation", &format!("Hello refused: {reason}"))?;
             return Ok(reject(reason));
         }
-        if let Err(reason) = self.coord.authenticate_client(&hello, cert_name.as_deref()) {
-            self.coord.auth_failed(
-                peer,
-                "Federation",
-                &format!("client `{}`: {reason}", hello.client_name.trim()),
-            )?;
-            return Ok(reject(format!("unauthenticated: {reason}")));
-        }
+        let checked = match self.coord.authenticate_client(&hello, cert_name.as_deref()) {
+            Ok(generation) => generation,
+            Err(reason) => {
+                self.coord.auth_failed(
+                    peer,
+                    "Federation",
+                    &format!("client `{}`: {reason}", hello.client_name.trim()),
+                )?;
+                return Ok(reject(format!("unauthenticated: {reason}")));
+            }
+        };
         let name = hello.client_name.trim().to_string();
+        // What a second check needs (the datasets go to the registry).
+        let again = v1::Hello {
+            client_name: hello.client_name.clone(),
+            token: hello.token.clone(),
+            ..Default::default()
+        };
         let datasets: Vec<String> = hello.datasets.iter().map(|d| d.name.clone()).collect();
         let reg = match self.coord.registry.register(&name, hello.datasets, peer) {
             Ok(reg) => reg,
@@ -113,6 +122,12 @@ impl Federation for FederationService {
             }
         };
         let (session, rx) = (reg.session, reg.rx);
+        if self.coord.tokens_reloaded_since(checked) {
+            if let Err(reason) = self.coord.authenticate_client(&again, cert_name.as_deref()) {
+                self.coord.registry.unregister(&name, session);
+                return Ok(reject(format!("unauthenticated: {reason}")));
+            }
+        }
         let every = self.coord.config.heartbeat_interval;
         // A peer silent this long is gone (a pulled cable sends no FIN); HTTP/2 keep-alive
         // catches dead connections, this catches live connections to a hung process.
