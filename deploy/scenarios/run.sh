@@ -109,6 +109,9 @@ for name in "${scenarios[@]}"; do
         [[ $fours -ge 1 ]] || fail "no round ran without the disconnected client"
         last="$(tail -1 "$dir/metrics.csv" | cut -d, -f2)"
         [[ $last -eq 5 ]] || fail "client-2 did not take part again after reconnecting (last round: $last clients)"
+        # How client-2 got back, for the log: its connection attempts from the cut to its return.
+        compose logs --no-color client-2 |
+            awk '/nothing from the coordinator/ { on = 1 } on && /connected|connection failed/ { print "    " $0 } on && / connected / { exit }'
         back="$(tail -n +2 "$dir/metrics.csv" | awk -F, '$2 < 5 { n = 0; next } { n++ } END { print n }')"
         echo "ok: client-2 cut off for 2 rounds ($fours rounds at quorum), then took part again (the last $back of $ROUNDS rounds)"
         ;;
