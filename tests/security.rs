@@ -439,6 +439,10 @@ async fn a_result_after_the_deadline_is_refused() {
         .filter_map(|r| r.rejected_by.get("hostile"))
         .sum();
     assert_eq!(hostile, 1, "{rounds:?}");
+    // Marked late (the Watch API carries it), so it does not count towards quarantine.
+    let late: u32 = rounds.iter().filter_map(|r| r.late_by.get("hostile")).sum();
+    assert_eq!(late, 1, "{rounds:?}");
+    assert!(rounds.iter().all(|r| r.quarantined.is_empty()));
     assert!(rounds.iter().all(|r| r.clients == HONEST as u32));
     fed.stop().await;
 }

@@ -1066,6 +1066,7 @@ pub(crate) fn round_to_wire(job: &str, r: &RoundRecord) -> v1::RoundReport {
         seconds: r.seconds,
         rejected: r.rejected,
         rejected_by: r.rejected_by.clone().into_iter().collect(),
+        late_by: r.late_by.clone().into_iter().collect(),
         quarantined: r.quarantined.clone(),
     }
 }
@@ -1087,8 +1088,7 @@ pub fn round_from_wire(r: &v1::RoundReport) -> RoundRecord {
         seconds: r.seconds,
         rejected: r.rejected,
         rejected_by: r.rejected_by.clone().into_iter().collect(),
-        // The wire carries no late count: readers of the Jobs API print, they do not quarantine.
-        late_by: Default::default(),
+        late_by: r.late_by.clone().into_iter().collect(),
         quarantined: r.quarantined.clone(),
     }
 }

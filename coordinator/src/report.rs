@@ -78,7 +78,10 @@ pub fn round_line(r: &RoundRecord) -> String {
             let by: Vec<String> = r
                 .rejected_by
                 .iter()
-                .map(|(c, n)| format!("{c}: {n}"))
+                .map(|(c, n)| match r.late_by.get(c) {
+                    Some(late) if *late > 0 => format!("{c}: {n}, {late} late"),
+                    _ => format!("{c}: {n}"),
+                })
                 .collect();
             line.push_str(&format!(" ({})", by.join(", ")));
         }
@@ -568,6 +571,16 @@ mod tests {
             "round 7/3  clients 10/10  train_loss 0.231  fed_acc 0.931  test_acc 0.938  up 1.2 MB  down 1.2 MB  0.04 s"
         );
         assert!(round_line(&rec(1, None)).contains("test_acc -"));
+        let mut r = rec(2, None);
+        r.rejected = 3;
+        r.rejected_by = [("a".to_string(), 2), ("b".to_string(), 1)].into();
+        r.late_by = [("a".to_string(), 1)].into();
+        r.quarantined = vec!["b".into()];
+        assert!(
+            round_line(&r).ends_with("  rejected 3 (a: 2, 1 late, b: 1)  quarantined b"),
+            "{}",
+            round_line(&r)
+        );
     }
 
     #[test]
