@@ -559,14 +559,21 @@ async fn robustness_run(strategy: &str, attackers: usize) -> f64 {
 }
 
 async fn robustness_run_on(dataset: Builtin, strategy: &str, attackers: usize) -> f64 {
-    use shoal_coordinator::simulate::{simulate, SimulateOptions};
     let mut toml = format!(
         "kind = \"train\"\ndataset = \"{dataset}\"\nrounds = 20\n[strategy]\nname = \"{strategy}\"\n"
     );
     if strategy.contains("krum") {
         toml.push_str("num_malicious_clients = 2\n");
     }
-    let spec = shoal_coordinator::spec::JobSpec::from_toml(&toml).unwrap();
+    let rounds = attacked_run(dataset, &toml, attackers).await;
+    rounds.last().unwrap().test_accuracy.unwrap()
+}
+
+/// The rounds of a simulated job `toml` on 10 IID clients of `dataset`, the first `attackers` of
+/// them sending `scale:-10` updates; the job must finish.
+async fn attacked_run(dataset: Builtin, toml: &str, attackers: usize) -> Vec<v1::RoundReport> {
+    use shoal_coordinator::simulate::{simulate, SimulateOptions};
+    let spec = shoal_coordinator::spec::JobSpec::from_toml(toml).unwrap();
     let runs = tempfile::tempdir().unwrap();
     let mut o = SimulateOptions::new(spec, dataset);
     o.scheme = Partitioner::Iid;
@@ -578,39 +585,21 @@ async fn robustness_run_on(dataset: Builtin, strategy: &str, attackers: usize) -
     assert_eq!(
         outcome.status,
         v1::JobStatus::Finished,
-        "{strategy}: {}",
+        "{toml}: {}",
         outcome.job.error
     );
-    outcome.rounds.last().unwrap().test_accuracy.unwrap()
+    outcome.rounds
 }
 
 /// A simulated FedAvg job on digits (10 IID clients, 2 of them sending `scale:-10` updates) with
 /// the update norm bound `[updates] max_norm = max, on_norm = action`.
 async fn norm_bound_run(max: f64, action: &str) -> (f64, Vec<v1::RoundReport>) {
-    use shoal_coordinator::simulate::{simulate, SimulateOptions};
     let toml = format!(
         "kind = \"train\"\ndataset = \"digits\"\nrounds = 10\n\
          [updates]\nmax_norm = {max}\non_norm = \"{action}\"\nquarantine_after = 3\n"
     );
-    let spec = shoal_coordinator::spec::JobSpec::from_toml(&toml).unwrap();
-    let runs = tempfile::tempdir().unwrap();
-    let mut o = SimulateOptions::new(spec, Builtin::Digits);
-    o.scheme = Partitioner::Iid;
-    o.out = runs.path().to_path_buf();
-    o.quiet = true;
-    o.attackers = 2;
-    o.attack = Some("scale:-10".parse().unwrap());
-    let outcome = simulate(o).await.unwrap();
-    assert_eq!(
-        outcome.status,
-        v1::JobStatus::Finished,
-        "{}",
-        outcome.job.error
-    );
-    (
-        outcome.rounds.last().unwrap().test_accuracy.unwrap(),
-        outcome.rounds,
-    )
+    let rounds = attacked_run(Builtin::Digits, &toml, 2).await;
+    (rounds.last().unwrap().test_accuracy.unwrap(), rounds)
 }
 
 /// The update norm bound: rejecting updates beyond it refuses the two boosted updates each round

@@ -641,24 +641,8 @@ fn reload_tokens_on_hangup(
                 tracing::warn!("SIGHUP: nothing to reload (no --client-tokens or --admin-tokens)");
                 continue;
             }
-            let load = |p: &Option<PathBuf>| {
-                p.as_deref()
-                    .map(crate::security::TokenSet::load)
-                    .transpose()
-            };
-            let reloaded = load(&client)
-                .and_then(|c| Ok((c, load(&admin)?)))
-                .and_then(|(c, a)| {
-                    let counts = (c.as_ref().map(|t| t.len()), a.as_ref().map(|t| t.len()));
-                    Ok((counts, coord.reload_tokens(c, a)?))
-                });
-            match reloaded {
-                Ok(((clients, admins), dropped)) => tracing::info!(
-                    client_tokens = ?clients,
-                    admin_tokens = ?admins,
-                    ?dropped,
-                    "SIGHUP: token files reloaded"
-                ),
+            match reload_tokens(&coord, client.as_deref(), admin.as_deref()) {
+                Ok(dropped) => tracing::info!(?dropped, "SIGHUP: token files reloaded"),
                 Err(e) => tracing::error!(
                     "SIGHUP: token files not reloaded, the old ones stay in force: {e}"
                 ),
@@ -666,6 +650,19 @@ fn reload_tokens_on_hangup(
         }
     });
     Ok(())
+}
+
+/// Reads both token files, then puts them in force together; returns the clients disconnected.
+#[cfg(unix)]
+fn reload_tokens(
+    coord: &Coordinator,
+    client: Option<&Path>,
+    admin: Option<&Path>,
+) -> crate::error::Result<Vec<String>> {
+    use crate::security::TokenSet;
+    let client = client.map(TokenSet::load).transpose()?;
+    let admin = admin.map(TokenSet::load).transpose()?;
+    coord.reload_tokens(client, admin)
 }
 
 async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {

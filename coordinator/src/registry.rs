@@ -200,15 +200,12 @@ impl Registry {
                         quiet_ms: quiet.as_millis(),
                     });
                 }
-                let old = e.session;
                 tracing::info!(
                     client = name,
                     quiet_ms = quiet.as_millis(),
                     "a new session replaces a silent one"
                 );
-                // Dropping the entry drops the only sender of the old stream, which ends it.
-                inner.clients.remove(name);
-                drop_pending_of(&mut inner, name, old);
+                remove_client(&mut inner, name);
             }
             if inner.clients.len() >= self.max_clients {
                 return Err(RegisterError::Full {
@@ -261,16 +258,7 @@ impl Registry {
     /// Ends `name`'s session, whichever it is (its credential was revoked), and lets its open
     /// tasks go; returns whether there was one.
     pub fn drop_client(&self, name: &str) -> bool {
-        let removed = {
-            let mut inner = self.lock();
-            match inner.clients.remove(name) {
-                Some(e) => {
-                    drop_pending_of(&mut inner, name, e.session);
-                    true
-                }
-                None => false,
-            }
-        };
+        let removed = remove_client(&mut self.lock(), name);
         if removed {
             self.bump();
         }
@@ -426,6 +414,18 @@ impl Registry {
             inner.pending.clear();
         }
         self.bump();
+    }
+}
+
+/// Removes `name`'s session, whichever it is, and its open tasks. Dropping the entry drops the
+/// only sender of its stream, which ends it.
+fn remove_client(inner: &mut Inner, name: &str) -> bool {
+    match inner.clients.remove(name) {
+        Some(e) => {
+            drop_pending_of(inner, name, e.session);
+            true
+        }
+        None => false,
     }
 }
 
