@@ -671,7 +671,7 @@ async fn robust_strategies_withstand_two_attackers_that_collapse_fedavg() {
     );
 }
 
-/// The S2 acceptance as written, on `classification` (80 rows per client are enough for a
+/// The robustness acceptance as first written, on `classification` (80 rows per client are enough for a
 /// linear model there): 2 of 10 clients send `scale:-10` updates; FedAvg collapses, while median,
 /// trimmed mean, Krum and MultiKrum each end within 3 points of the clean FedAvg run. (On digits,
 /// 144 rows per client, single-update Krum pays about 4 points even without attackers: the test

@@ -591,7 +591,7 @@ fn crash_run(
     (model["global"].clone(), rows)
 }
 
-/// S5: a coordinator SIGKILLed mid-job and restarted on its state dir resumes after its last
+/// A coordinator SIGKILLed mid-job and restarted on its state dir resumes after its last
 /// checkpointed round; the job finishes with every round recorded once and a final model
 /// bit-identical to an uninterrupted run with the same seed. Starting the clients in another
 /// order changes nothing either, and neither does a graceful stop (SIGTERM) and restart.

@@ -6,6 +6,9 @@ mod util;
 // Coordinator + clients in one process over loopback gRPC: training, faults, bad peers.
 mod federation;
 
+// Seeded runs of every model and job kind, compared bit for bit with recorded fixtures.
+mod golden;
+
 // Real processes: `serve`, `shoal-client`, `job ...`, `partition`, and CLI error handling.
 mod processes;
 

@@ -2,7 +2,7 @@
 //!
 //! A [`Model`] is stateless: it knows its shapes and maps [`Weights`] plus data to predictions, a loss
 //! and a gradient. A local training round is linfa's `FitWith` in spirit: previous weights in, new
-//! weights out ([`train_local`]). New models (S2's MLP) implement the same trait and get a
+//! weights out ([`train_local`]). New models (like the MLP) implement the same trait and get a
 //! [`ModelSpec`] variant; the training loop, aggregation and the wire stay as they are.
 
 mod logreg;
