@@ -190,7 +190,7 @@ async fn golden_round_options() {
                 min_evaluate_clients = 2\n\
                 [evaluation]\nevery = 2\npersonalize_epochs = 1\n";
     let text = golden_text(toml, Builtin::Digits, 8, "shards:2".parse().unwrap()).await;
-    check("mlp-sampled-overselected", &text);
+    check("mlp-sampled", &text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
