@@ -771,7 +771,7 @@ async fn a_federated_forest_pools_every_clients_trees() {
 /// the same algorithm run centrally on the pooled client train rows with the same bin edges.
 async fn gbdt_lossless(dataset: Builtin, clients: usize, rounds: u32) {
     use shoal_coordinator::simulate::{simulate, SimulateOptions};
-    use shoal_shared::gbdt::{train_centralized, Ensemble, GbdtParams};
+    use shoal_shared::models::gbdt::{train_centralized, Ensemble, GbdtParams};
     let toml = format!(
         "kind = \"train\"\ndataset = \"{dataset}\"\nrounds = {rounds}\n[model]\nkind = \"gbdt\"\nmax_depth = 3\nmax_bins = 32\n"
     );

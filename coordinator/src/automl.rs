@@ -365,8 +365,16 @@ impl Coordinator {
         // The test set, once each for the best and the default configuration.
         let (best_test, default_test) = match &test {
             Some(t) => (
-                Some(best_state.global.evaluate(t.clone()).await?.accuracy),
-                Some(default_state.global.evaluate(t.clone()).await?.accuracy),
+                Some(
+                    crate::round::evaluate(&best_state.global, t.clone())
+                        .await?
+                        .accuracy,
+                ),
+                Some(
+                    crate::round::evaluate(&default_state.global, t.clone())
+                        .await?
+                        .accuracy,
+                ),
             ),
             None => (None, None),
         };
@@ -412,7 +420,7 @@ impl Coordinator {
     ) -> Result<TrainState> {
         let tctx = trial_ctx(ctx, config, 0, ctx.spec.rounds)?;
         let mut state = tctx.init_state(facts.clone())?;
-        state.global.restore(checkpoint, &state.facts)?;
+        state.global.restore(checkpoint)?;
         Ok(state)
     }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use shoal_shared::data::builtin::Builtin;
 use shoal_shared::data::partition::Partitioner;
-use shoal_shared::gbdt::{build_histograms, gradients, GNode, GTree, QuantileSketch};
+use shoal_shared::models::gbdt::{build_histograms, gradients, GNode, GTree, QuantileSketch};
 
 use crate::simulate::{simulate, SimulateOptions};
 use crate::spec::JobSpec;

@@ -431,11 +431,11 @@ async fn study_cmd(cmd: StudyCommand) -> anyhow::Result<()> {
         } => {
             let mut study = crate::study::NonIidStudy::default_grid(out);
             study.model = match model.as_str() {
-                "mlp" => shoal_shared::model::ModelSpec::from_parts(
+                "mlp" => shoal_shared::models::ModelSpec::from_parts(
                     "mlp",
-                    &shoal_shared::model::ModelSpec::parse_hidden(&hidden)?,
+                    &shoal_shared::models::ModelSpec::parse_hidden(&hidden)?,
                 )?,
-                other => shoal_shared::model::ModelSpec::from_name(other)?,
+                other => shoal_shared::models::ModelSpec::from_name(other)?,
             };
             study.strategies = strategies
                 .split(',')
@@ -674,14 +674,14 @@ async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {
         spec.dataset = d.clone();
     }
     if let Some(m) = &a.model {
-        spec.model = shoal_shared::model::ModelSpec::from_name(m)?;
+        spec.model = shoal_shared::models::ModelSpec::from_name(m)?;
     }
     if let Some(h) = &a.hidden {
-        let hidden = shoal_shared::model::ModelSpec::parse_hidden(h)?;
+        let hidden = shoal_shared::models::ModelSpec::parse_hidden(h)?;
         if a.model.as_deref().is_some_and(|m| m != "mlp") {
             bail!("--hidden applies to --model mlp only");
         }
-        spec.model = shoal_shared::model::ModelSpec::Mlp { hidden };
+        spec.model = shoal_shared::models::ModelSpec::Mlp { hidden };
     }
     if let Some(s) = &a.strategy {
         spec.strategy = shoal_shared::strategy::StrategySpec::from_name(s)?;

@@ -593,8 +593,8 @@ impl Coordinator {
         resume: Option<Resume>,
     ) -> Result<Summary> {
         use crate::report::VariantResult;
-        use crate::round::GlobalModel;
         use shoal_shared::fusion::{self, FeatureView};
+        use shoal_shared::models::Server;
 
         let clients = ctx.wait_available(1, None).await?;
         let facts = ctx.resolve_data(&clients).await?;
@@ -669,7 +669,7 @@ impl Coordinator {
             let mut state = vctx.init_state(vfacts)?;
             let first = if index == at.variant {
                 if let Some(c) = &at.state {
-                    state.global.restore(c, &state.facts)?;
+                    state.global.restore(c)?;
                 }
                 at.round + 1
             } else {
@@ -693,13 +693,11 @@ impl Coordinator {
                         test_accuracy: rec.test_accuracy.unwrap_or(f64::NAN),
                         rounds: per,
                     });
-                    if let (Some(m), GlobalModel::Params { weights, .. }) =
-                        (modality, &state.global)
-                    {
-                        weights.check_finite()?;
+                    if let (Some(m), Server::Sgd(s)) = (modality, &state.global) {
+                        s.weights.check_finite()?;
                         at.members.push(fusion::StackMember {
                             columns: mods[m].1.clone(),
-                            weights: weights.clone(),
+                            weights: s.weights.clone(),
                         });
                     }
                     if at.members.len() == mods.len()
@@ -791,7 +789,7 @@ impl Coordinator {
         let mut first = 1;
         if let Some(r) = resume {
             if let Some(c) = &r.checkpoint {
-                state.global.restore(c, &state.facts)?;
+                state.global.restore(c)?;
             }
             records = r.records;
             first = r.round + 1;
@@ -916,7 +914,7 @@ fn late_fusion_result(
     let correct = p
         .outer_iter()
         .zip(&holdout.labels)
-        .filter(|(row, &y)| shoal_shared::model::argmax(row.iter().copied()) == y)
+        .filter(|(row, &y)| shoal_shared::models::sgd::argmax(row.iter().copied()) == y)
         .count();
     Ok(crate::report::VariantResult {
         variant: "late fusion".into(),
@@ -960,13 +958,13 @@ async fn centralized_baseline(
     b: shoal_shared::data::builtin::Builtin,
     state: &crate::round::TrainState,
 ) -> Option<f64> {
-    use crate::round::GlobalModel;
+    use shoal_shared::models::Server;
     let holdout = state.facts.holdout.clone()?;
     let seed = ctx.spec.seed;
     let n_classes = state.facts.class_names.len();
     let res = match &state.global {
-        GlobalModel::Params { model, .. } => {
-            let model = model.clone();
+        Server::Sgd(s) => {
+            let model = s.model.clone();
             let mut local = ctx.spec.local.clone();
             local.epochs = local.epochs.saturating_mul(ctx.spec.rounds);
             let init = {
@@ -975,37 +973,41 @@ async fn centralized_baseline(
             };
             tokio::task::spawn_blocking(move || -> shoal_shared::Result<f64> {
                 let pool = b.train_pool()?;
-                let (w, _) = shoal_shared::model::train_local(
+                let (w, _) = shoal_shared::models::sgd::train_local(
                     model.as_ref(),
                     init,
                     &pool,
                     &local,
                     seed,
-                    &shoal_shared::model::Objective::default(),
+                    &shoal_shared::models::sgd::Objective::default(),
                 )?;
-                Ok(shoal_shared::model::evaluate(model.as_ref(), &w, &holdout)?.accuracy)
+                Ok(shoal_shared::models::sgd::evaluate(model.as_ref(), &w, &holdout)?.accuracy)
             })
             .await
         }
-        GlobalModel::Gbdt { ensemble, params } => {
-            let (ensemble, params) = (ensemble.clone()?, params.clone());
+        Server::Gbdt(s) => {
+            let (ensemble, params) = (s.ensemble.clone()?, s.params.clone());
             let rounds = ctx.spec.rounds;
             tokio::task::spawn_blocking(move || -> shoal_shared::Result<f64> {
                 let pool = b.train_pool()?;
-                let e =
-                    shoal_shared::gbdt::train_centralized(&pool, &ensemble.edges, &params, rounds)?;
+                let e = shoal_shared::models::gbdt::train_centralized(
+                    &pool,
+                    &ensemble.edges,
+                    &params,
+                    rounds,
+                )?;
                 Ok(e.evaluate(&holdout)?.accuracy)
             })
             .await
         }
-        GlobalModel::Forest { forest, params } => {
-            let params = shoal_shared::forest::ForestParams {
-                trees_per_round: forest.trees.len().clamp(1, 10_000) as u32,
-                ..params.clone()
+        Server::Forest(s) => {
+            let params = shoal_shared::models::forest::ForestParams {
+                trees_per_round: s.forest.trees.len().clamp(1, 10_000) as u32,
+                ..s.params.clone()
             };
             tokio::task::spawn_blocking(move || -> shoal_shared::Result<f64> {
                 let pool = b.train_pool()?;
-                let f = shoal_shared::forest::fit_trees(&pool, n_classes, &params, seed)?;
+                let f = shoal_shared::models::forest::fit_trees(&pool, n_classes, &params, seed)?;
                 Ok(f.evaluate(&holdout)?.accuracy)
             })
             .await

@@ -4,7 +4,7 @@
 //! each one lies nearest to (no client's mode may be lost) and how close it lies, beside an
 //! untrained network's samples from the same noise.
 //!
-//! The math is in [`shoal_shared::diffusion`]; this module runs it as a job and writes
+//! The math is in [`shoal_shared::models::diffusion`]; this module runs it as a job and writes
 //! `forward.svg` (the forward process at four steps, the tutorial's figure), `samples.svg` (real
 //! vs generated per band), `generated.csv` and `diffusion.md` into the run folder.
 
@@ -16,7 +16,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use shoal_proto::v1;
 use shoal_shared::data::Dataset;
-use shoal_shared::diffusion::{nearest_rows, DenoiserModel};
+use shoal_shared::models::diffusion::{nearest_rows, DenoiserModel};
 use shoal_shared::plot::{line_charts_svg, Panel, Series};
 use shoal_shared::seed;
 use tokio::sync::broadcast;
@@ -24,8 +24,9 @@ use tracing::info;
 
 use crate::error::{Error, Result};
 use crate::report::{BandCoverage, DiffusionResult, RunFolder, Summary};
-use crate::round::{GlobalModel, JobCtx};
+use crate::round::JobCtx;
 use crate::Coordinator;
+use shoal_shared::models::{ModelSpec, Server};
 
 /// Purposes of the generation draws (distinct from the round engine's).
 const SEED_GENERATE: u64 = 0x67_656e;
@@ -58,20 +59,21 @@ impl Coordinator {
             facts.holdout = (!rows.is_empty()).then(|| Arc::new(h.select(&rows)));
         }
         let holdout = facts.holdout.clone();
+        let n_features = facts.n_features;
         let mut state = ctx.init_state(facts)?;
-        let (denoiser, initial) = match &state.global {
-            GlobalModel::Params { model, weights, .. } => (
-                model.as_denoiser().cloned().ok_or_else(|| {
-                    Error::Job("internal: a diffusion job without a denoiser".into())
-                })?,
-                weights.clone(),
-            ),
-            _ => {
-                return Err(Error::Job(
-                    "internal: a diffusion job without weights".into(),
-                ))
-            }
+        // The spec check admits only a denoiser to a diffusion job (`kind = "diffusion"` with
+        // `[model] kind = "denoiser"`), and a denoiser's server half is a weights model; these
+        // two refusals guard a spec built around that check.
+        let ModelSpec::Denoiser(p) = &ctx.spec.model else {
+            return Err(Error::Job(
+                "a diffusion job needs [model] kind = \"denoiser\"".into(),
+            ));
         };
+        let denoiser = DenoiserModel::new(p, n_features)?;
+        let Server::Sgd(s) = &state.global else {
+            return Err(Error::Job("a diffusion job needs a weights model".into()));
+        };
+        let initial = s.weights.clone();
         let alpha_bar = denoiser.schedule.final_alpha_bar();
         let header = format!(
             "diffusion: {} on `{}` ({} values per signal, {} parameters), alpha_bar_T = {alpha_bar:.2e}",
@@ -86,13 +88,11 @@ impl Coordinator {
         let records = self
             .checkpointed_rounds(ctx, run, events, &mut state, resume)
             .await?;
-        let GlobalModel::Params { weights, .. } = &state.global else {
-            return Err(Error::Job(
-                "internal: a diffusion job without weights".into(),
-            ));
+        let Server::Sgd(s) = &state.global else {
+            return Err(Error::Job("a diffusion job needs a weights model".into()));
         };
         let samples = ctx.spec.diffusion_options().samples;
-        let (final_w, job_seed) = (weights.clone(), ctx.spec.seed);
+        let (final_w, job_seed) = (s.weights.clone(), ctx.spec.seed);
         let generated = tokio::task::spawn_blocking(move || {
             generate(
                 &denoiser,

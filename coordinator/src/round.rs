@@ -1,6 +1,8 @@
-//! The round engine of a `train` job: wait for clients, sample, push Fit tasks, collect and
-//! validate updates into the strategy's running aggregate, evaluate (federated and centralized),
-//! record.
+//! The round engine of a `train` job: wait for clients, sample, then drive the model's server
+//! half ([`shoal_shared::models::Server`]) phase by phase: push each phase's tasks, feed the
+//! replies to the server half, close the phase at its quorum or deadline; evaluate (federated and
+//! centralized), record. The engine owns the network, deadlines, refusals and strikes; what a
+//! phase asks and how replies are checked and combined belongs to the model kind.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,15 +16,14 @@ use serde::{Deserialize, Serialize};
 use shoal_proto::v1::{self, task, task_result};
 use shoal_shared::data::builtin::Builtin;
 use shoal_shared::data::{self, Dataset};
-use shoal_shared::forest::{Forest, ForestParams};
-use shoal_shared::gbdt::{
-    histograms_from_bytes, n_outputs, Ensemble, GbdtParams, Histogram, QuantileSketch, TreeGrower,
+use shoal_shared::models::phase::{
+    check_count, OrderedMean, PhaseTally, Rejection, Request, RoundPlan, Step, MAX_LOSS,
 };
-use shoal_shared::model::ModelSpec;
-use shoal_shared::model::{self, Model};
+use shoal_shared::models::phase::{DecodeBounds, Payload as ModelPayload, Reply};
+use shoal_shared::models::sgd::server::NormBound;
+use shoal_shared::models::sgd::EvalStats;
+use shoal_shared::models::{Server, ServerSetup};
 use shoal_shared::seed;
-use shoal_shared::strategy::Strategy;
-use shoal_shared::tensor::Weights;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
@@ -37,8 +38,8 @@ macro_rules! expect_outcome {
     ($outcome:expr, $variant:ident, $what:literal) => {
         match $outcome {
             Some(task_result::Outcome::$variant(v)) => v,
-            Some(task_result::Outcome::Error(e)) => return Err(format!("client error: {e}")),
-            _ => return Err($what.to_string()),
+            Some(task_result::Outcome::Error(e)) => return Err(Rejection::ClientError(e)),
+            _ => return Err(Rejection::WrongKind($what)),
         }
     };
 }
@@ -141,202 +142,28 @@ pub struct JobCtx {
     pub strikes: Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
 }
 
-/// The global model and whatever trains it.
-#[derive(Debug)]
-pub enum GlobalModel {
-    /// A differentiable model: weights, aggregated by a strategy.
-    Params {
-        model: Arc<dyn Model>,
-        weights: Weights,
-        strategy: Strategy,
-    },
-    /// A forest: clients' new trees are appended, up to a cap.
-    Forest {
-        forest: Arc<Forest>,
-        params: ForestParams,
-    },
-    /// Gradient boosting: trees grown level by level from summed client histograms. The
-    /// ensemble exists once the clients' quantile sketches have fixed the bin edges.
-    Gbdt {
-        ensemble: Option<Arc<Ensemble>>,
-        params: GbdtParams,
-    },
-}
-
-/// What a task carries of the global model.
+/// What a task carries of the global model, as the wire has it.
 #[derive(Debug, Clone, Default)]
 struct Payload {
     parameters: Option<v1::Parameters>,
     blob: prost::bytes::Bytes,
 }
 
-impl GlobalModel {
-    fn payload(&self) -> Payload {
-        match self {
-            GlobalModel::Params { weights, .. } => Payload {
-                parameters: Some(shoal_proto::weights_to_wire(weights)),
-                blob: Default::default(),
-            },
-            GlobalModel::Forest { forest, .. } => Payload {
-                parameters: None,
-                blob: forest.to_blob().into(),
-            },
-            GlobalModel::Gbdt { ensemble, .. } => Payload {
-                parameters: None,
-                blob: ensemble
-                    .as_ref()
-                    .map(|e| e.to_blob().into())
-                    .unwrap_or_default(),
-            },
-        }
-    }
-
-    /// Scores the model on `data`, off the async threads.
-    pub async fn evaluate(&self, data: Arc<Dataset>) -> Result<model::EvalStats> {
-        let res = match self {
-            GlobalModel::Params { model, weights, .. } => {
-                let (m, w) = (model.clone(), weights.clone());
-                tokio::task::spawn_blocking(move || model::evaluate(m.as_ref(), &w, &data)).await
-            }
-            GlobalModel::Forest { forest, .. } => {
-                let f = forest.clone();
-                tokio::task::spawn_blocking(move || f.evaluate(&data)).await
-            }
-            GlobalModel::Gbdt { ensemble, .. } => {
-                let e = ensemble
-                    .clone()
-                    .ok_or_else(|| Error::Job("no ensemble yet".into()))?;
-                tokio::task::spawn_blocking(move || e.evaluate(&data)).await
-            }
-        };
-        Ok(res.map_err(|e| Error::Job(format!("evaluation: {e}")))??)
-    }
-
-    /// Whether evaluation yields an accuracy (a diffusion denoiser's does not: its loss is the
-    /// noise-prediction MSE).
-    pub fn classifies(&self) -> bool {
-        match self {
-            GlobalModel::Params { model, .. } => model.classifies(),
-            GlobalModel::Forest { .. } | GlobalModel::Gbdt { .. } => true,
-        }
-    }
-
-    /// Size of the model, for logs: parameters or trees.
-    pub fn size(&self) -> usize {
-        match self {
-            GlobalModel::Params { weights, .. } => weights.num_params(),
-            GlobalModel::Forest { forest, .. } => forest.trees.len(),
-            GlobalModel::Gbdt { ensemble, .. } => ensemble
-                .as_ref()
-                .map_or(0, |e| e.rounds.iter().map(Vec::len).sum()),
-        }
-    }
-
-    /// The final model as JSON for the run folder.
-    pub fn to_json(&self) -> serde_json::Value {
-        match self {
-            GlobalModel::Params { weights, .. } => serde_json::json!({ "weights": weights }),
-            GlobalModel::Forest { forest, .. } => serde_json::json!({ "forest": forest.as_ref() }),
-            GlobalModel::Gbdt { ensemble, .. } => {
-                serde_json::json!({ "gbdt": ensemble.as_deref() })
-            }
-        }
-    }
-}
-
-/// What a train job needs to go on after a coordinator restart: the global model with its
-/// strategy state. Client sampling needs no saved RNG: every draw derives from (job seed, round).
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-enum Checkpoint {
-    Params {
-        weights: Weights,
-        strategy: Strategy,
-    },
-    /// The forest's versioned blob (JSON text).
-    Forest { blob: String },
-    /// The ensemble's versioned blob, once the bin edges exist.
-    Gbdt { blob: Option<String> },
-}
-
-impl GlobalModel {
-    /// The checkpoint of this model, as JSON.
-    pub fn checkpoint(&self) -> Result<String> {
-        let text = |b: Vec<u8>| String::from_utf8(b).map_err(|e| Error::Job(e.to_string()));
-        let c = match self {
-            GlobalModel::Params {
-                weights, strategy, ..
-            } => Checkpoint::Params {
-                weights: weights.clone(),
-                strategy: strategy.clone(),
-            },
-            GlobalModel::Forest { forest, .. } => Checkpoint::Forest {
-                blob: text(forest.to_blob())?,
-            },
-            GlobalModel::Gbdt { ensemble, .. } => Checkpoint::Gbdt {
-                blob: ensemble.as_ref().map(|e| text(e.to_blob())).transpose()?,
-            },
-        };
-        serde_json::to_string(&c)
-            .map_err(|e| Error::Job(format!("cannot encode a checkpoint: {e}")))
-    }
-
-    /// Puts back the model a checkpoint holds, checked against this (freshly initialised) one.
-    pub fn restore(&mut self, json: &str, facts: &DataFacts) -> Result<()> {
-        let bad = |e: String| Error::Job(format!("the checkpoint cannot be restored: {e}"));
-        let c: Checkpoint = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
-        let n_classes = facts.class_names.len();
-        match (self, c) {
-            (
-                GlobalModel::Params {
-                    weights, strategy, ..
-                },
-                Checkpoint::Params {
-                    weights: w,
-                    strategy: st,
-                },
-            ) => {
-                weights
-                    .check_same_layout(&w)
-                    .map_err(|e| bad(e.to_string()))?;
-                w.check_finite().map_err(|e| bad(e.to_string()))?;
-                if st.spec != strategy.spec {
-                    return Err(bad("it was written for another strategy".into()));
-                }
-                *weights = w;
-                *strategy = st;
-            }
-            (GlobalModel::Forest { forest, params }, Checkpoint::Forest { blob }) => {
-                *forest = Arc::new(
-                    Forest::from_blob(
-                        blob.as_bytes(),
-                        facts.n_features,
-                        n_classes,
-                        params.max_trees as usize,
-                    )
-                    .map_err(|e| bad(e.to_string()))?,
-                );
-            }
-            (GlobalModel::Gbdt { ensemble, .. }, Checkpoint::Gbdt { blob }) => {
-                *ensemble = match blob {
-                    Some(b) => Some(Arc::new(
-                        Ensemble::from_blob(b.as_bytes(), facts.n_features, n_classes, usize::MAX)
-                            .map_err(|e| bad(e.to_string()))?,
-                    )),
-                    None => None,
-                };
-            }
-            _ => return Err(bad("it was written for another kind of model".into())),
-        }
-        Ok(())
-    }
+/// Scores the global model on `data`, off the async threads.
+pub async fn evaluate(global: &Server, data: Arc<Dataset>) -> Result<EvalStats> {
+    let score = global.evaluator();
+    tokio::task::spawn_blocking(move || score(&data))
+        .await
+        .map_err(|e| Error::Job(format!("evaluation: {e}")))?
+        .map_err(Error::from)
 }
 
 /// The state a train job carries from round to round.
 #[derive(Debug)]
 pub struct TrainState {
     pub facts: DataFacts,
-    pub global: GlobalModel,
+    /// The model's server half: the global model and what trains it.
+    pub global: Server,
 }
 
 /// One client's line in the end-of-job table.
@@ -350,29 +177,6 @@ pub struct ClientRow {
     pub accuracy: f64,
     /// After `personalize_epochs` local epochs from the global model, when asked.
     pub personalized_accuracy: Option<f64>,
-}
-
-/// An example-weighted mean whose terms are summed in client-name order at the end, so that it
-/// does not depend on the order in which results arrived (floating-point addition is not
-/// associative).
-#[derive(Debug, Default)]
-struct OrderedMean(Vec<(String, f64, f64)>);
-
-impl OrderedMean {
-    fn push(&mut self, client: &str, value: f64, weight: f64) {
-        self.0.push((client.to_string(), value, weight));
-    }
-
-    /// The weighted mean (NaN when empty).
-    fn mean(&mut self) -> f64 {
-        self.0.sort_by(|a, b| a.0.cmp(&b.0));
-        let (mut sum, mut weight) = (0.0f64, 0.0f64);
-        for (_, v, w) in &self.0 {
-            sum += v * w;
-            weight += w;
-        }
-        sum / weight
-    }
 }
 
 /// Outcome of pushing one kind of task to a set of clients.
@@ -575,36 +379,21 @@ impl JobCtx {
         ))
     }
 
-    /// Sets up the model, its initial state and the strategy.
+    /// Sets up the model's server half: the initial global model and the strategy.
     pub fn init_state(&self, facts: DataFacts) -> Result<TrainState> {
-        let n_classes = facts.class_names.len();
-        let global = match &self.spec.model {
-            ModelSpec::Forest(params) => GlobalModel::Forest {
-                forest: Arc::new(Forest::new(facts.n_features, n_classes)),
-                params: params.clone(),
-            },
-            ModelSpec::Gbdt(params) => GlobalModel::Gbdt {
-                ensemble: None,
-                params: params.clone(),
-            },
-            spec => {
-                let model: Arc<dyn Model> = Arc::from(spec.build(facts.n_features, n_classes)?);
-                let mut rng = ChaCha8Rng::seed_from_u64(seed::derive(self.spec.seed, &[SEED_INIT]));
-                let weights = model.init(&mut rng);
-                if weights.num_params() > self.max_tensor_elements {
-                    return Err(Error::Job(format!(
-                        "the model has {} parameters, over the coordinator's limit of {} (--max-tensor-elements)",
-                        weights.num_params(),
-                        self.max_tensor_elements
-                    )));
-                }
-                GlobalModel::Params {
-                    model,
-                    weights,
-                    strategy: self.spec.strategy.build(),
-                }
-            }
+        let updates = &self.spec.updates;
+        let setup = ServerSetup {
+            n_features: facts.n_features,
+            n_classes: facts.class_names.len(),
+            init_seed: seed::derive(self.spec.seed, &[SEED_INIT]),
+            max_params: self.max_tensor_elements,
+            strategy: self.spec.strategy.clone(),
+            bound: updates.max_norm.map(|max| NormBound {
+                max,
+                clip: updates.on_norm == NormAction::Clip,
+            }),
         };
+        let global = Server::new(&self.spec.model, &setup)?;
         Ok(TrainState { facts, global })
     }
 
@@ -629,7 +418,7 @@ impl JobCtx {
         // Over-selection (weights models): ask more clients than the round needs and close the
         // phase once the needed number of updates is in, so stragglers cost nothing.
         let mut target = None;
-        if policy.over_selection > 1.0 && matches!(state.global, GlobalModel::Params { .. }) {
+        if policy.over_selection > 1.0 && state.global.trains_from_global() {
             let needed = fit_clients.len();
             let asked = ((needed as f64 * policy.over_selection).ceil() as usize).min(avail.len());
             if asked > needed {
@@ -639,23 +428,20 @@ impl JobCtx {
         }
         tracing::debug!(selected = fit_clients.len(), available = avail.len(), "fit");
 
-        let (fit_phase, train_loss) = match &state.global {
-            GlobalModel::Params { .. } => {
-                self.fit_params(round, state, &fit_clients, avail.len(), quorum, target)
-                    .await?
-            }
-            GlobalModel::Forest { .. } => {
-                self.fit_forest(round, state, &fit_clients, quorum).await?
-            }
-            GlobalModel::Gbdt { .. } => {
-                self.fit_gbdt(round, state, &avail, &fit_clients, quorum)
-                    .await?
-            }
+        let plan = RoundPlan {
+            round,
+            selected: fit_clients.iter().map(|c| c.name.clone()).collect(),
+            available: avail.iter().map(|c| c.name.clone()).collect(),
+            quorum,
+            min_clients: policy.min_fit_clients as usize,
+            target,
+            n_available: avail.len(),
         };
-        if fit_phase.accepted < quorum.max(1) {
+        let (fit_phase, accepted, train_loss) = self.train_phases(plan, state, &avail).await?;
+        if accepted < quorum.max(1) {
             return Err(Error::Job(format!(
                 "round {round}: {} of the {quorum} required clients (clients.min_fit_clients) returned a valid update ({} selected, {} rejected, {} left, {} past the {}s deadline)",
-                fit_phase.accepted,
+                accepted,
                 fit_clients.len(),
                 fit_phase.rejected,
                 fit_phase.failed,
@@ -684,7 +470,7 @@ impl JobCtx {
                 seed::derive(self.spec.seed, &[round.into(), SEED_SAMPLE_EVAL]),
             );
             let quorum = (policy.min_evaluate_clients as usize).min(eval_clients.len());
-            let payload = state.global.payload();
+            let payload = self.payload_to_wire(state.global.payload());
             let announced = self.announced(&eval_clients, true);
             let (mut l, mut a) = (OrderedMean::default(), OrderedMean::default());
             let classifies = state.global.classifies();
@@ -697,11 +483,8 @@ impl JobCtx {
                     task::Kind::Evaluate(v1::EvaluateTask::default()),
                     quorum,
                     |client, arrived| {
-                        let e = expect_outcome!(
-                            arrived.result.outcome,
-                            Evaluate,
-                            "expected an evaluate result"
-                        );
+                        let e =
+                            expect_outcome!(arrived.result.outcome, Evaluate, "an evaluate result");
                         check_evaluation(&e, announced.get(client).copied(), classifies)?;
                         let w = e.num_examples as f64;
                         l.push(client, e.loss, w);
@@ -726,7 +509,7 @@ impl JobCtx {
         // Centralized evaluation on the coordinator's test set.
         let (mut test_loss, mut test_accuracy) = (None, None);
         if let Some(h) = &state.facts.holdout {
-            let stats = state.global.evaluate(h.clone()).await?;
+            let stats = evaluate(&state.global, h.clone()).await?;
             test_loss = Some(stats.loss);
             test_accuracy = state.global.classifies().then_some(stats.accuracy);
         }
@@ -741,7 +524,7 @@ impl JobCtx {
         let mut rec = RoundRecord {
             round,
             rounds_total: self.spec.rounds,
-            clients: fit_phase.accepted as u32,
+            clients: accepted as u32,
             clients_selected: fit_clients.len() as u32,
             train_loss,
             fed_loss,
@@ -793,416 +576,91 @@ impl JobCtx {
         newly
     }
 
-    /// Fit phase of a weights model: each valid update goes straight into the strategy's running
-    /// aggregate and is dropped; with a quorum, the strategy makes the next global model.
-    /// Returns the phase and the example-weighted mean training loss.
-    async fn fit_params(
+    /// The training part of a round: the server half's phases, one after the other, until it
+    /// says the round is done. Returns the phases' traffic and refusals, how many clients
+    /// contributed, and the mean training loss.
+    async fn train_phases(
         &self,
-        round: u32,
-        state: &mut TrainState,
-        fit_clients: &[ClientView],
-        n_available: usize,
-        quorum: usize,
-        target: Option<usize>,
-    ) -> Result<(Phase, f64)> {
-        let TrainState { facts, global } = state;
-        let GlobalModel::Params {
-            weights, strategy, ..
-        } = global
-        else {
-            return Err(Error::Job("internal: fit_params on a forest".into()));
-        };
-        let payload = Payload {
-            parameters: Some(shoal_proto::weights_to_wire(weights)),
-            blob: Default::default(),
-        };
-        let fit = task::Kind::Fit(v1::FitTask {
-            local: Some(self.local_training(round)),
-            control: strategy
-                .server_control(weights)
-                .map(|c| shoal_proto::weights_to_wire(&c)),
-        });
-        let wants_control = self.spec.strategy.uses_control_variates();
-        // Valid updates wait here and enter the aggregate in client-name order once the phase is
-        // over: a seeded job then gives bit-identical models whatever order updates arrive in.
-        let mut updates: Vec<(String, Weights, u64, Option<Weights>)> = Vec::new();
-        let mut loss = OrderedMean::default();
-        let max_elements = weights.num_params();
-        let bound = self.spec.updates.clone();
-        let announced = self.announced(fit_clients, false);
-        let current: &Weights = weights;
-        let phase = self
-            .phase_until(
-                round,
-                fit_clients,
-                &payload,
-                facts,
-                fit,
-                quorum,
-                target,
-                |client, arrived| {
-                    let fit = expect_outcome!(arrived.result.outcome, Fit, "expected a fit result");
-                    let params = fit
-                        .parameters
-                        .as_ref()
-                        .ok_or("fit result without parameters")?;
-                    let mut w = shoal_proto::weights_from_wire(params, max_elements)
-                        .map_err(|e| e.to_string())?;
-                    current.check_same_layout(&w).map_err(|e| e.to_string())?;
-                    w.check_finite().map_err(|e| e.to_string())?;
-                    if let Some(max) = bound.max_norm {
-                        let norm = match bound.on_norm {
-                            NormAction::Reject => w.distance(current),
-                            NormAction::Clip => w.clip_toward(current, max),
-                        }
-                        .map_err(|e| e.to_string())?;
-                        if norm > max && bound.on_norm == NormAction::Reject {
-                            return Err(format!(
-                                "update norm {norm:.4} is over the job's bound of {max} (updates.max_norm)"
-                            ));
-                        }
-                        if norm > max {
-                            tracing::debug!(client, norm, max, "update clipped to the norm bound");
-                        }
-                    }
-                    check_count(fit.num_examples, announced.get(client).copied(), "train")?;
-                    check_loss(fit.train_loss)?;
-                    let control_delta = match (&fit.control_delta, wants_control) {
-                        (Some(c), true) => {
-                            let c = shoal_proto::weights_from_wire(c, max_elements)
-                                .map_err(|e| format!("control_delta: {e}"))?;
-                            current
-                                .check_same_layout(&c)
-                                .map_err(|e| format!("control_delta: {e}"))?;
-                            c.check_finite()
-                                .map_err(|e| format!("control_delta: {e}"))?;
-                            Some(c)
-                        }
-                        (None, true) => return Err("SCAFFOLD update without control_delta".into()),
-                        (_, false) => None,
-                    };
-                    loss.push(client, fit.train_loss, fit.num_examples as f64);
-                    updates.push((client.to_string(), w, fit.num_examples, control_delta));
-                    tracing::debug!(client, examples = fit.num_examples, "update accepted");
-                    Ok(())
-                },
-            )
-            .await?;
-        if phase.accepted < quorum.max(1) {
-            return Ok((phase, f64::NAN));
-        }
-        updates.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut agg = strategy.aggregator(weights);
-        for (_, w, n, control) in &updates {
-            agg.add(w, *n, control.as_ref())?;
-        }
-        drop(updates);
-        match strategy.finish(round, weights, agg, n_available) {
-            Ok(next) => *weights = next,
-            Err(shoal_shared::Error::NonFinite(what)) => {
-                return Err(Error::Job(format!(
-                    "round {round}: the aggregated model is not finite ({what}); lower the learning rates"
-                )))
-            }
-            Err(e) => return Err(e.into()),
-        }
-        Ok((phase, loss.mean()))
-    }
-
-    /// Fit phase of a forest: each selected client grows `trees_per_round` new trees on its own
-    /// rows (it needs no global forest for that); their trees join the global forest, weighted by
-    /// the client's example count, merged in client-name order so the forest does not depend on
-    /// arrival order.
-    async fn fit_forest(
-        &self,
-        round: u32,
-        state: &mut TrainState,
-        fit_clients: &[ClientView],
-        quorum: usize,
-    ) -> Result<(Phase, f64)> {
-        let TrainState { facts, global } = state;
-        let GlobalModel::Forest { forest, params } = global else {
-            return Err(Error::Job("internal: fit_forest on a weights model".into()));
-        };
-        let fit = task::Kind::Fit(v1::FitTask {
-            local: Some(self.local_training(round)),
-            control: None,
-        });
-        let (n_features, n_classes) = (facts.n_features, facts.class_names.len());
-        let per_client = params.trees_per_round as usize;
-        let announced = self.announced(fit_clients, false);
-        let mut grown: Vec<(String, Forest)> = Vec::with_capacity(fit_clients.len());
-        let mut loss = OrderedMean::default();
-        let phase = self
-            .phase(
-                round,
-                fit_clients,
-                &Payload::default(),
-                facts,
-                fit,
-                quorum,
-                |client, arrived| {
-                    let fit = expect_outcome!(arrived.result.outcome, Fit, "expected a fit result");
-                    check_count(fit.num_examples, announced.get(client).copied(), "train")?;
-                    check_loss(fit.train_loss)?;
-                    let mut trees =
-                        Forest::from_blob(&fit.model_blob, n_features, n_classes, per_client)
-                            .map_err(|e| e.to_string())?;
-                    if trees.trees.is_empty() {
-                        return Err("fit result without trees".into());
-                    }
-                    trees.set_weight(fit.num_examples as f32);
-                    loss.push(client, fit.train_loss, fit.num_examples as f64);
-                    grown.push((client.to_string(), trees));
-                    Ok(())
-                },
-            )
-            .await?;
-        if phase.accepted < quorum.max(1) {
-            return Ok((phase, f64::NAN));
-        }
-        grown.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut next = Forest::clone(forest);
-        for (_, trees) in grown {
-            next.merge(trees, round, params.max_trees as usize)?;
-        }
-        *forest = Arc::new(next);
-        Ok((phase, loss.mean()))
-    }
-
-    /// Gradient boosting before round 1: every available client sends a quantile sketch of its
-    /// features; the merged sketch fixes the global bin edges.
-    async fn sketch_edges(
-        &self,
-        avail: &[ClientView],
-        facts: &DataFacts,
-        params: &GbdtParams,
-    ) -> Result<(Ensemble, Phase)> {
-        let n_features = facts.n_features;
-        let max_points = params.sketch_size as usize;
-        let mut sketches: Vec<(String, QuantileSketch)> = Vec::new();
-        let quorum = (self.policy().min_fit_clients as usize).min(avail.len());
-        let kind = task::Kind::Sketch(v1::SketchTask {});
-        let phase = self
-            .phase(
-                0,
-                avail,
-                &Payload::default(),
-                facts,
-                kind,
-                quorum,
-                |client, arrived| {
-                    let s = expect_outcome!(arrived.result.outcome, Sketch, "expected a sketch");
-                    let sketch = QuantileSketch::from_blob(&s.sketch, n_features, max_points)
-                        .map_err(|e| e.to_string())?;
-                    sketches.push((client.to_string(), sketch));
-                    Ok(())
-                },
-            )
-            .await?;
-        if phase.accepted < quorum.max(1) {
-            return Err(Error::Job(format!(
-                "bin edges: {} of the {quorum} required clients sent a quantile sketch",
-                phase.accepted
-            )));
-        }
-        // Merge in client-name order so the edges do not depend on arrival order.
-        sketches.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut merged = QuantileSketch {
-            features: vec![Vec::new(); n_features],
-        };
-        for (_, s) in &sketches {
-            merged.merge(s)?;
-        }
-        let edges = merged.bin_edges(params.max_bins as usize);
-        info!(
-            clients = sketches.len(),
-            "bin edges fixed from federated quantile sketches"
-        );
-        Ok((
-            Ensemble::new(n_features, facts.class_names.len(), edges),
-            phase,
-        ))
-    }
-
-    /// One boosting iteration: one tree per output, each grown level by level. The clients that
-    /// answer the root level are the tree's participants; every later level must hear from all
-    /// of them, because the coordinator derives right children as parent − left (histogram
-    /// subtraction). If one leaves mid-tree, the tree stops growing there, from sums it knows.
-    async fn fit_gbdt(
-        &self,
-        round: u32,
+        plan: RoundPlan,
         state: &mut TrainState,
         avail: &[ClientView],
-        fit_clients: &[ClientView],
-        quorum: usize,
-    ) -> Result<(Phase, f64)> {
+    ) -> Result<(Phase, usize, f64)> {
+        let round = plan.round;
+        let announced = self.announced(avail, false);
+        let by_name: std::collections::HashMap<&str, &ClientView> =
+            avail.iter().map(|c| (c.name.as_str(), c)).collect();
         let TrainState { facts, global } = state;
-        let GlobalModel::Gbdt { ensemble, params } = global else {
-            return Err(Error::Job("internal: fit_gbdt on another model".into()));
-        };
-        params.check()?;
         let mut total = Phase::default();
-        if ensemble.is_none() {
-            // The sketch exchange is part of round 1's traffic.
-            let (e, sketch_phase) = self.sketch_edges(avail, facts, params).await?;
-            total.absorb(&sketch_phase);
-            *ensemble = Some(Arc::new(e));
-        }
-        let Some(current) = ensemble.clone() else {
-            return Err(Error::Job("internal: no ensemble after sketching".into()));
-        };
-        let n_features = facts.n_features;
-        let bins = current.edges.max_bins();
-        let blob: prost::bytes::Bytes = current.to_blob().into();
-        let mut loss = OrderedMean::default();
-        let mut trees = Vec::new();
-        let announced = self.announced(fit_clients, false);
-        // One participant set for the whole round: a client that fails once is not asked again
-        // this round, so one silent client cannot stall every tree.
-        let mut participants: Vec<ClientView> = fit_clients.to_vec();
-        for output in 0..n_outputs(facts.class_names.len()) {
-            let mut grower: Option<TreeGrower> = None;
-            let mut level = 0u32;
-            loop {
-                let (tree_json, nodes) = match &grower {
-                    None => (
-                        serde_json::to_vec(&shoal_shared::gbdt::GTree::root()),
-                        vec![0u32],
-                    ),
-                    Some(g) => (serde_json::to_vec(&g.partial_tree()), g.requests()),
-                };
-                let tree_json =
-                    tree_json.map_err(|e| Error::Job(format!("encoding a tree: {e}")))?;
-                let first = output == 0 && level == 0;
-                let kind = task::Kind::Histogram(v1::HistogramTask {
-                    output: output as u32,
-                    partial_tree: tree_json,
-                    nodes: nodes.clone(),
-                    first_level: first,
-                });
-                let payload = Payload {
-                    parameters: None,
-                    blob: if first {
-                        blob.clone()
-                    } else {
-                        Default::default()
+        let mut step = global.begin_round(plan)?;
+        loop {
+            let ask = match step {
+                Step::Done(r) => return Ok((total, r.accepted, r.train_loss)),
+                Step::Ask(ask) => ask,
+            };
+            let clients: Vec<ClientView> = ask
+                .clients
+                .iter()
+                .filter_map(|n| by_name.get(n.as_str()).map(|c| (*c).clone()))
+                .collect();
+            let expected = expected_reply(&ask.request);
+            let kind = self.request_to_wire(round, ask.request)?;
+            let payload = self.payload_to_wire(ask.payload);
+            let bounds = global.decode_bounds();
+            let phase = self
+                .phase_until(
+                    ask.round,
+                    &clients,
+                    &payload,
+                    facts,
+                    kind,
+                    ask.quorum,
+                    ask.target,
+                    |client, arrived| {
+                        let reply = reply_from_wire(arrived.result.outcome, bounds, expected)?;
+                        global.accept(client, reply, announced.get(client).copied())
                     },
-                };
-                let mut got: Vec<(String, Vec<Histogram>)> = Vec::new();
-                let need = if level == 0 {
-                    quorum
-                } else {
-                    participants.len()
-                };
-                let phase = self
-                    .phase(
-                        round,
-                        &participants,
-                        &payload,
-                        facts,
-                        kind,
-                        need,
-                        |client, arrived| {
-                            let h = expect_outcome!(
-                                arrived.result.outcome,
-                                Histogram,
-                                "expected histograms"
-                            );
-                            let hists =
-                                histograms_from_bytes(&h.histograms, n_features, bins, nodes.len())
-                                    .map_err(|e| e.to_string())?;
-                            if hists.len() != nodes.len() {
-                                return Err(format!(
-                                    "{} histograms for {} nodes",
-                                    hists.len(),
-                                    nodes.len()
-                                ));
-                            }
-                            let n = announced.get(client).copied().unwrap_or(0);
-                            check_count(h.num_examples, Some(n), "train")?;
-                            check_histogram_bounds(&hists, n)?;
-                            if first {
-                                check_loss(h.train_loss)?;
-                                loss.push(client, h.train_loss, h.num_examples as f64);
-                            }
-                            got.push((client.to_string(), hists));
-                            Ok(())
-                        },
-                    )
-                    .await?;
-                total.absorb(&phase);
-                let before = participants.len();
-                participants.retain(|c| got.iter().any(|(n, _)| *n == c.name));
-                if level == 0 {
-                    if got.len() < quorum.max(1) {
-                        if output == 0 {
-                            return Ok((total, f64::NAN));
-                        }
-                        // Some trees of this round exist already: a round is all outputs or none.
-                        return Err(Error::Job(format!(
-                            "round {round}: only {} of the {quorum} required clients answered for output {output}",
-                            got.len()
-                        )));
-                    }
-                    if output == 0 {
-                        total.accepted = got.len();
-                    }
-                } else if participants.len() < before {
-                    warn!(
-                        round,
-                        output, level, "a participant left mid-tree; the tree stops growing here"
-                    );
-                    break;
-                }
-                // Sum in client-name order: the result does not depend on arrival order.
-                got.sort_by(|a, b| a.0.cmp(&b.0));
-                let mut sums: Vec<Histogram> =
-                    vec![Histogram::zeros(n_features, bins); nodes.len()];
-                for (_, hists) in &got {
-                    for (s, h) in sums.iter_mut().zip(hists) {
-                        s.add(h)?;
-                    }
-                }
-                match grower.as_mut() {
-                    None => {
-                        let root = sums
-                            .into_iter()
-                            .next()
-                            .ok_or_else(|| Error::Job("no root histogram".into()))?;
-                        grower = Some(TreeGrower::new(params, &current.edges, root));
-                    }
-                    Some(g) => {
-                        if let Err(e) = g.absorb(sums) {
-                            // The grower is unchanged on error: stop this tree from what is known.
-                            warn!(
-                                round,
-                                output,
-                                level,
-                                "histograms could not be used ({e}); the tree stops here"
-                            );
-                            break;
-                        }
-                    }
-                }
-                level += 1;
-                if grower.as_ref().is_some_and(TreeGrower::is_done) {
-                    break;
-                }
-            }
-            if let Some(g) = grower {
-                trees.push(g.finish());
-            }
+                )
+                .await?;
+            total.absorb(&phase);
+            step = global.close(PhaseTally {
+                accepted: phase.accepted,
+                rejected: phase.rejected,
+                failed: phase.failed,
+                timed_out: phase.timed_out,
+            })?;
         }
-        if loss.0.is_empty() {
-            return Err(Error::Job(format!(
-                "round {round}: no client reported a training loss"
-            )));
+    }
+
+    /// A phase's request as a task kind; a fit task carries the round's local training settings.
+    fn request_to_wire(&self, round: u32, request: Request) -> Result<task::Kind> {
+        Ok(match request {
+            Request::Fit { control } => task::Kind::Fit(v1::FitTask {
+                local: Some(self.local_training(round)),
+                control: control.map(|c| shoal_proto::weights_to_wire(&c)),
+            }),
+            Request::Sketch => task::Kind::Sketch(v1::SketchTask {}),
+            Request::Histogram(h) => task::Kind::Histogram(v1::HistogramTask {
+                output: h.output,
+                partial_tree: serde_json::to_vec(&h.partial_tree)
+                    .map_err(|e| Error::Job(format!("encoding a tree: {e}")))?,
+                nodes: h.nodes,
+                first_level: h.first_level,
+            }),
+        })
+    }
+
+    fn payload_to_wire(&self, payload: ModelPayload) -> Payload {
+        match payload {
+            ModelPayload::None => Payload::default(),
+            ModelPayload::Weights(w) => Payload {
+                parameters: Some(shoal_proto::weights_to_wire(&w)),
+                blob: Default::default(),
+            },
+            ModelPayload::Blob(b) => Payload {
+                parameters: None,
+                blob: b.into(),
+            },
         }
-        let mut next = Ensemble::clone(&current);
-        next.rounds.push(trees);
-        *ensemble = Some(Arc::new(next));
-        Ok((total, loss.mean()))
     }
 
     /// Local training settings for round `round`'s Fit tasks.
@@ -1224,12 +682,13 @@ impl JobCtx {
             .into_iter()
             .filter(|c| compatible(c, &self.spec.dataset, &state.facts))
             .collect();
-        let payload = state.global.payload();
+        let payload = self.payload_to_wire(state.global.payload());
         let announced = self.announced(&clients, true);
         // Personalising means local training from the global model: weights models only.
-        let personalize = match state.global {
-            GlobalModel::Params { .. } => self.spec.evaluation.personalize_epochs,
-            GlobalModel::Forest { .. } | GlobalModel::Gbdt { .. } => 0,
+        let personalize = if state.global.trains_from_global() {
+            self.spec.evaluation.personalize_epochs
+        } else {
+            0
         };
         let kind = task::Kind::Evaluate(v1::EvaluateTask {
             personalize_epochs: personalize,
@@ -1245,11 +704,7 @@ impl JobCtx {
             kind,
             clients.len(),
             |client, arrived| {
-                let e = expect_outcome!(
-                    arrived.result.outcome,
-                    Evaluate,
-                    "expected an evaluate result"
-                );
+                let e = expect_outcome!(arrived.result.outcome, Evaluate, "an evaluate result");
                 check_evaluation(&e, announced.get(client).copied(), true)?;
                 rows.push(ClientRow {
                     client: client.to_string(),
@@ -1278,7 +733,7 @@ impl JobCtx {
         facts: &DataFacts,
         kind: task::Kind,
         quorum: usize,
-        on_result: impl FnMut(&str, Arrived) -> std::result::Result<(), String>,
+        on_result: impl FnMut(&str, Arrived) -> std::result::Result<(), Rejection>,
     ) -> Result<Phase> {
         self.phase_until(
             round, clients, payload, facts, kind, quorum, None, on_result,
@@ -1297,7 +752,7 @@ impl JobCtx {
         kind: task::Kind,
         quorum: usize,
         target: Option<usize>,
-        mut on_result: impl FnMut(&str, Arrived) -> std::result::Result<(), String>,
+        mut on_result: impl FnMut(&str, Arrived) -> std::result::Result<(), Rejection>,
     ) -> Result<Phase> {
         let policy = self.policy();
         let deadline = Instant::now() + secs(policy.round_timeout_secs);
@@ -1379,7 +834,7 @@ impl JobCtx {
                             phase.bytes_up += arrived.bytes;
                             let mismatch = arrived.result.job_id != self.id || arrived.result.round != round;
                             let verdict = if mismatch {
-                                Err(format!("result names job `{}` round {}, expected `{}` round {round}", arrived.result.job_id, arrived.result.round, self.id))
+                                Err(Rejection::Misaddressed(format!("result names job `{}` round {}, expected `{}` round {round}", arrived.result.job_id, arrived.result.round, self.id)))
                             } else {
                                 on_result(&client, arrived)
                             };
@@ -1419,25 +874,66 @@ impl JobCtx {
     }
 }
 
-/// Largest absolute loss a result may report; beyond it a weighted mean could overflow.
-const MAX_LOSS: f64 = 1e12;
-
-/// Gradient/hessian sums a client of `n` rows can honestly send: logloss and softmax gradients lie
-/// in [-1, 1] and hessians in [0, 1/4] per row. Anything beyond is a lie that could steer splits or
-/// overflow the coordinator's sums.
-fn check_histogram_bounds(hists: &[Histogram], n: u64) -> std::result::Result<(), String> {
-    let n = n as f64;
-    for h in hists {
-        for pair in h.data.chunks_exact(2) {
-            let (g, hess) = (pair[0], pair[1]);
-            if g.abs() > n * (1.0 + 1e-9) || !(-1e-9..=n * 0.25 + 1e-9).contains(&hess) {
-                return Err(format!(
-                    "histogram sums outside what {n} rows can give (G {g}, H {hess})"
-                ));
-            }
-        }
+/// What a phase's replies must be, as its rejections say it.
+fn expected_reply(request: &Request) -> &'static str {
+    match request {
+        Request::Fit { .. } => "a fit result",
+        Request::Sketch => "a sketch",
+        Request::Histogram(_) => "histograms",
     }
-    Ok(())
+}
+
+/// A task result as the server half reads it: tensors decoded within `bounds` (those it does not
+/// want are ignored), blobs left to it.
+fn reply_from_wire(
+    outcome: Option<task_result::Outcome>,
+    bounds: DecodeBounds,
+    expected: &'static str,
+) -> std::result::Result<Reply, Rejection> {
+    use shoal_shared::models::phase::{FitReply, HistogramReply, SketchReply};
+    Ok(match outcome {
+        Some(task_result::Outcome::Error(e)) => return Err(Rejection::ClientError(e)),
+        Some(task_result::Outcome::Fit(f)) => {
+            let (parameters, control_delta) = match bounds.max_elements {
+                Some(max) => {
+                    let parameters = f
+                        .parameters
+                        .as_ref()
+                        .map(|p| shoal_proto::weights_from_wire(p, max))
+                        .transpose()
+                        .map_err(Rejection::invalid)?;
+                    let control_delta = match (&f.control_delta, bounds.control) {
+                        (Some(c), true) => Some(
+                            shoal_proto::weights_from_wire(c, max)
+                                .map_err(|e| Rejection::invalid_in("control_delta: ", e))?,
+                        ),
+                        _ => None,
+                    };
+                    (parameters, control_delta)
+                }
+                None => (None, None),
+            };
+            Reply::Fit(FitReply {
+                num_examples: f.num_examples,
+                train_loss: f.train_loss,
+                parameters,
+                control_delta,
+                blob: f.model_blob,
+            })
+        }
+        Some(task_result::Outcome::Sketch(s)) => Reply::Sketch(SketchReply {
+            sketch: s.sketch,
+            num_examples: s.num_examples,
+        }),
+        Some(task_result::Outcome::Histogram(h)) => Reply::Histogram(HistogramReply {
+            histograms: h.histograms,
+            num_examples: h.num_examples,
+            train_loss: h.train_loss,
+        }),
+        Some(task_result::Outcome::Evaluate(_)) | None => {
+            return Err(Rejection::WrongKind(expected))
+        }
+    })
 }
 
 /// An evaluation a client could honestly report: a count within what it announced, a bounded
@@ -1446,7 +942,7 @@ fn check_evaluation(
     e: &v1::EvaluateResult,
     announced: Option<u64>,
     classifies: bool,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), Rejection> {
     check_count(e.num_examples, announced, "test")?;
     let valid = |a: f64| (0.0..=1.0).contains(&a);
     // A model without classes (a denoiser) reports no accuracy; whatever it sends is ignored.
@@ -1455,20 +951,12 @@ fn check_evaluation(
         && (!classifies || valid(e.accuracy))
         && e.personalized_accuracy.is_none_or(valid);
     if !plausible {
-        return Err(format!(
+        return Err(Rejection::Implausible(format!(
             "implausible evaluation (examples {}, loss {}, accuracy {})",
             e.num_examples, e.loss, e.accuracy
-        ));
+        )));
     }
     Ok(())
-}
-
-fn check_loss(loss: f64) -> std::result::Result<(), String> {
-    if loss.is_finite() && loss.abs() <= MAX_LOSS {
-        Ok(())
-    } else {
-        Err(format!("implausible train_loss {loss}"))
-    }
 }
 
 /// What each client announced in its Hello for `dataset`, by client name.
@@ -1481,18 +969,6 @@ fn announced_sizes(
         .iter()
         .filter_map(|c| c.dataset(dataset).map(|d| (c.name.clone(), pick(d))))
         .collect()
-}
-
-/// An example count must be positive and at most what the client announced: otherwise one client
-/// could outweigh all the others in the weighted mean.
-fn check_count(n: u64, announced: Option<u64>, split: &str) -> std::result::Result<(), String> {
-    let limit = announced.unwrap_or(0);
-    if n == 0 || n > limit {
-        return Err(format!(
-            "reports {n} {split} examples; it announced {limit} in its Hello"
-        ));
-    }
-    Ok(())
 }
 
 fn kind_name(kind: &task::Kind) -> &'static str {
@@ -1596,17 +1072,6 @@ mod tests {
             [("bad".to_string(), 3)].into(),
             "only the late client's refusals were late"
         );
-    }
-
-    #[test]
-    fn histogram_sums_beyond_what_the_rows_allow_are_refused() {
-        let mut h = Histogram::zeros(1, 2);
-        h.data = vec![-3.0, 0.5, 2.0, 0.25];
-        assert!(check_histogram_bounds(std::slice::from_ref(&h), 5).is_ok());
-        h.data[0] = 1e308;
-        assert!(check_histogram_bounds(std::slice::from_ref(&h), 5).is_err());
-        h.data = vec![0.0, -1.0, 0.0, 0.0];
-        assert!(check_histogram_bounds(&[h], 5).is_err(), "negative hessian");
     }
 
     #[test]

@@ -10,7 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 use shoal_shared::automl::{Config, Domain, SearchAlgorithm, SearchSpace, Tpe, Value};
-use shoal_shared::model::{LocalConfig, ModelSpec};
+use shoal_shared::models::sgd::LocalConfig;
+use shoal_shared::models::ModelSpec;
 use shoal_shared::strategy::StrategySpec;
 
 use crate::error::{Error, Result};
@@ -826,7 +827,7 @@ mod example_tests {
         let diffusion = JobSpec::from_toml(include_str!("../../examples/diffusion.toml")).unwrap();
         assert_eq!(
             diffusion.model.denoiser(),
-            Some(&shoal_shared::diffusion::DenoiserSpec::default()),
+            Some(&shoal_shared::models::diffusion::DenoiserSpec::default()),
             "diffusion.toml documents the defaults"
         );
         assert_eq!(diffusion.diffusion_options().samples, 90);

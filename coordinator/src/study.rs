@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use shoal_shared::data::builtin::Builtin;
 use shoal_shared::data::partition::Partitioner;
-use shoal_shared::model::ModelSpec;
+use shoal_shared::models::ModelSpec;
 use shoal_shared::plot::{line_charts_svg, Panel, Series};
 use shoal_shared::strategy::StrategySpec;
 
@@ -249,7 +249,7 @@ pub struct SeedRow {
 pub async fn run_seed_forest(study: &SeedForestStudy) -> anyhow::Result<Vec<SeedRow>> {
     use shoal_shared::data::builtin::{SEED_FL_HOLDOUT_ROWS_PER_CONCEPT, SEED_FL_THRESHOLDS};
     use shoal_shared::data::Dataset;
-    use shoal_shared::forest::{fit_trees, Forest, ForestParams};
+    use shoal_shared::models::forest::{fit_trees, Forest, ForestParams};
 
     if study.rounds == 0 || study.trees == 0 {
         anyhow::bail!("--rounds and --trees must be at least 1");

@@ -24,9 +24,9 @@ use shoal_proto::v1::task_result::Outcome;
 use shoal_shared::automl::{halving_rungs, Config, SearchAlgorithm};
 use shoal_shared::data::csv::read_csv;
 use shoal_shared::data::Dataset;
-use shoal_shared::forest::Forest;
 use shoal_shared::fusion::FeatureView;
-use shoal_shared::gbdt::{
+use shoal_shared::models::forest::Forest;
+use shoal_shared::models::gbdt::{
     build_histograms, histograms_from_bytes, BinEdges, Ensemble, GTree, Histogram, QuantileSketch,
 };
 

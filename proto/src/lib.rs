@@ -16,8 +16,9 @@
 //! assert_eq!(shoal_proto::weights_from_wire(&wire, usize::MAX).unwrap(), w);
 //! ```
 
-use shoal_shared::diffusion::{DenoiserSpec, Schedule};
-use shoal_shared::model::{LocalConfig, ModelSpec};
+use shoal_shared::models::diffusion::{DenoiserSpec, Schedule};
+use shoal_shared::models::sgd::LocalConfig;
+use shoal_shared::models::ModelSpec;
 use shoal_shared::tensor::{Tensor, Weights};
 
 /// Generated code for package `shoal.v1`.
@@ -169,7 +170,7 @@ pub fn model_from_wire(m: Option<&v1::ModelSpec>) -> Result<ModelSpec, WireError
             .forest
             .as_ref()
             .ok_or(WireError::Missing("model.forest"))?;
-        let spec = ModelSpec::Forest(shoal_shared::forest::ForestParams {
+        let spec = ModelSpec::Forest(shoal_shared::models::forest::ForestParams {
             trees_per_round: p.trees_per_round,
             max_depth: p.max_depth,
             min_samples_split: p.min_samples_split,
@@ -183,7 +184,7 @@ pub fn model_from_wire(m: Option<&v1::ModelSpec>) -> Result<ModelSpec, WireError
     }
     if m.kind == "gbdt" {
         let p = m.gbdt.as_ref().ok_or(WireError::Missing("model.gbdt"))?;
-        let spec = ModelSpec::Gbdt(shoal_shared::gbdt::GbdtParams {
+        let spec = ModelSpec::Gbdt(shoal_shared::models::gbdt::GbdtParams {
             max_depth: p.max_depth,
             max_bins: p.max_bins,
             learning_rate: p.learning_rate,

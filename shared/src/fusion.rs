@@ -14,7 +14,7 @@ use ndarray::{Array2, Axis};
 use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
-use crate::model::{LogReg, Model};
+use crate::models::sgd::{LogReg, Model};
 use crate::tensor::Weights;
 use crate::{Error, Result};
 
@@ -275,7 +275,7 @@ pub fn late_fusion_proba(members: &[StackMember], data: &Dataset) -> Result<Arra
 mod tests {
     use super::*;
     use crate::data::builtin::Builtin;
-    use crate::model::{argmax, evaluate, train_local, LocalConfig, Objective};
+    use crate::models::sgd::{argmax, evaluate, train_local, LocalConfig, Objective};
     use rand::SeedableRng;
 
     fn fit(data: &Dataset) -> Weights {

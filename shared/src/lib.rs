@@ -45,12 +45,9 @@
 
 pub mod automl;
 pub mod data;
-pub mod diffusion;
 pub mod error;
-pub mod forest;
 pub mod fusion;
-pub mod gbdt;
-pub mod model;
+pub mod models;
 pub mod plot;
 pub mod seed;
 pub mod strategy;
@@ -67,8 +64,8 @@ mod autotraits {
     fn core_types_have_autotraits() {
         has_autotraits::<crate::data::Dataset>();
         has_autotraits::<crate::tensor::Weights>();
-        has_autotraits::<crate::model::LogReg>();
-        has_autotraits::<Box<dyn crate::model::Model>>();
+        has_autotraits::<crate::models::sgd::LogReg>();
+        has_autotraits::<Box<dyn crate::models::sgd::Model>>();
         has_autotraits::<crate::strategy::Strategy>();
         has_autotraits::<crate::strategy::Aggregator>();
         has_autotraits::<crate::Error>();

@@ -216,7 +216,7 @@ impl Builtin {
             Builtin::Signals => {
                 let blocks = (0..SIGNAL_BANDS)
                     .map(|band| {
-                        let rows = crate::diffusion::held_out_signals(
+                        let rows = crate::models::diffusion::held_out_signals(
                             band,
                             SIGNALS_HOLDOUT_PER_BAND,
                             HOLDOUT_SEED,
@@ -432,7 +432,7 @@ fn signals_client(seed: u64, band: usize) -> Result<Dataset> {
         ));
     }
     signals_dataset(
-        crate::diffusion::signals(band, SIGNALS_PER_CLIENT, seed),
+        crate::models::diffusion::signals(band, SIGNALS_PER_CLIENT, seed),
         band,
     )
 }

@@ -3,10 +3,12 @@
 //! A [`Model`] is stateless: it knows its shapes and maps [`Weights`] plus data to predictions, a loss
 //! and a gradient. A local training round is linfa's `FitWith` in spirit: previous weights in, new
 //! weights out ([`train_local`]). New models (like the MLP) implement the same trait and get a
-//! [`ModelSpec`] variant; the training loop, aggregation and the wire stay as they are.
+//! [`crate::models::ModelSpec`] variant; the training loop, aggregation and the wire stay as they are.
 
+pub mod client;
 mod logreg;
 mod mlp;
+pub mod server;
 
 pub use logreg::LogReg;
 pub use mlp::Mlp;
@@ -20,213 +22,6 @@ use serde::{Deserialize, Serialize};
 use crate::data::Dataset;
 use crate::tensor::Weights;
 use crate::{Error, Result};
-
-/// Which model a job trains. Serialised into job specs (`[model] kind = "mlp"`, `hidden = [64]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum ModelSpec {
-    /// Multinomial logistic regression (softmax).
-    #[default]
-    Logreg,
-    /// A multilayer perceptron with ReLU hidden layers of the given widths.
-    Mlp {
-        #[serde(default = "default_hidden")]
-        hidden: Vec<usize>,
-    },
-    /// A federated random forest (not trained by gradients; see [`crate::forest`]).
-    Forest(crate::forest::ForestParams),
-    /// Federated histogram gradient boosting (see [`crate::gbdt`]).
-    Gbdt(crate::gbdt::GbdtParams),
-    /// The noise-prediction network of a diffusion job (see [`crate::diffusion`]).
-    Denoiser(crate::diffusion::DenoiserSpec),
-}
-
-fn default_hidden() -> Vec<usize> {
-    vec![64]
-}
-
-/// Limits that keep a spec from asking for an absurd network.
-pub const MAX_HIDDEN_LAYERS: usize = 8;
-pub const MAX_LAYER_WIDTH: usize = 65_536;
-
-impl ModelSpec {
-    /// All accepted names, for help texts and errors.
-    pub const NAMES: &'static str = "logreg, mlp, forest, gbdt, denoiser";
-
-    /// Parses a model name as given on the command line (an MLP gets one hidden layer of 64).
-    pub fn from_name(name: &str) -> Result<Self> {
-        match name {
-            "logreg" => Ok(ModelSpec::Logreg),
-            "mlp" => Ok(ModelSpec::Mlp {
-                hidden: default_hidden(),
-            }),
-            "forest" => Ok(ModelSpec::Forest(Default::default())),
-            "gbdt" => Ok(ModelSpec::Gbdt(Default::default())),
-            "denoiser" => Ok(ModelSpec::Denoiser(Default::default())),
-            other => Err(Error::Unknown {
-                what: "model",
-                name: other.to_string(),
-                expected: Self::NAMES.to_string(),
-            }),
-        }
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            ModelSpec::Logreg => "logreg",
-            ModelSpec::Mlp { .. } => "mlp",
-            ModelSpec::Forest(_) => "forest",
-            ModelSpec::Gbdt(_) => "gbdt",
-            ModelSpec::Denoiser(_) => "denoiser",
-        }
-    }
-
-    /// The boosting parameters when this is a gbdt.
-    pub fn gbdt(&self) -> Option<&crate::gbdt::GbdtParams> {
-        match self {
-            ModelSpec::Gbdt(p) => Some(p),
-            _ => None,
-        }
-    }
-
-    /// The forest's parameters when this is a forest.
-    pub fn forest(&self) -> Option<&crate::forest::ForestParams> {
-        match self {
-            ModelSpec::Forest(p) => Some(p),
-            _ => None,
-        }
-    }
-
-    /// The denoiser's settings when this is one.
-    pub fn denoiser(&self) -> Option<&crate::diffusion::DenoiserSpec> {
-        match self {
-            ModelSpec::Denoiser(p) => Some(p),
-            _ => None,
-        }
-    }
-
-    /// Hidden layer widths (empty for logistic regression).
-    pub fn hidden(&self) -> &[usize] {
-        match self {
-            ModelSpec::Logreg | ModelSpec::Forest(_) | ModelSpec::Gbdt(_) => &[],
-            ModelSpec::Mlp { hidden } => hidden,
-            ModelSpec::Denoiser(p) => &p.hidden,
-        }
-    }
-
-    /// A short description such as `mlp(128,64)`.
-    pub fn label(&self) -> String {
-        match self {
-            ModelSpec::Logreg => "logreg".into(),
-            ModelSpec::Forest(p) => format!("forest({}/round)", p.trees_per_round),
-            ModelSpec::Gbdt(p) => format!("gbdt(depth {})", p.max_depth),
-            ModelSpec::Denoiser(p) => p.label(),
-            ModelSpec::Mlp { hidden } => format!(
-                "mlp({})",
-                hidden
-                    .iter()
-                    .map(usize::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
-        }
-    }
-
-    /// Builds a spec from a name and hidden widths (the wire form).
-    pub fn from_parts(name: &str, hidden: &[usize]) -> Result<Self> {
-        let spec = match Self::from_name(name)? {
-            ModelSpec::Logreg if hidden.is_empty() => ModelSpec::Logreg,
-            ModelSpec::Logreg => {
-                return Err(Error::invalid(
-                    "model.hidden",
-                    "logreg has no hidden layers",
-                ))
-            }
-            ModelSpec::Mlp { .. } => ModelSpec::Mlp {
-                hidden: hidden.to_vec(),
-            },
-            ModelSpec::Forest(p) => ModelSpec::Forest(p),
-            ModelSpec::Gbdt(p) => ModelSpec::Gbdt(p),
-            ModelSpec::Denoiser(p) => ModelSpec::Denoiser(crate::diffusion::DenoiserSpec {
-                hidden: hidden.to_vec(),
-                ..p
-            }),
-        };
-        spec.check()?;
-        Ok(spec)
-    }
-
-    /// Parses `128,64` into hidden widths.
-    pub fn parse_hidden(text: &str) -> Result<Vec<usize>> {
-        text.split(',')
-            .map(|p| {
-                p.trim().parse::<usize>().map_err(|_| {
-                    Error::invalid(
-                        "hidden layer widths",
-                        format!("`{text}`: `{p}` is not a whole number (expected e.g. 128,64)"),
-                    )
-                })
-            })
-            .collect()
-    }
-
-    /// Rejects shapes no one means: no hidden layer, a zero or huge width, too many layers.
-    pub fn check(&self) -> Result<()> {
-        if let ModelSpec::Forest(p) = self {
-            p.check()?;
-        }
-        if let ModelSpec::Gbdt(p) = self {
-            p.check()?;
-        }
-        if let ModelSpec::Denoiser(p) = self {
-            p.check()?;
-        }
-        if let ModelSpec::Mlp { hidden } = self {
-            if hidden.is_empty() || hidden.len() > MAX_HIDDEN_LAYERS {
-                return Err(Error::invalid(
-                    "model.hidden",
-                    format!(
-                        "an mlp needs 1 to {MAX_HIDDEN_LAYERS} hidden layers, found {}",
-                        hidden.len()
-                    ),
-                ));
-            }
-            if let Some(w) = hidden.iter().find(|&&w| w == 0 || w > MAX_LAYER_WIDTH) {
-                return Err(Error::invalid(
-                    "model.hidden",
-                    format!("layer width {w} is outside 1..={MAX_LAYER_WIDTH}"),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// The model for data with `n_features` inputs and `n_classes` classes.
-    pub fn build(&self, n_features: usize, n_classes: usize) -> Result<Box<dyn Model>> {
-        // A denoiser models the rows themselves: labels (a band, a class) play no part.
-        let needs_classes = !matches!(self, ModelSpec::Denoiser(_));
-        if n_features == 0 || (needs_classes && n_classes < 2) {
-            return Err(Error::Data(format!(
-                "a {} model needs at least 1 feature and 2 classes (found {n_features} features, {n_classes} classes)",
-                self.name()
-            )));
-        }
-        self.check()?;
-        Ok(match self {
-            ModelSpec::Logreg => Box::new(LogReg::new(n_features, n_classes)),
-            ModelSpec::Mlp { hidden } => Box::new(Mlp::new(n_features, hidden, n_classes)),
-            ModelSpec::Forest(_) | ModelSpec::Gbdt(_) => {
-                return Err(Error::invalid(
-                    "model",
-                    "trees are not trained by minibatch SGD (see shoal_shared::forest and ::gbdt)",
-                ))
-            }
-            ModelSpec::Denoiser(p) => {
-                Box::new(crate::diffusion::DenoiserModel::new(p, n_features)?)
-            }
-        })
-    }
-}
 
 /// A differentiable classifier over named-tensor weights.
 pub trait Model: Send + Sync + std::fmt::Debug {
@@ -246,7 +41,7 @@ pub trait Model: Send + Sync + std::fmt::Debug {
 
     /// The diffusion denoiser behind this model, if it is one: [`train_local`] and [`evaluate`]
     /// hand such a model its own objective (noise prediction) instead of cross-entropy.
-    fn as_denoiser(&self) -> Option<&crate::diffusion::DenoiserModel> {
+    fn as_denoiser(&self) -> Option<&crate::models::diffusion::DenoiserModel> {
         None
     }
 
@@ -571,6 +366,7 @@ pub(crate) fn softmax_rows(logits: &mut Array2<f32>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::ModelSpec;
     use crate::tensor::Tensor;
 
     /// A model whose loss is 0: training moves weights only through the added terms, so each

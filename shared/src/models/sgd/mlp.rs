@@ -190,7 +190,7 @@ impl Mlp {
 mod tests {
     use super::*;
     use crate::data::Dataset;
-    use crate::model::{evaluate, train_local, LocalConfig, Objective};
+    use crate::models::sgd::{evaluate, train_local, LocalConfig, Objective};
     use ndarray::array;
     use rand::{Rng, SeedableRng};
 

@@ -20,8 +20,11 @@ use ndarray::{Array2, ArrayView1, ArrayView2};
 use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
-use crate::model::{argmax, EvalStats};
+use crate::models::sgd::{argmax, EvalStats};
 use crate::{Error, Result};
+
+pub mod client;
+pub mod server;
 
 /// Blob format name and version; a decoder refuses anything else.
 pub const BLOB_FORMAT: &str = "shoal-gbdt";

@@ -22,7 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Mlp, Model};
+use crate::models::sgd::{Mlp, Model};
 use crate::tensor::Weights;
 use crate::{Error, Result};
 
@@ -323,7 +323,7 @@ impl Denoiser {
         mut w: Weights,
         data: &Array2<f32>,
         sched: &NoiseSchedule,
-        cfg: &crate::model::LocalConfig,
+        cfg: &crate::models::sgd::LocalConfig,
         seed: u64,
     ) -> Result<(Weights, f64)> {
         cfg.check()?;
@@ -450,7 +450,7 @@ pub const MAX_EMBED_DIM: usize = 1024;
 impl DenoiserSpec {
     /// Rejects shapes and schedules no one means, naming the field.
     pub fn check(&self) -> Result<()> {
-        crate::model::ModelSpec::Mlp {
+        crate::models::ModelSpec::Mlp {
             hidden: self.hidden.clone(),
         }
         .check()?;
@@ -485,7 +485,7 @@ impl DenoiserSpec {
 pub const EVAL_NOISE_SEED: u64 = 0x6e6f_6973_655f_6d73;
 
 /// A [`Denoiser`] with its schedule, usable wherever a [`Model`] trains over the federation:
-/// [`crate::model::train_local`] and [`crate::model::evaluate`] hand it the rows of a dataset
+/// [`crate::models::sgd::train_local`] and [`crate::models::sgd::evaluate`] hand it the rows of a dataset
 /// (one signal per row; labels, such as a frequency band, are not used) and it trains and scores
 /// noise prediction. Its evaluation reports the noise MSE as loss and no accuracy (NaN).
 #[derive(Debug, Clone, PartialEq)]
@@ -514,16 +514,16 @@ impl DenoiserModel {
         &self,
         w: Weights,
         data: &crate::data::Dataset,
-        cfg: &crate::model::LocalConfig,
+        cfg: &crate::models::sgd::LocalConfig,
         seed: u64,
-    ) -> Result<(Weights, crate::model::TrainStats)> {
+    ) -> Result<(Weights, crate::models::sgd::TrainStats)> {
         let (w, loss) = self
             .net
             .train(w, &data.features, &self.schedule, cfg, seed)?;
         let per_epoch = data.n_rows().div_ceil(cfg.batch_size.max(1) as usize) as u64;
         Ok((
             w,
-            crate::model::TrainStats {
+            crate::models::sgd::TrainStats {
                 loss,
                 num_examples: data.n_rows() as u64,
                 steps: per_epoch * u64::from(cfg.epochs),
@@ -537,7 +537,7 @@ impl DenoiserModel {
         &self,
         w: &Weights,
         data: &crate::data::Dataset,
-    ) -> Result<crate::model::EvalStats> {
+    ) -> Result<crate::models::sgd::EvalStats> {
         if data.n_rows() == 0 {
             return Err(Error::Data("cannot evaluate on an empty split".into()));
         }
@@ -548,7 +548,7 @@ impl DenoiserModel {
                 found: format!("{} values", data.n_features()),
             });
         }
-        Ok(crate::model::EvalStats {
+        Ok(crate::models::sgd::EvalStats {
             loss: self
                 .net
                 .noise_mse(w, &data.features, &self.schedule, EVAL_NOISE_SEED)?,
@@ -748,7 +748,7 @@ mod tests {
         let held_out = signals(0, 50, 2);
         let w0 = net.init(&mut ChaCha8Rng::seed_from_u64(0));
         let before = net.noise_mse(&w0, &held_out, &sched, 9).unwrap();
-        let cfg = crate::model::LocalConfig {
+        let cfg = crate::models::sgd::LocalConfig {
             epochs: 300,
             batch_size: 32,
             lr: 0.2,

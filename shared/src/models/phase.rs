@@ -1,0 +1,440 @@
+//! The algorithm boundary: what a model kind's server half asks of clients, phase by phase, and
+//! what comes back.
+//!
+//! # Why phases, not fit/aggregate
+//! A round is not always "everyone trains, the server averages". Boosting asks every available
+//! client for a quantile sketch before its first round, then, per output and per tree level, for
+//! gradient histograms of the nodes it is growing; a forest asks for new trees and needs no global
+//! model to do so; secure aggregation will add phases of its own (key exchange, masked input,
+//! unmasking). So a server half is a small state machine in the spirit of
+//! [`super::gbdt::TreeGrower`]'s request/absorb cycle and the streaming
+//! [`crate::strategy::Aggregator`]:
+//!
+//! 1. [`super::Server::begin_round`] hands it the round's [`RoundPlan`] (who was sampled, who is
+//!    there, the quorum);
+//! 2. [`super::Server::next`] says what to do next: [`Step::Ask`] some clients a [`Request`]
+//!    with a [`Payload`] of the global model, or [`Step::Done`] with the round's result;
+//! 3. the driver (the coordinator's round engine, which owns the network, deadlines and
+//!    strikes) feeds each arriving [`Reply`] to [`super::Server::accept`], which absorbs it or
+//!    refuses it with a typed [`Rejection`], and calls [`super::Server::close`] with the
+//!    phase's [`PhaseTally`] when the phase ends; then back to 2.
+//!
+//! Nothing here does I/O or knows about gRPC: the `proto` crate converts [`Request`] and [`Reply`]
+//! to and from the wire, and the same halves can be driven by a test, a simulation or another
+//! transport. The client half of each kind is a plain function of (request, local data, per-job
+//! client state) to reply: see [`super::Client`].
+
+use crate::tensor::Weights;
+
+/// Who takes part in a round, as the driver sampled them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundPlan {
+    pub round: u32,
+    /// Clients asked to train, in the driver's order (the order tasks go out).
+    pub selected: Vec<String>,
+    /// Every client available to the job (quarantined ones left out), in the driver's order.
+    pub available: Vec<String>,
+    /// Valid replies the training phase needs (`clients.min_fit_clients`, at most `selected`).
+    pub quorum: usize,
+    /// `clients.min_fit_clients` as the job gives it (boosting's sketch phase asks every
+    /// available client and needs this many, at most all of them).
+    pub min_clients: usize,
+    /// With over-selection: close the training phase once this many updates are in.
+    pub target: Option<usize>,
+    /// Clients available when the round started, quarantined ones included (FedAvgM and
+    /// SCAFFOLD weigh their server step by the fraction that took part).
+    pub n_available: usize,
+}
+
+/// What a phase asks its clients to do. The driver adds what every task carries (job, round,
+/// dataset, class names, local training settings, deadline, seed).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Train locally, from the payload's global model where there is one. `control`: SCAFFOLD's
+    /// server control variate.
+    Fit { control: Option<Weights> },
+    /// Boosting: a mergeable quantile summary of each local feature.
+    Sketch,
+    /// Boosting: gradient/hessian histograms of `nodes` of the tree for `output` grown so far.
+    Histogram(HistogramRequest),
+}
+
+/// Boosting's histogram request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramRequest {
+    /// Which output (class) the tree is for.
+    pub output: u32,
+    /// The tree so far (splits only), to route rows to nodes.
+    pub partial_tree: super::gbdt::GTree,
+    /// Nodes whose histograms are wanted.
+    pub nodes: Vec<u32>,
+    /// The first level of a round's first tree: the payload carries the ensemble, from which the
+    /// client computes its gradients and keeps them for the rest of the round.
+    pub first_level: bool,
+}
+
+/// What a task carries of the global model.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Payload {
+    /// Nothing (a forest's clients grow new trees on their own rows).
+    #[default]
+    None,
+    /// A weights model's parameters.
+    Weights(Weights),
+    /// A model that is not tensors, as its versioned blob.
+    Blob(Vec<u8>),
+}
+
+/// One phase of a round, as the server half asks for it.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    /// The round the tasks are tagged with: the plan's, or 0 for a one-off exchange before the
+    /// first round (boosting's sketches).
+    pub round: u32,
+    /// Who is asked, in the order the plan gave them.
+    pub clients: Vec<String>,
+    pub request: Request,
+    pub payload: Payload,
+    /// Valid replies the phase needs before `wait_after_quorum_secs` starts counting.
+    pub quorum: usize,
+    /// Close the phase as soon as this many replies are accepted (over-selection).
+    pub target: Option<usize>,
+}
+
+/// What the server half wants next.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Run this phase, feed its replies to `accept`, then call `close`.
+    Ask(Ask),
+    /// The round is over.
+    Done(RoundResult),
+}
+
+/// The training part of a round, as the server half saw it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoundResult {
+    /// Clients whose contribution entered the model. Below the plan's quorum, the round failed
+    /// and the global model is unchanged.
+    pub accepted: usize,
+    /// Example-weighted mean of the clients' local training loss (NaN when the round failed).
+    pub train_loss: f64,
+}
+
+/// How a phase ended, as the driver counted it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PhaseTally {
+    /// Replies accepted.
+    pub accepted: usize,
+    /// Replies refused.
+    pub rejected: usize,
+    /// Clients that left or could not be sent the task.
+    pub failed: usize,
+    /// Clients still silent when the phase closed.
+    pub timed_out: usize,
+}
+
+/// A client's answer to a [`Request`]. Parameters are decoded by the driver within the bounds
+/// of [`super::Server::decode_bounds`]; blobs stay bytes for the server half to decode with its own
+/// limits.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Fit(FitReply),
+    Sketch(SketchReply),
+    Histogram(HistogramReply),
+}
+
+impl Reply {
+    /// The variant's name as the wire calls it, for rejections.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reply::Fit(_) => "fit",
+            Reply::Sketch(_) => "sketch",
+            Reply::Histogram(_) => "histogram",
+        }
+    }
+}
+
+/// The answer to [`Request::Fit`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitReply {
+    pub num_examples: u64,
+    pub train_loss: f64,
+    /// A weights model's new parameters.
+    pub parameters: Option<Weights>,
+    /// SCAFFOLD: the change of the client's control variate.
+    pub control_delta: Option<Weights>,
+    /// A forest's new trees, as a blob.
+    pub blob: Vec<u8>,
+}
+
+/// The answer to [`Request::Sketch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SketchReply {
+    pub sketch: Vec<u8>,
+    pub num_examples: u64,
+}
+
+/// The answer to [`Request::Histogram`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramReply {
+    /// Little-endian f64 histograms, one per requested node.
+    pub histograms: Vec<u8>,
+    pub num_examples: u64,
+    /// Loss of the current ensemble on the local train rows (first level only).
+    pub train_loss: f64,
+}
+
+/// How far the driver decodes a fit reply's tensors before the server half sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeBounds {
+    /// Largest tensor payload decoded, in elements; `None`: parameters are not wanted and are
+    /// ignored.
+    pub max_elements: Option<usize>,
+    /// Whether a control-variate delta is wanted (decoded within the same bound) or ignored.
+    pub control: bool,
+}
+
+/// Why a reply was refused. Each message names what is wrong; the client is struck for it.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    /// The client could not run the task and said why.
+    #[error("client error: {0}")]
+    ClientError(String),
+    /// Another kind of answer than the phase asked for.
+    #[error("expected {0}")]
+    WrongKind(&'static str),
+    /// A result for another job or round than the task it answers.
+    #[error("{0}")]
+    Misaddressed(String),
+    /// A reply no phase is waiting for.
+    #[error("unexpected reply: {0}")]
+    Unexpected(&'static str),
+    /// A part the reply must carry is missing.
+    #[error("{0}")]
+    Missing(&'static str),
+    /// The reply does not decode or does not fit the model (shape, finiteness, limits).
+    #[error("{context}{message}")]
+    Invalid {
+        /// What part of the reply, as `"control_delta: "`, or empty.
+        context: &'static str,
+        message: String,
+    },
+    /// An example count of zero or beyond what the client announced in its Hello.
+    #[error("reports {found} {split} examples; it announced {announced} in its Hello")]
+    Count {
+        found: u64,
+        split: &'static str,
+        announced: u64,
+    },
+    /// A loss no honest client reports (not finite, or beyond [`MAX_LOSS`]).
+    #[error("implausible train_loss {0}")]
+    Loss(f64),
+    /// An update farther from the global model than the job allows.
+    #[error("update norm {norm:.4} is over the job's bound of {max} (updates.max_norm)")]
+    Norm { norm: f64, max: f64 },
+    /// Values outside what the client's data can give (boosting's histogram sums).
+    #[error("{0}")]
+    Implausible(String),
+}
+
+impl Rejection {
+    /// A decoding or shape error of the reply's main part.
+    pub fn invalid(e: impl std::fmt::Display) -> Self {
+        Self::invalid_in("", e)
+    }
+
+    /// A decoding or shape error of one part of the reply (`context` as `"control_delta: "`).
+    pub fn invalid_in(context: &'static str, e: impl std::fmt::Display) -> Self {
+        Rejection::Invalid {
+            context,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Largest absolute loss a result may report; beyond it a weighted mean could overflow.
+pub const MAX_LOSS: f64 = 1e12;
+
+/// An example count must be positive and at most what the client announced: otherwise one client
+/// could outweigh all the others in a weighted mean.
+pub fn check_count(
+    found: u64,
+    announced: Option<u64>,
+    split: &'static str,
+) -> Result<(), Rejection> {
+    let announced = announced.unwrap_or(0);
+    if found == 0 || found > announced {
+        return Err(Rejection::Count {
+            found,
+            split,
+            announced,
+        });
+    }
+    Ok(())
+}
+
+/// A training loss must be finite and at most [`MAX_LOSS`] in size.
+pub fn check_loss(loss: f64) -> Result<(), Rejection> {
+    if loss.is_finite() && loss.abs() <= MAX_LOSS {
+        Ok(())
+    } else {
+        Err(Rejection::Loss(loss))
+    }
+}
+
+/// An example-weighted mean whose terms are summed in client-name order at the end, so that it
+/// does not depend on the order in which replies arrived (floating-point addition is not
+/// associative).
+#[derive(Debug, Default, Clone)]
+pub struct OrderedMean(Vec<(String, f64, f64)>);
+
+impl OrderedMean {
+    pub fn push(&mut self, client: &str, value: f64, weight: f64) {
+        self.0.push((client.to_string(), value, weight));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The weighted mean (NaN when empty).
+    pub fn mean(&mut self) -> f64 {
+        self.0.sort_by(|a, b| a.0.cmp(&b.0));
+        let (mut sum, mut weight) = (0.0f64, 0.0f64);
+        for (_, v, w) in &self.0 {
+            sum += v * w;
+            weight += w;
+        }
+        sum / weight
+    }
+}
+
+// ---- The client side ----
+
+/// A task as a client half reads it (the transport has decoded it).
+#[derive(Debug, Clone)]
+pub struct ClientTask {
+    pub job: String,
+    pub round: u32,
+    /// Seeds this task's randomness (derived from job seed, round and client).
+    pub seed: u64,
+    /// The job's classes: rows are mapped into this list by name.
+    pub n_classes: usize,
+    pub payload: Payload,
+    pub work: Work,
+}
+
+/// What a task asks a client to do.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// Train locally with `local` (SCAFFOLD: corrected by the server control variate `control`).
+    Fit {
+        local: crate::models::sgd::LocalConfig,
+        control: Option<Weights>,
+    },
+    /// Score the payload's model on the local test split; with `personalize`, also after that
+    /// many local epochs from it (weights models).
+    Evaluate {
+        personalize: Option<crate::models::sgd::LocalConfig>,
+    },
+    Sketch,
+    Histogram(HistogramRequest),
+}
+
+/// A client's answer: a reply to a training phase, or an evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Reply(Reply),
+    Evaluated(Evaluation),
+}
+
+/// The answer to an Evaluate task.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluation {
+    pub num_examples: u64,
+    pub loss: f64,
+    pub accuracy: f64,
+    /// Classes present in the local test split.
+    pub classes_present: u32,
+    pub personalized_accuracy: Option<f64>,
+}
+
+impl Evaluation {
+    pub fn of(
+        stats: &crate::models::sgd::EvalStats,
+        test: &crate::data::Dataset,
+        personalized_accuracy: Option<f64>,
+    ) -> Self {
+        Evaluation {
+            num_examples: stats.num_examples,
+            loss: stats.loss,
+            accuracy: stats.accuracy,
+            classes_present: test.classes_present() as u32,
+            personalized_accuracy,
+        }
+    }
+}
+
+/// What a client keeps for one job between its tasks.
+#[derive(Debug, Clone, Default)]
+pub enum ClientState {
+    #[default]
+    None,
+    /// SCAFFOLD's client control variate `c_i`.
+    Scaffold(Weights),
+    /// Boosting: this round's binned rows and raw scores.
+    Boosting(std::sync::Arc<crate::models::gbdt::client::BoostCache>),
+}
+
+impl ClientState {
+    /// How many jobs' states of this kind a client keeps (oldest dropped first): boosting caches
+    /// hold every local row, binned, so fewer of them.
+    pub fn capacity(&self) -> usize {
+        match self {
+            ClientState::None => 0,
+            ClientState::Scaffold(_) => 32,
+            ClientState::Boosting(_) => 8,
+        }
+    }
+
+    /// Whether two states are of the same kind (they share a capacity).
+    pub fn same_kind(&self, other: &ClientState) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+}
+
+/// A client's rows as a task sees them: labels mapped into the job's class list, then presented
+/// through the task's fusion view, if any. Each split is prepared only when a task asks for it.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskData<'a> {
+    pub raw_train: &'a crate::data::Dataset,
+    pub raw_test: &'a crate::data::Dataset,
+    pub class_names: &'a [String],
+    pub view: Option<&'a crate::fusion::FeatureView>,
+}
+
+impl TaskData<'_> {
+    fn prepare(&self, d: &crate::data::Dataset) -> crate::Result<crate::data::Dataset> {
+        let remapped = d.remap_classes(self.class_names)?;
+        match self.view {
+            Some(v) => v.apply(&remapped),
+            None => Ok(remapped),
+        }
+    }
+
+    pub fn train(&self) -> crate::Result<crate::data::Dataset> {
+        self.prepare(self.raw_train)
+    }
+
+    pub fn test(&self) -> crate::Result<crate::data::Dataset> {
+        self.prepare(self.raw_test)
+    }
+
+    /// Features a model sees: the view's width, or the rows' own.
+    pub fn n_features(&self) -> usize {
+        match self.view {
+            Some(v) => v.width(self.class_names.len()),
+            None => self.raw_train.n_features(),
+        }
+    }
+}
