@@ -297,6 +297,8 @@ async fn serve_task(
     let (task_id, job_id, round) = (task.task_id.clone(), task.job_id.clone(), task.round);
     let result = match tokio::task::spawn_blocking(move || executor.execute(&task)).await {
         Ok(r) => r,
+        // The task panicked (a bug): the coordinator hears why instead of waiting for the
+        // deadline, and the client keeps serving.
         Err(e) => {
             warn!(task = %task_id, "task failed: {e}");
             shoal_proto::v1::TaskResult {

@@ -473,6 +473,8 @@ impl Coordinator {
         };
         let outcome = match body.await {
             Ok(outcome) => outcome,
+            // The job's task panicked (a bug): the job fails with the reason instead of
+            // staying `running` forever.
             Err(e) => Err(Error::Job(format!(
                 "internal error: the job task failed: {e}"
             ))),

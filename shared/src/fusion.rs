@@ -14,7 +14,7 @@ use ndarray::{Array2, Axis};
 use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
-use crate::models::sgd::{LogReg, Model};
+use crate::models::sgd::{Classifier, LogReg, Model};
 use crate::tensor::Weights;
 use crate::{Error, Result};
 

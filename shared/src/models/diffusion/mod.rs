@@ -563,27 +563,38 @@ impl Model for DenoiserModel {
         self.net.init(rng)
     }
 
-    fn predict_proba(&self, _: &Weights, _: ndarray::ArrayView2<'_, f32>) -> Result<Array2<f32>> {
-        Err(Error::invalid(
-            "model",
-            "a denoiser predicts noise, not class probabilities",
-        ))
-    }
-
-    fn loss_grad(
+    /// Noise prediction on the rows (see [`Denoiser::train`]); FedProx's and SCAFFOLD's terms do
+    /// not apply to it.
+    fn fit(
         &self,
-        _: &Weights,
-        _: ndarray::ArrayView2<'_, f32>,
-        _: &[usize],
-    ) -> Result<(f32, Weights)> {
-        Err(Error::invalid(
-            "model",
-            "a denoiser trains on noised signals (DenoiserModel::fit), not on labels",
-        ))
+        weights: Weights,
+        data: &crate::data::Dataset,
+        cfg: &crate::models::sgd::LocalConfig,
+        seed: u64,
+        objective: &crate::models::sgd::Objective<'_>,
+    ) -> Result<(Weights, crate::models::sgd::TrainStats)> {
+        if objective.anchor.is_some()
+            || objective.correction.is_some()
+            || objective.track_mean_gradient
+        {
+            return Err(Error::invalid(
+                "strategy",
+                "FedProx's proximal term and SCAFFOLD's correction are not available for a denoiser",
+            ));
+        }
+        DenoiserModel::fit(self, weights, data, cfg, seed)
     }
 
-    fn as_denoiser(&self) -> Option<&DenoiserModel> {
-        Some(self)
+    fn score(
+        &self,
+        weights: &Weights,
+        data: &crate::data::Dataset,
+    ) -> Result<crate::models::sgd::EvalStats> {
+        DenoiserModel::score(self, weights, data)
+    }
+
+    fn classifies(&self) -> bool {
+        false
     }
 }
 

@@ -3,7 +3,7 @@
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use rand_chacha::ChaCha8Rng;
 
-use super::{check_batch, softmax_cross_entropy, softmax_rows, Model};
+use super::{check_batch, softmax_cross_entropy, softmax_rows, Classifier, Model};
 use crate::tensor::{Tensor, Weights};
 use crate::{Error, Result};
 
@@ -49,6 +49,10 @@ impl Model for LogReg {
         ])
     }
 
+    super::classifier_model_methods!();
+}
+
+impl Classifier for LogReg {
     fn predict_proba(&self, w: &Weights, x: ArrayView2<'_, f32>) -> Result<Array2<f32>> {
         let mut z = self.logits(w, x)?;
         softmax_rows(&mut z);

@@ -4,7 +4,7 @@ use ndarray::{Array2, ArrayView2, Axis};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-use super::{check_batch, softmax_cross_entropy, softmax_rows, Model};
+use super::{check_batch, softmax_cross_entropy, softmax_rows, Classifier, Model};
 use crate::tensor::{Tensor, Weights};
 use crate::{Error, Result};
 
@@ -86,6 +86,10 @@ impl Model for Mlp {
         Weights::new(tensors)
     }
 
+    super::classifier_model_methods!();
+}
+
+impl Classifier for Mlp {
     fn predict_proba(&self, w: &Weights, x: ArrayView2<'_, f32>) -> Result<Array2<f32>> {
         let mut logits = self
             .forward(w, x)?

@@ -1,9 +1,13 @@
-//! Models and local training.
+//! Weights models and local training.
 //!
-//! A [`Model`] is stateless: it knows its shapes and maps [`Weights`] plus data to predictions, a loss
-//! and a gradient. A local training round is linfa's `FitWith` in spirit: previous weights in, new
-//! weights out ([`train_local`]). New models (like the MLP) implement the same trait and get a
-//! [`crate::models::ModelSpec`] variant; the training loop, aggregation and the wire stay as they are.
+//! A [`Model`] is stateless: it knows its shapes, trains given weights on local rows and scores
+//! them. A local training round is linfa's `FitWith` in spirit: previous weights in, new weights
+//! out ([`train_local`]). A [`Classifier`] (logistic regression, the MLP) is a model trained by
+//! minibatch SGD on cross-entropy ([`fit_classifier`]) and scored by accuracy
+//! ([`score_classifier`]); the diffusion denoiser is a model with an objective of its own. New
+//! models implement the same traits and get a [`crate::models::ModelSpec`] variant; the training
+//! loop, the server half ([`server::SgdServer`]), the client half ([`client::handle`]) and the wire
+//! stay as they are.
 
 pub mod client;
 mod logreg;
@@ -23,11 +27,61 @@ use crate::data::Dataset;
 use crate::tensor::Weights;
 use crate::{Error, Result};
 
-/// A differentiable classifier over named-tensor weights.
+/// A model over named-tensor weights, as federated training sees it.
 pub trait Model: Send + Sync + std::fmt::Debug {
     /// Initial weights, drawn from `rng` where the model needs randomness.
     fn init(&self, rng: &mut ChaCha8Rng) -> Weights;
 
+    /// Local training from `weights` on `data` (non-empty), whose layout [`train_local`] has
+    /// checked: the model's own objective.
+    fn fit(
+        &self,
+        weights: Weights,
+        data: &Dataset,
+        cfg: &LocalConfig,
+        seed: u64,
+        objective: &Objective<'_>,
+    ) -> Result<(Weights, TrainStats)>;
+
+    /// Loss (and accuracy, for a classifier) of `weights` on `data`; [`evaluate`] has checked the
+    /// layout.
+    fn score(&self, weights: &Weights, data: &Dataset) -> Result<EvalStats>;
+
+    /// Whether [`evaluate`] yields a classification accuracy (a denoiser's is NaN).
+    fn classifies(&self) -> bool {
+        true
+    }
+}
+
+/// The [`Model`] methods every [`Classifier`] shares: minibatch SGD on cross-entropy
+/// ([`fit_classifier`]) and accuracy ([`score_classifier`]). Used inside `impl Model for ...`.
+macro_rules! classifier_model_methods {
+    () => {
+        fn fit(
+            &self,
+            weights: $crate::tensor::Weights,
+            data: &$crate::data::Dataset,
+            cfg: &$crate::models::sgd::LocalConfig,
+            seed: u64,
+            objective: &$crate::models::sgd::Objective<'_>,
+        ) -> $crate::Result<($crate::tensor::Weights, $crate::models::sgd::TrainStats)> {
+            $crate::models::sgd::fit_classifier(self, weights, data, cfg, seed, objective)
+        }
+
+        fn score(
+            &self,
+            weights: &$crate::tensor::Weights,
+            data: &$crate::data::Dataset,
+        ) -> $crate::Result<$crate::models::sgd::EvalStats> {
+            $crate::models::sgd::score_classifier(self, weights, data)
+        }
+    };
+}
+pub(crate) use classifier_model_methods;
+
+/// A differentiable classifier: class probabilities and the cross-entropy gradient. Its
+/// [`Model`] impl is [`fit_classifier`] and [`score_classifier`].
+pub trait Classifier: Model {
     /// Class probabilities.
     ///
     /// # Shapes
@@ -38,17 +92,6 @@ pub trait Model: Send + Sync + std::fmt::Debug {
     /// (same layout as `w`).
     fn loss_grad(&self, w: &Weights, x: ArrayView2<'_, f32>, y: &[usize])
         -> Result<(f32, Weights)>;
-
-    /// The diffusion denoiser behind this model, if it is one: [`train_local`] and [`evaluate`]
-    /// hand such a model its own objective (noise prediction) instead of cross-entropy.
-    fn as_denoiser(&self) -> Option<&crate::models::diffusion::DenoiserModel> {
-        None
-    }
-
-    /// Whether [`evaluate`] yields a classification accuracy (a denoiser's is NaN).
-    fn classifies(&self) -> bool {
-        self.as_denoiser().is_none()
-    }
 }
 
 /// Local training settings (the job's `[local]` section).
@@ -172,12 +215,11 @@ pub struct EvalStats {
     pub num_examples: u64,
 }
 
-/// Minibatch SGD (with momentum, weight decay, FedProx's proximal term and SCAFFOLD's correction
-/// as configured) from `weights` over `data` for `cfg.epochs` epochs at learning rate `cfg.lr`; the
-/// batch order is drawn from `seed`, so a (seed, round, client) triple reproduces the run exactly.
+/// One local training run of `model` from `weights` over `data`, after the checks every model
+/// needs (settings, layouts, a non-empty split); see [`Model::fit`].
 pub fn train_local(
     model: &dyn Model,
-    mut weights: Weights,
+    weights: Weights,
     data: &Dataset,
     cfg: &LocalConfig,
     seed: u64,
@@ -194,18 +236,21 @@ pub fn train_local(
     if data.n_rows() == 0 {
         return Err(Error::Data("cannot train on an empty train split".into()));
     }
-    if let Some(d) = model.as_denoiser() {
-        if objective.anchor.is_some()
-            || objective.correction.is_some()
-            || objective.track_mean_gradient
-        {
-            return Err(Error::invalid(
-                "strategy",
-                "FedProx's proximal term and SCAFFOLD's correction are not available for a denoiser",
-            ));
-        }
-        return d.fit(weights, data, cfg, seed);
-    }
+    model.fit(weights, data, cfg, seed, objective)
+}
+
+/// Minibatch SGD (with momentum, weight decay, FedProx's proximal term and SCAFFOLD's correction
+/// as configured) from `weights` over `data` for `cfg.epochs` epochs at learning rate `cfg.lr`; the
+/// batch order is drawn from `seed`, so a (seed, round, client) triple reproduces the run exactly.
+/// A classifier's [`Model::fit`]; call it through [`train_local`], which checks its inputs.
+pub fn fit_classifier<C: Classifier + ?Sized>(
+    model: &C,
+    mut weights: Weights,
+    data: &Dataset,
+    cfg: &LocalConfig,
+    seed: u64,
+    objective: &Objective<'_>,
+) -> Result<(Weights, TrainStats)> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut order: Vec<usize> = (0..data.n_rows()).collect();
     let (mut loss_sum, mut seen, mut steps) = (0.0f64, 0usize, 0u64);
@@ -269,12 +314,18 @@ pub fn train_local(
     ))
 }
 
-/// Mean cross-entropy and accuracy of `weights` on `data`.
+/// Scores `weights` on `data` once their layout is checked; see [`Model::score`].
 pub fn evaluate(model: &dyn Model, weights: &Weights, data: &Dataset) -> Result<EvalStats> {
     check_layout(model, weights)?;
-    if let Some(d) = model.as_denoiser() {
-        return d.score(weights, data);
-    }
+    model.score(weights, data)
+}
+
+/// Mean cross-entropy and accuracy of `weights` on `data`: a classifier's [`Model::score`].
+pub fn score_classifier<C: Classifier + ?Sized>(
+    model: &C,
+    weights: &Weights,
+    data: &Dataset,
+) -> Result<EvalStats> {
     if data.n_rows() == 0 {
         return Err(Error::Data("cannot evaluate on an empty split".into()));
     }
@@ -378,6 +429,10 @@ mod tests {
         fn init(&self, _rng: &mut ChaCha8Rng) -> Weights {
             Weights::new(vec![Tensor::zeros("w", vec![2])])
         }
+        super::classifier_model_methods!();
+    }
+
+    impl Classifier for Flat {
         fn predict_proba(&self, _w: &Weights, x: ArrayView2<'_, f32>) -> Result<Array2<f32>> {
             Ok(Array2::from_elem((x.nrows(), 2), 0.5))
         }

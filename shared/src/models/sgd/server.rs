@@ -171,10 +171,12 @@ impl SgdServer {
             .finish(plan.round, &self.weights, agg, plan.n_available)
         {
             Ok(next) => self.weights = next,
-            Err(Error::NonFinite(what)) => return Err(Error::Data(format!(
+            Err(Error::NonFinite(what)) => {
+                return Err(Error::Data(format!(
                 "round {}: the aggregated model is not finite ({what}); lower the learning rates",
                 plan.round
-            ))),
+            )))
+            }
             Err(e) => return Err(e),
         }
         Ok(Step::Done(RoundResult {
