@@ -20,6 +20,9 @@ pub mod gbdt;
 pub mod phase;
 pub mod sgd;
 
+#[cfg(test)]
+mod tests;
+
 use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;

@@ -391,3 +391,19 @@ impl GbdtServer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_sums_beyond_what_the_rows_allow_are_refused() {
+        let mut h = Histogram::zeros(1, 2);
+        h.data = vec![-3.0, 0.5, 2.0, 0.25];
+        assert!(check_histogram_bounds(std::slice::from_ref(&h), 5).is_ok());
+        h.data[0] = 1e308;
+        assert!(check_histogram_bounds(std::slice::from_ref(&h), 5).is_err());
+        h.data = vec![0.0, -1.0, 0.0, 0.0];
+        assert!(check_histogram_bounds(&[h], 5).is_err(), "negative hessian");
+    }
+}

@@ -1,0 +1,273 @@
+//! The boundary driven with no network: server halves and client halves talk through plain
+//! values, the way the coordinator's round engine and the client's executor drive them over gRPC.
+
+use super::phase::{
+    Answer, ClientState, ClientTask, PhaseTally, Rejection, Reply, Request, RoundPlan, RoundResult,
+    Step, TaskData, Work,
+};
+use super::sgd::LocalConfig;
+use super::{ModelSpec, Server, ServerSetup};
+use crate::data::builtin::Builtin;
+use crate::data::partition::Partitioner;
+use crate::data::Dataset;
+use crate::strategy::StrategySpec;
+
+/// A client: its name, rows (train and test alike, for brevity) and per-job state.
+struct Peer {
+    name: String,
+    rows: Dataset,
+    state: ClientState,
+}
+
+fn peers(dataset: Builtin, n: usize) -> (Vec<Peer>, Vec<String>) {
+    let shards = dataset.shards(&Partitioner::Iid, n, 42).unwrap();
+    let classes = dataset.holdout().unwrap().class_names;
+    let peers = shards
+        .into_iter()
+        .enumerate()
+        .map(|(i, rows)| Peer {
+            name: format!("client-{i}"),
+            rows,
+            state: ClientState::None,
+        })
+        .collect();
+    (peers, classes)
+}
+
+fn setup(n_features: usize, n_classes: usize, strategy: &str) -> ServerSetup {
+    ServerSetup {
+        n_features,
+        n_classes,
+        init_seed: 1,
+        max_params: usize::MAX,
+        strategy: StrategySpec::from_name(strategy).unwrap(),
+        bound: None,
+    }
+}
+
+/// Runs round `round`: every phase goes to its clients, whose replies reach the server half in
+/// reverse name order when `reverse` (arrival order must not matter).
+fn drive_round(
+    spec: &ModelSpec,
+    server: &mut Server,
+    peers: &mut [Peer],
+    classes: &[String],
+    round: u32,
+    reverse: bool,
+) -> RoundResult {
+    let names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
+    let plan = RoundPlan {
+        round,
+        selected: names.clone(),
+        available: names.clone(),
+        quorum: names.len(),
+        min_clients: names.len(),
+        target: None,
+        n_available: names.len(),
+    };
+    let mut step = server.begin_round(plan).unwrap();
+    loop {
+        let ask = match step {
+            Step::Done(result) => return result,
+            Step::Ask(ask) => ask,
+        };
+        let mut replies = Vec::new();
+        for peer in peers.iter_mut().filter(|p| ask.clients.contains(&p.name)) {
+            let work = match &ask.request {
+                Request::Fit { control } => Work::Fit {
+                    local: LocalConfig {
+                        epochs: 1,
+                        ..LocalConfig::default()
+                    },
+                    control: control.clone(),
+                },
+                Request::Sketch => Work::Sketch,
+                Request::Histogram(h) => Work::Histogram(h.clone()),
+            };
+            let task = ClientTask {
+                job: "job".into(),
+                round: ask.round,
+                seed: 7 + u64::from(round),
+                n_classes: classes.len(),
+                payload: ask.payload.clone(),
+                work,
+            };
+            let data = TaskData {
+                raw_train: &peer.rows,
+                raw_test: &peer.rows,
+                class_names: classes,
+                view: None,
+            };
+            let (answer, kept) = spec.handle(task, &data, &peer.state).unwrap();
+            if let Some(kept) = kept {
+                peer.state = kept;
+            }
+            let Answer::Reply(reply) = answer else {
+                panic!("a training phase was answered with an evaluation")
+            };
+            replies.push((peer.name.clone(), reply, peer.rows.n_rows() as u64));
+        }
+        if reverse {
+            replies.reverse();
+        }
+        let mut tally = PhaseTally::default();
+        for (name, reply, announced) in replies {
+            server.accept(&name, reply, Some(announced)).unwrap();
+            tally.accepted += 1;
+        }
+        step = server.close(tally).unwrap();
+    }
+}
+
+fn run(spec: &ModelSpec, strategy: &str, dataset: Builtin, rounds: u32, reverse: bool) -> Server {
+    let (mut peers, classes) = peers(dataset, 3);
+    let n_features = peers[0].rows.n_features();
+    let mut server = Server::new(spec, &setup(n_features, classes.len(), strategy)).unwrap();
+    for round in 1..=rounds {
+        let r = drive_round(spec, &mut server, &mut peers, &classes, round, reverse);
+        assert_eq!(r.accepted, 3);
+        assert!(r.train_loss.is_finite(), "round {round}: {}", r.train_loss);
+    }
+    server
+}
+
+#[test]
+fn boosting_through_the_boundary_equals_centralized_training() {
+    let params = super::gbdt::GbdtParams {
+        max_depth: 3,
+        max_bins: 32,
+        ..Default::default()
+    };
+    let spec = ModelSpec::Gbdt(params.clone());
+    let server = run(&spec, "fedavg", Builtin::Iris, 3, false);
+    let Server::Gbdt(g) = &server else {
+        panic!("a gbdt spec makes a gbdt server")
+    };
+    let federated = g.ensemble.clone().unwrap();
+    assert_eq!(federated.rounds.len(), 3);
+    // The same rows pooled, grown centrally from the same bin edges: the same model.
+    let (peers, classes) = peers(Builtin::Iris, 3);
+    let mut pooled = peers[0].rows.remap_classes(&classes).unwrap();
+    for p in &peers[1..] {
+        let rows = p.rows.remap_classes(&classes).unwrap();
+        let x = ndarray::concatenate(
+            ndarray::Axis(0),
+            &[pooled.features.view(), rows.features.view()],
+        )
+        .unwrap();
+        let mut y = pooled.labels.clone();
+        y.extend(&rows.labels);
+        pooled = Dataset::new(x, y, pooled.feature_names.clone(), classes.clone()).unwrap();
+    }
+    let central = super::gbdt::train_centralized(&pooled, &federated.edges, &params, 3).unwrap();
+    let a = federated.raw_scores(pooled.features.view()).unwrap();
+    let b = central.raw_scores(pooled.features.view()).unwrap();
+    let worst = a
+        .iter()
+        .zip(b.iter())
+        .map(|(x, y)| (x - y).abs() / x.abs().max(y.abs()).max(1e-12))
+        .fold(0.0f64, f64::max);
+    assert!(worst <= 1e-6, "largest relative difference {worst}");
+}
+
+#[test]
+fn every_kind_gives_the_same_model_whatever_order_replies_arrive_in() {
+    for (spec, strategy, dataset) in [
+        (ModelSpec::Logreg, "fedavg", Builtin::Iris),
+        (
+            ModelSpec::Mlp { hidden: vec![8] },
+            "scaffold",
+            Builtin::Iris,
+        ),
+        (ModelSpec::Logreg, "fedmedian", Builtin::Iris),
+        (
+            ModelSpec::Forest(Default::default()),
+            "fedavg",
+            Builtin::SeedFl,
+        ),
+        (
+            ModelSpec::Gbdt(Default::default()),
+            "fedavg",
+            Builtin::SeedFl,
+        ),
+    ] {
+        let a = run(&spec, strategy, dataset, 2, false);
+        let b = run(&spec, strategy, dataset, 2, true);
+        assert_eq!(a.to_json(), b.to_json(), "{} with {strategy}", spec.label());
+        assert_eq!(a.checkpoint().unwrap(), b.checkpoint().unwrap());
+        // A checkpoint restores into a fresh server half and gives the same model back.
+        let (peers, classes) = peers(dataset, 3);
+        let mut fresh = Server::new(
+            &spec,
+            &setup(peers[0].rows.n_features(), classes.len(), strategy),
+        )
+        .unwrap();
+        fresh.restore(&a.checkpoint().unwrap()).unwrap();
+        assert_eq!(fresh.to_json(), a.to_json());
+    }
+}
+
+#[test]
+fn bad_replies_are_refused_with_a_typed_reason_and_change_nothing() {
+    let (peers, classes) = peers(Builtin::Iris, 3);
+    let spec = ModelSpec::Logreg;
+    let mut server = Server::new(&spec, &setup(4, classes.len(), "fedavg")).unwrap();
+    let names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
+    let plan = RoundPlan {
+        round: 1,
+        selected: names.clone(),
+        available: names,
+        quorum: 1,
+        min_clients: 1,
+        target: None,
+        n_available: 3,
+    };
+    let Step::Ask(ask) = server.begin_round(plan).unwrap() else {
+        panic!("a round starts with a phase")
+    };
+    let super::phase::Payload::Weights(global) = ask.payload.clone() else {
+        panic!("a weights model sends its weights")
+    };
+    let fit = |parameters, num_examples, train_loss| {
+        Reply::Fit(super::phase::FitReply {
+            num_examples,
+            train_loss,
+            parameters,
+            control_delta: None,
+            blob: Vec::new(),
+        })
+    };
+    let mut nan = global.clone();
+    nan.values_mut().for_each(|v| *v = f32::NAN);
+    let cases: Vec<(Reply, &str)> = vec![
+        (
+            Reply::Sketch(super::phase::SketchReply {
+                sketch: Vec::new(),
+                num_examples: 1,
+            }),
+            "expected a fit result",
+        ),
+        (fit(None, 10, 0.5), "fit result without parameters"),
+        (fit(Some(nan), 10, 0.5), "non-finite"),
+        (
+            fit(Some(global.clone()), 1_000, 0.5),
+            "reports 1000 train examples; it announced 50 in its Hello",
+        ),
+        (
+            fit(Some(global.clone()), 10, f64::NAN),
+            "implausible train_loss NaN",
+        ),
+    ];
+    for (reply, says) in cases {
+        let e: Rejection = server.accept("client-0", reply, Some(50)).unwrap_err();
+        assert!(e.to_string().contains(says), "{e} (expected: {says})");
+    }
+    // Nothing was kept: with no valid update the round ends below its quorum, model unchanged.
+    let before = server.to_json();
+    let Step::Done(r) = server.close(PhaseTally::default()).unwrap() else {
+        panic!("one phase per round")
+    };
+    assert_eq!(r.accepted, 0);
+    assert!(r.train_loss.is_nan());
+    assert_eq!(server.to_json(), before);
+}
