@@ -34,13 +34,12 @@
 //! assert_eq!(spec.clients.fraction_fit, 1.0);
 //! ```
 
-pub mod automl;
 pub mod bench;
 pub mod cli;
 pub mod coordinator;
-pub mod diffusion;
 pub mod error;
 pub mod html;
+pub mod jobs;
 pub mod registry;
 pub mod report;
 pub mod round;

@@ -15,6 +15,7 @@ use shoal_shared::models::ModelSpec;
 use shoal_shared::strategy::StrategySpec;
 
 use crate::error::{Error, Result};
+use crate::jobs::JobKind;
 
 /// A job as submitted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -235,10 +236,6 @@ impl Default for Evaluation {
 pub const MAX_ROUNDS: u32 = 1_000_000;
 pub const MAX_WAIT_SECS: f64 = 30.0 * 24.0 * 3600.0;
 
-/// Kinds still to come.
-/// Kinds this version runs, for error messages.
-const KINDS: &str = "\"train\", \"fusion\", \"diffusion\" or \"automl\"";
-
 impl JobSpec {
     /// Parses a TOML spec and checks it.
     pub fn from_toml(text: &str) -> Result<Self> {
@@ -300,9 +297,13 @@ impl JobSpec {
                 ),
             );
         }
-        match self.kind.as_str() {
-            "train" => {}
-            "diffusion" => {
+        let kind: JobKind = match self.kind.parse() {
+            Ok(k) => k,
+            Err(e) => return bad("kind", e),
+        };
+        match kind {
+            JobKind::Train => {}
+            JobKind::Diffusion => {
                 let Some(d) = self.model.denoiser() else {
                     return bad(
                         "model",
@@ -336,7 +337,7 @@ impl JobSpec {
                     }
                 }
             }
-            "fusion" => {
+            JobKind::Fusion => {
                 if self.model != ModelSpec::Logreg {
                     return bad(
                         "model",
@@ -350,8 +351,7 @@ impl JobSpec {
                     );
                 }
             }
-            "automl" => self.check_automl()?,
-            k => return bad("kind", format!("= \"{k}\" is unknown (expected {KINDS})")),
+            JobKind::Automl => self.check_automl()?,
         }
         if self.dataset.trim().is_empty() {
             return bad("dataset", "must name a dataset".into());

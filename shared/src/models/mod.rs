@@ -40,11 +40,11 @@ pub enum ModelSpec {
         #[serde(default = "default_hidden")]
         hidden: Vec<usize>,
     },
-    /// A federated random forest (not trained by gradients; see [`crate::forest`]).
+    /// A federated random forest (not trained by gradients; see [`forest`]).
     Forest(forest::ForestParams),
-    /// Federated histogram gradient boosting (see [`crate::gbdt`]).
+    /// Federated histogram gradient boosting (see [`gbdt`]).
     Gbdt(gbdt::GbdtParams),
-    /// The noise-prediction network of a diffusion job (see [`crate::diffusion`]).
+    /// The noise-prediction network of a diffusion job (see [`diffusion`]).
     Denoiser(diffusion::DenoiserSpec),
 }
 

@@ -1,0 +1,167 @@
+//! The `train` job: rounds from the first (or the one after its checkpoint) to the last, each
+//! checkpointed; then the client table, the centralized baseline and the final model.
+
+use shoal_proto::v1;
+use tokio::sync::broadcast;
+use tracing::info;
+
+use crate::coordinator::Resume;
+use crate::error::Result;
+use crate::report::{RunFolder, Summary};
+use crate::round::{JobCtx, RoundRecord};
+use crate::Coordinator;
+
+impl Coordinator {
+    /// A train job from first round (or the round after its checkpoint) to summary.
+    pub(crate) async fn train(
+        &self,
+        ctx: &JobCtx,
+        run: &mut RunFolder,
+        events: &broadcast::Sender<v1::WatchEvent>,
+        resume: Option<Resume>,
+    ) -> Result<Summary> {
+        let clients = ctx.wait_available(1, None).await?;
+        let facts = ctx.resolve_data(&clients).await?;
+        let mut state = ctx.init_state(facts)?;
+        info!(
+            dataset = %ctx.spec.dataset,
+            features = state.facts.n_features,
+            classes = state.facts.class_names.len(),
+            size = state.global.size(),
+            "job started"
+        );
+        let records = self
+            .checkpointed_rounds(ctx, run, events, &mut state, resume)
+            .await?;
+        let table = ctx.client_table(&state).await?;
+        let mut summary = Summary::from_rounds(&ctx.id, &ctx.spec, &records);
+        summary.clients = table;
+        if let (Some(b), true) = (
+            state.facts.builtin,
+            ctx.spec.evaluation.centralized_baseline,
+        ) {
+            summary.centralized_test_accuracy = centralized_baseline(ctx, b, &state).await;
+        }
+        run.write_json(
+            "model.json",
+            &serde_json::json!({
+                "model": ctx.spec.model,
+                "feature_names": state.facts.feature_names,
+                "class_names": state.facts.class_names,
+                "global": state.global.to_json(),
+            }),
+        )?;
+        run.write_json("summary.json", &summary)?;
+        run.write_client_table(&summary.clients)?;
+        Ok(summary)
+    }
+
+    /// The rounds of a job that checkpoints (train, diffusion): from round 1, or after the
+    /// checkpoint `resume` carries, each recorded with the checkpoint that follows it. Returns
+    /// every round's record, the resumed ones included.
+    pub(crate) async fn checkpointed_rounds(
+        &self,
+        ctx: &JobCtx,
+        run: &mut RunFolder,
+        events: &broadcast::Sender<v1::WatchEvent>,
+        state: &mut crate::round::TrainState,
+        resume: Option<Resume>,
+    ) -> Result<Vec<RoundRecord>> {
+        let mut records = Vec::new();
+        let mut first = 1;
+        if let Some(r) = resume {
+            if let Some(c) = &r.checkpoint {
+                state.global.restore(c)?;
+            }
+            records = r.records;
+            first = r.round + 1;
+            self.print_text(&[format!(
+                "[{}] resuming after round {} of {}",
+                ctx.id, r.round, ctx.spec.rounds
+            )]);
+        }
+        for round in first..=ctx.spec.rounds {
+            let rec = ctx.run_round(round, state).await?;
+            let checkpoint = state.global.checkpoint()?;
+            self.record(ctx, run, events, &rec, &checkpoint, true)?;
+            records.push(rec);
+        }
+        Ok(records)
+    }
+}
+
+/// The same model trained centrally on the pooled train rows, scored on the same test set: for
+/// weights, as many passes as the federated run made (rounds × local epochs); for a forest, as
+/// many trees as the global forest holds. A reference, not a contestant.
+async fn centralized_baseline(
+    ctx: &JobCtx,
+    b: shoal_shared::data::builtin::Builtin,
+    state: &crate::round::TrainState,
+) -> Option<f64> {
+    use shoal_shared::models::Server;
+    let holdout = state.facts.holdout.clone()?;
+    let seed = ctx.spec.seed;
+    let n_classes = state.facts.class_names.len();
+    let res = match &state.global {
+        Server::Sgd(s) => {
+            let model = s.model.clone();
+            let mut local = ctx.spec.local.clone();
+            local.epochs = local.epochs.saturating_mul(ctx.spec.rounds);
+            let init = {
+                let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+                model.init(&mut rng)
+            };
+            tokio::task::spawn_blocking(move || -> shoal_shared::Result<f64> {
+                let pool = b.train_pool()?;
+                let (w, _) = shoal_shared::models::sgd::train_local(
+                    model.as_ref(),
+                    init,
+                    &pool,
+                    &local,
+                    seed,
+                    &shoal_shared::models::sgd::Objective::default(),
+                )?;
+                Ok(shoal_shared::models::sgd::evaluate(model.as_ref(), &w, &holdout)?.accuracy)
+            })
+            .await
+        }
+        Server::Gbdt(s) => {
+            let (ensemble, params) = (s.ensemble.clone()?, s.params.clone());
+            let rounds = ctx.spec.rounds;
+            tokio::task::spawn_blocking(move || -> shoal_shared::Result<f64> {
+                let pool = b.train_pool()?;
+                let e = shoal_shared::models::gbdt::train_centralized(
+                    &pool,
+                    &ensemble.edges,
+                    &params,
+                    rounds,
+                )?;
+                Ok(e.evaluate(&holdout)?.accuracy)
+            })
+            .await
+        }
+        Server::Forest(s) => {
+            let params = shoal_shared::models::forest::ForestParams {
+                trees_per_round: s.forest.trees.len().clamp(1, 10_000) as u32,
+                ..s.params.clone()
+            };
+            tokio::task::spawn_blocking(move || -> shoal_shared::Result<f64> {
+                let pool = b.train_pool()?;
+                let f = shoal_shared::models::forest::fit_trees(&pool, n_classes, &params, seed)?;
+                Ok(f.evaluate(&holdout)?.accuracy)
+            })
+            .await
+        }
+    };
+    match res {
+        Ok(Ok(acc)) => Some(acc),
+        Ok(Err(e)) => {
+            tracing::warn!("centralized baseline failed: {e}");
+            None
+        }
+        Err(e) => {
+            tracing::warn!("centralized baseline panicked: {e}");
+            None
+        }
+    }
+}
