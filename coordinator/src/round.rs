@@ -393,7 +393,7 @@ impl JobCtx {
                 clip: updates.on_norm == NormAction::Clip,
             }),
         };
-        let global = Server::new(&self.spec.model, &setup)?;
+        let global = self.spec.model.server(&setup)?;
         Ok(TrainState { facts, global })
     }
 

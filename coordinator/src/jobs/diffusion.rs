@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::report::{BandCoverage, DiffusionResult, RunFolder, Summary};
 use crate::round::JobCtx;
 use crate::Coordinator;
-use shoal_shared::models::{ModelSpec, Server};
+use shoal_shared::models::ModelSpec;
 
 /// Purposes of the generation draws (distinct from the round engine's).
 const SEED_GENERATE: u64 = 0x67_656e;
@@ -70,10 +70,9 @@ impl Coordinator {
             ));
         };
         let denoiser = DenoiserModel::new(p, n_features)?;
-        let Server::Sgd(s) = &state.global else {
+        let Some(initial) = state.global.weights().cloned() else {
             return Err(Error::Job("a diffusion job needs a weights model".into()));
         };
-        let initial = s.weights.clone();
         let alpha_bar = denoiser.schedule.final_alpha_bar();
         let header = format!(
             "diffusion: {} on `{}` ({} values per signal, {} parameters), alpha_bar_T = {alpha_bar:.2e}",
@@ -88,11 +87,11 @@ impl Coordinator {
         let records = self
             .checkpointed_rounds(ctx, run, events, &mut state, resume)
             .await?;
-        let Server::Sgd(s) = &state.global else {
+        let Some(final_w) = state.global.weights().cloned() else {
             return Err(Error::Job("a diffusion job needs a weights model".into()));
         };
         let samples = ctx.spec.diffusion_options().samples;
-        let (final_w, job_seed) = (s.weights.clone(), ctx.spec.seed);
+        let job_seed = ctx.spec.seed;
         let generated = tokio::task::spawn_blocking(move || {
             generate(
                 &denoiser,

@@ -27,7 +27,6 @@ impl Coordinator {
     ) -> Result<Summary> {
         use crate::report::VariantResult;
         use shoal_shared::fusion::{self, FeatureView};
-        use shoal_shared::models::Server;
 
         let clients = ctx.wait_available(1, None).await?;
         let facts = ctx.resolve_data(&clients).await?;
@@ -126,11 +125,11 @@ impl Coordinator {
                         test_accuracy: rec.test_accuracy.unwrap_or(f64::NAN),
                         rounds: per,
                     });
-                    if let (Some(m), Server::Sgd(s)) = (modality, &state.global) {
-                        s.weights.check_finite()?;
+                    if let (Some(m), Some(weights)) = (modality, state.global.weights()) {
+                        weights.check_finite()?;
                         at.members.push(fusion::StackMember {
                             columns: mods[m].1.clone(),
-                            weights: s.weights.clone(),
+                            weights: weights.clone(),
                         });
                     }
                     if at.members.len() == mods.len()

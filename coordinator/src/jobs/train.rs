@@ -90,69 +90,27 @@ impl Coordinator {
     }
 }
 
-/// The same model trained centrally on the pooled train rows, scored on the same test set: for
-/// weights, as many passes as the federated run made (rounds × local epochs); for a forest, as
-/// many trees as the global forest holds. A reference, not a contestant.
+/// The same model trained centrally on the pooled train rows, scored on the same test set (each
+/// model kind says how: [`shoal_shared::models::phase::ServerHalf::baseline`]). A reference, not
+/// a contestant.
 async fn centralized_baseline(
     ctx: &JobCtx,
     b: shoal_shared::data::builtin::Builtin,
     state: &crate::round::TrainState,
 ) -> Option<f64> {
-    use shoal_shared::models::Server;
     let holdout = state.facts.holdout.clone()?;
-    let seed = ctx.spec.seed;
-    let n_classes = state.facts.class_names.len();
-    let res = match &state.global {
-        Server::Sgd(s) => {
-            let model = s.model.clone();
-            let mut local = ctx.spec.local.clone();
-            local.epochs = local.epochs.saturating_mul(ctx.spec.rounds);
-            let init = {
-                let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
-                model.init(&mut rng)
-            };
-            tokio::task::spawn_blocking(move || -> shoal_shared::Result<f64> {
-                let pool = b.train_pool()?;
-                let (w, _) = shoal_shared::models::sgd::train_local(
-                    model.as_ref(),
-                    init,
-                    &pool,
-                    &local,
-                    seed,
-                    &shoal_shared::models::sgd::Objective::default(),
-                )?;
-                Ok(shoal_shared::models::sgd::evaluate(model.as_ref(), &w, &holdout)?.accuracy)
-            })
-            .await
-        }
-        Server::Gbdt(s) => {
-            let (ensemble, params) = (s.ensemble.clone()?, s.params.clone());
-            let rounds = ctx.spec.rounds;
-            tokio::task::spawn_blocking(move || -> shoal_shared::Result<f64> {
-                let pool = b.train_pool()?;
-                let e = shoal_shared::models::gbdt::train_centralized(
-                    &pool,
-                    &ensemble.edges,
-                    &params,
-                    rounds,
-                )?;
-                Ok(e.evaluate(&holdout)?.accuracy)
-            })
-            .await
-        }
-        Server::Forest(s) => {
-            let params = shoal_shared::models::forest::ForestParams {
-                trees_per_round: s.forest.trees.len().clamp(1, 10_000) as u32,
-                ..s.params.clone()
-            };
-            tokio::task::spawn_blocking(move || -> shoal_shared::Result<f64> {
-                let pool = b.train_pool()?;
-                let f = shoal_shared::models::forest::fit_trees(&pool, n_classes, &params, seed)?;
-                Ok(f.evaluate(&holdout)?.accuracy)
-            })
-            .await
-        }
+    let settings = shoal_shared::models::phase::BaselineSettings {
+        local: ctx.spec.local.clone(),
+        rounds: ctx.spec.rounds,
+        seed: ctx.spec.seed,
+        n_classes: state.facts.class_names.len(),
     };
+    let baseline = state.global.baseline(&settings)?;
+    let res = tokio::task::spawn_blocking(move || -> shoal_shared::Result<f64> {
+        let pool = b.train_pool()?;
+        baseline(&pool, &holdout)
+    })
+    .await;
     match res {
         Ok(Ok(acc)) => Some(acc),
         Ok(Err(e)) => {

@@ -25,7 +25,6 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::Dataset;
 use crate::{Error, Result};
 
 /// Which model a job trains. Serialised into job specs (`[model] kind = "mlp"`, `hidden = [64]`).
@@ -255,31 +254,8 @@ impl ModelSpec {
     }
 }
 
-/// The server half of a job's model: the global model and what trains it. One arm per model kind
-/// (weights models share [`sgd::SgdServer`]), each delegating; see [`phase`] for the cycle.
-#[derive(Debug)]
-pub enum Server {
-    Sgd(sgd::server::SgdServer),
-    Forest(forest::server::ForestServer),
-    Gbdt(gbdt::server::GbdtServer),
-}
-
-/// What a job's checkpoint holds of its model, as JSON (`kind` tags the model).
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-enum Checkpoint {
-    Params {
-        weights: crate::tensor::Weights,
-        strategy: crate::strategy::Strategy,
-    },
-    /// The forest's versioned blob (JSON text).
-    Forest { blob: String },
-    /// The ensemble's versioned blob, once the bin edges exist.
-    Gbdt { blob: Option<String> },
-}
-
-/// Scores a model on a dataset; see [`Server::evaluator`].
-pub type Evaluator = Box<dyn Fn(&Dataset) -> Result<sgd::EvalStats> + Send + Sync>;
+/// A job's server half: the global model and what trains it (see [`phase::ServerHalf`]).
+pub type Server = Box<dyn phase::ServerHalf>;
 
 /// What a server half needs besides the spec: the data's shape, the job's seed and limits.
 #[derive(Debug, Clone)]
@@ -294,17 +270,17 @@ pub struct ServerSetup {
     pub bound: Option<sgd::server::NormBound>,
 }
 
-impl Server {
-    /// The server half for `spec`, with a freshly initialised global model.
-    pub fn new(spec: &ModelSpec, setup: &ServerSetup) -> Result<Self> {
+impl ModelSpec {
+    /// The server half for this model, with a freshly initialised global model.
+    pub fn server(&self, setup: &ServerSetup) -> Result<Server> {
         let (n_features, n_classes) = (setup.n_features, setup.n_classes);
-        Ok(match spec {
-            ModelSpec::Forest(params) => Server::Forest(forest::server::ForestServer::new(
+        Ok(match self {
+            ModelSpec::Forest(params) => Box::new(forest::server::ForestServer::new(
                 n_features,
                 n_classes,
                 params.clone(),
             )),
-            ModelSpec::Gbdt(params) => Server::Gbdt(gbdt::server::GbdtServer::new(
+            ModelSpec::Gbdt(params) => Box::new(gbdt::server::GbdtServer::new(
                 n_features,
                 n_classes,
                 params.clone(),
@@ -322,7 +298,7 @@ impl Server {
                         setup.max_params
                     )));
                 }
-                Server::Sgd(sgd::server::SgdServer::new(
+                Box::new(sgd::server::SgdServer::new(
                     model,
                     weights,
                     setup.strategy.build(),
@@ -330,164 +306,5 @@ impl Server {
                 ))
             }
         })
-    }
-
-    /// Starts a round: its first phase.
-    pub fn begin_round(&mut self, plan: phase::RoundPlan) -> Result<phase::Step> {
-        match self {
-            Server::Sgd(s) => s.begin_round(plan),
-            Server::Forest(s) => s.begin_round(plan),
-            Server::Gbdt(s) => s.begin_round(plan),
-        }
-    }
-
-    /// How the driver decodes fit replies' tensors for this model.
-    pub fn decode_bounds(&self) -> phase::DecodeBounds {
-        match self {
-            Server::Sgd(s) => s.decode_bounds(),
-            Server::Forest(s) => s.decode_bounds(),
-            Server::Gbdt(s) => s.decode_bounds(),
-        }
-    }
-
-    /// One client's reply to the open phase; `announced`: the train examples its Hello gave.
-    pub fn accept(
-        &mut self,
-        client: &str,
-        reply: phase::Reply,
-        announced: Option<u64>,
-    ) -> std::result::Result<(), phase::Rejection> {
-        match self {
-            Server::Sgd(s) => s.accept(client, reply, announced),
-            Server::Forest(s) => s.accept(client, reply, announced),
-            Server::Gbdt(s) => s.accept(client, reply, announced),
-        }
-    }
-
-    /// The open phase ended; the next phase, or the round's result.
-    pub fn close(&mut self, tally: phase::PhaseTally) -> Result<phase::Step> {
-        match self {
-            Server::Sgd(s) => s.close(tally),
-            Server::Forest(s) => s.close(tally),
-            Server::Gbdt(s) => s.close(tally),
-        }
-    }
-
-    /// The global model as an Evaluate task carries it.
-    pub fn payload(&self) -> phase::Payload {
-        match self {
-            Server::Sgd(s) => phase::Payload::Weights(s.weights.clone()),
-            Server::Forest(s) => phase::Payload::Blob(s.forest.to_blob()),
-            Server::Gbdt(s) => match &s.ensemble {
-                Some(e) => phase::Payload::Blob(e.to_blob()),
-                None => phase::Payload::None,
-            },
-        }
-    }
-
-    /// Scores the global model on `data`.
-    pub fn evaluate(&self, data: &Dataset) -> Result<sgd::EvalStats> {
-        self.evaluator()(data)
-    }
-
-    /// A scorer of the global model as it is now, owning what it needs, so it can run on another
-    /// thread while the model trains on.
-    pub fn evaluator(&self) -> Evaluator {
-        match self {
-            Server::Sgd(s) => {
-                let (model, weights) = (s.model.clone(), s.weights.clone());
-                Box::new(move |data| sgd::evaluate(model.as_ref(), &weights, data))
-            }
-            Server::Forest(s) => {
-                let forest = s.forest.clone();
-                Box::new(move |data| forest.evaluate(data))
-            }
-            Server::Gbdt(s) => {
-                let ensemble = s.ensemble.clone();
-                Box::new(move |data| match &ensemble {
-                    Some(e) => e.evaluate(data),
-                    // Reachable only before round 1 has fixed the bin edges.
-                    None => Err(Error::Data("no ensemble yet".into())),
-                })
-            }
-        }
-    }
-
-    /// Whether evaluation yields an accuracy (a diffusion denoiser's does not: its loss is the
-    /// noise-prediction MSE).
-    pub fn classifies(&self) -> bool {
-        match self {
-            Server::Sgd(s) => s.model.classifies(),
-            Server::Forest(_) | Server::Gbdt(_) => true,
-        }
-    }
-
-    /// Whether clients train from the global model, so that over-selection (closing the phase
-    /// at the first updates) and personalisation (local epochs from it) apply.
-    pub fn trains_from_global(&self) -> bool {
-        matches!(self, Server::Sgd(_))
-    }
-
-    /// Size of the model, for logs: parameters or trees.
-    pub fn size(&self) -> usize {
-        match self {
-            Server::Sgd(s) => s.weights.num_params(),
-            Server::Forest(s) => s.forest.trees.len(),
-            Server::Gbdt(s) => s
-                .ensemble
-                .as_ref()
-                .map_or(0, |e| e.rounds.iter().map(Vec::len).sum()),
-        }
-    }
-
-    /// The final model as JSON for the run folder.
-    pub fn to_json(&self) -> serde_json::Value {
-        match self {
-            Server::Sgd(s) => serde_json::json!({ "weights": s.weights }),
-            Server::Forest(s) => serde_json::json!({ "forest": s.forest.as_ref() }),
-            Server::Gbdt(s) => serde_json::json!({ "gbdt": s.ensemble.as_deref() }),
-        }
-    }
-
-    /// The checkpoint of the model, as JSON.
-    pub fn checkpoint(&self) -> Result<String> {
-        let text = |b: Vec<u8>| {
-            String::from_utf8(b).map_err(|e| Error::Data(format!("a model blob is not text: {e}")))
-        };
-        let c = match self {
-            Server::Sgd(s) => {
-                let c = s.checkpoint();
-                Checkpoint::Params {
-                    weights: c.weights,
-                    strategy: c.strategy,
-                }
-            }
-            Server::Forest(s) => Checkpoint::Forest {
-                blob: text(s.checkpoint())?,
-            },
-            Server::Gbdt(s) => Checkpoint::Gbdt {
-                blob: s.checkpoint().map(text).transpose()?,
-            },
-        };
-        serde_json::to_string(&c)
-            .map_err(|e| Error::Data(format!("cannot encode a checkpoint: {e}")))
-    }
-
-    /// Puts back the model a checkpoint holds, checked against this (freshly initialised) one.
-    pub fn restore(&mut self, json: &str) -> Result<()> {
-        let bad = |e: String| Error::Data(format!("the checkpoint cannot be restored: {e}"));
-        let c: Checkpoint = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
-        match (self, c) {
-            (Server::Sgd(s), Checkpoint::Params { weights, strategy }) => s
-                .restore(sgd::server::SgdCheckpoint { weights, strategy })
-                .map_err(|e| bad(e.to_string())),
-            (Server::Forest(s), Checkpoint::Forest { blob }) => {
-                s.restore(blob.as_bytes()).map_err(|e| bad(e.to_string()))
-            }
-            (Server::Gbdt(s), Checkpoint::Gbdt { blob }) => s
-                .restore(blob.as_deref().map(str::as_bytes))
-                .map_err(|e| bad(e.to_string())),
-            _ => Err(bad("it was written for another kind of model".into())),
-        }
     }
 }

@@ -438,3 +438,101 @@ impl TaskData<'_> {
         }
     }
 }
+
+// ---- The server half ----
+
+/// Scores a model on a dataset, owning what it needs so it can run on another thread.
+pub type Evaluator = Box<
+    dyn Fn(&crate::data::Dataset) -> crate::Result<crate::models::sgd::EvalStats> + Send + Sync,
+>;
+
+/// The same model kind trained centrally on pooled rows (first argument) and scored on a test set
+/// (second): the summary's reference for what federation costs.
+pub type Baseline =
+    Box<dyn FnOnce(&crate::data::Dataset, &crate::data::Dataset) -> crate::Result<f64> + Send>;
+
+/// What a centralized baseline needs to know of the job.
+#[derive(Debug, Clone)]
+pub struct BaselineSettings {
+    pub local: crate::models::sgd::LocalConfig,
+    pub rounds: u32,
+    pub seed: u64,
+    pub n_classes: usize,
+}
+
+/// A job's server half: the global model and what trains it, driven phase by phase (see the
+/// module doc). One implementation per model kind, in the kind's folder.
+pub trait ServerHalf: Send + Sync + std::fmt::Debug {
+    /// Starts a round: its first phase.
+    fn begin_round(&mut self, plan: RoundPlan) -> crate::Result<Step>;
+
+    /// How the driver decodes fit replies' tensors for this model.
+    fn decode_bounds(&self) -> DecodeBounds;
+
+    /// One client's reply to the open phase; `announced`: the train examples its Hello gave.
+    fn accept(
+        &mut self,
+        client: &str,
+        reply: Reply,
+        announced: Option<u64>,
+    ) -> Result<(), Rejection>;
+
+    /// The open phase ended; the next phase, or the round's result.
+    fn close(&mut self, tally: PhaseTally) -> crate::Result<Step>;
+
+    /// The global model as an Evaluate task carries it.
+    fn payload(&self) -> Payload;
+
+    /// A scorer of the global model as it is now.
+    fn evaluator(&self) -> Evaluator;
+
+    /// Whether evaluation yields an accuracy (a diffusion denoiser's does not: its loss is the
+    /// noise-prediction MSE).
+    fn classifies(&self) -> bool {
+        true
+    }
+
+    /// Whether clients train from the global model, so that over-selection (closing the phase at
+    /// the first updates) and personalisation (local epochs from it) apply.
+    fn trains_from_global(&self) -> bool {
+        false
+    }
+
+    /// Size of the model, for logs: parameters or trees.
+    fn size(&self) -> usize;
+
+    /// The final model as JSON for the run folder.
+    fn to_json(&self) -> serde_json::Value;
+
+    /// The checkpoint of the model, as JSON tagged with its `kind`.
+    fn checkpoint(&self) -> crate::Result<String>;
+
+    /// Puts back the model a checkpoint holds, checked against this (freshly initialised) one.
+    fn restore(&mut self, json: &str) -> crate::Result<()>;
+
+    /// The global weights, for a weights model (fusion stacks them, diffusion generates from
+    /// them).
+    fn weights(&self) -> Option<&Weights> {
+        None
+    }
+
+    /// The centralized reference for this model as it ended, where the kind has one.
+    fn baseline(&self, settings: &BaselineSettings) -> Option<Baseline>;
+}
+
+/// A checkpoint's JSON and the `kind` tag it carries, checked against `expected`; the messages
+/// are the ones a restore reports.
+pub fn checkpoint_body(json: &str, expected: &str) -> crate::Result<serde_json::Value> {
+    let bad = |e: String| crate::Error::Data(format!("the checkpoint cannot be restored: {e}"));
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+    match value.get("kind").and_then(|k| k.as_str()) {
+        Some(k) if k == expected => Ok(value),
+        Some(_) => Err(bad("it was written for another kind of model".into())),
+        None => Err(bad("missing field `kind`".into())),
+    }
+}
+
+/// Wraps a restore error the way every kind reports it.
+pub fn restore_error(e: impl std::fmt::Display) -> crate::Error {
+    crate::Error::Data(format!("the checkpoint cannot be restored: {e}"))
+}

@@ -6,10 +6,18 @@ use std::sync::Arc;
 
 use super::{Forest, ForestParams};
 use crate::models::phase::{
-    check_count, check_loss, Ask, DecodeBounds, OrderedMean, Payload, PhaseTally, Rejection, Reply,
-    Request, RoundPlan, RoundResult, Step,
+    check_count, check_loss, checkpoint_body, restore_error, Ask, Baseline, BaselineSettings,
+    DecodeBounds, Evaluator, OrderedMean, Payload, PhaseTally, Rejection, Reply, Request,
+    RoundPlan, RoundResult, ServerHalf, Step,
 };
 use crate::{Error, Result};
+
+/// A forest's checkpoint: `{"kind": "forest", "blob": "<its versioned blob, as text>"}`.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum ForestCheckpoint {
+    Forest { blob: String },
+}
 
 /// The global forest and its parameters.
 #[derive(Debug)]
@@ -33,8 +41,10 @@ impl ForestServer {
             loss: OrderedMean::default(),
         }
     }
+}
 
-    pub fn begin_round(&mut self, plan: RoundPlan) -> Result<Step> {
+impl ServerHalf for ForestServer {
+    fn begin_round(&mut self, plan: RoundPlan) -> Result<Step> {
         self.grown.clear();
         self.loss = OrderedMean::default();
         let ask = Ask {
@@ -50,14 +60,14 @@ impl ForestServer {
     }
 
     /// Fit replies carry trees, never tensors.
-    pub fn decode_bounds(&self) -> DecodeBounds {
+    fn decode_bounds(&self) -> DecodeBounds {
         DecodeBounds {
             max_elements: None,
             control: false,
         }
     }
 
-    pub fn accept(
+    fn accept(
         &mut self,
         client: &str,
         reply: Reply,
@@ -82,7 +92,7 @@ impl ForestServer {
         Ok(())
     }
 
-    pub fn close(&mut self, tally: PhaseTally) -> Result<Step> {
+    fn close(&mut self, tally: PhaseTally) -> Result<Step> {
         let plan = self
             .plan
             .take()
@@ -106,19 +116,57 @@ impl ForestServer {
         }))
     }
 
-    /// The checkpoint: the forest's versioned blob.
-    pub fn checkpoint(&self) -> Vec<u8> {
-        self.forest.to_blob()
+    fn payload(&self) -> Payload {
+        Payload::Blob(self.forest.to_blob())
     }
 
-    pub fn restore(&mut self, blob: &[u8]) -> Result<()> {
+    fn evaluator(&self) -> Evaluator {
+        let forest = self.forest.clone();
+        Box::new(move |data| forest.evaluate(data))
+    }
+
+    fn size(&self) -> usize {
+        self.forest.trees.len()
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "forest": self.forest.as_ref() })
+    }
+
+    fn checkpoint(&self) -> Result<String> {
+        let blob = String::from_utf8(self.forest.to_blob())
+            .map_err(|e| Error::Data(format!("a forest blob is not text: {e}")))?;
+        serde_json::to_string(&ForestCheckpoint::Forest { blob })
+            .map_err(|e| Error::Data(format!("cannot encode a checkpoint: {e}")))
+    }
+
+    fn restore(&mut self, json: &str) -> Result<()> {
+        let value = checkpoint_body(json, "forest")?;
+        let ForestCheckpoint::Forest { blob } =
+            serde_json::from_value(value).map_err(restore_error)?;
         let (n_features, n_classes) = (self.forest.n_features, self.forest.n_classes);
-        self.forest = Arc::new(Forest::from_blob(
-            blob,
-            n_features,
-            n_classes,
-            self.params.max_trees as usize,
-        )?);
+        self.forest = Arc::new(
+            Forest::from_blob(
+                blob.as_bytes(),
+                n_features,
+                n_classes,
+                self.params.max_trees as usize,
+            )
+            .map_err(restore_error)?,
+        );
         Ok(())
+    }
+
+    /// As many trees as the global forest holds, grown on the pooled rows.
+    fn baseline(&self, settings: &BaselineSettings) -> Option<Baseline> {
+        let params = ForestParams {
+            trees_per_round: self.forest.trees.len().clamp(1, 10_000) as u32,
+            ..self.params.clone()
+        };
+        let (n_classes, seed) = (settings.n_classes, settings.seed);
+        Some(Box::new(move |pool, holdout| {
+            let f = super::fit_trees(pool, n_classes, &params, seed)?;
+            Ok(f.evaluate(holdout)?.accuracy)
+        }))
     }
 }

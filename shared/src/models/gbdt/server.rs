@@ -13,10 +13,19 @@ use super::{
     TreeGrower,
 };
 use crate::models::phase::{
-    check_count, check_loss, Ask, DecodeBounds, HistogramRequest, OrderedMean, Payload, PhaseTally,
-    Rejection, Reply, Request, RoundPlan, RoundResult, Step,
+    check_count, check_loss, checkpoint_body, restore_error, Ask, Baseline, BaselineSettings,
+    DecodeBounds, Evaluator, HistogramRequest, OrderedMean, Payload, PhaseTally, Rejection, Reply,
+    Request, RoundPlan, RoundResult, ServerHalf, Step,
 };
 use crate::{Error, Result};
+
+/// A boosting checkpoint: `{"kind": "gbdt", "blob": "<the ensemble's versioned blob, as text>"}`,
+/// or a null blob before the bin edges exist.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum GbdtCheckpoint {
+    Gbdt { blob: Option<String> },
+}
 
 /// The boosted ensemble (once the clients' sketches have fixed the bin edges) and the state of
 /// the round being grown.
@@ -84,56 +93,6 @@ impl GbdtServer {
         }
     }
 
-    /// Starts a round: the sketch exchange first if the bin edges are not fixed yet (it is part
-    /// of round 1's traffic), else the first tree's root level.
-    pub fn begin_round(&mut self, plan: RoundPlan) -> Result<Step> {
-        self.params.check()?;
-        let participants = plan.selected.clone();
-        let mut g = Growing {
-            plan,
-            current: None,
-            blob: Vec::new(),
-            participants,
-            output: 0,
-            level: 0,
-            grower: None,
-            trees: Vec::new(),
-            loss: OrderedMean::default(),
-            accepted: 0,
-            nodes: Vec::new(),
-            got: Vec::new(),
-            sketching: false,
-        };
-        if self.ensemble.is_none() {
-            self.sketches.clear();
-            g.sketching = true;
-            let quorum = g.plan.min_clients.min(g.plan.available.len());
-            let ask = Ask {
-                round: 0,
-                clients: g.plan.available.clone(),
-                request: Request::Sketch,
-                payload: Payload::None,
-                quorum,
-                target: None,
-            };
-            self.round = Some(g);
-            return Ok(Step::Ask(ask));
-        }
-        g.current = self.ensemble.clone();
-        g.blob = g.current.as_ref().map(|e| e.to_blob()).unwrap_or_default();
-        let step = Self::ask_level(&mut g);
-        self.round = Some(g);
-        Ok(step)
-    }
-
-    /// Fit replies carry no tensors here.
-    pub fn decode_bounds(&self) -> DecodeBounds {
-        DecodeBounds {
-            max_elements: None,
-            control: false,
-        }
-    }
-
     /// The next histogram phase of the tree being grown.
     fn ask_level(g: &mut Growing) -> Step {
         let (partial_tree, nodes) = match &g.grower {
@@ -164,77 +123,6 @@ impl GbdtServer {
             },
             target: None,
         })
-    }
-
-    pub fn accept(
-        &mut self,
-        client: &str,
-        reply: Reply,
-        announced: Option<u64>,
-    ) -> Result<(), Rejection> {
-        let Some(g) = self.round.as_mut() else {
-            return Err(Rejection::Unexpected("no boosting phase is open"));
-        };
-        if g.sketching {
-            let Reply::Sketch(s) = reply else {
-                return Err(Rejection::WrongKind("a sketch"));
-            };
-            let sketch = QuantileSketch::from_blob(
-                &s.sketch,
-                self.n_features,
-                self.params.sketch_size as usize,
-            )
-            .map_err(Rejection::invalid)?;
-            self.sketches.push((client.to_string(), sketch));
-            return Ok(());
-        }
-        let Reply::Histogram(h) = reply else {
-            return Err(Rejection::WrongKind("histograms"));
-        };
-        let bins = g.current.as_ref().map_or(0, |e| e.edges.max_bins());
-        let hists = histograms_from_bytes(&h.histograms, self.n_features, bins, g.nodes.len())
-            .map_err(Rejection::invalid)?;
-        if hists.len() != g.nodes.len() {
-            return Err(Rejection::Implausible(format!(
-                "{} histograms for {} nodes",
-                hists.len(),
-                g.nodes.len()
-            )));
-        }
-        let n = announced.unwrap_or(0);
-        check_count(h.num_examples, Some(n), "train")?;
-        check_histogram_bounds(&hists, n)?;
-        if g.output == 0 && g.level == 0 {
-            check_loss(h.train_loss)?;
-            g.loss.push(client, h.train_loss, h.num_examples as f64);
-        }
-        g.got.push((client.to_string(), hists));
-        Ok(())
-    }
-
-    pub fn close(&mut self, tally: PhaseTally) -> Result<Step> {
-        let Some(mut g) = self.round.take() else {
-            return Err(Error::Data(
-                "a boosting phase closed before its round began".into(),
-            ));
-        };
-        if g.sketching {
-            self.edges_from_sketches(&g.plan, tally)?;
-            g.sketching = false;
-            g.current = self.ensemble.clone();
-            g.blob = g.current.as_ref().map(|e| e.to_blob()).unwrap_or_default();
-            let step = Self::ask_level(&mut g);
-            self.round = Some(g);
-            return Ok(step);
-        }
-        match self.absorb_level(&mut g)? {
-            Some(done) => Ok(Step::Done(done)),
-            None => {
-                let step = Self::ask_level(&mut g);
-                self.round = Some(g);
-                Ok(step)
-            }
-        }
     }
 
     /// Merges the sketches (in client-name order, so the edges do not depend on arrival order)
@@ -372,23 +260,189 @@ impl GbdtServer {
             train_loss: g.loss.mean(),
         }))
     }
+}
 
-    /// The checkpoint: the ensemble's versioned blob, once the bin edges exist.
-    pub fn checkpoint(&self) -> Option<Vec<u8>> {
-        self.ensemble.as_ref().map(|e| e.to_blob())
+impl ServerHalf for GbdtServer {
+    /// Starts a round: the sketch exchange first if the bin edges are not fixed yet (it is part
+    /// of round 1's traffic), else the first tree's root level.
+    fn begin_round(&mut self, plan: RoundPlan) -> Result<Step> {
+        self.params.check()?;
+        let participants = plan.selected.clone();
+        let mut g = Growing {
+            plan,
+            current: None,
+            blob: Vec::new(),
+            participants,
+            output: 0,
+            level: 0,
+            grower: None,
+            trees: Vec::new(),
+            loss: OrderedMean::default(),
+            accepted: 0,
+            nodes: Vec::new(),
+            got: Vec::new(),
+            sketching: false,
+        };
+        if self.ensemble.is_none() {
+            self.sketches.clear();
+            g.sketching = true;
+            let quorum = g.plan.min_clients.min(g.plan.available.len());
+            let ask = Ask {
+                round: 0,
+                clients: g.plan.available.clone(),
+                request: Request::Sketch,
+                payload: Payload::None,
+                quorum,
+                target: None,
+            };
+            self.round = Some(g);
+            return Ok(Step::Ask(ask));
+        }
+        g.current = self.ensemble.clone();
+        g.blob = g.current.as_ref().map(|e| e.to_blob()).unwrap_or_default();
+        let step = Self::ask_level(&mut g);
+        self.round = Some(g);
+        Ok(step)
     }
 
-    pub fn restore(&mut self, blob: Option<&[u8]>) -> Result<()> {
-        self.ensemble = match blob {
-            Some(b) => Some(Arc::new(Ensemble::from_blob(
-                b,
+    /// Fit replies carry no tensors here.
+    fn decode_bounds(&self) -> DecodeBounds {
+        DecodeBounds {
+            max_elements: None,
+            control: false,
+        }
+    }
+
+    fn accept(
+        &mut self,
+        client: &str,
+        reply: Reply,
+        announced: Option<u64>,
+    ) -> Result<(), Rejection> {
+        let Some(g) = self.round.as_mut() else {
+            return Err(Rejection::Unexpected("no boosting phase is open"));
+        };
+        if g.sketching {
+            let Reply::Sketch(s) = reply else {
+                return Err(Rejection::WrongKind("a sketch"));
+            };
+            let sketch = QuantileSketch::from_blob(
+                &s.sketch,
                 self.n_features,
-                self.n_classes,
-                usize::MAX,
-            )?)),
+                self.params.sketch_size as usize,
+            )
+            .map_err(Rejection::invalid)?;
+            self.sketches.push((client.to_string(), sketch));
+            return Ok(());
+        }
+        let Reply::Histogram(h) = reply else {
+            return Err(Rejection::WrongKind("histograms"));
+        };
+        let bins = g.current.as_ref().map_or(0, |e| e.edges.max_bins());
+        let hists = histograms_from_bytes(&h.histograms, self.n_features, bins, g.nodes.len())
+            .map_err(Rejection::invalid)?;
+        if hists.len() != g.nodes.len() {
+            return Err(Rejection::Implausible(format!(
+                "{} histograms for {} nodes",
+                hists.len(),
+                g.nodes.len()
+            )));
+        }
+        let n = announced.unwrap_or(0);
+        check_count(h.num_examples, Some(n), "train")?;
+        check_histogram_bounds(&hists, n)?;
+        if g.output == 0 && g.level == 0 {
+            check_loss(h.train_loss)?;
+            g.loss.push(client, h.train_loss, h.num_examples as f64);
+        }
+        g.got.push((client.to_string(), hists));
+        Ok(())
+    }
+
+    fn close(&mut self, tally: PhaseTally) -> Result<Step> {
+        let Some(mut g) = self.round.take() else {
+            return Err(Error::Data(
+                "a boosting phase closed before its round began".into(),
+            ));
+        };
+        if g.sketching {
+            self.edges_from_sketches(&g.plan, tally)?;
+            g.sketching = false;
+            g.current = self.ensemble.clone();
+            g.blob = g.current.as_ref().map(|e| e.to_blob()).unwrap_or_default();
+            let step = Self::ask_level(&mut g);
+            self.round = Some(g);
+            return Ok(step);
+        }
+        match self.absorb_level(&mut g)? {
+            Some(done) => Ok(Step::Done(done)),
+            None => {
+                let step = Self::ask_level(&mut g);
+                self.round = Some(g);
+                Ok(step)
+            }
+        }
+    }
+
+    fn payload(&self) -> Payload {
+        match &self.ensemble {
+            Some(e) => Payload::Blob(e.to_blob()),
+            None => Payload::None,
+        }
+    }
+
+    fn evaluator(&self) -> Evaluator {
+        let ensemble = self.ensemble.clone();
+        Box::new(move |data| match &ensemble {
+            Some(e) => e.evaluate(data),
+            // Reachable only before round 1 has fixed the bin edges.
+            None => Err(Error::Data("no ensemble yet".into())),
+        })
+    }
+
+    fn size(&self) -> usize {
+        self.ensemble
+            .as_ref()
+            .map_or(0, |e| e.rounds.iter().map(Vec::len).sum())
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "gbdt": self.ensemble.as_deref() })
+    }
+
+    fn checkpoint(&self) -> Result<String> {
+        let blob = match &self.ensemble {
+            Some(e) => Some(
+                String::from_utf8(e.to_blob())
+                    .map_err(|e| Error::Data(format!("an ensemble blob is not text: {e}")))?,
+            ),
+            None => None,
+        };
+        serde_json::to_string(&GbdtCheckpoint::Gbdt { blob })
+            .map_err(|e| Error::Data(format!("cannot encode a checkpoint: {e}")))
+    }
+
+    fn restore(&mut self, json: &str) -> Result<()> {
+        let value = checkpoint_body(json, "gbdt")?;
+        let GbdtCheckpoint::Gbdt { blob } = serde_json::from_value(value).map_err(restore_error)?;
+        self.ensemble = match blob {
+            Some(b) => Some(Arc::new(
+                Ensemble::from_blob(b.as_bytes(), self.n_features, self.n_classes, usize::MAX)
+                    .map_err(restore_error)?,
+            )),
             None => None,
         };
         Ok(())
+    }
+
+    /// The same number of boosting rounds on the pooled rows, from the same bin edges.
+    fn baseline(&self, settings: &BaselineSettings) -> Option<Baseline> {
+        let edges = self.ensemble.as_ref()?.edges.clone();
+        let (params, rounds) = (self.params.clone(), settings.rounds);
+        Some(Box::new(move |pool, holdout| {
+            let e = super::train_centralized(pool, &edges, &params, rounds)?;
+            Ok(e.evaluate(holdout)?.accuracy)
+        }))
     }
 }
 

@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::Model;
 use crate::models::phase::{
-    check_count, check_loss, Ask, DecodeBounds, OrderedMean, Payload, PhaseTally, Rejection, Reply,
-    Request, RoundPlan, RoundResult, Step,
+    check_count, check_loss, checkpoint_body, restore_error, Ask, Baseline, BaselineSettings,
+    DecodeBounds, Evaluator, OrderedMean, Payload, PhaseTally, Rejection, Reply, Request,
+    RoundPlan, RoundResult, ServerHalf, Step,
 };
 use crate::strategy::Strategy;
 use crate::tensor::Weights;
@@ -38,11 +39,14 @@ pub struct SgdServer {
     loss: OrderedMean,
 }
 
-/// What a weights model's checkpoint holds.
+/// What a weights model's checkpoint holds: `{"kind": "params", "weights": .., "strategy": ..}`.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct SgdCheckpoint {
-    pub weights: Weights,
-    pub strategy: Strategy,
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum SgdCheckpoint {
+    Params {
+        weights: Weights,
+        strategy: Strategy,
+    },
 }
 
 impl SgdServer {
@@ -62,9 +66,11 @@ impl SgdServer {
             loss: OrderedMean::default(),
         }
     }
+}
 
+impl ServerHalf for SgdServer {
     /// The round's one phase: every selected client trains from the global weights.
-    pub fn begin_round(&mut self, plan: RoundPlan) -> Result<Step> {
+    fn begin_round(&mut self, plan: RoundPlan) -> Result<Step> {
         self.updates.clear();
         self.loss = OrderedMean::default();
         let ask = Ask {
@@ -81,7 +87,7 @@ impl SgdServer {
         Ok(Step::Ask(ask))
     }
 
-    pub fn decode_bounds(&self) -> DecodeBounds {
+    fn decode_bounds(&self) -> DecodeBounds {
         DecodeBounds {
             max_elements: Some(self.weights.num_params()),
             control: self.strategy.spec.uses_control_variates(),
@@ -90,7 +96,7 @@ impl SgdServer {
 
     /// Checks one update against the global model and the job's bound; keeps it for the
     /// aggregate.
-    pub fn accept(
+    fn accept(
         &mut self,
         client: &str,
         reply: Reply,
@@ -148,7 +154,7 @@ impl SgdServer {
     }
 
     /// With a quorum of updates, the strategy makes the next global model.
-    pub fn close(&mut self, tally: PhaseTally) -> Result<Step> {
+    fn close(&mut self, tally: PhaseTally) -> Result<Step> {
         let plan = self
             .plan
             .take()
@@ -185,23 +191,83 @@ impl SgdServer {
         }))
     }
 
-    pub fn checkpoint(&self) -> SgdCheckpoint {
-        SgdCheckpoint {
+    fn payload(&self) -> Payload {
+        Payload::Weights(self.weights.clone())
+    }
+
+    fn evaluator(&self) -> Evaluator {
+        let (model, weights) = (self.model.clone(), self.weights.clone());
+        Box::new(move |data| super::evaluate(model.as_ref(), &weights, data))
+    }
+
+    fn classifies(&self) -> bool {
+        self.model.classifies()
+    }
+
+    fn trains_from_global(&self) -> bool {
+        true
+    }
+
+    fn size(&self) -> usize {
+        self.weights.num_params()
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "weights": self.weights })
+    }
+
+    fn checkpoint(&self) -> Result<String> {
+        let c = SgdCheckpoint::Params {
             weights: self.weights.clone(),
             strategy: self.strategy.clone(),
-        }
+        };
+        serde_json::to_string(&c)
+            .map_err(|e| Error::Data(format!("cannot encode a checkpoint: {e}")))
     }
 
     /// Puts back a checkpoint's weights and strategy state, checked against this (freshly
     /// initialised) model.
-    pub fn restore(&mut self, c: SgdCheckpoint) -> Result<()> {
-        self.weights.check_same_layout(&c.weights)?;
-        c.weights.check_finite()?;
-        if c.strategy.spec != self.strategy.spec {
-            return Err(Error::Data("it was written for another strategy".into()));
+    fn restore(&mut self, json: &str) -> Result<()> {
+        let value = checkpoint_body(json, "params")?;
+        let SgdCheckpoint::Params { weights, strategy } =
+            serde_json::from_value(value).map_err(restore_error)?;
+        self.weights
+            .check_same_layout(&weights)
+            .map_err(restore_error)?;
+        weights.check_finite().map_err(restore_error)?;
+        if strategy.spec != self.strategy.spec {
+            return Err(restore_error("it was written for another strategy"));
         }
-        self.weights = c.weights;
-        self.strategy = c.strategy;
+        self.weights = weights;
+        self.strategy = strategy;
         Ok(())
+    }
+
+    fn weights(&self) -> Option<&Weights> {
+        Some(&self.weights)
+    }
+
+    /// The same model from the same seed, trained on the pooled rows for as many passes as the
+    /// federated run made (rounds × local epochs).
+    fn baseline(&self, settings: &BaselineSettings) -> Option<Baseline> {
+        let model = self.model.clone();
+        let mut local = settings.local.clone();
+        local.epochs = local.epochs.saturating_mul(settings.rounds);
+        let seed = settings.seed;
+        let init = {
+            let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+            model.init(&mut rng)
+        };
+        Some(Box::new(move |pool, holdout| {
+            let (w, _) = super::train_local(
+                model.as_ref(),
+                init,
+                pool,
+                &local,
+                seed,
+                &super::Objective::default(),
+            )?;
+            Ok(super::evaluate(model.as_ref(), &w, holdout)?.accuracy)
+        }))
     }
 }
