@@ -681,7 +681,8 @@ async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {
         if a.model.as_deref().is_some_and(|m| m != "mlp") {
             bail!("--hidden applies to --model mlp only");
         }
-        spec.model = shoal_shared::models::ModelSpec::Mlp { hidden };
+        spec.model =
+            shoal_shared::models::ModelSpec::Mlp(shoal_shared::models::sgd::MlpSpec { hidden });
     }
     if let Some(s) = &a.strategy {
         spec.strategy = shoal_shared::strategy::StrategySpec::from_name(s)?;

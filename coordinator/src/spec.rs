@@ -338,7 +338,7 @@ impl JobSpec {
                 }
             }
             JobKind::Fusion => {
-                if self.model != ModelSpec::Logreg {
+                if !matches!(self.model, ModelSpec::Logreg(_)) {
                     return bad(
                         "model",
                         "of a fusion job must be logreg (each variant, and the stacking of learned late fusion, is a logistic regression)".into(),
@@ -676,7 +676,7 @@ mod tests {
         let s =
             JobSpec::from_toml("kind = \"train\"\ndataset = \"digits\"\nrounds = 10\n").unwrap();
         assert_eq!(s.rounds, 10);
-        assert_eq!(s.model, ModelSpec::Logreg);
+        assert_eq!(s.model, ModelSpec::default());
         assert_eq!(s.clients.min_fit_clients, 2);
         // The normalised form parses back to the same spec.
         assert_eq!(JobSpec::from_toml(&s.to_toml()).unwrap(), s);
@@ -704,6 +704,11 @@ mod tests {
                 "round_timeout_secs",
             ),
             ("kind = \"train\"\nroundz = 3", "roundz"),
+            // A field the model does not have was once ignored for logreg; it is refused.
+            (
+                "kind = \"train\"\n[model]\nkind = \"logreg\"\nhidden = [3]",
+                "unknown field `hidden`",
+            ),
             ("kind = \"automl\"", "needs [automl]"),
             (
                 "kind = \"automl\"\n[automl.space]\n\"model.max_dept\" = [3]",

@@ -41,7 +41,7 @@ impl NonIidStudy {
                 .iter()
                 .filter_map(|n| StrategySpec::from_name(n).ok())
                 .collect(),
-            model: ModelSpec::Mlp { hidden: vec![64] },
+            model: ModelSpec::Mlp(shoal_shared::models::sgd::MlpSpec { hidden: vec![64] }),
             rounds: 50,
             clients: 10,
             seed: 42,

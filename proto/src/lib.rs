@@ -309,10 +309,10 @@ mod tests {
     #[test]
     fn model_and_local_round_trip() {
         for m in [
-            ModelSpec::Logreg,
-            ModelSpec::Mlp {
+            ModelSpec::default(),
+            ModelSpec::Mlp(shoal_shared::models::sgd::MlpSpec {
                 hidden: vec![128, 64],
-            },
+            }),
             ModelSpec::Denoiser(DenoiserSpec::default()),
             ModelSpec::Denoiser(DenoiserSpec {
                 hidden: vec![64, 32],

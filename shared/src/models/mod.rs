@@ -27,18 +27,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// Which model a job trains. Serialised into job specs (`[model] kind = "mlp"`, `hidden = [64]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+/// Which model a job trains, as job specs name it (`[model] kind = "mlp"`, `hidden = [64]`): the
+/// one list of model kinds. Each variant holds its kind's parameters, which implement [`Kind`] in
+/// the kind's folder; every method here delegates through [`ModelSpec::kind`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ModelSpec {
     /// Multinomial logistic regression (softmax).
-    #[default]
-    Logreg,
+    Logreg(sgd::LogregSpec),
     /// A multilayer perceptron with ReLU hidden layers of the given widths.
-    Mlp {
-        #[serde(default = "default_hidden")]
-        hidden: Vec<usize>,
-    },
+    Mlp(sgd::MlpSpec),
     /// A federated random forest (not trained by gradients; see [`forest`]).
     Forest(forest::ForestParams),
     /// Federated histogram gradient boosting (see [`gbdt`]).
@@ -47,44 +45,90 @@ pub enum ModelSpec {
     Denoiser(diffusion::DenoiserSpec),
 }
 
-fn default_hidden() -> Vec<usize> {
-    vec![64]
+impl ModelSpec {
+    /// The kind behind this spec: the one place that lists them.
+    pub fn kind(&self) -> &dyn Kind {
+        match self {
+            ModelSpec::Logreg(k) => k,
+            ModelSpec::Mlp(k) => k,
+            ModelSpec::Forest(k) => k,
+            ModelSpec::Gbdt(k) => k,
+            ModelSpec::Denoiser(k) => k,
+        }
+    }
 }
 
-/// Limits that keep a spec from asking for an absurd network.
-pub const MAX_HIDDEN_LAYERS: usize = 8;
-pub const MAX_LAYER_WIDTH: usize = 65_536;
+impl Default for ModelSpec {
+    fn default() -> Self {
+        ModelSpec::Logreg(sgd::LogregSpec {})
+    }
+}
+
+/// What a model kind is, spec side: its name and checks, and its two halves. Implemented by each
+/// kind's parameters, in the kind's folder.
+pub trait Kind: std::fmt::Debug + Send + Sync {
+    /// The name job specs give it (`[model] kind = "..."`).
+    fn name(&self) -> &'static str;
+
+    /// A short description such as `mlp(128,64)`.
+    fn label(&self) -> String;
+
+    /// Rejects parameters no one means, naming the field.
+    fn check(&self) -> Result<()>;
+
+    /// Hidden layer widths, as the wire carries them (empty where there are none).
+    fn hidden(&self) -> &[usize] {
+        &[]
+    }
+
+    /// This kind with the wire's hidden widths applied (kinds without layers ignore them).
+    fn with_hidden(&self, hidden: &[usize]) -> Result<ModelSpec>;
+
+    /// The server half, with a freshly initialised global model.
+    fn server(&self, setup: &ServerSetup) -> Result<Server>;
+
+    /// The client half: runs one task against this client's rows and what it keeps for the job.
+    /// Returns the answer and, where the task changed it, the job's new client state.
+    fn handle(
+        &self,
+        task: phase::ClientTask,
+        data: &phase::TaskData<'_>,
+        state: &phase::ClientState,
+    ) -> Result<(phase::Answer, Option<phase::ClientState>)>;
+}
 
 impl ModelSpec {
-    /// All accepted names, for help texts and errors.
-    pub const NAMES: &'static str = "logreg, mlp, forest, gbdt, denoiser";
+    /// All accepted names, for help texts and errors (`logreg, mlp, ...`), as serde knows them.
+    pub fn names() -> &'static str {
+        static NAMES: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        NAMES.get_or_init(|| {
+            // serde lists every variant when it meets an unknown one.
+            let e = serde_json::from_str::<ModelSpec>(r#"{"kind":""}"#)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            // "... expected one of `logreg`, `mlp`, ... at line 1 column 10": the quoted names.
+            let list = e.split("expected one of ").nth(1).unwrap_or_default();
+            list.split('`')
+                .skip(1)
+                .step_by(2)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    }
 
-    /// Parses a model name as given on the command line (an MLP gets one hidden layer of 64).
+    /// Parses a model name as given on the command line, with the kind's defaults (an MLP gets
+    /// one hidden layer of 64).
     pub fn from_name(name: &str) -> Result<Self> {
-        match name {
-            "logreg" => Ok(ModelSpec::Logreg),
-            "mlp" => Ok(ModelSpec::Mlp {
-                hidden: default_hidden(),
-            }),
-            "forest" => Ok(ModelSpec::Forest(Default::default())),
-            "gbdt" => Ok(ModelSpec::Gbdt(Default::default())),
-            "denoiser" => Ok(ModelSpec::Denoiser(Default::default())),
-            other => Err(Error::Unknown {
-                what: "model",
-                name: other.to_string(),
-                expected: Self::NAMES.to_string(),
-            }),
-        }
+        serde_json::from_value(serde_json::json!({ "kind": name })).map_err(|_| Error::Unknown {
+            what: "model",
+            name: name.to_string(),
+            expected: Self::names().to_string(),
+        })
     }
 
     pub fn name(&self) -> &'static str {
-        match self {
-            ModelSpec::Logreg => "logreg",
-            ModelSpec::Mlp { .. } => "mlp",
-            ModelSpec::Forest(_) => "forest",
-            ModelSpec::Gbdt(_) => "gbdt",
-            ModelSpec::Denoiser(_) => "denoiser",
-        }
+        self.kind().name()
     }
 
     /// The boosting parameters when this is a gbdt.
@@ -113,51 +157,17 @@ impl ModelSpec {
 
     /// Hidden layer widths (empty for logistic regression).
     pub fn hidden(&self) -> &[usize] {
-        match self {
-            ModelSpec::Logreg | ModelSpec::Forest(_) | ModelSpec::Gbdt(_) => &[],
-            ModelSpec::Mlp { hidden } => hidden,
-            ModelSpec::Denoiser(p) => &p.hidden,
-        }
+        self.kind().hidden()
     }
 
     /// A short description such as `mlp(128,64)`.
     pub fn label(&self) -> String {
-        match self {
-            ModelSpec::Logreg => "logreg".into(),
-            ModelSpec::Forest(p) => format!("forest({}/round)", p.trees_per_round),
-            ModelSpec::Gbdt(p) => format!("gbdt(depth {})", p.max_depth),
-            ModelSpec::Denoiser(p) => p.label(),
-            ModelSpec::Mlp { hidden } => format!(
-                "mlp({})",
-                hidden
-                    .iter()
-                    .map(usize::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
-        }
+        self.kind().label()
     }
 
     /// Builds a spec from a name and hidden widths (the wire form).
     pub fn from_parts(name: &str, hidden: &[usize]) -> Result<Self> {
-        let spec = match Self::from_name(name)? {
-            ModelSpec::Logreg if hidden.is_empty() => ModelSpec::Logreg,
-            ModelSpec::Logreg => {
-                return Err(Error::invalid(
-                    "model.hidden",
-                    "logreg has no hidden layers",
-                ))
-            }
-            ModelSpec::Mlp { .. } => ModelSpec::Mlp {
-                hidden: hidden.to_vec(),
-            },
-            ModelSpec::Forest(p) => ModelSpec::Forest(p),
-            ModelSpec::Gbdt(p) => ModelSpec::Gbdt(p),
-            ModelSpec::Denoiser(p) => ModelSpec::Denoiser(diffusion::DenoiserSpec {
-                hidden: hidden.to_vec(),
-                ..p
-            }),
-        };
+        let spec = Self::from_name(name)?.kind().with_hidden(hidden)?;
         spec.check()?;
         Ok(spec)
     }
@@ -176,81 +186,24 @@ impl ModelSpec {
             .collect()
     }
 
-    /// Rejects shapes no one means: no hidden layer, a zero or huge width, too many layers.
+    /// Rejects parameters no one means, naming the field.
     pub fn check(&self) -> Result<()> {
-        if let ModelSpec::Forest(p) = self {
-            p.check()?;
-        }
-        if let ModelSpec::Gbdt(p) = self {
-            p.check()?;
-        }
-        if let ModelSpec::Denoiser(p) = self {
-            p.check()?;
-        }
-        if let ModelSpec::Mlp { hidden } = self {
-            if hidden.is_empty() || hidden.len() > MAX_HIDDEN_LAYERS {
-                return Err(Error::invalid(
-                    "model.hidden",
-                    format!(
-                        "an mlp needs 1 to {MAX_HIDDEN_LAYERS} hidden layers, found {}",
-                        hidden.len()
-                    ),
-                ));
-            }
-            if let Some(w) = hidden.iter().find(|&&w| w == 0 || w > MAX_LAYER_WIDTH) {
-                return Err(Error::invalid(
-                    "model.hidden",
-                    format!("layer width {w} is outside 1..={MAX_LAYER_WIDTH}"),
-                ));
-            }
-        }
-        Ok(())
+        self.kind().check()
     }
 
-    /// The model for data with `n_features` inputs and `n_classes` classes.
-    pub fn build(&self, n_features: usize, n_classes: usize) -> Result<Box<dyn sgd::Model>> {
-        // A denoiser models the rows themselves: labels (a band, a class) play no part.
-        let needs_classes = !matches!(self, ModelSpec::Denoiser(_));
-        if n_features == 0 || (needs_classes && n_classes < 2) {
-            return Err(Error::Data(format!(
-                "a {} model needs at least 1 feature and 2 classes (found {n_features} features, {n_classes} classes)",
-                self.name()
-            )));
-        }
-        self.check()?;
-        Ok(match self {
-            ModelSpec::Logreg => Box::new(sgd::LogReg::new(n_features, n_classes)),
-            ModelSpec::Mlp { hidden } => Box::new(sgd::Mlp::new(n_features, hidden, n_classes)),
-            ModelSpec::Forest(_) | ModelSpec::Gbdt(_) => {
-                return Err(Error::invalid(
-                    "model",
-                    "trees are not trained by minibatch SGD (see shoal_shared::models::forest and ::gbdt)",
-                ))
-            }
-            ModelSpec::Denoiser(p) => {
-                Box::new(diffusion::DenoiserModel::new(p, n_features)?)
-            }
-        })
+    /// The server half for this model, with a freshly initialised global model.
+    pub fn server(&self, setup: &ServerSetup) -> Result<Server> {
+        self.kind().server(setup)
     }
-}
 
-impl ModelSpec {
     /// The client half: runs one task against this client's rows and what it keeps for the job.
-    /// Returns the answer and, where the task changed it, the job's new client state.
     pub fn handle(
         &self,
         task: phase::ClientTask,
         data: &phase::TaskData<'_>,
         state: &phase::ClientState,
     ) -> Result<(phase::Answer, Option<phase::ClientState>)> {
-        match self {
-            ModelSpec::Forest(p) => Ok((forest::client::handle(p, task, data)?, None)),
-            ModelSpec::Gbdt(p) => gbdt::client::handle(p, task, data, state),
-            spec => {
-                let model = spec.build(data.n_features(), task.n_classes)?;
-                sgd::client::handle(model.as_ref(), task, data, state)
-            }
-        }
+        self.kind().handle(task, data, state)
     }
 }
 
@@ -268,43 +221,4 @@ pub struct ServerSetup {
     pub max_params: usize,
     pub strategy: crate::strategy::StrategySpec,
     pub bound: Option<sgd::server::NormBound>,
-}
-
-impl ModelSpec {
-    /// The server half for this model, with a freshly initialised global model.
-    pub fn server(&self, setup: &ServerSetup) -> Result<Server> {
-        let (n_features, n_classes) = (setup.n_features, setup.n_classes);
-        Ok(match self {
-            ModelSpec::Forest(params) => Box::new(forest::server::ForestServer::new(
-                n_features,
-                n_classes,
-                params.clone(),
-            )),
-            ModelSpec::Gbdt(params) => Box::new(gbdt::server::GbdtServer::new(
-                n_features,
-                n_classes,
-                params.clone(),
-            )),
-            spec => {
-                let model: std::sync::Arc<dyn sgd::Model> =
-                    std::sync::Arc::from(spec.build(n_features, n_classes)?);
-                let mut rng =
-                    <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(setup.init_seed);
-                let weights = model.init(&mut rng);
-                if weights.num_params() > setup.max_params {
-                    return Err(Error::Data(format!(
-                        "the model has {} parameters, over the coordinator's limit of {} (--max-tensor-elements)",
-                        weights.num_params(),
-                        setup.max_params
-                    )));
-                }
-                Box::new(sgd::server::SgdServer::new(
-                    model,
-                    weights,
-                    setup.strategy.build(),
-                    setup.bound,
-                ))
-            }
-        })
-    }
 }

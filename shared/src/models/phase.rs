@@ -375,31 +375,51 @@ impl Evaluation {
     }
 }
 
-/// What a client keeps for one job between its tasks.
-#[derive(Debug, Clone, Default)]
-pub enum ClientState {
-    #[default]
-    None,
-    /// SCAFFOLD's client control variate `c_i`.
-    Scaffold(Weights),
-    /// Boosting: this round's binned rows and raw scores.
-    Boosting(std::sync::Arc<crate::models::gbdt::client::BoostCache>),
+/// What a client keeps for one job between its tasks (SCAFFOLD's control variate, a boosting
+/// round's binned rows): whatever the kind's client half stored, and how many jobs' worth of that
+/// kind of state a client keeps. Only the kind that stored a value reads it back, by its type, so
+/// adding a kind with state of its own touches no list here.
+#[derive(Clone, Default)]
+pub struct ClientState {
+    value: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
+    capacity: usize,
+}
+
+impl std::fmt::Debug for ClientState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientState")
+            .field("held", &self.value.is_some())
+            .field("capacity", &self.capacity)
+            .finish()
+    }
 }
 
 impl ClientState {
-    /// How many jobs' states of this kind a client keeps (oldest dropped first): boosting caches
-    /// hold every local row, binned, so fewer of them.
-    pub fn capacity(&self) -> usize {
-        match self {
-            ClientState::None => 0,
-            ClientState::Scaffold(_) => 32,
-            ClientState::Boosting(_) => 8,
+    /// A state to keep; a client keeps at most `capacity` jobs' states of this type (the
+    /// oldest go first), so memory stays bounded however many jobs it serves.
+    pub fn new<T: std::any::Any + Send + Sync>(value: std::sync::Arc<T>, capacity: usize) -> Self {
+        ClientState {
+            value: Some(value),
+            capacity,
         }
     }
 
-    /// Whether two states are of the same kind (they share a capacity).
+    /// The value, if this state holds one of type `T`.
+    pub fn get<T: std::any::Any + Send + Sync>(&self) -> Option<std::sync::Arc<T>> {
+        self.value.clone()?.downcast::<T>().ok()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Whether two states hold the same type of value (they share a capacity).
     pub fn same_kind(&self, other: &ClientState) -> bool {
-        std::mem::discriminant(self) == std::mem::discriminant(other)
+        match (&self.value, &other.value) {
+            (Some(a), Some(b)) => (**a).type_id() == (**b).type_id(),
+            (None, None) => true,
+            _ => false,
+        }
     }
 }
 

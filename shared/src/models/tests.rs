@@ -28,7 +28,7 @@ fn peers(dataset: Builtin, n: usize) -> (Vec<Peer>, Vec<String>) {
         .map(|(i, rows)| Peer {
             name: format!("client-{i}"),
             rows,
-            state: ClientState::None,
+            state: ClientState::default(),
         })
         .collect();
     (peers, classes)
@@ -173,13 +173,13 @@ fn boosting_through_the_boundary_equals_centralized_training() {
 #[test]
 fn every_kind_gives_the_same_model_whatever_order_replies_arrive_in() {
     for (spec, strategy, dataset) in [
-        (ModelSpec::Logreg, "fedavg", Builtin::Iris),
+        (ModelSpec::default(), "fedavg", Builtin::Iris),
         (
-            ModelSpec::Mlp { hidden: vec![8] },
+            ModelSpec::Mlp(super::sgd::MlpSpec { hidden: vec![8] }),
             "scaffold",
             Builtin::Iris,
         ),
-        (ModelSpec::Logreg, "fedmedian", Builtin::Iris),
+        (ModelSpec::default(), "fedmedian", Builtin::Iris),
         (
             ModelSpec::Forest(Default::default()),
             "fedavg",
@@ -208,7 +208,7 @@ fn every_kind_gives_the_same_model_whatever_order_replies_arrive_in() {
 #[test]
 fn bad_replies_are_refused_with_a_typed_reason_and_change_nothing() {
     let (peers, classes) = peers(Builtin::Iris, 3);
-    let spec = ModelSpec::Logreg;
+    let spec = ModelSpec::default();
     let mut server = spec.server(&setup(4, classes.len(), "fedavg")).unwrap();
     let names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
     let plan = RoundPlan {

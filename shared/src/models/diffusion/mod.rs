@@ -26,6 +26,8 @@ use crate::models::sgd::{Mlp, Model};
 use crate::tensor::Weights;
 use crate::{Error, Result};
 
+mod kind;
+
 /// Largest ᾱ_T from which generation is allowed: x_T must be (nearly) pure noise.
 pub const MAX_FINAL_ALPHA_BAR: f64 = 0.01;
 /// Length of each `signals` sequence (the tutorial's).
@@ -450,10 +452,7 @@ pub const MAX_EMBED_DIM: usize = 1024;
 impl DenoiserSpec {
     /// Rejects shapes and schedules no one means, naming the field.
     pub fn check(&self) -> Result<()> {
-        crate::models::ModelSpec::Mlp {
-            hidden: self.hidden.clone(),
-        }
-        .check()?;
+        crate::models::sgd::kind::check_hidden(&self.hidden)?;
         if !(1..=MAX_EMBED_DIM).contains(&self.embed_dim) {
             return Err(Error::invalid(
                 "model.embed_dim",

@@ -14,6 +14,9 @@ use crate::models::phase::{
 };
 use crate::{Error, Result};
 
+/// How many boosting jobs' round caches a client keeps at once (each holds every local row,
+/// binned).
+pub const MAX_BOOST_JOBS: usize = 8;
 /// Largest boosted ensemble a client decodes (rounds x classes).
 pub const MAX_BOOST_TREES: usize = 1_000_000;
 
@@ -73,11 +76,11 @@ pub fn handle(
                     labels: train.labels.clone(),
                     edges: ensemble.edges.clone(),
                 });
-                kept = Some(ClientState::Boosting(cache.clone()));
+                kept = Some(ClientState::new(cache.clone(), MAX_BOOST_JOBS));
                 cache
             } else {
-                match state {
-                    ClientState::Boosting(c) if c.round == task.round => c.clone(),
+                match state.get::<BoostCache>() {
+                    Some(c) if c.round == task.round => c,
                     _ => {
                         return Err(Error::Data(format!(
                             "no gradients for job {} round {} here (the client restarted or missed the round's first level)",

@@ -24,6 +24,7 @@ use crate::models::sgd::{argmax, EvalStats};
 use crate::{Error, Result};
 
 pub mod client;
+mod kind;
 pub mod server;
 
 /// Blob format name and version; a decoder refuses anything else.

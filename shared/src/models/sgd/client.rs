@@ -6,7 +6,11 @@ use super::{evaluate, train_local, Model, Objective};
 use crate::models::phase::{
     Answer, ClientState, ClientTask, Evaluation, FitReply, Payload, Reply, TaskData, Work,
 };
+use crate::tensor::Weights;
 use crate::{Error, Result};
+
+/// How many jobs' SCAFFOLD control variates a client keeps (oldest dropped first).
+pub const MAX_CONTROL_JOBS: usize = 32;
 
 /// Runs `task` against the client's rows. Returns the answer and, after a SCAFFOLD round, the
 /// client's new control variate to keep for the job.
@@ -29,9 +33,9 @@ pub fn handle(
             let (c_i, correction) = match &control {
                 Some(c) => {
                     global.check_same_layout(c)?;
-                    let c_i = match state {
-                        ClientState::Scaffold(c_i) => c_i.clone(),
-                        _ => global.zeros_like(),
+                    let c_i = match state.get::<Weights>() {
+                        Some(c_i) => Weights::clone(&c_i),
+                        None => global.zeros_like(),
                     };
                     let mut corr = c.clone();
                     corr.add_scaled(-1.0, &c_i)?;
@@ -52,7 +56,8 @@ pub fn handle(
                 (Some(c_i), Some(new_ci)) => {
                     let mut delta = new_ci.clone();
                     delta.add_scaled(-1.0, &c_i)?;
-                    (Some(delta), Some(ClientState::Scaffold(new_ci)))
+                    let kept = ClientState::new(std::sync::Arc::new(new_ci), MAX_CONTROL_JOBS);
+                    (Some(delta), Some(kept))
                 }
                 _ => (None, None),
             };

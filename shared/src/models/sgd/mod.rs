@@ -10,10 +10,12 @@
 //! stay as they are.
 
 pub mod client;
+pub mod kind;
 mod logreg;
 mod mlp;
 pub mod server;
 
+pub use kind::{LogregSpec, MlpSpec};
 pub use logreg::LogReg;
 pub use mlp::Mlp;
 
@@ -579,7 +581,12 @@ mod tests {
         );
         assert!(ModelSpec::from_parts("mlp", &[]).is_err());
         assert!(ModelSpec::from_parts("logreg", &[3]).is_err());
-        assert!(ModelSpec::Mlp { hidden: vec![0] }.check().is_err());
-        assert!(ModelSpec::Mlp { hidden: vec![8] }.build(4, 3).is_ok());
+        assert!(ModelSpec::Mlp(MlpSpec { hidden: vec![0] }).check().is_err());
+        assert!(MlpSpec { hidden: vec![8] }.model(4, 3).is_ok());
+        assert_eq!(ModelSpec::names(), "logreg, mlp, forest, gbdt, denoiser");
+        assert_eq!(
+            ModelSpec::from_name("tree").unwrap_err().to_string(),
+            "unknown model `tree` (expected one of: logreg, mlp, forest, gbdt, denoiser)"
+        );
     }
 }
