@@ -3,17 +3,19 @@
 //! A [`Coordinator`] keeps the registry of connected clients ([`registry::Registry`]), the state
 //! store ([`store::Store`], SQLite) and the running jobs. [`server::serve`] exposes it over gRPC: the
 //! `Federation` service (each client's long-lived stream), the `Jobs` service (operators) and gRPC
-//! health. Each `train` job runs round after round in the round engine ([`round::JobCtx`]): wait for
-//! clients, sample, push Fit tasks, validate updates into the strategy's streaming aggregate,
-//! evaluate, record. [`simulate::simulate`] runs a coordinator and N clients in one process over
+//! health. Every job runs round after round in the round engine ([`round::JobCtx`]): wait for
+//! clients, sample, drive the model kind's server half phase by phase (push tasks, hand it the
+//! replies, close at the quorum or deadline), evaluate, record. [`jobs::JobKind`] lists the job
+//! kinds, one file each under `jobs/`. [`simulate::simulate`] runs a coordinator and N clients in one process over
 //! loopback gRPC.
 //!
 //! # Layout
-//! - `automl.rs`: the automl job (trials as federated runs, search, test once)
+//! - `jobs/`: [`jobs::JobKind`] and one file per job kind (`train.rs`, `fusion.rs`,
+//!   `diffusion.rs`: federated denoiser, generation, figures; `automl.rs`: trials, search, test
+//!   once)
 //! - `bench.rs`: the `bench` command's measurements
 //! - `cli.rs`: the command line (`serve`, `simulate`, `partition`, `job ...`)
-//! - `coordinator.rs`: [`Coordinator`], job lifecycle, train and fusion jobs
-//! - `diffusion.rs`: the diffusion job (federated denoiser, generation, its figures)
+//! - `coordinator.rs`: [`Coordinator`], job lifecycle (submit, run, resume, cancel, watch)
 //! - `round.rs`: the round engine and [`round::RoundRecord`]
 //! - `registry.rs`: connected clients and open tasks
 //! - `services.rs`: the gRPC handlers

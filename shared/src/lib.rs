@@ -7,28 +7,31 @@
 //!   ([`data::csv::load_csv`]) or built in ([`data::builtin::Builtin`]), split
 //!   ([`data::stratified_split`]) and partitioned over clients ([`data::partition::Partitioner`]).
 //! - [`tensor::Weights`]: a model's parameters as named tensors, the unit that crosses the wire.
-//! - [`model::ModelSpec`] and the [`model::Model`] trait: initialise, predict, loss and gradient;
-//!   [`model::train_local`] runs minibatch SGD on a client's shard.
+//! - [`models::ModelSpec`], the one list of model kinds, and [`models::Kind`]; the algorithm
+//!   boundary in [`models::phase`]: a kind's server half ([`models::phase::ServerHalf`], a phase
+//!   state machine) and client half ([`models::Kind::handle`]), sans I/O.
+//! - [`models::sgd::Model`] and [`models::sgd::Classifier`]: weights models;
+//!   [`models::sgd::train_local`] runs minibatch SGD on a client's shard.
 //! - [`strategy::StrategySpec`] and [`strategy::Strategy`]: eleven server-side strategies
 //!   (FedAvg and its server-optimiser variants, FedProx, robust median / trimmed mean / Krum,
 //!   SCAFFOLD), fed one update at a time through a [`strategy::Aggregator`].
-//! - [`forest::Forest`]: a federated random forest (linfa-trees fits, pooled as a versioned blob).
-//! - [`gbdt::Ensemble`] and [`gbdt::TreeGrower`]: lossless federated histogram gradient boosting.
+//! - [`models::forest::Forest`]: a federated random forest (linfa-trees fits, pooled as a
+//!   versioned blob).
+//! - [`models::gbdt::Ensemble`] and [`models::gbdt::TreeGrower`]: lossless federated histogram
+//!   gradient boosting.
 //! - [`fusion::FeatureView`]: how a multimodal fusion variant sees the rows.
-//! - [`diffusion::NoiseSchedule`]: DDPM schedules and forward / reverse steps;
-//!   [`diffusion::DenoiserModel`]: the noise-prediction network as a federated model.
+//! - [`models::diffusion::NoiseSchedule`]: DDPM schedules and forward / reverse steps;
+//!   [`models::diffusion::DenoiserModel`]: the noise-prediction network as a federated model.
 //! - [`automl::SearchSpace`] and [`automl::Tpe`]: hyperparameter search.
 //! - [`plot`]: SVG line and bar charts.
 //!
 //! # Layout
 //! - `data/`: datasets, CSV, built-in datasets, splits, partitioners
 //! - `tensor.rs`: named tensors and their arithmetic
-//! - `model/`: models and local training
+//! - `models/`: one folder per model kind (`sgd/`: logreg and mlp, `diffusion/`, `forest/`,
+//!   `gbdt/`), each with its server and client half; `phase.rs`: the boundary
 //! - `strategy/`: aggregation strategies
-//! - `forest.rs`: random forests
-//! - `gbdt.rs`: gradient boosting (sketches, histograms, tree growing, centralized mode)
 //! - `fusion.rs`: multimodal fusion views and variants
-//! - `diffusion.rs`: diffusion schedules, steps and the denoiser
 //! - `automl.rs`: search spaces, grid/random/halving/TPE proposals
 //! - `seed.rs`: seed derivation
 //! - `plot.rs`: charts

@@ -1,5 +1,5 @@
 //! The kinds of job a coordinator runs, one file each. [`JobKind`] is the one list of them (a job
-//! spec's `kind`); [`run`] dispatches a job to its kind.
+//! spec's `kind`); `run` dispatches a job to its kind.
 //!
 //! - `train.rs`: federated training of one model, round by round
 //! - `fusion.rs`: multimodal fusion variants, each a federated training

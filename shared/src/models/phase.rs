@@ -10,19 +10,19 @@
 //! [`super::gbdt::TreeGrower`]'s request/absorb cycle and the streaming
 //! [`crate::strategy::Aggregator`]:
 //!
-//! 1. [`super::Server::begin_round`] hands it the round's [`RoundPlan`] (who was sampled, who is
+//! 1. [`ServerHalf::begin_round`] hands it the round's [`RoundPlan`] (who was sampled, who is
 //!    there, the quorum);
-//! 2. [`super::Server::next`] says what to do next: [`Step::Ask`] some clients a [`Request`]
-//!    with a [`Payload`] of the global model, or [`Step::Done`] with the round's result;
+//! 2. it answers with a [`Step`]: [`Step::Ask`] some clients a [`Request`] with a [`Payload`] of
+//!    the global model, or [`Step::Done`] with the round's result;
 //! 3. the driver (the coordinator's round engine, which owns the network, deadlines and
-//!    strikes) feeds each arriving [`Reply`] to [`super::Server::accept`], which absorbs it or
-//!    refuses it with a typed [`Rejection`], and calls [`super::Server::close`] with the
-//!    phase's [`PhaseTally`] when the phase ends; then back to 2.
+//!    strikes) feeds each arriving [`Reply`] to [`ServerHalf::accept`], which absorbs it or
+//!    refuses it with a typed [`Rejection`], and calls [`ServerHalf::close`] with the
+//!    phase's [`PhaseTally`] when the phase ends, which answers with the next [`Step`].
 //!
-//! Nothing here does I/O or knows about gRPC: the `proto` crate converts [`Request`] and [`Reply`]
-//! to and from the wire, and the same halves can be driven by a test, a simulation or another
-//! transport. The client half of each kind is a plain function of (request, local data, per-job
-//! client state) to reply: see [`super::Client`].
+//! Nothing here does I/O or knows about gRPC: the transport (the coordinator's round engine and
+//! the client's executor) converts [`Request`] and [`Reply`] to and from the wire, and the same
+//! halves are driven without one in this crate's tests. The client half of each kind is a plain function of (request, local data, per-job
+//! client state) to reply: see [`super::Kind::handle`].
 
 use crate::tensor::Weights;
 
@@ -134,7 +134,7 @@ pub struct PhaseTally {
 }
 
 /// A client's answer to a [`Request`]. Parameters are decoded by the driver within the bounds
-/// of [`super::Server::decode_bounds`]; blobs stay bytes for the server half to decode with its own
+/// of [`ServerHalf::decode_bounds`]; blobs stay bytes for the server half to decode with its own
 /// limits.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
