@@ -5,10 +5,11 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use shoal_proto::v1::{self, task, task_result};
+use shoal_proto::tasks;
+use shoal_proto::v1::{self, task_result};
 use shoal_shared::fusion::FeatureView;
 use shoal_shared::models::phase::{
-    Answer, ClientState, ClientTask, HistogramRequest, Payload, Reply, TaskData, Work,
+    Answer, ClientState, ClientTask, Payload, Reply, TaskData, Work,
 };
 use shoal_shared::models::ModelSpec;
 
@@ -66,13 +67,8 @@ impl Executor {
         };
         let spec: ModelSpec =
             shoal_proto::model_from_wire(task.model.as_ref()).map_err(|e| e.to_string())?;
-        let payload = match (&task.parameters, task.model_blob.is_empty()) {
-            (Some(p), _) => Payload::Weights(
-                shoal_proto::weights_from_wire(p, usize::MAX).map_err(|e| e.to_string())?,
-            ),
-            (None, false) => Payload::Blob(task.model_blob.to_vec()),
-            (None, true) => Payload::None,
-        };
+        let payload = tasks::payload_from_wire(task.parameters.as_ref(), &task.model_blob)
+            .map_err(|e| e.to_string())?;
         // Fusion tasks say how to present the rows; the view applies after the class remap, so
         // stacked members see the job's class list.
         let view = if task.feature_view.is_empty() {
@@ -80,7 +76,10 @@ impl Executor {
         } else {
             Some(FeatureView::from_bytes(&task.feature_view).map_err(err)?)
         };
-        let work = work_from_wire(task.kind.as_ref())?;
+        let work = match &task.kind {
+            Some(kind) => Work::try_from(kind).map_err(|e| e.to_string())?,
+            None => return Err("task without a kind".into()),
+        };
         // The attack (TEST ONLY) corrupts an update relative to the model it started from.
         let started_from = match (&self.attack, &payload) {
             (Some(_), Payload::Weights(w)) => Some(w.clone()),
@@ -105,40 +104,15 @@ impl Executor {
         if let Some(kept) = kept {
             self.keep(&task.job_id, kept);
         }
-        Ok(match answer {
-            Answer::Reply(Reply::Fit(mut fit)) => {
-                if let (Some(attack), Some(global), Some(w)) =
-                    (&self.attack, &started_from, fit.parameters.as_mut())
-                {
-                    attack.apply(global, w, task.seed);
-                }
-                task_result::Outcome::Fit(v1::FitResult {
-                    parameters: fit.parameters.as_ref().map(shoal_proto::weights_to_wire),
-                    num_examples: fit.num_examples,
-                    train_loss: fit.train_loss,
-                    control_delta: fit.control_delta.as_ref().map(shoal_proto::weights_to_wire),
-                    model_blob: fit.blob,
-                })
+        let mut answer = answer;
+        if let (Some(attack), Some(global), Answer::Reply(Reply::Fit(fit))) =
+            (&self.attack, &started_from, &mut answer)
+        {
+            if let Some(w) = fit.parameters.as_mut() {
+                attack.apply(global, w, task.seed);
             }
-            Answer::Reply(Reply::Sketch(s)) => task_result::Outcome::Sketch(v1::SketchResult {
-                sketch: s.sketch,
-                num_examples: s.num_examples,
-            }),
-            Answer::Reply(Reply::Histogram(h)) => {
-                task_result::Outcome::Histogram(v1::HistogramResult {
-                    histograms: h.histograms,
-                    num_examples: h.num_examples,
-                    train_loss: h.train_loss,
-                })
-            }
-            Answer::Evaluated(e) => task_result::Outcome::Evaluate(v1::EvaluateResult {
-                num_examples: e.num_examples,
-                loss: e.loss,
-                accuracy: e.accuracy,
-                classes_present: e.classes_present,
-                personalized_accuracy: e.personalized_accuracy,
-            }),
-        })
+        }
+        Ok(task_result::Outcome::from(answer))
     }
 
     fn state_of(&self, job: &str) -> ClientState {
@@ -174,38 +148,4 @@ impl Executor {
             states.remove(&oldest);
         }
     }
-}
-
-/// What a task asks, as the client halves read it.
-fn work_from_wire(kind: Option<&task::Kind>) -> Result<Work, String> {
-    Ok(match kind {
-        Some(task::Kind::Fit(fit)) => Work::Fit {
-            local: shoal_proto::local_from_wire(fit.local.as_ref()).map_err(|e| e.to_string())?,
-            control: match &fit.control {
-                Some(c) => {
-                    Some(shoal_proto::weights_from_wire(c, usize::MAX).map_err(|e| e.to_string())?)
-                }
-                None => None,
-            },
-        },
-        Some(task::Kind::Evaluate(eval)) => Work::Evaluate {
-            personalize: if eval.personalize_epochs > 0 {
-                let mut cfg =
-                    shoal_proto::local_from_wire(eval.local.as_ref()).map_err(|e| e.to_string())?;
-                cfg.epochs = eval.personalize_epochs;
-                Some(cfg)
-            } else {
-                None
-            },
-        },
-        Some(task::Kind::Sketch(_)) => Work::Sketch,
-        Some(task::Kind::Histogram(h)) => Work::Histogram(HistogramRequest {
-            output: h.output,
-            partial_tree: serde_json::from_slice(&h.partial_tree)
-                .map_err(|e| format!("partial_tree: {e}"))?,
-            nodes: h.nodes.clone(),
-            first_level: h.first_level,
-        }),
-        None => return Err("task without a kind".into()),
-    })
 }

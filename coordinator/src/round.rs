@@ -13,13 +13,13 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use shoal_proto::tasks::{self, TaskPayload};
 use shoal_proto::v1::{self, task, task_result};
 use shoal_shared::data::builtin::Builtin;
 use shoal_shared::data::{self, Dataset};
 use shoal_shared::models::phase::{
-    check_count, OrderedMean, PhaseTally, Rejection, Request, RoundPlan, Step, MAX_LOSS,
+    check_count, OrderedMean, PhaseTally, Rejection, RoundPlan, Step, MAX_LOSS,
 };
-use shoal_shared::models::phase::{DecodeBounds, Payload as ModelPayload, Reply};
 use shoal_shared::models::sgd::server::NormBound;
 use shoal_shared::models::sgd::EvalStats;
 use shoal_shared::models::{Server, ServerSetup};
@@ -140,13 +140,6 @@ pub struct JobCtx {
     /// Refused results per client over the whole job (shared by an AutoML job's trials); a
     /// client at `updates.quarantine_after` is left out of the job.
     pub strikes: Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
-}
-
-/// What a task carries of the global model, as the wire has it.
-#[derive(Debug, Clone, Default)]
-struct Payload {
-    parameters: Option<v1::Parameters>,
-    blob: prost::bytes::Bytes,
 }
 
 /// Scores the global model on `data`, off the async threads.
@@ -470,7 +463,7 @@ impl JobCtx {
                 seed::derive(self.spec.seed, &[round.into(), SEED_SAMPLE_EVAL]),
             );
             let quorum = (policy.min_evaluate_clients as usize).min(eval_clients.len());
-            let payload = self.payload_to_wire(state.global.payload());
+            let payload = TaskPayload::from(&state.global.payload());
             let announced = self.announced(&eval_clients, true);
             let (mut l, mut a) = (OrderedMean::default(), OrderedMean::default());
             let classifies = state.global.classifies();
@@ -602,9 +595,9 @@ impl JobCtx {
                 .iter()
                 .filter_map(|n| by_name.get(n.as_str()).map(|c| (*c).clone()))
                 .collect();
-            let expected = expected_reply(&ask.request);
-            let kind = self.request_to_wire(round, ask.request)?;
-            let payload = self.payload_to_wire(ask.payload);
+            let expected = tasks::expected_reply(&ask.request);
+            let kind = tasks::request_to_wire(ask.request, self.local_training(round))?;
+            let payload = TaskPayload::from(&ask.payload);
             let bounds = global.decode_bounds();
             let phase = self
                 .phase_until(
@@ -616,7 +609,8 @@ impl JobCtx {
                     ask.quorum,
                     ask.target,
                     |client, arrived| {
-                        let reply = reply_from_wire(arrived.result.outcome, bounds, expected)?;
+                        let reply =
+                            tasks::reply_from_wire(arrived.result.outcome, bounds, expected)?;
                         global.accept(client, reply, announced.get(client).copied())
                     },
                 )
@@ -628,38 +622,6 @@ impl JobCtx {
                 failed: phase.failed,
                 timed_out: phase.timed_out,
             })?;
-        }
-    }
-
-    /// A phase's request as a task kind; a fit task carries the round's local training settings.
-    fn request_to_wire(&self, round: u32, request: Request) -> Result<task::Kind> {
-        Ok(match request {
-            Request::Fit { control } => task::Kind::Fit(v1::FitTask {
-                local: Some(self.local_training(round)),
-                control: control.map(|c| shoal_proto::weights_to_wire(&c)),
-            }),
-            Request::Sketch => task::Kind::Sketch(v1::SketchTask {}),
-            Request::Histogram(h) => task::Kind::Histogram(v1::HistogramTask {
-                output: h.output,
-                partial_tree: serde_json::to_vec(&h.partial_tree)
-                    .map_err(|e| Error::Job(format!("encoding a tree: {e}")))?,
-                nodes: h.nodes,
-                first_level: h.first_level,
-            }),
-        })
-    }
-
-    fn payload_to_wire(&self, payload: ModelPayload) -> Payload {
-        match payload {
-            ModelPayload::None => Payload::default(),
-            ModelPayload::Weights(w) => Payload {
-                parameters: Some(shoal_proto::weights_to_wire(&w)),
-                blob: Default::default(),
-            },
-            ModelPayload::Blob(b) => Payload {
-                parameters: None,
-                blob: b.into(),
-            },
         }
     }
 
@@ -682,7 +644,7 @@ impl JobCtx {
             .into_iter()
             .filter(|c| compatible(c, &self.spec.dataset, &state.facts))
             .collect();
-        let payload = self.payload_to_wire(state.global.payload());
+        let payload = TaskPayload::from(&state.global.payload());
         let announced = self.announced(&clients, true);
         // Personalising means local training from the global model: weights models only.
         let personalize = if state.global.trains_from_global() {
@@ -729,7 +691,7 @@ impl JobCtx {
         &self,
         round: u32,
         clients: &[ClientView],
-        payload: &Payload,
+        payload: &TaskPayload,
         facts: &DataFacts,
         kind: task::Kind,
         quorum: usize,
@@ -747,7 +709,7 @@ impl JobCtx {
         &self,
         round: u32,
         clients: &[ClientView],
-        payload: &Payload,
+        payload: &TaskPayload,
         facts: &DataFacts,
         kind: task::Kind,
         quorum: usize,
@@ -872,68 +834,6 @@ impl JobCtx {
         self.registry.forget(&task_ids);
         Ok(phase)
     }
-}
-
-/// What a phase's replies must be, as its rejections say it.
-fn expected_reply(request: &Request) -> &'static str {
-    match request {
-        Request::Fit { .. } => "a fit result",
-        Request::Sketch => "a sketch",
-        Request::Histogram(_) => "histograms",
-    }
-}
-
-/// A task result as the server half reads it: tensors decoded within `bounds` (those it does not
-/// want are ignored), blobs left to it.
-fn reply_from_wire(
-    outcome: Option<task_result::Outcome>,
-    bounds: DecodeBounds,
-    expected: &'static str,
-) -> std::result::Result<Reply, Rejection> {
-    use shoal_shared::models::phase::{FitReply, HistogramReply, SketchReply};
-    Ok(match outcome {
-        Some(task_result::Outcome::Error(e)) => return Err(Rejection::ClientError(e)),
-        Some(task_result::Outcome::Fit(f)) => {
-            let (parameters, control_delta) = match bounds.max_elements {
-                Some(max) => {
-                    let parameters = f
-                        .parameters
-                        .as_ref()
-                        .map(|p| shoal_proto::weights_from_wire(p, max))
-                        .transpose()
-                        .map_err(Rejection::invalid)?;
-                    let control_delta = match (&f.control_delta, bounds.control) {
-                        (Some(c), true) => Some(
-                            shoal_proto::weights_from_wire(c, max)
-                                .map_err(|e| Rejection::invalid_in("control_delta: ", e))?,
-                        ),
-                        _ => None,
-                    };
-                    (parameters, control_delta)
-                }
-                None => (None, None),
-            };
-            Reply::Fit(FitReply {
-                num_examples: f.num_examples,
-                train_loss: f.train_loss,
-                parameters,
-                control_delta,
-                blob: f.model_blob,
-            })
-        }
-        Some(task_result::Outcome::Sketch(s)) => Reply::Sketch(SketchReply {
-            sketch: s.sketch,
-            num_examples: s.num_examples,
-        }),
-        Some(task_result::Outcome::Histogram(h)) => Reply::Histogram(HistogramReply {
-            histograms: h.histograms,
-            num_examples: h.num_examples,
-            train_loss: h.train_loss,
-        }),
-        Some(task_result::Outcome::Evaluate(_)) | None => {
-            return Err(Rejection::WrongKind(expected))
-        }
-    })
 }
 
 /// An evaluation a client could honestly report: a count within what it announced, a bounded

@@ -4,8 +4,9 @@
 //! (clients' long-lived `Connect` stream) and [`v1::jobs_server::Jobs`] (operators' job API).
 //! Conversions between wire and domain types live here, next to the wire types:
 //! [`weights_to_wire`] / [`weights_from_wire`] for tensors, [`model_to_wire`] / [`model_from_wire`],
-//! [`local_to_wire`] / [`local_from_wire`]. A malformed message becomes a [`WireError`] naming the
-//! field, never a panic.
+//! [`local_to_wire`] / [`local_from_wire`], and in [`tasks`] the tasks and results of the
+//! algorithm boundary. A malformed message becomes a [`WireError`] naming the field, never a
+//! panic.
 //!
 //! # Example
 //! ```
@@ -20,6 +21,8 @@ use shoal_shared::models::diffusion::{DenoiserSpec, Schedule};
 use shoal_shared::models::sgd::LocalConfig;
 use shoal_shared::models::ModelSpec;
 use shoal_shared::tensor::{Tensor, Weights};
+
+pub mod tasks;
 
 /// Generated code for package `shoal.v1`.
 #[allow(missing_debug_implementations, clippy::all)]
