@@ -3,7 +3,8 @@
 // Shared helpers: in-process coordinator on port 0, clients, raw protocol peers, binaries.
 mod util;
 
-// Coordinator + clients in one process over loopback gRPC: training, faults, bad peers.
+// Coordinator + clients in one process over loopback gRPC, a file per concern: protocol,
+// faults, robustness, models, jobs, resume.
 mod federation;
 
 // Seeded runs of every model and job kind, compared bit for bit with recorded fixtures.

@@ -1,0 +1,275 @@
+//! Job kinds: fusion, diffusion, AutoML, and what submission refuses.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holdout_the_coordinator_cannot_read_is_refused_at_submission() {
+    let tc = TestCoordinator::start().await;
+    let mut jobs = tc.jobs().await;
+    let err = jobs
+        .submit(v1::SubmitRequest {
+            spec: "kind = \"train\"\ndataset = \"mine\"\n[evaluation]\nholdout = \"/no/such/test.csv\"\n".into(),
+            format: "toml".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("/no/such/test.csv"),
+        "{}",
+        err.message()
+    );
+    tc.stop().await;
+}
+
+/// The fusion comparison over 5 clients: every variant trains over the federation, each single
+/// modality on its own columns, and the report carries the table and bar chart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fusion_variants_train_over_the_federation_on_their_own_views() {
+    use shoal_coordinator::simulate::{simulate, SimulateOptions};
+    let spec =
+        shoal_coordinator::spec::JobSpec::from_toml(include_str!("../../examples/fusion.toml"))
+            .unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let mut o = SimulateOptions::new(spec, Builtin::Multimodal);
+    o.clients = 5;
+    o.scheme = Partitioner::Iid;
+    o.out = runs.path().to_path_buf();
+    o.quiet = true;
+    let outcome = simulate(o).await.unwrap();
+    assert_eq!(
+        outcome.status,
+        v1::JobStatus::Finished,
+        "{}",
+        outcome.job.error
+    );
+    assert_eq!(
+        outcome.rounds.len(),
+        6 * 20,
+        "five trained variants plus learned late fusion"
+    );
+    let dir = std::path::Path::new(&outcome.job.run_dir);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let acc = |name: &str| -> f64 {
+        summary["variants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["variant"] == name)
+            .unwrap_or_else(|| panic!("no variant {name}"))["test_accuracy"]
+            .as_f64()
+            .unwrap()
+    };
+    // The issue's acceptance, on the tutorial's own rows.
+    let singles = [acc("single m1"), acc("single m2"), acc("single m3")];
+    assert!(
+        singles[2] <= 0.65,
+        "modality 3 carries no signal: {singles:?}"
+    );
+    assert!(
+        singles[..2].iter().all(|a| (0.70..=0.85).contains(a)),
+        "{singles:?}"
+    );
+    assert!(acc("early fusion") >= 0.93 && acc("cross fusion") >= 0.93);
+    assert!(acc("late fusion") >= 0.88, "late {}", acc("late fusion"));
+    let best_single = singles.iter().copied().fold(0.0, f64::max);
+    for fused in [
+        "early fusion",
+        "cross fusion",
+        "learned late fusion",
+        "late fusion",
+    ] {
+        assert!(
+            acc(fused) > best_single,
+            "{fused} {} vs best single {best_single}",
+            acc(fused)
+        );
+    }
+    assert!(acc("early fusion") >= 0.9, "early {}", acc("early fusion"));
+    assert!(dir.join("fusion.md").exists() && dir.join("fusion.svg").exists());
+    assert!(std::fs::read_to_string(dir.join("report.html"))
+        .unwrap()
+        .contains("<svg"));
+}
+
+/// The diffusion acceptance: 3 clients, each holding its own frequency band, train a DDPM
+/// denoiser with FedAvg. The held-out noise MSE at least halves from round 1 to the last round;
+/// of 90 signals generated from pure noise, each band is the nearest for at least 15%; and they
+/// lie at most half as far from real signals as an untrained network's samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_federated_ddpm_learns_every_clients_band() {
+    use shoal_coordinator::simulate::{simulate, SimulateOptions};
+    let spec =
+        shoal_coordinator::spec::JobSpec::from_toml(include_str!("../../examples/diffusion.toml"))
+            .unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let mut o = SimulateOptions::new(spec, Builtin::Signals);
+    o.clients = 3;
+    o.out = runs.path().to_path_buf();
+    o.quiet = true;
+    let outcome = simulate(o).await.unwrap();
+    assert_eq!(
+        outcome.status,
+        v1::JobStatus::Finished,
+        "{}",
+        outcome.job.error
+    );
+    let first = outcome.rounds.first().unwrap();
+    let last = outcome.rounds.last().unwrap();
+    let (m1, mn) = (first.fed_loss.unwrap(), last.fed_loss.unwrap());
+    assert!(mn <= 0.5 * m1, "held-out noise MSE {m1} -> {mn}");
+    assert!(
+        last.test_loss.is_some() && last.test_accuracy.is_none() && last.fed_accuracy.is_none()
+    );
+    let dir = std::path::Path::new(&outcome.job.run_dir);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let d = &summary["diffusion"];
+    assert!(d["final_alpha_bar"].as_f64().unwrap() <= 0.01);
+    let coverage = d["coverage"].as_array().unwrap();
+    let bands: Vec<&str> = coverage
+        .iter()
+        .map(|c| c["band"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        bands,
+        ["band-0", "band-1", "band-2"],
+        "the clients' bands only"
+    );
+    for c in coverage {
+        assert!(
+            c["nearest"].as_u64().unwrap() >= 14,
+            "a band lost its mode: {coverage:?}"
+        );
+    }
+    let (t, u) = (
+        d["nearest_distance"].as_f64().unwrap(),
+        d["untrained_nearest_distance"].as_f64().unwrap(),
+    );
+    assert!(t <= 0.5 * u, "nearest-real distance {t} vs untrained {u}");
+    let csv = std::fs::read_to_string(dir.join("generated.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 90);
+    for f in ["forward.svg", "samples.svg", "loss.svg", "diffusion.md"] {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    assert!(
+        !dir.join("accuracy.svg").exists(),
+        "a denoiser has no accuracy"
+    );
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("id=\"forward.svg\"><svg") && html.contains("id=\"coverage\""));
+}
+
+/// The tutorial's AutoML grid, federated: 36 forest configurations and the default over 5
+/// clients, each scored by federated validation accuracy; the test set is used only for the best
+/// and the default configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_automl_grid_scores_every_trial_on_validation_and_tests_only_the_best() {
+    use shoal_coordinator::simulate::{simulate, SimulateOptions};
+    let spec = shoal_coordinator::spec::JobSpec::from_toml(include_str!(
+        "../../examples/automl-seed.toml"
+    ))
+    .unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let mut o = SimulateOptions::new(spec, Builtin::Classification);
+    o.clients = 5;
+    o.scheme = Partitioner::Iid;
+    o.out = runs.path().to_path_buf();
+    o.quiet = true;
+    let outcome = simulate(o).await.unwrap();
+    assert_eq!(
+        outcome.status,
+        v1::JobStatus::Finished,
+        "{}",
+        outcome.job.error
+    );
+    assert_eq!(outcome.rounds.len(), 37, "36 grid trials and the default");
+    assert!(
+        outcome
+            .rounds
+            .iter()
+            .all(|r| r.test_accuracy.is_none() && r.fed_accuracy.is_some()),
+        "trials are scored on validation only"
+    );
+    let dir = std::path::Path::new(&outcome.job.run_dir);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let a = &summary["automl"];
+    let trials = a["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 37);
+    let best = a["best_validation_accuracy"].as_f64().unwrap();
+    let max = trials
+        .iter()
+        .filter(|t| t["trial"].as_u64() != Some(0))
+        .map(|t| t["score"].as_f64().unwrap())
+        .fold(f64::MIN, f64::max);
+    assert_eq!(best, max, "the best trial has the best validation score");
+    let best_test = a["best_test_accuracy"].as_f64().unwrap();
+    let default_test = a["default_test_accuracy"].as_f64().unwrap();
+    assert!(
+        best_test > 0.9 && default_test > 0.9,
+        "{best_test} {default_test}"
+    );
+    assert_eq!(summary["final_test_accuracy"].as_f64(), Some(best_test));
+    let csv = std::fs::read_to_string(dir.join("trials.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 38);
+    assert!(dir.join("trials.svg").exists() && dir.join("trials.md").exists());
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("id=\"trials\"") && html.contains("id=\"trials.svg\"><svg"));
+}
+
+async fn automl_lr_scores(search: &str, parallel: u32) -> Vec<(u64, f64)> {
+    use shoal_coordinator::simulate::{simulate, SimulateOptions};
+    let spec = shoal_coordinator::spec::JobSpec::from_toml(&format!(
+        "kind = \"automl\"\ndataset = \"digits\"\nrounds = 4\n[clients]\nmin_available_clients = 3\n\
+         [automl]\nsearch = \"{search}\"\ntrials = 9\nparallel_trials = {parallel}\n\
+         [automl.space]\n\"local.lr\" = {{ low = 0.001, high = 1.0, log = true }}\n\"local.epochs\" = [1, 3]\n"
+    ))
+    .unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let mut o = SimulateOptions::new(spec, Builtin::Digits);
+    o.clients = 3;
+    o.scheme = Partitioner::Iid;
+    o.out = runs.path().to_path_buf();
+    o.quiet = true;
+    let outcome = simulate(o).await.unwrap();
+    assert_eq!(
+        outcome.status,
+        v1::JobStatus::Finished,
+        "{search}: {}",
+        outcome.job.error
+    );
+    let dir = std::path::Path::new(&outcome.job.run_dir);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let mut scores: Vec<(u64, f64)> = summary["automl"]["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["trial"].as_u64().unwrap(), t["score"].as_f64().unwrap()))
+        .collect();
+    scores.sort_by_key(|s| s.0);
+    scores
+}
+
+/// Trials run concurrently over the same clients without disturbing each other: a random search
+/// of logistic regressions gives the same score per trial with 3 trials at once as one by one.
+/// Successive halving runs 9 configurations for 1 round, then the best 3 for all 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_trials_do_not_interfere_and_halving_promotes_the_best() {
+    let one = automl_lr_scores("random", 1).await;
+    let three = automl_lr_scores("random", 3).await;
+    assert_eq!(one.len(), 10);
+    assert_eq!(one, three);
+    let spread = one.iter().map(|s| s.1).fold(f64::MIN, f64::max)
+        - one.iter().map(|s| s.1).fold(f64::MAX, f64::min);
+    assert!(
+        spread > 0.1,
+        "learning rates from 0.001 to 1 should matter: {one:?}"
+    );
+    let halving = automl_lr_scores("halving", 2).await;
+    assert_eq!(halving.len(), 1 + 9 + 3);
+    let tpe = automl_lr_scores("tpe", 2).await;
+    assert_eq!(tpe.len(), 10);
+}

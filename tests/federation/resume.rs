@@ -1,0 +1,157 @@
+//! Crash-resume: jobs that go on after a coordinator restart from their checkpoint.
+
+use super::*;
+
+/// A diffusion job resumes after a graceful coordinator restart (SIGTERM, a rolling update) from
+/// its last checkpoint, and ends with the same model and samples as an uninterrupted run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diffusion_job_resumes_after_a_coordinator_restart() {
+    let spec = "kind = \"diffusion\"\ndataset = \"signals\"\nrounds = 8\n\
+                [model]\nkind = \"denoiser\"\nhidden = [64]\nembed_dim = 8\n\
+                [local]\nepochs = 3\nlr = 0.1\n\
+                [clients]\nmin_fit_clients = 3\nmin_available_clients = 3\nmin_evaluate_clients = 3\n\
+                [diffusion]\nsamples = 12\n";
+    let files = ["model.json", "generated.csv"];
+    let plain = run_with_restart(spec, Builtin::Signals, 3, None, &files).await;
+    let resumed = run_with_restart(spec, Builtin::Signals, 3, Some(3), &files).await;
+    assert_eq!(
+        plain.rounds,
+        (1..=8).collect::<Vec<_>>(),
+        "every round once"
+    );
+    assert_eq!(resumed.rounds, plain.rounds, "every round once");
+    let model = |r: &Restarted| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(&r.files[0]).unwrap()["global"].clone()
+    };
+    assert!(
+        model(&resumed) == model(&plain),
+        "the resumed job's model differs"
+    );
+    assert_eq!(resumed.files[1], plain.files[1]);
+}
+
+/// What [`run_with_restart`] saw: the round numbers recorded, each round's metrics but its
+/// seconds, and the text of the run-folder files asked for.
+struct Restarted {
+    rounds: Vec<u32>,
+    metrics: Vec<v1::RoundReport>,
+    files: Vec<String>,
+}
+
+/// Runs `spec` on a persistent coordinator with `n` clients of `dataset`; with `restart_after`
+/// = Some(k), stops the coordinator once k rounds are recorded and starts a new one on the same
+/// state dir, which must finish the job.
+async fn run_with_restart(
+    spec: &str,
+    dataset: Builtin,
+    n: usize,
+    restart_after: Option<u32>,
+    files: &[&str],
+) -> Restarted {
+    let (state, runs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut tc = TestCoordinator::start_persistent("127.0.0.1:0", state.path(), runs.path()).await;
+    let addr = tc.url.trim_start_matches("http://").to_string();
+    let clients: Vec<_> = (0..n)
+        .map(|i| start_client(&tc.url, dataset, Partitioner::Iid, i, n))
+        .collect();
+    tc.wait_clients(n).await;
+    let mut jobs = tc.jobs().await;
+    let id = submit(&mut jobs, spec).await;
+    if let Some(k) = restart_after {
+        while tc.coord.job_info(&id).unwrap().rounds_done < k {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        tc.stop().await;
+        tc = TestCoordinator::start_persistent(&addr, state.path(), runs.path()).await;
+        jobs = tc.jobs().await;
+    }
+    let (info, rounds) = finish(&mut jobs, &id, 180).await;
+    assert_eq!(
+        info.status,
+        v1::JobStatus::Finished as i32,
+        "{}",
+        info.error
+    );
+    let dir = std::path::Path::new(&info.run_dir);
+    let files = files
+        .iter()
+        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap())
+        .collect();
+    for (stop, _) in clients {
+        stop.cancel();
+    }
+    tc.stop().await;
+    Restarted {
+        rounds: rounds.iter().map(|r| r.round).collect(),
+        metrics: rounds
+            .into_iter()
+            .map(|r| v1::RoundReport {
+                seconds: 0.0,
+                job_id: String::new(),
+                ..r
+            })
+            .collect(),
+        files,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fusion_job_resumes_at_the_variant_and_round_it_reached() {
+    // 4 rounds per variant; the restart comes after round 6, in the middle of the second variant.
+    let spec = "kind = \"fusion\"\ndataset = \"multimodal\"\nrounds = 4\n\
+                [model]\nkind = \"logreg\"\n[local]\nlr = 0.02\nmomentum = 0.9\n\
+                [clients]\nmin_fit_clients = 3\nmin_available_clients = 3\nmin_evaluate_clients = 3\n";
+    let files = ["fusion.md"];
+    let plain = run_with_restart(spec, Builtin::Multimodal, 3, None, &files).await;
+    let resumed = run_with_restart(spec, Builtin::Multimodal, 3, Some(6), &files).await;
+    let total = plain.rounds.len() as u32;
+    assert!(total >= 20, "{total} rounds");
+    assert_eq!(plain.rounds, (1..=total).collect::<Vec<_>>());
+    assert_eq!(resumed.rounds, plain.rounds, "every round once");
+    assert_eq!(resumed.metrics, plain.metrics);
+    // Every variant, late fusion and learned late fusion included, scores the same.
+    assert!(
+        plain.files[0].contains("learned late fusion")
+            && plain.files[0].contains("| late fusion |")
+    );
+    assert_eq!(resumed.files[0], plain.files[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_automl_job_resumes_with_the_trials_not_yet_finished() {
+    // TPE one trial at a time (its proposals depend on the history, so the order is fixed) and
+    // successive halving two at a time (running trials start again; rungs carry over).
+    for (search, parallel, trials) in [("tpe", 1, 6), ("halving", 2, 9)] {
+        let spec = format!(
+            "kind = \"automl\"\ndataset = \"digits\"\nrounds = 3\n\
+             [clients]\nmin_available_clients = 3\n\
+             [automl]\nsearch = \"{search}\"\ntrials = {trials}\nparallel_trials = {parallel}\n\
+             [automl.space]\n\"local.lr\" = {{ low = 0.001, high = 1.0, log = true }}\n\"local.epochs\" = [1, 2]\n"
+        );
+        let files = ["trials.csv", "model.json"];
+        let plain = run_with_restart(&spec, Builtin::Digits, 3, None, &files).await;
+        let resumed = run_with_restart(&spec, Builtin::Digits, 3, Some(3), &files).await;
+        assert_eq!(resumed.rounds, plain.rounds, "{search}: every trial once");
+        // Seconds differ between runs; every other column of the trial table must not.
+        let table = |r: &Restarted| -> Vec<String> {
+            r.files[0]
+                .lines()
+                .map(|l| {
+                    let cols: Vec<&str> = l.split(',').collect();
+                    format!(
+                        "{} {}",
+                        cols[..cols.len() - 2].join(","),
+                        cols[cols.len() - 1]
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(table(&resumed), table(&plain), "{search}: trial table");
+        let model =
+            |r: &Restarted| -> serde_json::Value { serde_json::from_str(&r.files[1]).unwrap() };
+        assert!(
+            model(&resumed) == model(&plain),
+            "{search}: best model differs"
+        );
+    }
+}
