@@ -120,6 +120,26 @@ pub struct RoundResult {
     pub train_loss: f64,
 }
 
+impl RoundPlan {
+    /// The plan of the round whose phase is closing. `None` means `close` came before
+    /// `begin_round`, which only a driver that breaks the cycle does: refused, not a panic.
+    pub fn of_open_round(plan: &mut Option<RoundPlan>) -> crate::Result<RoundPlan> {
+        plan.take()
+            .ok_or_else(|| crate::Error::Data("a phase closed before its round began".into()))
+    }
+}
+
+impl PhaseTally {
+    /// The end of a round whose one training phase fell short of its quorum: nothing entered
+    /// the model.
+    pub fn short_of(&self, quorum: usize) -> Option<Step> {
+        (self.accepted < quorum.max(1)).then_some(Step::Done(RoundResult {
+            accepted: self.accepted,
+            train_loss: f64::NAN,
+        }))
+    }
+}
+
 /// How a phase ended, as the driver counted it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PhaseTally {

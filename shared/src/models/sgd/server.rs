@@ -155,16 +155,10 @@ impl ServerHalf for SgdServer {
 
     /// With a quorum of updates, the strategy makes the next global model.
     fn close(&mut self, tally: PhaseTally) -> Result<Step> {
-        let plan = self
-            .plan
-            .take()
-            .ok_or_else(|| Error::Data("a training phase closed before its round began".into()))?;
+        let plan = RoundPlan::of_open_round(&mut self.plan)?;
         let mut updates = std::mem::take(&mut self.updates);
-        if tally.accepted < plan.quorum.max(1) {
-            return Ok(Step::Done(RoundResult {
-                accepted: tally.accepted,
-                train_loss: f64::NAN,
-            }));
+        if let Some(short) = tally.short_of(plan.quorum) {
+            return Ok(short);
         }
         updates.sort_by(|a, b| a.0.cmp(&b.0));
         let mut agg = self.strategy.aggregator(&self.weights);
