@@ -779,7 +779,7 @@ fn mutual_tls_quick_start_runs_as_the_readme_says() {
         .map(|l| match l.split_whitespace().next() {
             Some("client-1") => format!(
                 "client-1 {}\n",
-                shoal_coordinator::security::hash_token(&shoal_coordinator::security::new_token())
+                shoal_coordinator::auth::hash_token(&shoal_coordinator::auth::new_token())
             ),
             _ => format!("{l}\n"),
         })

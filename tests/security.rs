@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_client::ClientConfig;
-use shoal_coordinator::security::{generate_certs, generate_tokens, AuthConfig, TokenSet};
+use shoal_coordinator::auth::{generate_certs, generate_tokens, AuthConfig, TokenSet};
 use shoal_coordinator::CoordinatorConfig;
 use shoal_proto::v1::{self, client_message, coordinator_message, task, task_result};
 use shoal_shared::data::builtin::Builtin;
@@ -606,7 +606,7 @@ fn clients_must_authenticate_only_with_admin_credentials_set() {
     };
     let err = shoal_coordinator::Coordinator::new(
         config,
-        shoal_coordinator::store::Store::in_memory().unwrap(),
+        shoal_coordinator::state::Store::in_memory().unwrap(),
     )
     .unwrap_err()
     .to_string();
@@ -624,12 +624,9 @@ async fn mutual_tls_lets_in_only_certified_clients_under_their_own_names() {
     )
     .unwrap();
     let tokens = generate_tokens(dir.path(), &[]).unwrap();
-    let tls = shoal_coordinator::security::server_tls(
-        &certs.server_cert,
-        &certs.server_key,
-        Some(&certs.ca),
-    )
-    .unwrap();
+    let tls =
+        shoal_coordinator::auth::server_tls(&certs.server_cert, &certs.server_key, Some(&certs.ca))
+            .unwrap();
     let tc = TestCoordinator::start_with(CoordinatorConfig {
         print_rounds: false,
         tls: Some(tls),
@@ -742,7 +739,7 @@ async fn mutual_tls_lets_in_only_certified_clients_under_their_own_names() {
 /// the same way. A reload that would turn token checks off is refused and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reloaded_token_files_rotate_revoke_and_add_without_a_restart() {
-    use shoal_coordinator::security::{hash_token, new_token};
+    use shoal_coordinator::auth::{hash_token, new_token};
     let fed = Federation::start(|_| {}).await;
     let (rotated, newcomer, admin) = (new_token(), new_token(), new_token());
     let clients = format!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use shoal_client::{Catalog, ClientConfig};
 use shoal_coordinator::cli::AdminJobs;
-use shoal_coordinator::store::Store;
+use shoal_coordinator::state::Store;
 use shoal_coordinator::{Coordinator, CoordinatorConfig};
 use shoal_proto::v1::{
     self, client_message, coordinator_message, federation_client::FederationClient, ClientMessage,

@@ -16,7 +16,7 @@ use crate::coordinator::{round_from_wire, Coordinator, CoordinatorConfig};
 use crate::report::{round_line, LogFormat};
 use crate::simulate::{simulate, SimulateOptions};
 use crate::spec::JobSpec;
-use crate::store::Store;
+use crate::state::Store;
 
 /// Shoal's coordinator: serves the federation, runs jobs, and simulates whole federations on one
 /// machine.
@@ -380,7 +380,7 @@ pub async fn run_cli(cli: Cli) -> anyhow::Result<i32> {
         Command::Health(a) => health_cmd(&a).await,
         Command::Certs(a) => {
             let clients = a.clients.resolve()?;
-            let f = crate::security::generate_certs(&a.out, &a.names, &clients)?;
+            let f = crate::auth::generate_certs(&a.out, &a.names, &clients)?;
             println!(
                 "wrote the CA ({}), the server certificate for {} ({}, {}) and {} client certificates (admin.pem is the operator's) to {}",
                 f.ca.display(),
@@ -395,7 +395,7 @@ pub async fn run_cli(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Tokens(a) => {
             let clients = a.clients.resolve()?;
-            let f = crate::security::generate_tokens(&a.out, &clients)?;
+            let f = crate::auth::generate_tokens(&a.out, &clients)?;
             println!(
                 "wrote {} client tokens and admin.token to {}; the coordinator reads {} (--client-tokens) and {} (--admin-tokens)",
                 clients.len(),
@@ -429,7 +429,7 @@ async fn study_cmd(cmd: StudyCommand) -> anyhow::Result<()> {
             seed,
             out,
         } => {
-            let mut study = crate::study::NonIidStudy::default_grid(out);
+            let mut study = crate::bench::study::NonIidStudy::default_grid(out);
             study.model = match model.as_str() {
                 "mlp" => shoal_shared::models::ModelSpec::from_parts(
                     "mlp",
@@ -445,7 +445,7 @@ async fn study_cmd(cmd: StudyCommand) -> anyhow::Result<()> {
             if rounds == 0 || clients == 0 {
                 bail!("--rounds and --clients must be at least 1");
             }
-            crate::study::run_noniid(&study).await?;
+            crate::bench::study::run_noniid(&study).await?;
             Ok(())
         }
         StudyCommand::SeedForest {
@@ -454,13 +454,13 @@ async fn study_cmd(cmd: StudyCommand) -> anyhow::Result<()> {
             seed,
             out,
         } => {
-            let study = crate::study::SeedForestStudy {
+            let study = crate::bench::study::SeedForestStudy {
                 trees,
                 rounds,
                 seed,
                 out,
             };
-            crate::study::run_seed_forest(&study).await?;
+            crate::bench::study::run_seed_forest(&study).await?;
             Ok(())
         }
     }
@@ -524,7 +524,7 @@ async fn all_jobs_done(coord: std::sync::Arc<Coordinator>) -> bool {
 /// The coordinator's settings from `serve`'s flags; every file is read now, so a bad one stops
 /// the start with its name.
 fn serve_config(a: &ServeArgs) -> anyhow::Result<CoordinatorConfig> {
-    use crate::security::{server_tls, AuthConfig, TokenSet};
+    use crate::auth::{server_tls, AuthConfig, TokenSet};
     let secs = |v: f64, flag: &str| -> anyhow::Result<std::time::Duration> {
         if !(v.is_finite() && v > 0.0 && v < 1e7) {
             bail!("{flag} {v}: give a positive number of seconds");
@@ -659,7 +659,7 @@ fn reload_tokens(
     client: Option<&Path>,
     admin: Option<&Path>,
 ) -> crate::error::Result<Vec<String>> {
-    use crate::security::TokenSet;
+    use crate::auth::TokenSet;
     let client = client.map(TokenSet::load).transpose()?;
     let admin = admin.map(TokenSet::load).transpose()?;
     coord.reload_tokens(client, admin)

@@ -11,12 +11,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, Instrument};
 
+use crate::engine::registry::Registry;
+use crate::engine::round::{unix_ms, JobCtx, RoundRecord};
 use crate::error::{Error, Result};
-use crate::registry::Registry;
 use crate::report::{print_round, LogFormat, RunFolder, Summary};
-use crate::round::{unix_ms, JobCtx, RoundRecord};
 use crate::spec::JobSpec;
-use crate::store::{JobRow, JobStatus, Store};
+use crate::state::{JobRow, JobStatus, Store};
 
 /// Settings of a coordinator process.
 #[derive(Debug, Clone)]
@@ -43,7 +43,7 @@ pub struct CoordinatorConfig {
     /// beyond its job's model size.
     pub max_tensor_elements: usize,
     /// Who may connect and who may use the Jobs service.
-    pub auth: crate::security::AuthConfig,
+    pub auth: crate::auth::AuthConfig,
     /// TLS for every service (and mutual TLS when it names a client CA); `None`: plaintext.
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     /// Failed authentication attempts a peer address may make per minute, each logged; past
@@ -64,7 +64,7 @@ impl Default for CoordinatorConfig {
             heartbeat_timeout: std::time::Duration::from_secs(60),
             max_clients: 1000,
             max_tensor_elements: 16 * 1024 * 1024,
-            auth: crate::security::AuthConfig::default(),
+            auth: crate::auth::AuthConfig::default(),
             tls: None,
             auth_failures_per_minute: 10,
         }
@@ -100,14 +100,14 @@ pub struct Coordinator {
     tracker: TaskTracker,
     shutdown: CancellationToken,
     /// Failed authentication attempts per peer address.
-    pub(crate) failures: crate::security::FailureBudget,
+    pub(crate) failures: crate::auth::FailureBudget,
 }
 
 /// Client and admin token sets.
 #[derive(Debug)]
 struct Tokens {
-    client: Option<crate::security::TokenSet>,
-    admin: Option<crate::security::TokenSet>,
+    client: Option<crate::auth::TokenSet>,
+    admin: Option<crate::auth::TokenSet>,
     /// Bumped by every reload, so a Hello checked against older sets is checked again.
     generation: u64,
 }
@@ -125,7 +125,7 @@ impl Coordinator {
             jobs: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
-            failures: crate::security::FailureBudget::new(config.auth_failures_per_minute),
+            failures: crate::auth::FailureBudget::new(config.auth_failures_per_minute),
             tokens: std::sync::RwLock::new(Tokens {
                 client: config.auth.client_tokens.clone(),
                 admin: config.auth.admin_tokens.clone(),
@@ -184,8 +184,8 @@ impl Coordinator {
     /// next Hello needs the new one. Returns their names.
     pub fn reload_tokens(
         &self,
-        client: Option<crate::security::TokenSet>,
-        admin: Option<crate::security::TokenSet>,
+        client: Option<crate::auth::TokenSet>,
+        admin: Option<crate::auth::TokenSet>,
     ) -> Result<Vec<String>> {
         let revoked = {
             let mut t = self.tokens.write().unwrap_or_else(|p| p.into_inner());
@@ -252,7 +252,7 @@ impl Coordinator {
         service: &str,
         reason: &str,
     ) -> std::result::Result<(), tonic::Status> {
-        use crate::security::Failure;
+        use crate::auth::Failure;
         let peer_text = peer.map_or_else(|| "unknown peer".into(), |p| p.to_string());
         match self.failures.fail(peer.map(|a| a.ip())) {
             Failure::Logged => {
@@ -264,14 +264,14 @@ impl Coordinator {
                     peer = %peer_text,
                     service,
                     "refused: {reason}; this address has used its failed-attempt budget: its next failures are answered ResourceExhausted, unlogged, for {} s",
-                    crate::security::FAILURE_WINDOW.as_secs()
+                    crate::auth::FAILURE_WINDOW.as_secs()
                 );
                 Ok(())
             }
             Failure::Quiet => Err(Error::Exhausted(format!(
                 "too many failed attempts from {}; try again within {} s",
                 peer.map_or_else(|| "this address".into(), |p| p.ip().to_string()),
-                crate::security::FAILURE_WINDOW.as_secs()
+                crate::auth::FAILURE_WINDOW.as_secs()
             ))
             .into()),
         }
@@ -531,9 +531,9 @@ impl Coordinator {
     ) -> Result<()> {
         let row = self.store.job(id)?;
         let rounds = self.store.rounds(id)?;
-        crate::html::write_report(
+        crate::report::html::write_report(
             std::path::Path::new(&row.run_dir),
-            &crate::html::Outcome {
+            &crate::report::html::Outcome {
                 job_id: id,
                 status: status.as_str(),
                 error,

@@ -1,32 +1,32 @@
 //! `shoal-coordinator`: the coordinator of a Shoal federation.
 //!
-//! A [`Coordinator`] keeps the registry of connected clients ([`registry::Registry`]), the state
-//! store ([`store::Store`], SQLite) and the running jobs. [`server::serve`] exposes it over gRPC: the
-//! `Federation` service (each client's long-lived stream), the `Jobs` service (operators) and gRPC
-//! health. Every job runs round after round in the round engine ([`round::JobCtx`]): wait for
-//! clients, sample, drive the model kind's server half phase by phase (push tasks, hand it the
-//! replies, close at the quorum or deadline), evaluate, record. [`jobs::JobKind`] lists the job
-//! kinds, one file each under `jobs/`. [`simulate::simulate`] runs a coordinator and N clients in one process over
-//! loopback gRPC.
+//! A [`Coordinator`] keeps the registry of connected clients ([`engine::registry::Registry`]), the
+//! state store ([`state::Store`], SQLite) and the running jobs. [`server::serve`] exposes it over
+//! gRPC: the `Federation` service (each client's long-lived stream), the `Jobs` service (operators)
+//! and gRPC health. Every job runs round after round in the round engine
+//! ([`engine::round::JobCtx`]): wait for clients, sample, drive the model kind's server half phase
+//! by phase (push tasks, hand it the replies, close at the quorum or deadline), evaluate, record.
+//! [`jobs::JobKind`] lists the job kinds, one file each under `jobs/`. [`simulate::simulate`] runs
+//! a coordinator and N clients in one process over loopback gRPC.
 //!
 //! # Layout
+//! - `coordinator.rs`: [`Coordinator`], the composition root: job lifecycle (submit, run, resume,
+//!   cancel, watch) and credential checks
+//! - `server/`: serving and shutdown (`mod.rs`), the gRPC handlers (`services.rs`)
+//! - `engine/`: the round engine (`round.rs`, [`engine::round::RoundRecord`]) and the registry of
+//!   connected clients and open tasks (`registry.rs`)
 //! - `jobs/`: [`jobs::JobKind`] and one file per job kind (`train.rs`, `fusion.rs`,
 //!   `diffusion.rs`: federated denoiser, generation, figures; `automl.rs`: trials, search, test
 //!   once)
-//! - `bench.rs`: the `bench` command's measurements
-//! - `cli.rs`: the command line (`serve`, `simulate`, `partition`, `job ...`)
-//! - `coordinator.rs`: [`Coordinator`], job lifecycle (submit, run, resume, cancel, watch)
-//! - `round.rs`: the round engine and [`round::RoundRecord`]
-//! - `registry.rs`: connected clients and open tasks
-//! - `services.rs`: the gRPC handlers
-//! - `security.rs`: TLS, client and admin tokens, the failed-attempt budget, `certs` and `tokens`
-//! - `server.rs`: serving and shutdown
+//! - `auth/`: TLS, client and admin tokens, the failed-attempt budget, `certs` and `tokens`
 //! - `spec.rs`: job specs ([`spec::JobSpec`])
-//! - `store.rs`: SQLite state
-//! - `report.rs`: round lines, run folders, summaries
-//! - `html.rs`: charts and `report.html`
+//! - `state/`: SQLite state
+//! - `report/`: round lines, run folders, summaries (`mod.rs`); charts and `report.html`
+//!   (`html.rs`)
+//! - `cli.rs`: the command line (`serve`, `simulate`, `partition`, `job ...`, `bench`, `study`)
 //! - `simulate.rs`: the one-process federation
-//! - `study.rs`: the non-IID study (every strategy × partition, table and chart)
+//! - `bench/`: apart from the serving code: the `bench` command's measurements (`mod.rs`) and the
+//!   studies (`study.rs`: every strategy × partition, the seed forest)
 //! - `error.rs`: [`Error`] and its mapping to `tonic::Status`
 //!
 //! # Example
@@ -36,22 +36,18 @@
 //! assert_eq!(spec.clients.fraction_fit, 1.0);
 //! ```
 
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod coordinator;
+pub mod engine;
 pub mod error;
-pub mod html;
 pub mod jobs;
-pub mod registry;
 pub mod report;
-pub mod round;
-pub mod security;
 pub mod server;
-pub mod services;
 pub mod simulate;
 pub mod spec;
-pub mod store;
-pub mod study;
+pub mod state;
 
 pub use coordinator::{Coordinator, CoordinatorConfig};
 pub use error::{Error, Result};
@@ -65,9 +61,9 @@ mod autotraits {
     #[test]
     fn shared_state_has_autotraits() {
         has_autotraits::<Coordinator>();
-        has_autotraits::<registry::Registry>();
-        has_autotraits::<store::Store>();
-        has_autotraits::<round::JobCtx>();
+        has_autotraits::<engine::registry::Registry>();
+        has_autotraits::<state::Store>();
+        has_autotraits::<engine::round::JobCtx>();
         has_autotraits::<Error>();
     }
 }

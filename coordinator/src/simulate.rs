@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::coordinator::{Coordinator, CoordinatorConfig};
 use crate::report::LogFormat;
 use crate::spec::JobSpec;
-use crate::store::Store;
+use crate::state::Store;
 
 /// What to simulate.
 #[derive(Debug, Clone)]

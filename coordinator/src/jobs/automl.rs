@@ -28,9 +28,9 @@ use tokio::sync::broadcast;
 use tracing::{info, warn, Instrument};
 
 use crate::coordinator::Resume;
+use crate::engine::round::{DataFacts, JobCtx, RoundRecord, TrainState};
 use crate::error::{Error, Result};
 use crate::report::{AutomlResult, RunFolder, Summary, TrialRow};
-use crate::round::{DataFacts, JobCtx, RoundRecord, TrainState};
 use crate::spec::JobSpec;
 use crate::Coordinator;
 
@@ -366,12 +366,12 @@ impl Coordinator {
         let (best_test, default_test) = match &test {
             Some(t) => (
                 Some(
-                    crate::round::evaluate(&best_state.global, t.clone())
+                    crate::engine::round::evaluate(&best_state.global, t.clone())
                         .await?
                         .accuracy,
                 ),
                 Some(
-                    crate::round::evaluate(&default_state.global, t.clone())
+                    crate::engine::round::evaluate(&default_state.global, t.clone())
                         .await?
                         .accuracy,
                 ),

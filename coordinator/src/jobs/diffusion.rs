@@ -22,9 +22,9 @@ use shoal_shared::seed;
 use tokio::sync::broadcast;
 use tracing::info;
 
+use crate::engine::round::JobCtx;
 use crate::error::{Error, Result};
 use crate::report::{BandCoverage, DiffusionResult, RunFolder, Summary};
-use crate::round::JobCtx;
 use crate::Coordinator;
 use shoal_shared::models::ModelSpec;
 

@@ -7,9 +7,9 @@ use tokio::sync::broadcast;
 use tracing::info;
 
 use crate::coordinator::Resume;
+use crate::engine::round::{JobCtx, RoundRecord};
 use crate::error::{Error, Result};
 use crate::report::{RunFolder, Summary};
-use crate::round::{JobCtx, RoundRecord};
 use crate::Coordinator;
 
 impl Coordinator {

@@ -6,7 +6,7 @@
 //! - `diffusion.rs`: a federated denoiser, then generation and its figures
 //! - `automl.rs`: hyperparameter search, each trial a federated training
 //!
-//! Every kind runs its rounds through the same round engine ([`crate::round::JobCtx`]) and the
+//! Every kind runs its rounds through the same round engine ([`crate::engine::round::JobCtx`]) and the
 //! model's server half ([`shoal_shared::models::Server`]).
 
 pub mod automl;
@@ -18,9 +18,9 @@ use shoal_proto::v1;
 use tokio::sync::broadcast;
 
 use crate::coordinator::Resume;
+use crate::engine::round::JobCtx;
 use crate::error::Result;
 use crate::report::{RunFolder, Summary};
-use crate::round::JobCtx;
 use crate::Coordinator;
 
 /// What a job does, as its spec's `kind` names it.

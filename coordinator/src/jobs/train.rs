@@ -6,9 +6,9 @@ use tokio::sync::broadcast;
 use tracing::info;
 
 use crate::coordinator::Resume;
+use crate::engine::round::{JobCtx, RoundRecord};
 use crate::error::Result;
 use crate::report::{RunFolder, Summary};
-use crate::round::{JobCtx, RoundRecord};
 use crate::Coordinator;
 
 impl Coordinator {
@@ -64,7 +64,7 @@ impl Coordinator {
         ctx: &JobCtx,
         run: &mut RunFolder,
         events: &broadcast::Sender<v1::WatchEvent>,
-        state: &mut crate::round::TrainState,
+        state: &mut crate::engine::round::TrainState,
         resume: Option<Resume>,
     ) -> Result<Vec<RoundRecord>> {
         let mut records = Vec::new();
@@ -96,7 +96,7 @@ impl Coordinator {
 async fn centralized_baseline(
     ctx: &JobCtx,
     b: shoal_shared::data::builtin::Builtin,
-    state: &crate::round::TrainState,
+    state: &crate::engine::round::TrainState,
 ) -> Option<f64> {
     let holdout = state.facts.holdout.clone()?;
     let settings = shoal_shared::models::phase::BaselineSettings {

@@ -6,6 +6,9 @@
 //! 2. A federated boosting job over 10 digits clients on loopback gRPC: seconds per round and per
 //!    tree, with the bytes exchanged.
 
+/// The non-IID and seed-forest studies.
+pub mod study;
+
 use std::time::Instant;
 
 use shoal_shared::data::builtin::Builtin;

@@ -28,8 +28,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::engine::registry::{Arrived, ClientView, Registry};
 use crate::error::{Error, Result};
-use crate::registry::{Arrived, ClientView, Registry};
 use crate::spec::{JobSpec, NormAction};
 
 /// The awaited variant of a task result; a client's error or another variant is the verdict

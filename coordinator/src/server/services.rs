@@ -18,8 +18,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn, Instrument};
 
 use crate::coordinator::Coordinator;
+use crate::engine::registry::RegisterError;
 use crate::error::Error;
-use crate::registry::RegisterError;
 use crate::spec::JobSpec;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -201,7 +201,7 @@ impl Federation for FederationService {
 /// The name in the peer's TLS client certificate, when it presented one.
 fn peer_cert_name<T>(request: &Request<T>) -> Option<String> {
     let certs = request.peer_certs()?;
-    crate::security::cert_name(certs.first()?.as_ref())
+    crate::auth::cert_name(certs.first()?.as_ref())
 }
 
 /// Bounds on what a Hello may announce, so a peer cannot size the model or the registry at will.
@@ -274,7 +274,7 @@ async fn heartbeats(
         let Some(tx) = weak.upgrade() else { return };
         let beat = CoordinatorMessage {
             msg: Some(coordinator_message::Msg::Heartbeat(v1::Heartbeat {
-                unix_ms: crate::round::unix_ms(),
+                unix_ms: crate::engine::round::unix_ms(),
             })),
         };
         // A full queue already tells the client the coordinator is alive: skip this beat.

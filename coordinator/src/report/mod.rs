@@ -1,14 +1,17 @@
 //! How rounds and summaries look: the stdout line, and the run folder (`runs/<job-id>/`) that
 //! exports a job's state: `spec.toml`, `metrics.csv`, `metrics.jsonl`, `model.json`, `summary.json`.
 
+/// Charts and `report.html`.
+pub mod html;
+
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::round::{ClientRow, RoundRecord};
 use crate::error::{Error, Result};
-use crate::round::{ClientRow, RoundRecord};
 
 /// The exact header of `metrics.csv`.
 pub const CSV_HEADER: &str =

@@ -8,8 +8,8 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::engine::round::RoundRecord;
 use crate::error::{Error, Result};
-use crate::round::RoundRecord;
 
 /// Lifecycle of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

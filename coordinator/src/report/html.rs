@@ -8,9 +8,9 @@ use std::path::Path;
 
 use shoal_shared::plot::{line_charts_svg, Panel, Series};
 
+use crate::engine::round::RoundRecord;
 use crate::error::{Error, Result};
 use crate::report::{human_bytes, Summary};
-use crate::round::RoundRecord;
 
 /// Escapes text for HTML.
 pub fn escape(s: &str) -> String {

@@ -1,5 +1,8 @@
 //! Serving: the tonic server with the Federation, Jobs and health services on one listener.
 
+/// The gRPC handlers.
+pub mod services;
+
 use std::future::Future;
 use std::sync::Arc;
 
@@ -9,7 +12,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use crate::coordinator::Coordinator;
-use crate::services::{FederationService, JobsService};
+use crate::server::services::{FederationService, JobsService};
 
 /// Serves `coord` on `listener` until `shutdown` resolves, then stops jobs, closes client streams
 /// and returns once in-flight requests have drained.
