@@ -23,7 +23,8 @@
 //! - `state/`: SQLite state
 //! - `report/`: round lines, run folders, summaries (`mod.rs`); charts and `report.html`
 //!   (`html.rs`)
-//! - `cli.rs`: the command line (`serve`, `simulate`, `partition`, `job ...`, `bench`, `study`)
+//! - `cli/`: the command line, a file per subcommand (`serve`, `simulate`, `partition`, `job ...`,
+//!   `study` and `bench`, `health`; `certs` and `tokens` in `mod.rs`)
 //! - `simulate.rs`: the one-process federation
 //! - `bench/`: apart from the serving code: the `bench` command's measurements (`mod.rs`) and the
 //!   studies (`study.rs`: every strategy × partition, the seed forest)

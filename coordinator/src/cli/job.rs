@@ -1,0 +1,243 @@
+//! `job ...`: the operators' Jobs API client (submit, status, list, watch, cancel) and its admin token.
+
+use super::*;
+
+#[derive(Debug, Args)]
+pub struct Remote {
+    /// Coordinator address.
+    #[arg(
+        long,
+        env = "SHOAL_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub coordinator: String,
+    #[command(flatten)]
+    pub tls: shoal_client::TlsFiles,
+    /// A file holding an admin token, for a coordinator started with --admin-tokens (or set
+    /// SHOAL_ADMIN_TOKEN).
+    #[arg(long, env = "SHOAL_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Submit a job file (TOML, or JSON when the name ends in .json).
+    Submit {
+        file: PathBuf,
+        /// Follow the job's rounds until it ends.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show one job.
+    Status {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List all jobs.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print a job's rounds as they happen; exits 0 if it finishes, 1 if it fails or is cancelled.
+    Watch {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Cancel a job.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// Adds the admin token, when there is one, to every Jobs call.
+#[derive(Debug, Clone)]
+pub struct AdminToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for AdminToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A Jobs client that sends the admin token.
+pub type AdminJobs = JobsClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AdminToken>,
+>;
+
+/// Connects to the Jobs service at `url`, with TLS when given and the admin token on every call.
+pub async fn connect_jobs_with(
+    url: &str,
+    tls: Option<&shoal_client::ClientTls>,
+    token: Option<&str>,
+) -> anyhow::Result<AdminJobs> {
+    let endpoint = shoal_client::endpoint_with(url, tls)?;
+    let header = token
+        .map(|t| format!("Bearer {}", t.trim()).parse())
+        .transpose()
+        .map_err(|_| anyhow::anyhow!("the admin token holds characters a header cannot carry"))?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the coordinator at {url}: {}",
+            shoal_client::connection::error_chain(&e)
+        )
+    })?;
+    Ok(JobsClient::with_interceptor(channel, AdminToken(header)))
+}
+
+pub(super) async fn connect_jobs(remote: &Remote) -> anyhow::Result<AdminJobs> {
+    let tls = remote.tls.load()?;
+    let token = match (&remote.admin_token_file, std::env::var("SHOAL_ADMIN_TOKEN")) {
+        (Some(p), _) => Some(shoal_client::tls::read_token_file(p, "--admin-token-file")?),
+        (None, Ok(t)) if !t.trim().is_empty() => Some(t),
+        _ => None,
+    };
+    connect_jobs_with(&remote.coordinator, tls.as_ref(), token.as_deref()).await
+}
+
+pub(super) fn status_name(s: i32) -> &'static str {
+    match v1::JobStatus::try_from(s).unwrap_or(v1::JobStatus::Unspecified) {
+        v1::JobStatus::Queued => "queued",
+        v1::JobStatus::Running => "running",
+        v1::JobStatus::Finished => "finished",
+        v1::JobStatus::Failed => "failed",
+        v1::JobStatus::Cancelled => "cancelled",
+        v1::JobStatus::Unspecified => "unknown",
+    }
+}
+
+pub(super) fn describe(j: &v1::JobInfo) -> String {
+    let mut s = format!(
+        "{}  {}  {}  rounds {}/{}",
+        j.job_id,
+        j.kind,
+        status_name(j.status),
+        j.rounds_done,
+        j.rounds_total
+    );
+    if let Some(r) = &j.last_round {
+        if let Some(a) = r.test_accuracy {
+            s.push_str(&format!("  test_acc {a:.3}"));
+        }
+        if let Some(a) = r.fed_accuracy {
+            s.push_str(&format!("  fed_acc {a:.3}"));
+        }
+    }
+    if !j.error.is_empty() {
+        s.push_str(&format!("  error: {}", j.error));
+    }
+    s
+}
+
+pub(super) fn rpc_error(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", s.message())
+}
+
+pub(super) async fn job_cmd(cmd: JobCommand) -> anyhow::Result<i32> {
+    match cmd {
+        JobCommand::Submit {
+            file,
+            watch,
+            remote,
+        } => {
+            // Parse locally first: a bad file gets an error naming it, before any network.
+            read_spec(&file)?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read job file {}", file.display()))?;
+            let format = if file.extension().is_some_and(|e| e == "json") {
+                "json"
+            } else {
+                "toml"
+            };
+            let mut c = connect_jobs(&remote).await?;
+            let info = c
+                .submit(v1::SubmitRequest {
+                    spec: text,
+                    format: format.into(),
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            println!(
+                "submitted job {} (run folder {})",
+                info.job_id, info.run_dir
+            );
+            if watch {
+                return watch_job(&mut c, &info.job_id).await;
+            }
+            Ok(0)
+        }
+        JobCommand::Status { id, remote } => {
+            let mut c = connect_jobs(&remote).await?;
+            let j = c
+                .get(v1::GetRequest { job_id: id })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            println!("{}", describe(&j));
+            println!("run folder: {}", j.run_dir);
+            Ok(0)
+        }
+        JobCommand::List { remote } => {
+            let mut c = connect_jobs(&remote).await?;
+            let list = c
+                .list(v1::ListRequest {})
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if list.jobs.is_empty() {
+                println!("no jobs");
+            }
+            for j in &list.jobs {
+                println!("{}", describe(j));
+            }
+            Ok(0)
+        }
+        JobCommand::Watch { id, remote } => {
+            let mut c = connect_jobs(&remote).await?;
+            watch_job(&mut c, &id).await
+        }
+        JobCommand::Cancel { id, remote } => {
+            let mut c = connect_jobs(&remote).await?;
+            let j = c
+                .cancel(v1::CancelRequest { job_id: id })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            println!("cancelling {}", describe(&j));
+            Ok(0)
+        }
+    }
+}
+
+/// Prints round lines until the job ends; 0 when it finished.
+pub async fn watch_job(c: &mut AdminJobs, id: &str) -> anyhow::Result<i32> {
+    let mut stream = c
+        .watch(v1::WatchRequest {
+            job_id: id.to_string(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    while let Some(ev) = stream.message().await.map_err(rpc_error)? {
+        match ev.event {
+            Some(v1::watch_event::Event::Round(r)) => {
+                println!("{}", round_line(&round_from_wire(&r)))
+            }
+            Some(v1::watch_event::Event::Finished(j)) => {
+                println!("{}", describe(&j));
+                return Ok(i32::from(j.status != v1::JobStatus::Finished as i32));
+            }
+            None => {}
+        }
+    }
+    bail!("the coordinator closed the watch before job {id} ended")
+}

@@ -1,0 +1,136 @@
+//! `simulate`: one job over N in-process clients, from flags or a job file.
+
+use super::*;
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// A job file (TOML); the flags below override its fields.
+    #[arg(long)]
+    pub job: Option<PathBuf>,
+    /// Built-in dataset: digits, seed-fl, iris, winequality, multimodal, signals, classification [default: digits].
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Number of clients.
+    #[arg(long, default_value_t = 10)]
+    pub clients: usize,
+    /// How the dataset is split over clients: iid, dirichlet:ALPHA, shards:K, quantity:ALPHA
+    /// (seed-fl and signals ignore it: each client gets its own concept or frequency band).
+    #[arg(long, default_value = "dirichlet:0.5")]
+    pub partition: String,
+    /// Model: logreg, mlp, forest, gbdt, denoiser (settings go in a job file's model section) [default: logreg].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Hidden layer widths of an mlp, e.g. 64 or 128,64 (implies --model mlp).
+    #[arg(long, value_name = "W1,W2,...")]
+    pub hidden: Option<String>,
+    /// Aggregation strategy with its default hyperparameters (set them in a job file's strategy section):
+    /// fedavg, fedavgm, fedprox, fedadagrad, fedadam, fedyogi, fedmedian, fedtrimmedavg, krum,
+    /// multikrum, scaffold [default: fedavg].
+    #[arg(long)]
+    pub strategy: Option<String>,
+    /// TEST ONLY: make the first N clients malicious (see --attack).
+    #[arg(long, default_value_t = 0)]
+    pub attackers: usize,
+    /// TEST ONLY: how malicious clients corrupt their updates: sign-flip, scale:K, gaussian:SIGMA.
+    #[arg(long, default_value = "sign-flip", value_name = "MODE")]
+    pub attack: String,
+    /// Number of rounds [default: 30].
+    #[arg(long)]
+    pub rounds: Option<u32>,
+    /// Seed of partitioning, sampling, initialisation and local training [default: 42].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Where the run folder is written (`OUT/<job-id>/`).
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
+    /// Keep the coordinator's state in this directory (default: in memory).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Format of the round lines on stdout.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+pub(super) async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {
+    let mut spec = match &a.job {
+        Some(path) => read_spec(path)?,
+        None => JobSpec::from_toml("kind = \"train\"\nrounds = 30\n")?,
+    };
+    if let Some(d) = &a.dataset {
+        spec.dataset = d.clone();
+    }
+    if let Some(m) = &a.model {
+        spec.model = shoal_shared::models::ModelSpec::from_name(m)?;
+    }
+    if let Some(h) = &a.hidden {
+        let hidden = shoal_shared::models::ModelSpec::parse_hidden(h)?;
+        if a.model.as_deref().is_some_and(|m| m != "mlp") {
+            bail!("--hidden applies to --model mlp only");
+        }
+        spec.model =
+            shoal_shared::models::ModelSpec::Mlp(shoal_shared::models::sgd::MlpSpec { hidden });
+    }
+    if let Some(s) = &a.strategy {
+        spec.strategy = shoal_shared::strategy::StrategySpec::from_name(s)?;
+    }
+    if let Some(r) = a.rounds {
+        spec.rounds = r;
+    }
+    if let Some(s) = a.seed {
+        spec.seed = s;
+    }
+    // The flags may have made a spec the file alone was not (a denoiser on a train job, ...).
+    spec.check()?;
+    let scheme: Partitioner = a.partition.parse().context("--partition")?;
+    let attack = if a.attackers > 0 {
+        if a.attackers > a.clients {
+            bail!(
+                "--attackers {} exceeds --clients {}",
+                a.attackers,
+                a.clients
+            );
+        }
+        Some(
+            a.attack
+                .parse::<shoal_client::Attack>()
+                .map_err(anyhow::Error::msg)?,
+        )
+    } else {
+        None
+    };
+    let dataset: Builtin = spec.dataset.parse().map_err(|e| {
+        anyhow::anyhow!(
+            "{e}; simulate runs built-in datasets (for your own CSV use `partition`, `serve` and `shoal-client`)"
+        )
+    })?;
+    let outcome = simulate(SimulateOptions {
+        spec,
+        dataset,
+        clients: a.clients,
+        scheme,
+        out: a.out,
+        state_dir: a.state_dir,
+        log_format: a.log_format,
+        attackers: a.attackers,
+        attack,
+        quiet: false,
+    })
+    .await?;
+    Ok(if outcome.status == v1::JobStatus::Finished {
+        0
+    } else {
+        1
+    })
+}
+
+/// Reads a job file: TOML, or JSON when it ends in `.json`. Errors name the file.
+pub fn read_spec(path: &Path) -> anyhow::Result<JobSpec> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read job file {}", path.display()))?;
+    let spec = if path.extension().is_some_and(|e| e == "json") {
+        JobSpec::from_json(&text)
+    } else {
+        JobSpec::from_toml(&text)
+    };
+    spec.with_context(|| format!("job file {}", path.display()))
+}

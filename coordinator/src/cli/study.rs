@@ -1,0 +1,104 @@
+//! `study ...` and `bench ...`: many simulations or measurements, one table.
+
+use super::*;
+
+#[derive(Debug, Subcommand)]
+pub enum StudyCommand {
+    /// Digits over α ∈ {0.1, 0.5, 1.0, iid} × {fedavg, fedprox, fedadam, scaffold, fedmedian}:
+    /// final and best test accuracy as a markdown table, accuracy per round as a chart.
+    Noniid {
+        #[arg(long, default_value_t = 50)]
+        rounds: u32,
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        /// Model: logreg or mlp.
+        #[arg(long, default_value = "mlp")]
+        model: String,
+        /// Hidden layer widths of the mlp.
+        #[arg(long, default_value = "64")]
+        hidden: String,
+        /// Strategies to compare (comma-separated).
+        #[arg(long, default_value = "fedavg,fedprox,fedadam,scaffold,fedmedian")]
+        strategies: String,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Where noniid.md, noniid.csv, noniid.svg and the run folders go.
+        #[arg(long, default_value = "study")]
+        out: PathBuf,
+    },
+    /// The original demo done right: 3 seed-fl clients with different concepts; each one's
+    /// local-only forest vs the federated forest vs a centralized forest, on one held-out set.
+    SeedForest {
+        /// Trees per local-only forest (each client contributes as many to the federated one).
+        #[arg(long, default_value_t = 50)]
+        trees: u32,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Where seed-forest.md and the run folder go.
+        #[arg(long, default_value = "study")]
+        out: PathBuf,
+    },
+}
+
+pub(super) async fn study_cmd(cmd: StudyCommand) -> anyhow::Result<()> {
+    match cmd {
+        StudyCommand::Noniid {
+            rounds,
+            clients,
+            model,
+            hidden,
+            strategies,
+            seed,
+            out,
+        } => {
+            let mut study = crate::bench::study::NonIidStudy::default_grid(out);
+            study.model = match model.as_str() {
+                "mlp" => shoal_shared::models::ModelSpec::from_parts(
+                    "mlp",
+                    &shoal_shared::models::ModelSpec::parse_hidden(&hidden)?,
+                )?,
+                other => shoal_shared::models::ModelSpec::from_name(other)?,
+            };
+            study.strategies = strategies
+                .split(',')
+                .map(|n| shoal_shared::strategy::StrategySpec::from_name(n.trim()))
+                .collect::<Result<_, _>>()?;
+            (study.rounds, study.clients, study.seed) = (rounds, clients, seed);
+            if rounds == 0 || clients == 0 {
+                bail!("--rounds and --clients must be at least 1");
+            }
+            crate::bench::study::run_noniid(&study).await?;
+            Ok(())
+        }
+        StudyCommand::SeedForest {
+            trees,
+            rounds,
+            seed,
+            out,
+        } => {
+            let study = crate::bench::study::SeedForestStudy {
+                trees,
+                rounds,
+                seed,
+                out,
+            };
+            crate::bench::study::run_seed_forest(&study).await?;
+            Ok(())
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Histogram building throughput, and a federated boosting job's time per round and per tree.
+    Gbdt {
+        /// Rounds of the federated job.
+        #[arg(long, default_value_t = 20)]
+        rounds: u32,
+        /// Repetitions of the histogram measurement.
+        #[arg(long, default_value_t = 200)]
+        repeats: u32,
+    },
+}
