@@ -10,8 +10,8 @@
 //! a coordinator and N clients in one process over loopback gRPC.
 //!
 //! # Layout
-//! - `coordinator.rs`: [`Coordinator`], the composition root: job lifecycle (submit, run, resume,
-//!   cancel, watch) and credential checks
+//! - `coordinator.rs`: [`Coordinator`], the composition root: the shared state and the job
+//!   lifecycle (submit, run, resume, cancel, watch)
 //! - `server/`: serving and shutdown (`mod.rs`), the gRPC handlers (`services.rs`)
 //! - `engine/`: the round engine (`round.rs`, [`engine::round::RoundRecord`]) and the registry of
 //!   connected clients and open tasks (`registry.rs`)
@@ -19,6 +19,7 @@
 //!   `diffusion.rs`: federated denoiser, generation, figures; `automl.rs`: trials, search, test
 //!   once)
 //! - `auth/`: TLS, client and admin tokens, the failed-attempt budget, `certs` and `tokens`
+//!   (`mod.rs`); the coordinator's checks at the door (`gate.rs`)
 //! - `spec.rs`: job specs ([`spec::JobSpec`])
 //! - `state/`: SQLite state
 //! - `report/`: round lines, run folders, summaries (`mod.rs`); charts and `report.html`

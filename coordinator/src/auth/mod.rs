@@ -15,6 +15,9 @@
 //! Tokens are random 256-bit secrets, so one SHA-256 is the right hash: a slow password hash
 //! (argon2) guards guessable passwords and would only slow every connection here.
 
+/// The coordinator's checks at the door: client Hellos, admin calls, token reload.
+pub(crate) mod gate;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
