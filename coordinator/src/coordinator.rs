@@ -4,18 +4,15 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use rand::Rng;
-use shoal_proto::v1::{self, watch_event};
+use shoal_proto::v1;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, Instrument};
 
 use crate::engine::registry::Registry;
-use crate::engine::round::{unix_ms, JobCtx, RoundRecord};
-use crate::error::{Error, Result};
-use crate::report::{print_round, LogFormat, RunFolder, Summary};
-use crate::spec::JobSpec;
+use crate::engine::round::RoundRecord;
+use crate::error::Result;
+use crate::report::LogFormat;
 use crate::state::{JobRow, JobStatus, Store};
 
 /// Settings of a coordinator process.
@@ -82,9 +79,9 @@ pub(crate) struct Resume {
 }
 
 #[derive(Debug)]
-struct JobHandle {
-    cancel: CancellationToken,
-    events: broadcast::Sender<v1::WatchEvent>,
+pub(crate) struct JobHandle {
+    pub(crate) cancel: CancellationToken,
+    pub(crate) events: broadcast::Sender<v1::WatchEvent>,
 }
 
 /// Shared state of a coordinator process.
@@ -96,9 +93,9 @@ pub struct Coordinator {
     pub(crate) tokens: std::sync::RwLock<crate::auth::gate::Tokens>,
     pub(crate) store: Arc<Store>,
     pub(crate) config: CoordinatorConfig,
-    jobs: Mutex<HashMap<String, JobHandle>>,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
+    pub(crate) jobs: Mutex<HashMap<String, JobHandle>>,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
     /// Failed authentication attempts per peer address.
     pub(crate) failures: crate::auth::FailureBudget,
 }
@@ -134,372 +131,8 @@ impl Coordinator {
         &self.shutdown
     }
 
-    fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<String, JobHandle>> {
+    pub(crate) fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<String, JobHandle>> {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Goes on with the jobs a previous coordinator process left queued or running. Every kind
-    /// resumes after its last checkpoint: train and diffusion jobs after their last round (the
-    /// round the crash interrupted runs again, from the same seeds, so nothing is lost or
-    /// repeated), fusion jobs at the variant and round they reached, AutoML jobs with the trials
-    /// not yet finished. A job whose checkpoint cannot be restored is marked failed, saying why.
-    /// Returns the ids of the resumed jobs.
-    pub fn resume_interrupted(self: &Arc<Self>) -> Result<Vec<String>> {
-        let mut resumed = Vec::new();
-        for row in self.store.interrupted()? {
-            let id = row.id.clone();
-            match self.resume(row) {
-                Ok(round) => {
-                    tracing::warn!(job = %id, round, "resuming a job interrupted by a coordinator stop");
-                    resumed.push(id);
-                }
-                Err(e) => {
-                    tracing::warn!(job = %id, "an interrupted job cannot resume: {e}");
-                    self.store.set_status(
-                        &id,
-                        JobStatus::Failed,
-                        Some(&format!("interrupted: the coordinator stopped while the job was running, and it cannot resume: {e}")),
-                    )?;
-                }
-            }
-        }
-        Ok(resumed)
-    }
-
-    /// Restarts one interrupted job from its checkpoint; returns the last completed round.
-    fn resume(self: &Arc<Self>, row: JobRow) -> Result<u32> {
-        let spec = JobSpec::from_toml(&row.spec_toml)?;
-        let checkpoint = self.store.checkpoint(&row.id)?;
-        let round = checkpoint.as_ref().map_or(0, |c| c.0);
-        // Rounds recorded after the checkpoint cannot be: both go in one transaction. Older
-        // stores wrote rounds without checkpoints; those rounds run again.
-        self.store.truncate_rounds(&row.id, round)?;
-        let records = self.store.rounds(&row.id)?;
-        let run = RunFolder::reopen(std::path::Path::new(&row.run_dir), &records)?;
-        let resume = Resume {
-            round,
-            checkpoint: checkpoint.map(|c| c.1),
-            records,
-        };
-        self.start(row.id, spec, run, Some(resume))?;
-        Ok(round)
-    }
-
-    /// Stores the job, creates its run folder and starts it.
-    pub fn submit(self: &Arc<Self>, spec: JobSpec) -> Result<JobRow> {
-        if self.shutdown.is_cancelled() {
-            return Err(Error::ShuttingDown);
-        }
-        // Paths in the spec are the coordinator's: check them now, not rounds later.
-        if let Some(path) = &spec.evaluation.holdout {
-            if let Err(e) = std::fs::metadata(path) {
-                return Err(Error::InvalidSpec(format!(
-                    "`evaluation.holdout` = \"{path}\" cannot be read on the coordinator: {e}"
-                )));
-            }
-        }
-        let id = format!(
-            "{}-{:08x}",
-            chrono::Utc::now().format("%Y%m%d-%H%M%S"),
-            rand::thread_rng().gen::<u32>()
-        );
-        let spec_toml = spec.to_toml();
-        let run = RunFolder::create(&self.config.runs_dir, &id, &spec_toml)?;
-        let row = JobRow {
-            id: id.clone(),
-            kind: spec.kind.clone(),
-            status: JobStatus::Queued,
-            spec_toml,
-            created_ms: unix_ms(),
-            rounds_total: spec.rounds,
-            rounds_done: 0,
-            error: None,
-            run_dir: run.dir().display().to_string(),
-        };
-        // The handle exists before the row, so a Watch never sees a queued job without one.
-        let (cancel, events) = self.handle(&id);
-        if let Err(e) = self.store.insert_job(&row) {
-            self.handles().remove(&id);
-            return Err(e);
-        }
-        self.spawn_job(id.clone(), spec, cancel, events, run, None);
-        info!(job = %id, "job submitted");
-        Ok(row)
-    }
-
-    /// A new handle (cancel token, event channel) for job `id`.
-    fn handle(&self, id: &str) -> (CancellationToken, broadcast::Sender<v1::WatchEvent>) {
-        let cancel = self.shutdown.child_token();
-        let (events, _) = broadcast::channel(256);
-        self.handles().insert(
-            id.to_string(),
-            JobHandle {
-                cancel: cancel.clone(),
-                events: events.clone(),
-            },
-        );
-        (cancel, events)
-    }
-
-    /// Starts a job whose row exists already (a resumed one).
-    fn start(
-        self: &Arc<Self>,
-        id: String,
-        spec: JobSpec,
-        run: RunFolder,
-        resume: Option<Resume>,
-    ) -> Result<()> {
-        let (cancel, events) = self.handle(&id);
-        self.spawn_job(id, spec, cancel, events, run, resume);
-        Ok(())
-    }
-
-    fn spawn_job(
-        self: &Arc<Self>,
-        id: String,
-        spec: JobSpec,
-        cancel: CancellationToken,
-        events: broadcast::Sender<v1::WatchEvent>,
-        run: RunFolder,
-        resume: Option<Resume>,
-    ) {
-        let ctx = JobCtx {
-            id: id.clone(),
-            spec,
-            registry: self.registry.clone(),
-            cancel,
-            max_message_bytes: self.config.max_message_bytes,
-            max_tensor_elements: self.config.max_tensor_elements,
-            task_seq: Default::default(),
-            view: Default::default(),
-            validation: false,
-            strikes: Default::default(),
-        };
-        let me = self.clone();
-        let span = tracing::info_span!("job", job = %id);
-        self.tracker
-            .spawn(async move { me.run_job(ctx, run, events, resume).await }.instrument(span));
-    }
-
-    async fn run_job(
-        self: Arc<Self>,
-        ctx: JobCtx,
-        run: RunFolder,
-        events: broadcast::Sender<v1::WatchEvent>,
-        resume: Option<Resume>,
-    ) {
-        let id = ctx.id.clone();
-        // A resumed job keeps its clients' refusal tallies (and so its quarantines).
-        if let Some(r) = &resume {
-            for rec in &r.records {
-                ctx.strike(&rec.strikes());
-            }
-        }
-        if let Err(e) = self.store.set_status(&id, JobStatus::Running, None) {
-            error!("cannot record job start: {e}");
-        }
-        // The job body runs in its own task so that even a bug that panics ends the job as
-        // failed, with its watchers told, instead of leaving it running forever.
-        let body = {
-            let me = self.clone();
-            let ctx = ctx.clone();
-            let events = events.clone();
-            tokio::spawn(
-                async move {
-                    let mut run = run;
-                    // The spec was checked at submission (and again when read back on resume),
-                    // so its kind parses; a failure here would be a spec changed in between.
-                    let kind = ctx
-                        .spec
-                        .kind
-                        .parse()
-                        .map_err(|e| Error::InvalidSpec(format!("`kind` {e}")))?;
-                    crate::jobs::run(&me, kind, &ctx, &mut run, &events, resume).await
-                }
-                .in_current_span(),
-            )
-        };
-        let outcome = match body.await {
-            Ok(outcome) => outcome,
-            // The job's task panicked (a bug): the job fails with the reason instead of
-            // staying `running` forever.
-            Err(e) => Err(Error::Job(format!(
-                "internal error: the job task failed: {e}"
-            ))),
-        };
-        // A job that resumes after a restart is left running when the coordinator stops (SIGTERM,
-        // a rolling update): the next process on this state dir goes on with it.
-        if outcome.is_err() && self.shutdown.is_cancelled() {
-            info!(job = %id, "coordinator stopping; the job resumes when a coordinator starts on this state dir");
-            self.handles().remove(&id);
-            return;
-        }
-        let (status, message) = match &outcome {
-            Ok(_) => (JobStatus::Finished, None),
-            Err(_) if self.shutdown.is_cancelled() => (
-                JobStatus::Failed,
-                Some("interrupted: the coordinator shut down".to_string()),
-            ),
-            Err(Error::Cancelled) => (JobStatus::Cancelled, None),
-            Err(e) => (JobStatus::Failed, Some(e.to_string())),
-        };
-        match &outcome {
-            Ok(summary) => {
-                info!(job = %id, rounds = summary.rounds, "job finished");
-                if self.config.print_rounds {
-                    crate::report::print_lines(&summary.lines());
-                }
-            }
-            Err(_) => match &message {
-                Some(m) => error!("job {} failed: {m}", id),
-                None => info!("job {id} cancelled"),
-            },
-        }
-        if let Err(e) = self.store.set_status(&id, status, message.as_deref()) {
-            error!("cannot record job end: {e}");
-        }
-        if let Err(e) = self.write_report(&id, status, message.as_deref(), outcome.as_ref().ok()) {
-            error!("cannot write the report: {e}");
-        }
-        if let Ok(info) = self.job_info(&id) {
-            let _ = events.send(v1::WatchEvent {
-                event: Some(watch_event::Event::Finished(info)),
-            });
-        }
-        self.handles().remove(&id);
-    }
-
-    /// Charts and `report.html` for a job that has ended, from the stored rounds (a failed job's
-    /// report shows what it got through).
-    fn write_report(
-        &self,
-        id: &str,
-        status: JobStatus,
-        error: Option<&str>,
-        summary: Option<&Summary>,
-    ) -> Result<()> {
-        let row = self.store.job(id)?;
-        let rounds = self.store.rounds(id)?;
-        crate::report::html::write_report(
-            std::path::Path::new(&row.run_dir),
-            &crate::report::html::Outcome {
-                job_id: id,
-                status: status.as_str(),
-                error,
-            },
-            &row.spec_toml,
-            &rounds,
-            summary,
-        )
-    }
-
-    /// Records one round with the job's checkpoint after it, in one transaction, then the run
-    /// folder, stdout and watchers. The round line is printed only when `print_line` (AutoML
-    /// prints its own per-trial lines).
-    pub(crate) fn record(
-        &self,
-        ctx: &JobCtx,
-        run: &mut RunFolder,
-        events: &broadcast::Sender<v1::WatchEvent>,
-        rec: &RoundRecord,
-        checkpoint: &str,
-        print_line: bool,
-    ) -> Result<()> {
-        self.store
-            .record_round_with(&ctx.id, rec, Some(checkpoint))?;
-        self.announce(ctx, run, events, rec, print_line)
-    }
-
-    /// A recorded round's run-folder line, round line and watch event.
-    fn announce(
-        &self,
-        ctx: &JobCtx,
-        run: &mut RunFolder,
-        events: &broadcast::Sender<v1::WatchEvent>,
-        rec: &RoundRecord,
-        print_line: bool,
-    ) -> Result<()> {
-        run.append(rec)?;
-        let job = self.config.prefix_job_id.then_some(ctx.id.as_str());
-        if self.config.print_rounds && (print_line || self.config.log_format == LogFormat::Json) {
-            print_round(self.config.log_format, job, rec);
-        }
-        let _ = events.send(v1::WatchEvent {
-            event: Some(watch_event::Event::Round(round_to_wire(&ctx.id, rec))),
-        });
-        Ok(())
-    }
-
-    /// Prints lines on stdout when round lines are printed as text (not JSON).
-    pub(crate) fn print_text(&self, lines: &[String]) {
-        if self.config.print_rounds && self.config.log_format == LogFormat::Text {
-            crate::report::print_lines(lines);
-        }
-    }
-
-    /// The job's status as the API shows it.
-    pub fn job_info(&self, id: &str) -> Result<v1::JobInfo> {
-        let row = self.store.job(id)?;
-        let last = self.store.rounds(id)?.pop();
-        Ok(job_to_wire(&row, last.as_ref()))
-    }
-
-    /// How many jobs the state holds, whatever their status.
-    pub fn job_count(&self) -> Result<usize> {
-        Ok(self.store.jobs()?.len())
-    }
-
-    pub fn list(&self) -> Result<Vec<v1::JobInfo>> {
-        self.store
-            .jobs()?
-            .iter()
-            // One job's unreadable rounds must not hide every other job.
-            .map(|row| {
-                let last = self.store.rounds(&row.id).ok().and_then(|mut r| r.pop());
-                Ok(job_to_wire(row, last.as_ref()))
-            })
-            .collect()
-    }
-
-    /// Asks a running job to stop; it ends as `cancelled` at its next await point.
-    pub fn cancel(&self, id: &str) -> Result<v1::JobInfo> {
-        let row = self.store.job(id)?;
-        if row.status.is_terminal() {
-            return Err(Error::JobEnded(id.to_string()));
-        }
-        if let Some(h) = self.handles().get(id) {
-            h.cancel.cancel();
-        }
-        self.job_info(id)
-    }
-
-    /// Round history of a job plus a receiver for what comes next (`None` when it has ended).
-    #[allow(clippy::type_complexity)]
-    pub fn watch(
-        &self,
-        id: &str,
-    ) -> Result<(
-        Vec<v1::WatchEvent>,
-        Option<broadcast::Receiver<v1::WatchEvent>>,
-    )> {
-        // Subscribe before reading history, so nothing falls between the two.
-        let rx = self.handles().get(id).map(|h| h.events.subscribe());
-        let row = self.store.job(id)?;
-        let mut history: Vec<v1::WatchEvent> = self
-            .store
-            .rounds(id)?
-            .iter()
-            .map(|r| v1::WatchEvent {
-                event: Some(watch_event::Event::Round(round_to_wire(id, r))),
-            })
-            .collect();
-        if row.status.is_terminal() || rx.is_none() {
-            history.push(v1::WatchEvent {
-                event: Some(watch_event::Event::Finished(self.job_info(id)?)),
-            });
-            return Ok((history, None));
-        }
-        Ok((history, rx))
     }
 
     /// Stops everything: jobs end, client streams close, new clients are refused.
@@ -521,7 +154,7 @@ pub(crate) fn status_to_wire(s: JobStatus) -> v1::JobStatus {
     }
 }
 
-fn job_to_wire(row: &JobRow, last: Option<&RoundRecord>) -> v1::JobInfo {
+pub(crate) fn job_to_wire(row: &JobRow, last: Option<&RoundRecord>) -> v1::JobInfo {
     v1::JobInfo {
         job_id: row.id.clone(),
         kind: row.kind.clone(),

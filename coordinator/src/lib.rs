@@ -10,12 +10,13 @@
 //! a coordinator and N clients in one process over loopback gRPC.
 //!
 //! # Layout
-//! - `coordinator.rs`: [`Coordinator`], the composition root: the shared state and the job
-//!   lifecycle (submit, run, resume, cancel, watch)
+//! - `coordinator.rs`: [`Coordinator`], the composition root: its settings and shared state
+//!   (registry, store, token sets, running jobs), shutdown, and the Jobs API's wire forms
 //! - `server/`: serving and shutdown (`mod.rs`), the gRPC handlers (`services.rs`)
 //! - `engine/`: the round engine (`round.rs`, [`engine::round::RoundRecord`]) and the registry of
 //!   connected clients and open tasks (`registry.rs`)
-//! - `jobs/`: [`jobs::JobKind`] and one file per job kind (`train.rs`, `fusion.rs`,
+//! - `jobs/`: a job's lifecycle (`lifecycle.rs`: submit, resume, run, record, watch, cancel),
+//!   [`jobs::JobKind`] and one file per job kind (`train.rs`, `fusion.rs`,
 //!   `diffusion.rs`: federated denoiser, generation, figures; `automl.rs`: trials, search, test
 //!   once)
 //! - `auth/`: TLS, client and admin tokens, the failed-attempt budget, `certs` and `tokens`

@@ -5,6 +5,7 @@
 //! - `fusion.rs`: multimodal fusion variants, each a federated training
 //! - `diffusion.rs`: a federated denoiser, then generation and its figures
 //! - `automl.rs`: hyperparameter search, each trial a federated training
+//! - `lifecycle.rs`: submit, resume, run, record, report; the Jobs API's view of a job
 //!
 //! Every kind runs its rounds through the same round engine ([`crate::engine::round::JobCtx`]) and the
 //! model's server half ([`shoal_shared::models::Server`]).
@@ -12,6 +13,7 @@
 pub mod automl;
 pub mod diffusion;
 pub mod fusion;
+mod lifecycle;
 pub mod train;
 
 use shoal_proto::v1;
