@@ -16,9 +16,8 @@
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use shoal_coordinator::simulate::{simulate, SimulateOptions};
+use shoal_coordinator::simulate::SimulateOptions;
 use shoal_coordinator::spec::JobSpec;
-use shoal_proto::v1;
 use shoal_shared::data::builtin::Builtin;
 use shoal_shared::data::partition::Partitioner;
 
@@ -34,19 +33,11 @@ fn fixture(case: &str) -> PathBuf {
 /// Runs `toml` on `clients` clients of `dataset` split by `scheme` and returns the golden text.
 async fn golden_text(toml: &str, dataset: Builtin, clients: usize, scheme: Partitioner) -> String {
     let spec = JobSpec::from_toml(toml).unwrap();
-    let runs = tempfile::tempdir().unwrap();
     let mut o = SimulateOptions::new(spec, dataset);
     o.clients = clients;
     o.scheme = scheme;
-    o.out = runs.path().to_path_buf();
-    o.quiet = true;
-    let outcome = simulate(o).await.unwrap();
-    assert_eq!(
-        outcome.status,
-        v1::JobStatus::Finished,
-        "{toml}: {}",
-        outcome.job.error
-    );
+    let run = crate::util::simulate_finished(o, toml).await;
+    let outcome = &run.outcome;
     let dir = PathBuf::from(&outcome.job.run_dir);
     let mut text = String::from("# metrics.csv without seconds\n");
     let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();

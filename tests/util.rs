@@ -369,3 +369,31 @@ async fn pump(
         }
     }
 }
+
+/// A finished simulated job; its run folder lives as long as this value.
+pub struct Simulated {
+    pub outcome: shoal_coordinator::simulate::SimOutcome,
+    _runs: tempfile::TempDir,
+}
+
+/// Runs `o` quietly, its run folders in a temporary directory, and insists that the job finishes
+/// (the panic names the job's error, after `context`).
+pub async fn simulate_finished(
+    mut o: shoal_coordinator::simulate::SimulateOptions,
+    context: &str,
+) -> Simulated {
+    let runs = tempfile::tempdir().unwrap();
+    o.out = runs.path().to_path_buf();
+    o.quiet = true;
+    let outcome = shoal_coordinator::simulate::simulate(o).await.unwrap();
+    assert_eq!(
+        outcome.status,
+        v1::JobStatus::Finished,
+        "{context}: {}",
+        outcome.job.error
+    );
+    Simulated {
+        outcome,
+        _runs: runs,
+    }
+}

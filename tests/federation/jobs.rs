@@ -26,23 +26,15 @@ async fn a_holdout_the_coordinator_cannot_read_is_refused_at_submission() {
 /// modality on its own columns, and the report carries the table and bar chart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fusion_variants_train_over_the_federation_on_their_own_views() {
-    use shoal_coordinator::simulate::{simulate, SimulateOptions};
+    use shoal_coordinator::simulate::SimulateOptions;
     let spec =
         shoal_coordinator::spec::JobSpec::from_toml(include_str!("../../examples/fusion.toml"))
             .unwrap();
-    let runs = tempfile::tempdir().unwrap();
     let mut o = SimulateOptions::new(spec, Builtin::Multimodal);
     o.clients = 5;
     o.scheme = Partitioner::Iid;
-    o.out = runs.path().to_path_buf();
-    o.quiet = true;
-    let outcome = simulate(o).await.unwrap();
-    assert_eq!(
-        outcome.status,
-        v1::JobStatus::Finished,
-        "{}",
-        outcome.job.error
-    );
+    let run = crate::util::simulate_finished(o, "").await;
+    let outcome = &run.outcome;
     assert_eq!(
         outcome.rounds.len(),
         6 * 20,
@@ -99,22 +91,14 @@ async fn fusion_variants_train_over_the_federation_on_their_own_views() {
 /// lie at most half as far from real signals as an untrained network's samples.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_federated_ddpm_learns_every_clients_band() {
-    use shoal_coordinator::simulate::{simulate, SimulateOptions};
+    use shoal_coordinator::simulate::SimulateOptions;
     let spec =
         shoal_coordinator::spec::JobSpec::from_toml(include_str!("../../examples/diffusion.toml"))
             .unwrap();
-    let runs = tempfile::tempdir().unwrap();
     let mut o = SimulateOptions::new(spec, Builtin::Signals);
     o.clients = 3;
-    o.out = runs.path().to_path_buf();
-    o.quiet = true;
-    let outcome = simulate(o).await.unwrap();
-    assert_eq!(
-        outcome.status,
-        v1::JobStatus::Finished,
-        "{}",
-        outcome.job.error
-    );
+    let run = crate::util::simulate_finished(o, "").await;
+    let outcome = &run.outcome;
     let first = outcome.rounds.first().unwrap();
     let last = outcome.rounds.last().unwrap();
     let (m1, mn) = (first.fed_loss.unwrap(), last.fed_loss.unwrap());
@@ -166,24 +150,16 @@ async fn a_federated_ddpm_learns_every_clients_band() {
 /// and the default configuration.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_automl_grid_scores_every_trial_on_validation_and_tests_only_the_best() {
-    use shoal_coordinator::simulate::{simulate, SimulateOptions};
+    use shoal_coordinator::simulate::SimulateOptions;
     let spec = shoal_coordinator::spec::JobSpec::from_toml(include_str!(
         "../../examples/automl-seed.toml"
     ))
     .unwrap();
-    let runs = tempfile::tempdir().unwrap();
     let mut o = SimulateOptions::new(spec, Builtin::Classification);
     o.clients = 5;
     o.scheme = Partitioner::Iid;
-    o.out = runs.path().to_path_buf();
-    o.quiet = true;
-    let outcome = simulate(o).await.unwrap();
-    assert_eq!(
-        outcome.status,
-        v1::JobStatus::Finished,
-        "{}",
-        outcome.job.error
-    );
+    let run = crate::util::simulate_finished(o, "").await;
+    let outcome = &run.outcome;
     assert_eq!(outcome.rounds.len(), 37, "36 grid trials and the default");
     assert!(
         outcome
@@ -220,26 +196,18 @@ async fn an_automl_grid_scores_every_trial_on_validation_and_tests_only_the_best
 }
 
 async fn automl_lr_scores(search: &str, parallel: u32) -> Vec<(u64, f64)> {
-    use shoal_coordinator::simulate::{simulate, SimulateOptions};
+    use shoal_coordinator::simulate::SimulateOptions;
     let spec = shoal_coordinator::spec::JobSpec::from_toml(&format!(
         "kind = \"automl\"\ndataset = \"digits\"\nrounds = 4\n[clients]\nmin_available_clients = 3\n\
          [automl]\nsearch = \"{search}\"\ntrials = 9\nparallel_trials = {parallel}\n\
          [automl.space]\n\"local.lr\" = {{ low = 0.001, high = 1.0, log = true }}\n\"local.epochs\" = [1, 3]\n"
     ))
     .unwrap();
-    let runs = tempfile::tempdir().unwrap();
     let mut o = SimulateOptions::new(spec, Builtin::Digits);
     o.clients = 3;
     o.scheme = Partitioner::Iid;
-    o.out = runs.path().to_path_buf();
-    o.quiet = true;
-    let outcome = simulate(o).await.unwrap();
-    assert_eq!(
-        outcome.status,
-        v1::JobStatus::Finished,
-        "{search}: {}",
-        outcome.job.error
-    );
+    let run = crate::util::simulate_finished(o, search).await;
+    let outcome = &run.outcome;
     let dir = std::path::Path::new(&outcome.job.run_dir);
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();

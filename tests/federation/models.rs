@@ -169,26 +169,18 @@ async fn a_federated_forest_pools_every_clients_trees() {
 /// Runs a gbdt job over `clients` in-process clients (IID shards) and checks that its model equals
 /// the same algorithm run centrally on the pooled client train rows with the same bin edges.
 async fn gbdt_lossless(dataset: Builtin, clients: usize, rounds: u32) {
-    use shoal_coordinator::simulate::{simulate, SimulateOptions};
+    use shoal_coordinator::simulate::SimulateOptions;
     use shoal_shared::models::gbdt::{train_centralized, Ensemble, GbdtParams};
     let toml = format!(
         "kind = \"train\"\ndataset = \"{dataset}\"\nrounds = {rounds}\n[model]\nkind = \"gbdt\"\nmax_depth = 3\nmax_bins = 32\n"
     );
     let spec = shoal_coordinator::spec::JobSpec::from_toml(&toml).unwrap();
     let params: GbdtParams = spec.model.gbdt().unwrap().clone();
-    let runs = tempfile::tempdir().unwrap();
     let mut o = SimulateOptions::new(spec, dataset);
     o.clients = clients;
     o.scheme = Partitioner::Iid;
-    o.out = runs.path().to_path_buf();
-    o.quiet = true;
-    let outcome = simulate(o).await.unwrap();
-    assert_eq!(
-        outcome.status,
-        v1::JobStatus::Finished,
-        "{}",
-        outcome.job.error
-    );
+    let run = crate::util::simulate_finished(o, "").await;
+    let outcome = &run.outcome;
     let saved: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(std::path::Path::new(&outcome.job.run_dir).join("model.json"))
             .unwrap(),

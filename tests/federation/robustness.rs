@@ -120,23 +120,13 @@ async fn robustness_run_on(dataset: Builtin, strategy: &str, attackers: usize) -
 /// The rounds of a simulated job `toml` on 10 IID clients of `dataset`, the first `attackers` of
 /// them sending `scale:-10` updates; the job must finish.
 async fn attacked_run(dataset: Builtin, toml: &str, attackers: usize) -> Vec<v1::RoundReport> {
-    use shoal_coordinator::simulate::{simulate, SimulateOptions};
+    use shoal_coordinator::simulate::SimulateOptions;
     let spec = shoal_coordinator::spec::JobSpec::from_toml(toml).unwrap();
-    let runs = tempfile::tempdir().unwrap();
     let mut o = SimulateOptions::new(spec, dataset);
     o.scheme = Partitioner::Iid;
-    o.out = runs.path().to_path_buf();
-    o.quiet = true;
     o.attackers = attackers;
     o.attack = Some("scale:-10".parse().unwrap());
-    let outcome = simulate(o).await.unwrap();
-    assert_eq!(
-        outcome.status,
-        v1::JobStatus::Finished,
-        "{toml}: {}",
-        outcome.job.error
-    );
-    outcome.rounds
+    crate::util::simulate_finished(o, toml).await.outcome.rounds
 }
 
 /// A simulated FedAvg job on digits (10 IID clients, 2 of them sending `scale:-10` updates) with
