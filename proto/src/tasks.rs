@@ -19,17 +19,18 @@ pub struct TaskPayload {
     pub blob: prost::bytes::Bytes,
 }
 
-impl From<&Payload> for TaskPayload {
-    fn from(payload: &Payload) -> Self {
+impl From<Payload> for TaskPayload {
+    /// Encodes the tensors once and moves the blob, so every task of a phase shares them.
+    fn from(payload: Payload) -> Self {
         match payload {
             Payload::None => TaskPayload::default(),
             Payload::Weights(w) => TaskPayload {
-                parameters: Some(weights_to_wire(w)),
+                parameters: Some(weights_to_wire(&w)),
                 blob: Default::default(),
             },
             Payload::Blob(b) => TaskPayload {
                 parameters: None,
-                blob: b.clone().into(),
+                blob: b.into(),
             },
         }
     }
@@ -42,7 +43,7 @@ pub fn payload_from_wire(
     blob: &[u8],
 ) -> Result<Payload, WireError> {
     Ok(match (parameters, blob.is_empty()) {
-        (Some(p), _) => Payload::Weights(weights_from_wire(p, usize::MAX)?),
+        (Some(p), _) => Payload::Weights(std::sync::Arc::new(weights_from_wire(p, usize::MAX)?)),
         (None, false) => Payload::Blob(blob.to_vec()),
         (None, true) => Payload::None,
     })
@@ -285,10 +286,10 @@ mod tests {
     fn payloads_round_trip() {
         for p in [
             Payload::None,
-            Payload::Weights(w()),
+            Payload::Weights(std::sync::Arc::new(w())),
             Payload::Blob(vec![7, 8]),
         ] {
-            let wire = TaskPayload::from(&p);
+            let wire = TaskPayload::from(p.clone());
             assert_eq!(
                 payload_from_wire(wire.parameters.as_ref(), &wire.blob).unwrap(),
                 p

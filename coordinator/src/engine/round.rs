@@ -463,14 +463,14 @@ impl JobCtx {
                 seed::derive(self.spec.seed, &[round.into(), SEED_SAMPLE_EVAL]),
             );
             let quorum = (policy.min_evaluate_clients as usize).min(eval_clients.len());
-            let payload = TaskPayload::from(&state.global.payload());
+            let payload = TaskPayload::from(state.global.payload());
             let announced = self.announced(&eval_clients, true);
             let (mut l, mut a) = (OrderedMean::default(), OrderedMean::default());
             let classifies = state.global.classifies();
             eval_phase = self
                 .phase(
                     round,
-                    &eval_clients,
+                    &names(&eval_clients),
                     &payload,
                     &state.facts,
                     task::Kind::Evaluate(v1::EvaluateTask::default()),
@@ -580,8 +580,6 @@ impl JobCtx {
     ) -> Result<(Phase, usize, f64)> {
         let round = plan.round;
         let announced = self.announced(avail, false);
-        let by_name: std::collections::HashMap<&str, &ClientView> =
-            avail.iter().map(|c| (c.name.as_str(), c)).collect();
         let TrainState { facts, global } = state;
         let mut total = Phase::default();
         let mut step = global.begin_round(plan)?;
@@ -590,14 +588,10 @@ impl JobCtx {
                 Step::Done(r) => return Ok((total, r.accepted, r.train_loss)),
                 Step::Ask(ask) => ask,
             };
-            let clients: Vec<ClientView> = ask
-                .clients
-                .iter()
-                .filter_map(|n| by_name.get(n.as_str()).map(|c| (*c).clone()))
-                .collect();
+            let clients: Vec<&str> = ask.clients.iter().map(String::as_str).collect();
             let expected = tasks::expected_reply(&ask.request);
             let kind = tasks::request_to_wire(ask.request, self.local_training(round))?;
-            let payload = TaskPayload::from(&ask.payload);
+            let payload = TaskPayload::from(ask.payload);
             let bounds = global.decode_bounds();
             let phase = self
                 .phase_until(
@@ -644,7 +638,7 @@ impl JobCtx {
             .into_iter()
             .filter(|c| compatible(c, &self.spec.dataset, &state.facts))
             .collect();
-        let payload = TaskPayload::from(&state.global.payload());
+        let payload = TaskPayload::from(state.global.payload());
         let announced = self.announced(&clients, true);
         // Personalising means local training from the global model: weights models only.
         let personalize = if state.global.trains_from_global() {
@@ -660,7 +654,7 @@ impl JobCtx {
         let round = self.spec.rounds + 1;
         self.phase(
             round,
-            &clients,
+            &names(&clients),
             &payload,
             &state.facts,
             kind,
@@ -690,7 +684,7 @@ impl JobCtx {
     async fn phase(
         &self,
         round: u32,
-        clients: &[ClientView],
+        clients: &[&str],
         payload: &TaskPayload,
         facts: &DataFacts,
         kind: task::Kind,
@@ -708,7 +702,7 @@ impl JobCtx {
     async fn phase_until(
         &self,
         round: u32,
-        clients: &[ClientView],
+        clients: &[&str],
         payload: &TaskPayload,
         facts: &DataFacts,
         kind: task::Kind,
@@ -723,7 +717,7 @@ impl JobCtx {
         let mut phase = Phase::default();
         let mut waiting = FuturesUnordered::new();
         let mut task_ids = Vec::with_capacity(clients.len());
-        for c in clients {
+        for &name in clients {
             // Unique per dispatch: a boosting round sends several histogram tasks to each client,
             // and a late answer to an earlier one must never pass for a later one.
             let seq = self
@@ -737,7 +731,7 @@ impl JobCtx {
                 round,
                 kind_name(&kind),
                 seq,
-                c.name
+                name
             );
             let task = v1::Task {
                 task_id: task_id.clone(),
@@ -753,7 +747,7 @@ impl JobCtx {
                 deadline_unix_ms,
                 seed: seed::derive(
                     self.spec.seed,
-                    &[round.into(), seed::stable_hash(&c.name), SEED_TASK],
+                    &[round.into(), seed::stable_hash(name), SEED_TASK],
                 ),
                 kind: Some(kind.clone()),
             };
@@ -765,15 +759,15 @@ impl JobCtx {
                     self.max_message_bytes
                 )));
             }
-            match self.registry.dispatch(&c.name, task) {
+            match self.registry.dispatch(name, task) {
                 Ok(slot) => {
                     phase.bytes_down += size as u64;
                     task_ids.push(task_id);
-                    let name = c.name.clone();
+                    let name = name.to_string();
                     waiting.push(async move { (name, slot.await) });
                 }
                 Err(e) => {
-                    warn!(client = %c.name, "{e}");
+                    warn!(client = %name, "{e}");
                     phase.failed += 1;
                 }
             }
@@ -878,6 +872,11 @@ fn kind_name(kind: &task::Kind) -> &'static str {
         task::Kind::Sketch(_) => "sketch",
         task::Kind::Histogram(_) => "histogram",
     }
+}
+
+/// The clients' names, as a phase addresses them.
+fn names(clients: &[ClientView]) -> Vec<&str> {
+    clients.iter().map(|c| c.name.as_str()).collect()
 }
 
 /// Whether a client's copy of the dataset fits the job's model.

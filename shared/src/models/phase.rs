@@ -79,8 +79,8 @@ pub enum Payload {
     /// Nothing (a forest's clients grow new trees on their own rows).
     #[default]
     None,
-    /// A weights model's parameters.
-    Weights(Weights),
+    /// A weights model's parameters, shared with the server half (no copy per phase).
+    Weights(std::sync::Arc<Weights>),
     /// A model that is not tensors, as its versioned blob.
     Blob(Vec<u8>),
 }
@@ -163,17 +163,6 @@ pub enum Reply {
     Histogram(HistogramReply),
 }
 
-impl Reply {
-    /// The variant's name as the wire calls it, for rejections.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Reply::Fit(_) => "fit",
-            Reply::Sketch(_) => "sketch",
-            Reply::Histogram(_) => "histogram",
-        }
-    }
-}
-
 /// The answer to [`Request::Fit`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct FitReply {
@@ -212,6 +201,14 @@ pub struct DecodeBounds {
     pub max_elements: Option<usize>,
     /// Whether a control-variate delta is wanted (decoded within the same bound) or ignored.
     pub control: bool,
+}
+
+impl DecodeBounds {
+    /// No tensors wanted: parameters and control deltas are ignored (tree models).
+    pub const NONE: DecodeBounds = DecodeBounds {
+        max_elements: None,
+        control: false,
+    };
 }
 
 /// Why a reply was refused. Each message names what is wrong; the client is struck for it.
@@ -506,8 +503,10 @@ pub trait ServerHalf: Send + Sync + std::fmt::Debug {
     /// Starts a round: its first phase.
     fn begin_round(&mut self, plan: RoundPlan) -> crate::Result<Step>;
 
-    /// How the driver decodes fit replies' tensors for this model.
-    fn decode_bounds(&self) -> DecodeBounds;
+    /// How the driver decodes fit replies' tensors for this model (by default, not at all).
+    fn decode_bounds(&self) -> DecodeBounds {
+        DecodeBounds::NONE
+    }
 
     /// One client's reply to the open phase; `announced`: the train examples its Hello gave.
     fn accept(

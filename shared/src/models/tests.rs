@@ -226,6 +226,7 @@ fn bad_replies_are_refused_with_a_typed_reason_and_change_nothing() {
     let super::phase::Payload::Weights(global) = ask.payload.clone() else {
         panic!("a weights model sends its weights")
     };
+    let global = crate::tensor::Weights::clone(&global);
     let fit = |parameters, num_examples, train_loss| {
         Reply::Fit(super::phase::FitReply {
             num_examples,

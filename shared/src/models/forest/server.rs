@@ -7,8 +7,8 @@ use std::sync::Arc;
 use super::{Forest, ForestParams};
 use crate::models::phase::{
     check_count, check_loss, checkpoint_body, restore_error, Ask, Baseline, BaselineSettings,
-    DecodeBounds, Evaluator, OrderedMean, Payload, PhaseTally, Rejection, Reply, Request,
-    RoundPlan, RoundResult, ServerHalf, Step,
+    Evaluator, OrderedMean, Payload, PhaseTally, Rejection, Reply, Request, RoundPlan, RoundResult,
+    ServerHalf, Step,
 };
 use crate::{Error, Result};
 
@@ -57,14 +57,6 @@ impl ServerHalf for ForestServer {
         };
         self.plan = Some(plan);
         Ok(Step::Ask(ask))
-    }
-
-    /// Fit replies carry trees, never tensors.
-    fn decode_bounds(&self) -> DecodeBounds {
-        DecodeBounds {
-            max_elements: None,
-            control: false,
-        }
     }
 
     fn accept(

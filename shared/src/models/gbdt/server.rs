@@ -14,8 +14,8 @@ use super::{
 };
 use crate::models::phase::{
     check_count, check_loss, checkpoint_body, restore_error, Ask, Baseline, BaselineSettings,
-    DecodeBounds, Evaluator, HistogramRequest, OrderedMean, Payload, PhaseTally, Rejection, Reply,
-    Request, RoundPlan, RoundResult, ServerHalf, Step,
+    Evaluator, HistogramRequest, OrderedMean, Payload, PhaseTally, Rejection, Reply, Request,
+    RoundPlan, RoundResult, ServerHalf, Step,
 };
 use crate::{Error, Result};
 
@@ -112,7 +112,8 @@ impl GbdtServer {
                 first_level,
             }),
             payload: if first_level {
-                Payload::Blob(g.blob.clone())
+                // Sent once per round: the later levels carry no model.
+                Payload::Blob(std::mem::take(&mut g.blob))
             } else {
                 Payload::None
             },
@@ -303,14 +304,6 @@ impl ServerHalf for GbdtServer {
         let step = Self::ask_level(&mut g);
         self.round = Some(g);
         Ok(step)
-    }
-
-    /// Fit replies carry no tensors here.
-    fn decode_bounds(&self) -> DecodeBounds {
-        DecodeBounds {
-            max_elements: None,
-            control: false,
-        }
     }
 
     fn accept(

@@ -44,12 +44,18 @@ pub fn handle(
                 None => (None, None),
             };
             let objective = Objective {
-                anchor: (cfg.proximal_mu > 0.0).then_some(&global),
+                anchor: (cfg.proximal_mu > 0.0).then_some(&*global),
                 correction: correction.as_ref(),
                 track_mean_gradient: control.is_some(),
             };
-            let (w, stats) =
-                train_local(model, global.clone(), &train, &cfg, task.seed, &objective)?;
+            let (w, stats) = train_local(
+                model,
+                Weights::clone(&global),
+                &train,
+                &cfg,
+                task.seed,
+                &objective,
+            )?;
             let (control_delta, kept) = match (c_i, stats.mean_gradient) {
                 // SCAFFOLD: the new c_i is the mean local gradient along this round's path
                 // (what option II estimates as (x - y) / (K lr) under plain SGD).
@@ -78,7 +84,7 @@ pub fn handle(
                     let train = data.train()?;
                     let (w, _) = train_local(
                         model,
-                        global.clone(),
+                        Weights::clone(&global),
                         &train,
                         &cfg,
                         task.seed,

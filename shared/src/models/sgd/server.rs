@@ -28,7 +28,8 @@ pub struct NormBound {
 #[derive(Debug)]
 pub struct SgdServer {
     pub model: Arc<dyn Model>,
-    pub weights: Weights,
+    /// Shared with the tasks and scorers made from it; replaced, never mutated, each round.
+    pub weights: Arc<Weights>,
     pub strategy: Strategy,
     bound: Option<NormBound>,
     plan: Option<RoundPlan>,
@@ -58,7 +59,7 @@ impl SgdServer {
     ) -> Self {
         SgdServer {
             model,
-            weights,
+            weights: Arc::new(weights),
             strategy,
             bound,
             plan: None,
@@ -79,7 +80,7 @@ impl ServerHalf for SgdServer {
             request: Request::Fit {
                 control: self.strategy.server_control(&self.weights),
             },
-            payload: Payload::Weights(self.weights.clone()),
+            payload: Payload::Weights(Arc::clone(&self.weights)),
             quorum: plan.quorum,
             target: plan.target,
         };
@@ -170,7 +171,7 @@ impl ServerHalf for SgdServer {
             .strategy
             .finish(plan.round, &self.weights, agg, plan.n_available)
         {
-            Ok(next) => self.weights = next,
+            Ok(next) => self.weights = Arc::new(next),
             Err(Error::NonFinite(what)) => {
                 return Err(Error::Data(format!(
                 "round {}: the aggregated model is not finite ({what}); lower the learning rates",
@@ -186,11 +187,11 @@ impl ServerHalf for SgdServer {
     }
 
     fn payload(&self) -> Payload {
-        Payload::Weights(self.weights.clone())
+        Payload::Weights(Arc::clone(&self.weights))
     }
 
     fn evaluator(&self) -> Evaluator {
-        let (model, weights) = (self.model.clone(), self.weights.clone());
+        let (model, weights) = (self.model.clone(), Arc::clone(&self.weights));
         Box::new(move |data| super::evaluate(model.as_ref(), &weights, data))
     }
 
@@ -207,12 +208,12 @@ impl ServerHalf for SgdServer {
     }
 
     fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({ "weights": self.weights })
+        serde_json::json!({ "weights": *self.weights })
     }
 
     fn checkpoint(&self) -> Result<String> {
         let c = SgdCheckpoint::Params {
-            weights: self.weights.clone(),
+            weights: Weights::clone(&self.weights),
             strategy: self.strategy.clone(),
         };
         serde_json::to_string(&c)
@@ -232,7 +233,7 @@ impl ServerHalf for SgdServer {
         if strategy.spec != self.strategy.spec {
             return Err(restore_error("it was written for another strategy"));
         }
-        self.weights = weights;
+        self.weights = Arc::new(weights);
         self.strategy = strategy;
         Ok(())
     }
