@@ -622,7 +622,7 @@ fn a_killed_coordinator_resumes_and_runs_reproduce_bit_for_bit() {
     assert!(stopped_model == model);
 }
 
-/// The README's mutual-TLS quick start, step by step, on a free port in a temporary directory.
+/// The mutual-TLS quick start of docs/guide/security.md, step by step, on a free port in a temporary directory.
 #[test]
 fn mutual_tls_quick_start_runs_as_the_readme_says() {
     let tmp = tempfile::tempdir().unwrap();
@@ -771,7 +771,7 @@ fn mutual_tls_quick_start_runs_as_the_readme_says() {
         text(&out.stderr)
     );
 
-    // Rotating client-1's token in the hash file and sending SIGHUP (as the README says) cuts
+    // Rotating client-1's token in the hash file and sending SIGHUP (as docs/guide/security.md says) cuts
     // client-1 off: it comes back with its old token, is refused, and exits with the reason.
     let hashes = std::fs::read_to_string(pki.join("client-tokens")).unwrap();
     let rotated: String = hashes
