@@ -101,7 +101,10 @@ for name in "${scenarios[@]}"; do
         wait_rounds 2
         net="shoal-${name}_federation"
         docker network disconnect "$net" "$(compose ps -q client-2)"
-        wait_rounds 4
+        # Count from when the cut is in force, not from round 2: rounds can be shorter than the
+        # docker command, and a cut that ends before the next round starts is no cut at all.
+        cut_at="$(rounds_done)"
+        wait_rounds $((cut_at + 2))
         docker network connect "$net" "$(compose ps -q client-2)"
         dir="$(collect)"
         check_complete "$dir"
