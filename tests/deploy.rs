@@ -2,7 +2,7 @@
 //! rely on: ports, state paths, the job file, one distinct shard per client, the image names and
 //! users that `deploy/build-images.sh` makes.
 
-use shoal_coordinator::spec::JobSpec;
+use shoal_coordinator::spec::CheckedSpec;
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn repo(path: &str) -> std::path::PathBuf {
@@ -98,7 +98,7 @@ fn kubernetes_manifests_carry_what_the_coordinator_and_clients_rely_on() {
     let key = job_path
         .strip_prefix(&format!("{mount}/"))
         .expect("--job lies in the ConfigMap mount");
-    let spec = JobSpec::from_toml(cm["data"][key].as_str().expect("the --job key")).unwrap();
+    let spec = CheckedSpec::from_toml(cm["data"][key].as_str().expect("the --job key")).unwrap();
 
     // The listening port is the container port the Service targets, and probes check it.
     let listen = env(c, "SHOAL_LISTEN")["value"].as_str().unwrap();
@@ -177,12 +177,14 @@ fn the_compose_federation_gives_each_client_its_own_shard() {
     let args = strs(&coordinator["command"]);
     let job = arg(&args, "--job");
     let file = job.strip_prefix("/jobs/").expect("the job lies in ./jobs");
-    let spec =
-        JobSpec::from_toml(&std::fs::read_to_string(repo(&format!("deploy/jobs/{file}"))).unwrap())
-            .unwrap();
+    let spec = CheckedSpec::from_toml(
+        &std::fs::read_to_string(repo(&format!("deploy/jobs/{file}"))).unwrap(),
+    )
+    .unwrap();
     assert!(spec.clients.min_available_clients as usize <= n);
-    let scenario =
-        JobSpec::from_toml(&std::fs::read_to_string(repo("deploy/scenarios/job.toml")).unwrap())
-            .unwrap();
+    let scenario = CheckedSpec::from_toml(
+        &std::fs::read_to_string(repo("deploy/scenarios/job.toml")).unwrap(),
+    )
+    .unwrap();
     assert!(scenario.clients.min_available_clients as usize <= n);
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use shoal_coordinator::simulate::SimulateOptions;
-use shoal_coordinator::spec::JobSpec;
+use shoal_coordinator::spec::CheckedSpec;
 use shoal_shared::data::builtin::Builtin;
 use shoal_shared::data::partition::Partitioner;
 
@@ -32,7 +32,7 @@ fn fixture(case: &str) -> PathBuf {
 
 /// Runs `toml` on `clients` clients of `dataset` split by `scheme` and returns the golden text.
 async fn golden_text(toml: &str, dataset: Builtin, clients: usize, scheme: Partitioner) -> String {
-    let spec = JobSpec::from_toml(toml).unwrap();
+    let spec = CheckedSpec::from_toml(toml).unwrap().into_spec();
     let mut o = SimulateOptions::new(spec, dataset);
     o.clients = clients;
     o.scheme = scheme;

@@ -21,7 +21,8 @@
 //!   once)
 //! - `auth/`: TLS, client and admin tokens, the failed-attempt budget, `certs` and `tokens`
 //!   (`mod.rs`); the coordinator's checks at the door (`gate.rs`)
-//! - `spec.rs`: job specs ([`spec::JobSpec`])
+//! - `spec.rs`: job specs as written ([`spec::JobSpec`]) and as checked ([`spec::CheckedSpec`],
+//!   which carries the [`jobs::JobKind`] with its settings)
 //! - `state/`: SQLite state
 //! - `report/`: round lines, run folders, summaries (`mod.rs`); charts and `report.html`
 //!   (`html.rs`)
@@ -34,9 +35,10 @@
 //!
 //! # Example
 //! ```
-//! use shoal_coordinator::spec::JobSpec;
-//! let spec = JobSpec::from_toml("kind = \"train\"\ndataset = \"digits\"\nrounds = 10\n").unwrap();
+//! use shoal_coordinator::spec::CheckedSpec;
+//! let spec = CheckedSpec::from_toml("kind = \"train\"\ndataset = \"digits\"\nrounds = 10\n").unwrap();
 //! assert_eq!(spec.clients.fraction_fit, 1.0);
+//! assert_eq!(spec.kind().as_str(), "train");
 //! ```
 
 pub mod auth;

@@ -76,7 +76,8 @@ pub async fn simulate(mut o: SimulateOptions) -> anyhow::Result<SimOutcome> {
     }
     // Every simulated client connects within milliseconds: start once all of them are there.
     c.min_available_clients = n;
-    o.spec.check()?;
+    // Only to refuse a bad spec before any client starts: the Jobs service checks what it is sent.
+    o.spec.clone().check()?;
 
     // Each client derives its own shard, as it would on its own machine.
     let (dataset, scheme, seed, count) = (o.dataset, o.scheme, o.spec.seed, o.clients);

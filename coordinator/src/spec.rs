@@ -7,6 +7,11 @@
 //! ```
 //! is a complete job; sections `[model]`, `[strategy]`, `[clients]`, `[local]`, `[evaluation]` hold
 //! the rest. Unknown fields are errors, so a typo never silently falls back to a default.
+//!
+//! Two types, linfa's `ParamGuard` idea: a [`JobSpec`] is a spec as written (parsed, editable,
+//! unchecked); [`JobSpec::check`] turns it into a [`CheckedSpec`], which carries the job's
+//! [`JobKind`] with that kind's settings taken out of the spec. Everything past submission (the
+//! Jobs service, the job kinds, resume) takes a `CheckedSpec`, so it never checks a spec again.
 
 use serde::{Deserialize, Serialize};
 use shoal_shared::automl::{Config, Domain, SearchAlgorithm, SearchSpace, Tpe, Value};
@@ -16,6 +21,46 @@ use shoal_shared::strategy::StrategySpec;
 
 use crate::error::{Error, Result};
 use crate::jobs::JobKind;
+
+/// A job spec that passed [`JobSpec::check`]: the only form of a spec the coordinator runs. It
+/// reads like the spec it came from (`Deref`) but cannot change; a changed spec is a [`JobSpec`]
+/// again ([`CheckedSpec::into_spec`]) and is checked again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedSpec {
+    spec: JobSpec,
+    // Not `kind`: that name reads the spec's own `kind` field through `Deref`.
+    job_kind: JobKind,
+}
+
+impl CheckedSpec {
+    /// Parses a TOML spec and checks it.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        JobSpec::parse_toml(text)?.check()
+    }
+
+    /// Parses a JSON spec and checks it.
+    pub fn from_json(text: &str) -> Result<Self> {
+        JobSpec::parse_json(text)?.check()
+    }
+
+    /// What the job does, with the settings of its kind.
+    pub fn kind(&self) -> &JobKind {
+        &self.job_kind
+    }
+
+    /// The spec as written, to be changed and checked again.
+    pub fn into_spec(self) -> JobSpec {
+        self.spec
+    }
+}
+
+impl std::ops::Deref for CheckedSpec {
+    type Target = JobSpec;
+
+    fn deref(&self) -> &JobSpec {
+        &self.spec
+    }
+}
 
 /// A job as submitted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -237,21 +282,16 @@ pub const MAX_ROUNDS: u32 = 1_000_000;
 pub const MAX_WAIT_SECS: f64 = 30.0 * 24.0 * 3600.0;
 
 impl JobSpec {
-    /// Parses a TOML spec and checks it.
-    pub fn from_toml(text: &str) -> Result<Self> {
-        let spec: JobSpec = toml::from_str(text).map_err(|e| {
+    /// Parses a TOML spec without checking it (see [`CheckedSpec::from_toml`]).
+    pub fn parse_toml(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| {
             Error::InvalidSpec(e.to_string().trim().replace('\n', " ").replace("  ", " "))
-        })?;
-        spec.check()?;
-        Ok(spec)
+        })
     }
 
-    /// Parses a JSON spec and checks it.
-    pub fn from_json(text: &str) -> Result<Self> {
-        let spec: JobSpec =
-            serde_json::from_str(text).map_err(|e| Error::InvalidSpec(e.to_string()))?;
-        spec.check()?;
-        Ok(spec)
+    /// Parses a JSON spec without checking it (see [`CheckedSpec::from_json`]).
+    pub fn parse_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| Error::InvalidSpec(e.to_string()))
     }
 
     /// The normalised spec, every default written out.
@@ -259,8 +299,9 @@ impl JobSpec {
         toml::to_string(self).unwrap_or_else(|e| format!("# spec could not be rendered: {e}\n"))
     }
 
-    /// Rejects specs no run can satisfy, naming the field.
-    pub fn check(&self) -> Result<()> {
+    /// Rejects specs no run can satisfy, naming the field; a spec that passes becomes the
+    /// [`CheckedSpec`] a job runs.
+    pub fn check(self) -> Result<CheckedSpec> {
         let bad = |field: &str, msg: String| Err(Error::InvalidSpec(format!("`{field}` {msg}")));
         if let Some(m) = self.updates.max_norm {
             if !(m.is_finite() && m > 0.0) {
@@ -297,13 +338,9 @@ impl JobSpec {
                 ),
             );
         }
-        let kind: JobKind = match self.kind.parse() {
-            Ok(k) => k,
-            Err(e) => return bad("kind", e),
-        };
-        match kind {
-            JobKind::Train => {}
-            JobKind::Diffusion => {
+        let kind = match self.kind.as_str() {
+            "train" => JobKind::Train,
+            "diffusion" => {
                 let Some(d) = self.model.denoiser() else {
                     return bad(
                         "model",
@@ -336,8 +373,12 @@ impl JobSpec {
                         )));
                     }
                 }
+                JobKind::Diffusion {
+                    denoiser: d.clone(),
+                    samples,
+                }
             }
-            JobKind::Fusion => {
+            "fusion" => {
                 if !matches!(self.model, ModelSpec::Logreg(_)) {
                     return bad(
                         "model",
@@ -350,9 +391,16 @@ impl JobSpec {
                         "= \"scaffold\" is not available for fusion (its client state would carry over between variants of different widths)".into(),
                     );
                 }
+                JobKind::Fusion
             }
-            JobKind::Automl => self.check_automl()?,
-        }
+            "automl" => JobKind::Automl(self.check_automl()?),
+            k => {
+                return bad(
+                    "kind",
+                    format!("= \"{k}\" is unknown (expected {})", JobKind::NAMES),
+                )
+            }
+        };
         if self.dataset.trim().is_empty() {
             return bad("dataset", "must name a dataset".into());
         }
@@ -445,12 +493,15 @@ impl JobSpec {
                 "must be at most 1000".into(),
             );
         }
-        Ok(())
+        Ok(CheckedSpec {
+            spec: self,
+            job_kind: kind,
+        })
     }
 
     /// Checks an automl job's search: its settings, and that every value of every parameter makes
     /// a valid train job from this one (so a typo fails at submission, not at trial 17).
-    fn check_automl(&self) -> Result<()> {
+    fn check_automl(&self) -> Result<AutomlOptions> {
         let bad = |field: &str, msg: String| Err(Error::InvalidSpec(format!("`{field}` {msg}")));
         let Some(a) = &self.automl else {
             return bad(
@@ -522,11 +573,11 @@ impl JobSpec {
                 }
             }
         }
-        Ok(())
+        Ok(a.clone())
     }
 
     /// The `train` job a trial runs: this spec with `config`'s overrides, checked.
-    pub fn trial_spec(&self, config: &Config) -> Result<JobSpec> {
+    pub fn trial_spec(&self, config: &Config) -> Result<CheckedSpec> {
         let base = JobSpec {
             kind: "train".into(),
             automl: None,
@@ -565,10 +616,10 @@ impl JobSpec {
         let spec: JobSpec = doc.try_into().map_err(|e: toml::de::Error| {
             Error::InvalidSpec(e.to_string().trim().replace('\n', " ").replace("  ", " "))
         })?;
-        spec.check()?;
+        let spec = spec.check()?;
         // A field the model kind does not have can slip through parsing (a logreg ignores
         // `model.max_depth`): every override must be found again in the parsed spec.
-        let rendered = toml::Value::try_from(&spec)
+        let rendered = toml::Value::try_from(&*spec)
             .map_err(|e| Error::InvalidSpec(format!("cannot render the trial job: {e}")))?;
         for (name, value) in config.iter().filter(|(n, _)| n.as_str() != TREES_TOTAL) {
             let found = name.split('.').try_fold(&rendered, |at, part| at.get(part));
@@ -589,11 +640,6 @@ impl JobSpec {
             }
         }
         Ok(spec)
-    }
-
-    /// The `[automl]` section when this is an automl job.
-    pub fn automl_options(&self) -> Option<&AutomlOptions> {
-        self.automl.as_ref()
     }
 
     /// The `[diffusion]` section, defaults filled in.
@@ -673,18 +719,18 @@ mod tests {
 
     #[test]
     fn minimal_spec_gets_defaults() {
-        let s =
-            JobSpec::from_toml("kind = \"train\"\ndataset = \"digits\"\nrounds = 10\n").unwrap();
+        let s = CheckedSpec::from_toml("kind = \"train\"\ndataset = \"digits\"\nrounds = 10\n")
+            .unwrap();
         assert_eq!(s.rounds, 10);
         assert_eq!(s.model, ModelSpec::default());
         assert_eq!(s.clients.min_fit_clients, 2);
         // The normalised form parses back to the same spec.
-        assert_eq!(JobSpec::from_toml(&s.to_toml()).unwrap(), s);
+        assert_eq!(CheckedSpec::from_toml(&s.to_toml()).unwrap(), s);
     }
 
     #[test]
     fn sections_override_defaults() {
-        let s = JobSpec::from_toml(
+        let s = CheckedSpec::from_toml(
             "kind = \"train\"\n[local]\nepochs = 3\nlr = 0.05\n[clients]\nfraction_fit = 0.5\n",
         )
         .unwrap();
@@ -772,41 +818,55 @@ mod tests {
             ("kind = \"train\"\nrounds = \"ten\"", "rounds"),
         ];
         for (text, needle) in cases {
-            let err = JobSpec::from_toml(text).unwrap_err().to_string();
+            let err = CheckedSpec::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?} gave {err:?}");
         }
     }
 
     #[test]
     fn strategy_and_model_sections_parse_with_defaults() {
-        let s = JobSpec::from_toml(
+        let s = CheckedSpec::from_toml(
             "kind = \"train\"\n[model]\nkind = \"mlp\"\nhidden = [32, 16]\n[strategy]\nname = \"fedadam\"\neta = 0.05\n",
         )
         .unwrap();
         assert_eq!(s.model.label(), "mlp(32,16)");
         assert_eq!(s.strategy.name(), "fedadam");
         let prox =
-            JobSpec::from_toml("kind = \"train\"\n[strategy]\nname = \"fedprox\"\n").unwrap();
+            CheckedSpec::from_toml("kind = \"train\"\n[strategy]\nname = \"fedprox\"\n").unwrap();
         assert_eq!(prox.proximal_mu(), 0.01);
         let clash =
             "kind = \"train\"\n[strategy]\nname = \"fedprox\"\n[local]\nproximal_mu = 0.5\n";
-        assert!(JobSpec::from_toml(clash)
+        assert!(CheckedSpec::from_toml(clash)
             .unwrap_err()
             .to_string()
             .contains("proximal_mu"));
         let eta_l = "kind = \"train\"\n[strategy]\nname = \"fedyogi\"\neta_l = 0.03\n[local]\nlr_decay = 0.5\n";
-        let s = JobSpec::from_toml(eta_l).unwrap();
+        let s = CheckedSpec::from_toml(eta_l).unwrap();
         assert!((s.local_lr(1) - 0.03).abs() < 1e-12 && (s.local_lr(2) - 0.015).abs() < 1e-12);
         let bad = "kind = \"train\"\n[strategy]\nname = \"fedtrimmedavg\"\nbeta = 0.7\n";
-        assert!(JobSpec::from_toml(bad)
+        assert!(CheckedSpec::from_toml(bad)
             .unwrap_err()
             .to_string()
             .contains("beta"));
     }
 
     #[test]
+    fn checked_spec_carries_its_kind_and_a_changed_spec_is_checked_again() {
+        let s = CheckedSpec::from_toml(
+            "kind = \"diffusion\"\ndataset = \"signals\"\n[model]\nkind = \"denoiser\"\n[diffusion]\nsamples = 7\n",
+        )
+        .unwrap();
+        assert!(matches!(s.kind(), JobKind::Diffusion { samples: 7, .. }));
+        assert_eq!(s.kind().as_str(), s.kind);
+        let mut changed = s.into_spec();
+        changed.rounds = 0;
+        let err = changed.check().unwrap_err().to_string();
+        assert!(err.contains("`rounds` must be between 1"), "{err}");
+    }
+
+    #[test]
     fn json_is_accepted() {
-        let s = JobSpec::from_json(r#"{"kind":"train","rounds":3}"#).unwrap();
+        let s = CheckedSpec::from_json(r#"{"kind":"train","rounds":3}"#).unwrap();
         assert_eq!(s.rounds, 3);
     }
 }
@@ -818,33 +878,42 @@ mod example_tests {
     /// The job files shipped in `examples/` stay valid.
     #[test]
     fn shipped_examples_parse() {
-        let full = JobSpec::from_toml(include_str!("../../examples/digits.toml")).unwrap();
+        let full = CheckedSpec::from_toml(include_str!("../../examples/digits.toml")).unwrap();
         assert_eq!(full.rounds, 30);
         assert_eq!(
             full.local,
             LocalConfig::default(),
             "digits.toml documents the defaults"
         );
-        let csv = JobSpec::from_toml(include_str!("../../examples/csv-quickstart.toml")).unwrap();
+        let csv =
+            CheckedSpec::from_toml(include_str!("../../examples/csv-quickstart.toml")).unwrap();
         assert_eq!(csv.evaluation.holdout.as_deref(), Some("shards/test.csv"));
-        let fusion = JobSpec::from_toml(include_str!("../../examples/fusion.toml")).unwrap();
-        assert_eq!(fusion.kind, "fusion");
-        let diffusion = JobSpec::from_toml(include_str!("../../examples/diffusion.toml")).unwrap();
+        let fusion = CheckedSpec::from_toml(include_str!("../../examples/fusion.toml")).unwrap();
+        assert_eq!(fusion.kind(), &JobKind::Fusion);
+        let diffusion =
+            CheckedSpec::from_toml(include_str!("../../examples/diffusion.toml")).unwrap();
         assert_eq!(
             diffusion.model.denoiser(),
             Some(&shoal_shared::models::diffusion::DenoiserSpec::default()),
             "diffusion.toml documents the defaults"
         );
-        assert_eq!(diffusion.diffusion_options().samples, 90);
-        let automl = JobSpec::from_toml(include_str!("../../examples/automl-seed.toml")).unwrap();
-        let grid = automl.automl_options().unwrap().space.grid().unwrap();
+        assert!(matches!(
+            diffusion.kind(),
+            JobKind::Diffusion { samples: 90, .. }
+        ));
+        let automl =
+            CheckedSpec::from_toml(include_str!("../../examples/automl-seed.toml")).unwrap();
+        let JobKind::Automl(opts) = automl.kind() else {
+            panic!("automl-seed.toml is an automl job")
+        };
+        let grid = opts.space.grid().unwrap();
         assert_eq!(grid.len(), 36, "the tutorial's grid");
         for config in &grid {
             let trial = automl.trial_spec(config).unwrap();
             let forest = trial.model.forest().unwrap();
             // 5 clients x 5 rounds grow exactly the total.
             assert_eq!(forest.trees_per_round * 25, forest.max_trees);
-            assert_eq!(trial.kind, "train");
+            assert_eq!(trial.kind(), &JobKind::Train);
             assert!(trial.automl.is_none());
         }
         let none = grid
@@ -861,7 +930,7 @@ mod example_tests {
                 .max_depth,
             None
         );
-        let forest = JobSpec::from_toml(include_str!("../../examples/forest.toml")).unwrap();
+        let forest = CheckedSpec::from_toml(include_str!("../../examples/forest.toml")).unwrap();
         assert_eq!(forest.model.forest().map(|p| p.trees_per_round), Some(5));
     }
 }

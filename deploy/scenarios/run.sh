@@ -87,7 +87,10 @@ for name in "${scenarios[@]}"; do
     straggler)
         wait_rounds 2
         compose pause client-1 >/dev/null 2>&1
-        wait_rounds 4
+        # Count from when the pause is in force, as for the disconnect below: rounds can be shorter
+        # than the docker command, and a pause lifted before the next round starts holds up nothing.
+        paused_at="$(rounds_done)"
+        wait_rounds $((paused_at + 2))
         compose unpause client-1 >/dev/null 2>&1
         dir="$(collect)"
         check_complete "$dir"

@@ -18,7 +18,8 @@ use ndarray::Array2;
 use prost::Message;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use shoal_coordinator::spec::{AutomlOptions, JobSpec};
+use shoal_coordinator::jobs::JobKind;
+use shoal_coordinator::spec::{AutomlOptions, CheckedSpec, JobSpec};
 use shoal_proto::v1;
 use shoal_proto::v1::task_result::Outcome;
 use shoal_shared::automl::{halving_rungs, Config, SearchAlgorithm};
@@ -60,13 +61,13 @@ pub fn job_spec(data: &[u8]) -> usize {
         return 0;
     };
     let mut accepted = 0;
-    for spec in [JobSpec::from_toml(text), JobSpec::from_json(text)]
+    for spec in [CheckedSpec::from_toml(text), CheckedSpec::from_json(text)]
         .into_iter()
         .flatten()
     {
         accepted += 1;
-        let _ = JobSpec::from_toml(&spec.to_toml());
-        if let Some(opts) = spec.automl_options() {
+        let _ = CheckedSpec::from_toml(&spec.to_toml());
+        if let JobKind::Automl(opts) = spec.kind() {
             automl(&spec, opts);
         }
     }

@@ -28,8 +28,9 @@ async fn a_holdout_the_coordinator_cannot_read_is_refused_at_submission() {
 async fn fusion_variants_train_over_the_federation_on_their_own_views() {
     use shoal_coordinator::simulate::SimulateOptions;
     let spec =
-        shoal_coordinator::spec::JobSpec::from_toml(include_str!("../../examples/fusion.toml"))
-            .unwrap();
+        shoal_coordinator::spec::CheckedSpec::from_toml(include_str!("../../examples/fusion.toml"))
+            .unwrap()
+            .into_spec();
     let mut o = SimulateOptions::new(spec, Builtin::Multimodal);
     o.clients = 5;
     o.scheme = Partitioner::Iid;
@@ -92,9 +93,11 @@ async fn fusion_variants_train_over_the_federation_on_their_own_views() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_federated_ddpm_learns_every_clients_band() {
     use shoal_coordinator::simulate::SimulateOptions;
-    let spec =
-        shoal_coordinator::spec::JobSpec::from_toml(include_str!("../../examples/diffusion.toml"))
-            .unwrap();
+    let spec = shoal_coordinator::spec::CheckedSpec::from_toml(include_str!(
+        "../../examples/diffusion.toml"
+    ))
+    .unwrap()
+    .into_spec();
     let mut o = SimulateOptions::new(spec, Builtin::Signals);
     o.clients = 3;
     let run = crate::util::simulate_finished(o, "").await;
@@ -151,10 +154,11 @@ async fn a_federated_ddpm_learns_every_clients_band() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_automl_grid_scores_every_trial_on_validation_and_tests_only_the_best() {
     use shoal_coordinator::simulate::SimulateOptions;
-    let spec = shoal_coordinator::spec::JobSpec::from_toml(include_str!(
+    let spec = shoal_coordinator::spec::CheckedSpec::from_toml(include_str!(
         "../../examples/automl-seed.toml"
     ))
-    .unwrap();
+    .unwrap()
+    .into_spec();
     let mut o = SimulateOptions::new(spec, Builtin::Classification);
     o.clients = 5;
     o.scheme = Partitioner::Iid;
@@ -197,12 +201,12 @@ async fn an_automl_grid_scores_every_trial_on_validation_and_tests_only_the_best
 
 async fn automl_lr_scores(search: &str, parallel: u32) -> Vec<(u64, f64)> {
     use shoal_coordinator::simulate::SimulateOptions;
-    let spec = shoal_coordinator::spec::JobSpec::from_toml(&format!(
+    let spec = shoal_coordinator::spec::CheckedSpec::from_toml(&format!(
         "kind = \"automl\"\ndataset = \"digits\"\nrounds = 4\n[clients]\nmin_available_clients = 3\n\
          [automl]\nsearch = \"{search}\"\ntrials = 9\nparallel_trials = {parallel}\n\
          [automl.space]\n\"local.lr\" = {{ low = 0.001, high = 1.0, log = true }}\n\"local.epochs\" = [1, 3]\n"
     ))
-    .unwrap();
+    .unwrap().into_spec();
     let mut o = SimulateOptions::new(spec, Builtin::Digits);
     o.clients = 3;
     o.scheme = Partitioner::Iid;

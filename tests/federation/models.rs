@@ -174,7 +174,9 @@ async fn gbdt_lossless(dataset: Builtin, clients: usize, rounds: u32) {
     let toml = format!(
         "kind = \"train\"\ndataset = \"{dataset}\"\nrounds = {rounds}\n[model]\nkind = \"gbdt\"\nmax_depth = 3\nmax_bins = 32\n"
     );
-    let spec = shoal_coordinator::spec::JobSpec::from_toml(&toml).unwrap();
+    let spec = shoal_coordinator::spec::CheckedSpec::from_toml(&toml)
+        .unwrap()
+        .into_spec();
     let params: GbdtParams = spec.model.gbdt().unwrap().clone();
     let mut o = SimulateOptions::new(spec, dataset);
     o.clients = clients;

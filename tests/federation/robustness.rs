@@ -121,7 +121,9 @@ async fn robustness_run_on(dataset: Builtin, strategy: &str, attackers: usize) -
 /// them sending `scale:-10` updates; the job must finish.
 async fn attacked_run(dataset: Builtin, toml: &str, attackers: usize) -> Vec<v1::RoundReport> {
     use shoal_coordinator::simulate::SimulateOptions;
-    let spec = shoal_coordinator::spec::JobSpec::from_toml(toml).unwrap();
+    let spec = shoal_coordinator::spec::CheckedSpec::from_toml(toml)
+        .unwrap()
+        .into_spec();
     let mut o = SimulateOptions::new(spec, dataset);
     o.scheme = Partitioner::Iid;
     o.attackers = attackers;

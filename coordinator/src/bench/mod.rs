@@ -62,7 +62,7 @@ pub async fn gbdt(rounds: u32, repeats: u32) -> anyhow::Result<()> {
         println!("-");
     }
 
-    let spec = JobSpec::from_toml(&format!(
+    let spec = JobSpec::parse_toml(&format!(
         "kind = \"train\"\ndataset = \"digits\"\nrounds = {rounds}\n[model]\nkind = \"gbdt\"\n"
     ))?;
     let mut o = SimulateOptions::new(spec, Builtin::Digits);

@@ -86,7 +86,7 @@ pub async fn run_noniid(study: &NonIidStudy) -> anyhow::Result<Vec<Cell>> {
     let mut cells = Vec::new();
     for scheme in &study.schemes {
         for strategy in &study.strategies {
-            let mut spec = JobSpec::from_toml("kind = \"train\"\ndataset = \"digits\"\n")?;
+            let mut spec = JobSpec::parse_toml("kind = \"train\"\ndataset = \"digits\"\n")?;
             spec.rounds = study.rounds;
             spec.seed = study.seed;
             spec.model = study.model.clone();
@@ -300,7 +300,7 @@ pub async fn run_seed_forest(study: &SeedForestStudy) -> anyhow::Result<Vec<Seed
     // Federated: each client grows trees/rounds trees per round, so it contributes as many trees
     // as its local-only forest has; the global forest pools them.
     let per_round = study.trees.div_ceil(study.rounds);
-    let mut spec = JobSpec::from_toml("kind = \"train\"\ndataset = \"seed-fl\"\n")?;
+    let mut spec = JobSpec::parse_toml("kind = \"train\"\ndataset = \"seed-fl\"\n")?;
     spec.rounds = study.rounds;
     spec.seed = study.seed;
     spec.model = ModelSpec::Forest(params(per_round));

@@ -36,7 +36,7 @@ use tokio::net::TcpListener;
 use crate::coordinator::{round_from_wire, Coordinator, CoordinatorConfig};
 use crate::report::{round_line, LogFormat};
 use crate::simulate::{simulate, SimulateOptions};
-use crate::spec::JobSpec;
+use crate::spec::{CheckedSpec, JobSpec};
 use crate::state::Store;
 
 /// Shoal's coordinator: serves the federation, runs jobs, and simulates whole federations on one

@@ -53,8 +53,8 @@ pub struct SimulateArgs {
 
 pub(super) async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {
     let mut spec = match &a.job {
-        Some(path) => read_spec(path)?,
-        None => JobSpec::from_toml("kind = \"train\"\nrounds = 30\n")?,
+        Some(path) => read_spec(path)?.into_spec(),
+        None => JobSpec::parse_toml("kind = \"train\"\nrounds = 30\n")?,
     };
     if let Some(d) = &a.dataset {
         spec.dataset = d.clone();
@@ -80,7 +80,7 @@ pub(super) async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {
         spec.seed = s;
     }
     // The flags may have made a spec the file alone was not (a denoiser on a train job, ...).
-    spec.check()?;
+    let spec = spec.check()?.into_spec();
     let scheme: Partitioner = a.partition.parse().context("--partition")?;
     let attack = if a.attackers > 0 {
         if a.attackers > a.clients {
@@ -123,14 +123,14 @@ pub(super) async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {
     })
 }
 
-/// Reads a job file: TOML, or JSON when it ends in `.json`. Errors name the file.
-pub fn read_spec(path: &Path) -> anyhow::Result<JobSpec> {
+/// Reads and checks a job file: TOML, or JSON when it ends in `.json`. Errors name the file.
+pub fn read_spec(path: &Path) -> anyhow::Result<CheckedSpec> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read job file {}", path.display()))?;
     let spec = if path.extension().is_some_and(|e| e == "json") {
-        JobSpec::from_json(&text)
+        CheckedSpec::from_json(&text)
     } else {
-        JobSpec::from_toml(&text)
+        CheckedSpec::from_toml(&text)
     };
     spec.with_context(|| format!("job file {}", path.display()))
 }

@@ -30,7 +30,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::engine::registry::{Arrived, ClientView, Registry};
 use crate::error::{Error, Result};
-use crate::spec::{JobSpec, NormAction};
+use crate::spec::{CheckedSpec, NormAction};
 
 /// The awaited variant of a task result; a client's error or another variant is the verdict
 /// (`return Err(...)` from the enclosing result check).
@@ -124,7 +124,7 @@ pub struct DataFacts {
 #[derive(Debug, Clone)]
 pub struct JobCtx {
     pub id: String,
-    pub spec: JobSpec,
+    pub spec: CheckedSpec,
     pub registry: Arc<Registry>,
     pub cancel: CancellationToken,
     /// Largest message the coordinator sends; a task that would exceed it fails the job clearly.

@@ -31,7 +31,7 @@ use crate::coordinator::Resume;
 use crate::engine::round::{DataFacts, JobCtx, RoundRecord, TrainState};
 use crate::error::{Error, Result};
 use crate::report::{AutomlResult, RunFolder, Summary, TrialRow};
-use crate::spec::JobSpec;
+use crate::spec::AutomlOptions;
 use crate::Coordinator;
 
 /// Purpose of the search's own draws (random configurations, TPE candidates).
@@ -93,15 +93,11 @@ impl Coordinator {
     pub(crate) async fn automl(
         &self,
         ctx: &JobCtx,
+        opts: &AutomlOptions,
         run: &mut RunFolder,
         events: &broadcast::Sender<v1::WatchEvent>,
         resume: Option<Resume>,
     ) -> Result<Summary> {
-        let opts = ctx
-            .spec
-            .automl_options()
-            .cloned()
-            .ok_or_else(|| Error::InvalidSpec("an automl job needs [automl]".into()))?;
         let clients = ctx.wait_available(1, None).await?;
         let facts = ctx.resolve_data(&clients).await?;
         let test = facts.holdout.clone();
@@ -402,7 +398,7 @@ impl Coordinator {
             "model.json",
             &serde_json::json!({
                 "config": best_config,
-                "spec": best_spec,
+                "spec": &*best_spec,
                 "global": best_state.global.to_json(),
             }),
         )?;
@@ -475,8 +471,10 @@ impl Coordinator {
 /// The context a trial runs in: the job's spec with the configuration's overrides and the
 /// trial's budget, its own task ids, and the validation split.
 fn trial_ctx(ctx: &JobCtx, config: &Config, trial: u32, budget: u32) -> Result<JobCtx> {
-    let mut spec: JobSpec = ctx.spec.trial_spec(config)?;
+    // The budget changes the trial's spec, so the spec with it is checked as a new one.
+    let mut spec = ctx.spec.trial_spec(config)?.into_spec();
     spec.rounds = budget;
+    let spec = spec.check()?;
     Ok(JobCtx {
         id: format!("{}-t{trial}", ctx.id),
         spec,

@@ -16,7 +16,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use shoal_proto::v1;
 use shoal_shared::data::Dataset;
-use shoal_shared::models::diffusion::{nearest_rows, DenoiserModel};
+use shoal_shared::models::diffusion::{nearest_rows, DenoiserModel, DenoiserSpec};
 use shoal_shared::plot::{line_charts_svg, Panel, Series};
 use shoal_shared::seed;
 use tokio::sync::broadcast;
@@ -26,7 +26,6 @@ use crate::engine::round::JobCtx;
 use crate::error::{Error, Result};
 use crate::report::{BandCoverage, DiffusionResult, RunFolder, Summary};
 use crate::Coordinator;
-use shoal_shared::models::ModelSpec;
 
 /// Purposes of the generation draws (distinct from the round engine's).
 const SEED_GENERATE: u64 = 0x67_656e;
@@ -39,6 +38,8 @@ impl Coordinator {
     pub(crate) async fn diffusion(
         &self,
         ctx: &JobCtx,
+        denoiser_spec: &DenoiserSpec,
+        samples: u32,
         run: &mut RunFolder,
         events: &broadcast::Sender<v1::WatchEvent>,
         resume: Option<crate::coordinator::Resume>,
@@ -61,15 +62,10 @@ impl Coordinator {
         let holdout = facts.holdout.clone();
         let n_features = facts.n_features;
         let mut state = ctx.init_state(facts)?;
-        // The spec check admits only a denoiser to a diffusion job (`kind = "diffusion"` with
-        // `[model] kind = "denoiser"`), and a denoiser's server half is a weights model; these
-        // two refusals guard a spec built around that check.
-        let ModelSpec::Denoiser(p) = &ctx.spec.model else {
-            return Err(Error::Job(
-                "a diffusion job needs [model] kind = \"denoiser\"".into(),
-            ));
-        };
-        let denoiser = DenoiserModel::new(p, n_features)?;
+        let denoiser = DenoiserModel::new(denoiser_spec, n_features)?;
+        // A denoiser's server half is a weights model (`SgdServer`); the engine holds it as a
+        // `dyn ServerHalf`, whose `weights()` is `None` only for tree kinds, so these two
+        // refusals (here and after training) cannot happen with a checked diffusion spec.
         let Some(initial) = state.global.weights().cloned() else {
             return Err(Error::Job("a diffusion job needs a weights model".into()));
         };
@@ -90,7 +86,6 @@ impl Coordinator {
         let Some(final_w) = state.global.weights().cloned() else {
             return Err(Error::Job("a diffusion job needs a weights model".into()));
         };
-        let samples = ctx.spec.diffusion_options().samples;
         let job_seed = ctx.spec.seed;
         let generated = tokio::task::spawn_blocking(move || {
             generate(

@@ -14,7 +14,7 @@ use crate::coordinator::{job_to_wire, round_to_wire, Coordinator, JobHandle, Res
 use crate::engine::round::{unix_ms, JobCtx, RoundRecord};
 use crate::error::{Error, Result};
 use crate::report::{print_round, LogFormat, RunFolder, Summary};
-use crate::spec::JobSpec;
+use crate::spec::CheckedSpec;
 use crate::state::{JobRow, JobStatus};
 
 impl Coordinator {
@@ -48,7 +48,7 @@ impl Coordinator {
 
     /// Restarts one interrupted job from its checkpoint; returns the last completed round.
     fn resume(self: &Arc<Self>, row: JobRow) -> Result<u32> {
-        let spec = JobSpec::from_toml(&row.spec_toml)?;
+        let spec = CheckedSpec::from_toml(&row.spec_toml)?;
         let checkpoint = self.store.checkpoint(&row.id)?;
         let round = checkpoint.as_ref().map_or(0, |c| c.0);
         // Rounds recorded after the checkpoint cannot be: both go in one transaction. Older
@@ -66,7 +66,7 @@ impl Coordinator {
     }
 
     /// Stores the job, creates its run folder and starts it.
-    pub fn submit(self: &Arc<Self>, spec: JobSpec) -> Result<JobRow> {
+    pub fn submit(self: &Arc<Self>, spec: CheckedSpec) -> Result<JobRow> {
         if self.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
@@ -87,7 +87,7 @@ impl Coordinator {
         let run = RunFolder::create(&self.config.runs_dir, &id, &spec_toml)?;
         let row = JobRow {
             id: id.clone(),
-            kind: spec.kind.clone(),
+            kind: spec.kind().to_string(),
             status: JobStatus::Queued,
             spec_toml,
             created_ms: unix_ms(),
@@ -125,7 +125,7 @@ impl Coordinator {
     fn start(
         self: &Arc<Self>,
         id: String,
-        spec: JobSpec,
+        spec: CheckedSpec,
         run: RunFolder,
         resume: Option<Resume>,
     ) -> Result<()> {
@@ -137,7 +137,7 @@ impl Coordinator {
     fn spawn_job(
         self: &Arc<Self>,
         id: String,
-        spec: JobSpec,
+        spec: CheckedSpec,
         cancel: CancellationToken,
         events: broadcast::Sender<v1::WatchEvent>,
         run: RunFolder,
@@ -187,14 +187,7 @@ impl Coordinator {
             tokio::spawn(
                 async move {
                     let mut run = run;
-                    // The spec was checked at submission (and again when read back on resume),
-                    // so its kind parses; a failure here would be a spec changed in between.
-                    let kind = ctx
-                        .spec
-                        .kind
-                        .parse()
-                        .map_err(|e| Error::InvalidSpec(format!("`kind` {e}")))?;
-                    crate::jobs::run(&me, kind, &ctx, &mut run, &events, resume).await
+                    crate::jobs::run(&me, &ctx, &mut run, &events, resume).await
                 }
                 .in_current_span(),
             )

@@ -17,49 +17,44 @@ mod lifecycle;
 pub mod train;
 
 use shoal_proto::v1;
+use shoal_shared::models::diffusion::DenoiserSpec;
 use tokio::sync::broadcast;
 
 use crate::coordinator::Resume;
 use crate::engine::round::JobCtx;
 use crate::error::Result;
 use crate::report::{RunFolder, Summary};
+use crate::spec::AutomlOptions;
 use crate::Coordinator;
 
-/// What a job does, as its spec's `kind` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a job does, as its spec's `kind` names it, with the settings only that kind has. The
+/// spec check builds it ([`crate::spec::JobSpec::check`]), so a job kind gets its settings
+/// checked and never looks for them in the spec again.
+#[derive(Debug, Clone, PartialEq)]
 pub enum JobKind {
     Train,
     Fusion,
-    Diffusion,
-    Automl,
+    Diffusion {
+        /// The noise-prediction network (the spec's `[model]`).
+        denoiser: DenoiserSpec,
+        /// Signals generated after training (`[diffusion] samples`); 0 generates none.
+        samples: u32,
+    },
+    Automl(AutomlOptions),
 }
 
 impl JobKind {
     /// Every kind this version runs, for error messages.
     pub const NAMES: &'static str = "\"train\", \"fusion\", \"diffusion\" or \"automl\"";
 
-    pub fn as_str(self) -> &'static str {
+    /// The name a spec's `kind` gives.
+    pub fn as_str(&self) -> &'static str {
         match self {
             JobKind::Train => "train",
             JobKind::Fusion => "fusion",
-            JobKind::Diffusion => "diffusion",
-            JobKind::Automl => "automl",
+            JobKind::Diffusion { .. } => "diffusion",
+            JobKind::Automl(_) => "automl",
         }
-    }
-}
-
-impl std::str::FromStr for JobKind {
-    /// The error is the message a spec check gives after "`kind` ".
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Ok(match s {
-            "train" => JobKind::Train,
-            "fusion" => JobKind::Fusion,
-            "diffusion" => JobKind::Diffusion,
-            "automl" => JobKind::Automl,
-            k => return Err(format!("= \"{k}\" is unknown (expected {})", Self::NAMES)),
-        })
     }
 }
 
@@ -69,19 +64,22 @@ impl std::fmt::Display for JobKind {
     }
 }
 
-/// Runs a job of `kind` to its summary.
+/// Runs a job to its summary, by the kind its checked spec names.
 pub(crate) async fn run(
     coord: &Coordinator,
-    kind: JobKind,
     ctx: &JobCtx,
     run: &mut RunFolder,
     events: &broadcast::Sender<v1::WatchEvent>,
     resume: Option<Resume>,
 ) -> Result<Summary> {
-    match kind {
+    match ctx.spec.kind() {
         JobKind::Train => coord.train(ctx, run, events, resume).await,
         JobKind::Fusion => coord.fusion(ctx, run, events, resume).await,
-        JobKind::Diffusion => coord.diffusion(ctx, run, events, resume).await,
-        JobKind::Automl => coord.automl(ctx, run, events, resume).await,
+        JobKind::Diffusion { denoiser, samples } => {
+            coord
+                .diffusion(ctx, denoiser, *samples, run, events, resume)
+                .await
+        }
+        JobKind::Automl(opts) => coord.automl(ctx, opts, run, events, resume).await,
     }
 }

@@ -607,7 +607,7 @@ mod tests {
 
     #[test]
     fn summary_picks_the_best_round() {
-        let spec = crate::spec::JobSpec::from_toml("kind = \"train\"").unwrap();
+        let spec = crate::spec::CheckedSpec::from_toml("kind = \"train\"").unwrap();
         let s = Summary::from_rounds(
             "j",
             &spec,

@@ -20,7 +20,7 @@ use tracing::{info, warn, Instrument};
 use crate::coordinator::Coordinator;
 use crate::engine::registry::RegisterError;
 use crate::error::Error;
-use crate::spec::JobSpec;
+use crate::spec::CheckedSpec;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -305,8 +305,8 @@ impl Jobs for JobsService {
         self.coord.authorize_admin(&request)?;
         let req = request.into_inner();
         let spec = match req.format.as_str() {
-            "" | "toml" => JobSpec::from_toml(&req.spec)?,
-            "json" => JobSpec::from_json(&req.spec)?,
+            "" | "toml" => CheckedSpec::from_toml(&req.spec)?,
+            "json" => CheckedSpec::from_json(&req.spec)?,
             other => {
                 return Err(Error::InvalidSpec(format!(
                     "unknown spec format `{other}` (expected toml or json)"
