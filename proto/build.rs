@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "shoal/v1/common.proto",
         "shoal/v1/federation.proto",
         "shoal/v1/jobs.proto",
+        "shoal/v1/trees.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
@@ -18,7 +19,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Tensor bytes as `Bytes`: the same global model goes into every client's task, and a
         // clone of `Bytes` shares the buffer instead of copying the model N times.
         .bytes(".shoal.v1.Tensor.data")
-        .bytes(".shoal.v1.Task.model_blob")
         .bytes(".shoal.v1.Task.feature_view")
         .compile_fds(fds)?;
     Ok(())

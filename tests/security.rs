@@ -298,7 +298,7 @@ fn fit_result(t: &v1::Task, corrupt: impl Fn(&mut v1::Tensor)) -> task_result::O
                 num_examples: 100,
                 train_loss: 0.5,
                 control_delta: None,
-                model_blob: Vec::new(),
+                trees: None,
             })
         }
         _ => task_result::Outcome::Error("this peer does not evaluate".into()),

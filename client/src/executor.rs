@@ -67,8 +67,7 @@ impl Executor {
         };
         let spec: ModelSpec =
             shoal_proto::model_from_wire(task.model.as_ref()).map_err(|e| e.to_string())?;
-        let payload = tasks::payload_from_wire(task.parameters.as_ref(), &task.model_blob)
-            .map_err(|e| e.to_string())?;
+        let payload = tasks::payload_from_wire(task).map_err(|e| e.to_string())?;
         // Fusion tasks say how to present the rows; the view applies after the class remap, so
         // stacked members see the job's class list.
         let view = if task.feature_view.is_empty() {

@@ -28,13 +28,13 @@ use shoal_shared::data::Dataset;
 use shoal_shared::fusion::FeatureView;
 use shoal_shared::models::forest::Forest;
 use shoal_shared::models::gbdt::{
-    build_histograms, histograms_from_bytes, BinEdges, Ensemble, GTree, Histogram, QuantileSketch,
+    build_histograms, histograms_from_values, BinEdges, Ensemble, GTree, Histogram, QuantileSketch,
 };
 
 /// `(n_features, n_classes)` every model blob is decoded against. The seed blobs are built for
 /// these shapes (three classes: one tree per class and round; two: a single output).
 pub const BLOB_SHAPES: [(usize, usize); 2] = [(4, 3), (2, 2)];
-/// `(n_features, bins)` histogram bytes are decoded against (the seeds use these).
+/// `(n_features, bins)` histograms are checked against (the seeds use these).
 pub const HISTOGRAM_SHAPES: [(usize, usize); 2] = [(2, 3), (4, 4)];
 /// Most trees a decoded forest or ensemble may hold here.
 pub const MAX_TREES: usize = 1_000;
@@ -133,15 +133,26 @@ pub fn wire(data: &[u8]) -> usize {
 }
 
 /// `model_blob`: arbitrary bytes through every decoder of a model or of a model's parts: forest
-/// and gbdt ensemble blobs, quantile sketches, histogram bytes, a partial gbdt tree, a fusion
-/// feature view, and tensors (`Parameters`).
+/// and gbdt ensemble checkpoint blobs, the tree messages of the wire on their own (`Forest`,
+/// `Ensemble`, `QuantileSketch`, `NodeHistogram`, `BoostTree` as a partial tree), a fusion feature
+/// view, and tensors (`Parameters`).
 pub fn model_blob(data: &[u8]) -> usize {
-    let mut accepted = forest(data)
-        + ensemble(data)
-        + sketch(data)
-        + histograms(data)
-        + partial_tree(data, &[0, 1, 2])
-        + feature_view(data);
+    let mut accepted = forest_blob(data) + ensemble_blob(data) + feature_view(data);
+    if let Ok(f) = v1::Forest::decode(data) {
+        accepted += forest_wire(&f);
+    }
+    if let Ok(e) = v1::Ensemble::decode(data) {
+        accepted += ensemble_wire(&e);
+    }
+    if let Ok(s) = v1::QuantileSketch::decode(data) {
+        accepted += sketch_wire(&s);
+    }
+    if let Ok(h) = v1::NodeHistogram::decode(data) {
+        accepted += histograms_wire(std::slice::from_ref(&h));
+    }
+    if let Ok(t) = v1::BoostTree::decode(data) {
+        accepted += partial_tree_wire(Some(&t), &[0, 1, 2]);
+    }
     if let Ok(p) = v1::Parameters::decode(data) {
         accepted += weights(&p);
     }
@@ -164,15 +175,21 @@ fn task(t: &v1::Task) -> usize {
         Some(v1::task::Kind::Evaluate(e)) => {
             accepted += usize::from(shoal_proto::local_from_wire(e.local.as_ref()).is_ok());
         }
-        Some(v1::task::Kind::Histogram(h)) => accepted += partial_tree(&h.partial_tree, &h.nodes),
+        Some(v1::task::Kind::Histogram(h)) => {
+            accepted += partial_tree_wire(h.partial_tree.as_ref(), &h.nodes)
+        }
         Some(v1::task::Kind::Sketch(_)) | None => {}
     }
     if !t.feature_view.is_empty() {
         accepted += feature_view(&t.feature_view);
     }
-    if !t.model_blob.is_empty() {
-        accepted += forest(&t.model_blob) + ensemble(&t.model_blob);
+    if let Some(f) = &t.forest {
+        accepted += forest_wire(f);
     }
+    if let Some(e) = &t.ensemble {
+        accepted += ensemble_wire(e);
+    }
+    accepted += usize::from(shoal_proto::tasks::payload_from_wire(t).is_ok());
     accepted
 }
 
@@ -187,13 +204,13 @@ fn task_result(r: &v1::TaskResult) -> usize {
             if let Some(c) = &f.control_delta {
                 accepted += weights(c);
             }
-            if !f.model_blob.is_empty() {
-                accepted += forest(&f.model_blob);
+            if let Some(t) = &f.trees {
+                accepted += forest_wire(t);
             }
             accepted
         }
-        Some(Outcome::Sketch(s)) => sketch(&s.sketch),
-        Some(Outcome::Histogram(h)) => histograms(&h.histograms),
+        Some(Outcome::Sketch(s)) => s.sketch.as_ref().map_or(0, sketch_wire),
+        Some(Outcome::Histogram(h)) => histograms_wire(&h.histograms),
         Some(Outcome::Evaluate(_) | Outcome::Error(_)) | None => 0,
     }
 }
@@ -221,7 +238,8 @@ fn dataset(n_features: usize, n_classes: usize) -> Dataset {
     Dataset::new(features, labels, feature_names, class_names).expect("a valid probe dataset")
 }
 
-fn forest(bytes: &[u8]) -> usize {
+/// A forest checkpoint blob, decoded and checked against each shape, then used.
+fn forest_blob(bytes: &[u8]) -> usize {
     let mut accepted = 0;
     for (n_features, n_classes) in BLOB_SHAPES {
         if let Ok(f) = Forest::from_blob(bytes, n_features, n_classes, MAX_TREES) {
@@ -232,23 +250,66 @@ fn forest(bytes: &[u8]) -> usize {
     accepted
 }
 
-fn ensemble(bytes: &[u8]) -> usize {
+/// A forest off the wire: converted, then checked against each shape and used as the server
+/// (merging a client's trees) and a client (evaluating the global forest) would.
+fn forest_wire(f: &v1::Forest) -> usize {
+    let Ok(f) = Forest::try_from(f.clone()) else {
+        return 0;
+    };
     let mut accepted = 0;
     for (n_features, n_classes) in BLOB_SHAPES {
-        if let Ok(e) = Ensemble::from_blob(bytes, n_features, n_classes, MAX_TREES) {
+        if f.check(n_features, n_classes, MAX_TREES).is_ok() {
             accepted += 1;
-            let data = dataset(n_features, n_classes);
-            let _ = e.evaluate(&data);
-            let _ = e.edges.bin_matrix(data.features.view());
+            let _ = f.evaluate(&dataset(n_features, n_classes));
+            let mut global = Forest::new(n_features, n_classes);
+            let _ = global.merge(f.clone(), 1, MAX_TREES);
         }
     }
     accepted
 }
 
-fn sketch(bytes: &[u8]) -> usize {
+fn use_ensemble(e: &Ensemble, n_features: usize, n_classes: usize) {
+    let data = dataset(n_features, n_classes);
+    let _ = e.evaluate(&data);
+    let _ = e.edges.bin_matrix(data.features.view());
+}
+
+/// A gbdt checkpoint blob, decoded and checked against each shape, then used.
+fn ensemble_blob(bytes: &[u8]) -> usize {
+    let mut accepted = 0;
+    for (n_features, n_classes) in BLOB_SHAPES {
+        if let Ok(e) = Ensemble::from_blob(bytes, n_features, n_classes, MAX_TREES) {
+            accepted += 1;
+            use_ensemble(&e, n_features, n_classes);
+        }
+    }
+    accepted
+}
+
+/// An ensemble off the wire (a client's first histogram task or evaluation task): converted,
+/// checked against each shape, then used.
+fn ensemble_wire(e: &v1::Ensemble) -> usize {
+    let Ok(e) = Ensemble::try_from(e.clone()) else {
+        return 0;
+    };
+    let mut accepted = 0;
+    for (n_features, n_classes) in BLOB_SHAPES {
+        if e.check(n_features, n_classes, MAX_TREES).is_ok() {
+            accepted += 1;
+            use_ensemble(&e, n_features, n_classes);
+        }
+    }
+    accepted
+}
+
+/// A client's sketch off the wire, converted and checked as the coordinator does.
+fn sketch_wire(s: &v1::QuantileSketch) -> usize {
+    let Ok(s) = QuantileSketch::try_from(s.clone()) else {
+        return 0;
+    };
     let mut accepted = 0;
     for (n_features, _) in BLOB_SHAPES {
-        if let Ok(s) = QuantileSketch::from_blob(bytes, n_features, MAX_SKETCH_POINTS) {
+        if s.check(n_features, MAX_SKETCH_POINTS).is_ok() {
             accepted += 1;
             // The coordinator merges the clients' sketches and cuts the bin edges out of the
             // merged one: edges it then sends to every client, so they must be valid.
@@ -258,7 +319,7 @@ fn sketch(bytes: &[u8]) -> usize {
                 let edges = merged.bin_edges(max_bins);
                 assert!(
                     edges.validate(n_features).is_ok(),
-                    "bin edges cut from a decoded sketch are not valid: {edges:?}"
+                    "bin edges cut from a checked sketch are not valid: {edges:?}"
                 );
             }
         }
@@ -266,10 +327,13 @@ fn sketch(bytes: &[u8]) -> usize {
     accepted
 }
 
-fn histograms(bytes: &[u8]) -> usize {
+/// A client's histograms off the wire, checked against each shape and summed as the coordinator
+/// does.
+fn histograms_wire(h: &[v1::NodeHistogram]) -> usize {
     let mut accepted = 0;
     for (n_features, bins) in HISTOGRAM_SHAPES {
-        if let Ok(hs) = histograms_from_bytes(bytes, n_features, bins, MAX_HISTOGRAMS) {
+        let values = h.iter().map(|n| n.values.clone()).collect();
+        if let Ok(hs) = histograms_from_values(values, n_features, bins, MAX_HISTOGRAMS) {
             accepted += 1;
             let mut sum = Histogram::zeros(n_features, bins);
             for h in &hs {
@@ -281,12 +345,18 @@ fn histograms(bytes: &[u8]) -> usize {
     accepted
 }
 
-/// A partial gbdt tree as a client receives it (JSON), checked against fixed bin edges, then used
-/// to build the histograms of `nodes` from a few binned rows.
-fn partial_tree(bytes: &[u8], nodes: &[u32]) -> usize {
-    let Ok(tree) = serde_json::from_slice::<GTree>(bytes) else {
+/// A partial gbdt tree as a client receives it, checked against fixed bin edges, then used to
+/// build the histograms of `nodes` from a few binned rows.
+fn partial_tree_wire(t: Option<&v1::BoostTree>, nodes: &[u32]) -> usize {
+    let Some(Ok(tree)) =
+        t.map(|t| shoal_proto::trees::boost_tree_from_wire(t.clone(), "partial_tree"))
+    else {
         return 0;
     };
+    partial_tree(&tree, nodes)
+}
+
+fn partial_tree(tree: &GTree, nodes: &[u32]) -> usize {
     let edges = BinEdges {
         edges: vec![vec![-1.0, 0.0, 1.0], vec![0.5], vec![], vec![0.0, 2.0]],
     };
@@ -302,7 +372,7 @@ fn partial_tree(bytes: &[u8], nodes: &[u32]) -> usize {
     }
     let g: Vec<f64> = (0..binned.nrows()).map(|i| i as f64 - 2.5).collect();
     let h = vec![0.25; binned.nrows()];
-    let _ = build_histograms(binned.view(), &tree, nodes, &g, &h, edges.max_bins());
+    let _ = build_histograms(binned.view(), tree, nodes, &g, &h, edges.max_bins());
     1
 }
 

@@ -23,6 +23,7 @@ use shoal_shared::models::ModelSpec;
 use shoal_shared::tensor::{Tensor, Weights};
 
 pub mod tasks;
+pub mod trees;
 
 /// Generated code for package `shoal.v1`.
 #[allow(missing_debug_implementations, clippy::all)]
@@ -31,7 +32,11 @@ pub mod v1 {
 }
 
 /// The protocol version this build speaks. A `Hello` with another version is rejected.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// Version 2 sends tree models (forests, boosted ensembles, partial trees, quantile sketches,
+/// histograms) as typed messages (`shoal/v1/trees.proto`); version 1 sent them as JSON in bytes
+/// fields, which version 2 reserves.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A wire message that cannot become a domain value.
 #[derive(Debug, thiserror::Error)]

@@ -8,53 +8,68 @@ use shoal_shared::models::phase::{
     Request, SketchReply, Work,
 };
 
+use shoal_shared::models::forest::Forest;
+use shoal_shared::models::gbdt::{Ensemble, QuantileSketch};
+
+use crate::trees::boost_tree_from_wire;
 use crate::v1::{self, task, task_result};
 use crate::{invalid, local_from_wire, weights_from_wire, weights_to_wire, WireError};
 
-/// What a task carries of the global model: tensors or a blob.
+/// What a task carries of the global model: tensors, a forest or a boosted ensemble.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TaskPayload {
     pub parameters: Option<v1::Parameters>,
-    /// Shared by every task of a phase (cloning it copies no bytes).
-    pub blob: prost::bytes::Bytes,
+    pub forest: Option<v1::Forest>,
+    pub ensemble: Option<v1::Ensemble>,
 }
 
 impl From<Payload> for TaskPayload {
-    /// Encodes the tensors once and moves the blob, so every task of a phase shares them.
+    /// Encodes the model once per phase; every task of the phase clones the encoded form (tensor
+    /// bytes are shared, tree messages are copied).
     fn from(payload: Payload) -> Self {
         match payload {
             Payload::None => TaskPayload::default(),
             Payload::Weights(w) => TaskPayload {
                 parameters: Some(weights_to_wire(&w)),
-                blob: Default::default(),
+                ..Default::default()
             },
-            Payload::Blob(b) => TaskPayload {
-                parameters: None,
-                blob: b.into(),
+            Payload::Forest(f) => TaskPayload {
+                forest: Some(v1::Forest::from(f.as_ref())),
+                ..Default::default()
+            },
+            Payload::Ensemble(e) => TaskPayload {
+                ensemble: Some(v1::Ensemble::from(e.as_ref())),
+                ..Default::default()
             },
         }
     }
 }
 
 /// A task's model fields as the client half reads them; tensors are decoded without a bound
-/// beyond the message size (the coordinator is trusted to send its own model).
-pub fn payload_from_wire(
-    parameters: Option<&v1::Parameters>,
-    blob: &[u8],
-) -> Result<Payload, WireError> {
-    Ok(match (parameters, blob.is_empty()) {
-        (Some(p), _) => Payload::Weights(std::sync::Arc::new(weights_from_wire(p, usize::MAX)?)),
-        (None, false) => Payload::Blob(blob.to_vec()),
-        (None, true) => Payload::None,
+/// beyond the message size (the coordinator is trusted to send its own model), and trees are
+/// checked against the client's data by the client half.
+pub fn payload_from_wire(task: &v1::Task) -> Result<Payload, WireError> {
+    Ok(match (&task.parameters, &task.forest, &task.ensemble) {
+        (Some(p), None, None) => {
+            Payload::Weights(std::sync::Arc::new(weights_from_wire(p, usize::MAX)?))
+        }
+        (None, Some(f), None) => Payload::Forest(std::sync::Arc::new(Forest::try_from(f.clone())?)),
+        (None, None, Some(e)) => {
+            Payload::Ensemble(std::sync::Arc::new(Ensemble::try_from(e.clone())?))
+        }
+        (None, None, None) => Payload::None,
+        _ => {
+            return Err(invalid(
+                "task",
+                "carries more than one of parameters, forest and ensemble",
+            ))
+        }
     })
 }
 
 /// A phase's request as a task kind; a fit task carries the round's local training settings.
-pub fn request_to_wire(
-    request: Request,
-    local: v1::LocalTraining,
-) -> Result<task::Kind, WireError> {
-    Ok(match request {
+pub fn request_to_wire(request: Request, local: v1::LocalTraining) -> task::Kind {
+    match request {
         Request::Fit { control } => task::Kind::Fit(v1::FitTask {
             local: Some(local),
             control: control.as_ref().map(weights_to_wire),
@@ -62,12 +77,11 @@ pub fn request_to_wire(
         Request::Sketch => task::Kind::Sketch(v1::SketchTask {}),
         Request::Histogram(h) => task::Kind::Histogram(v1::HistogramTask {
             output: h.output,
-            partial_tree: serde_json::to_vec(&h.partial_tree)
-                .map_err(|e| invalid("histogram.partial_tree", e.to_string()))?,
+            partial_tree: Some(v1::BoostTree::from(&h.partial_tree)),
             nodes: h.nodes,
             first_level: h.first_level,
         }),
-    })
+    }
 }
 
 /// What a phase's replies must be, as its rejections say it.
@@ -80,7 +94,8 @@ pub fn expected_reply(request: &Request) -> &'static str {
 }
 
 /// A task result as the server half reads it: tensors decoded within `bounds` (those it does not
-/// want are ignored), blobs left to it. `expected` names the reply the phase waits for.
+/// want are ignored); trees, sketches and histograms decoded as they are, for the server half to
+/// check against the job. `expected` names the reply the phase waits for.
 pub fn reply_from_wire(
     outcome: Option<task_result::Outcome>,
     bounds: DecodeBounds,
@@ -113,15 +128,23 @@ pub fn reply_from_wire(
                 train_loss: f.train_loss,
                 parameters,
                 control_delta,
-                blob: f.model_blob,
+                trees: f
+                    .trees
+                    .map(Forest::try_from)
+                    .transpose()
+                    .map_err(Rejection::invalid)?,
             })
         }
         Some(task_result::Outcome::Sketch(s)) => Reply::Sketch(SketchReply {
-            sketch: s.sketch,
+            sketch: QuantileSketch::try_from(
+                s.sketch
+                    .ok_or(Rejection::Missing("sketch result without a sketch"))?,
+            )
+            .map_err(Rejection::invalid)?,
             num_examples: s.num_examples,
         }),
         Some(task_result::Outcome::Histogram(h)) => Reply::Histogram(HistogramReply {
-            histograms: h.histograms,
+            histograms: h.histograms.into_iter().map(|n| n.values).collect(),
             num_examples: h.num_examples,
             train_loss: h.train_loss,
         }),
@@ -157,8 +180,12 @@ impl TryFrom<&task::Kind> for Work {
             task::Kind::Sketch(_) => Work::Sketch,
             task::Kind::Histogram(h) => Work::Histogram(HistogramRequest {
                 output: h.output,
-                partial_tree: serde_json::from_slice(&h.partial_tree)
-                    .map_err(|e| invalid("partial_tree", e.to_string()))?,
+                partial_tree: boost_tree_from_wire(
+                    h.partial_tree
+                        .clone()
+                        .ok_or(WireError::Missing("histogram.partial_tree"))?,
+                    "histogram.partial_tree",
+                )?,
                 nodes: h.nodes.clone(),
                 first_level: h.first_level,
             }),
@@ -174,15 +201,19 @@ impl From<Answer> for task_result::Outcome {
                 num_examples: fit.num_examples,
                 train_loss: fit.train_loss,
                 control_delta: fit.control_delta.as_ref().map(weights_to_wire),
-                model_blob: fit.blob,
+                trees: fit.trees.as_ref().map(v1::Forest::from),
             }),
             Answer::Reply(Reply::Sketch(s)) => task_result::Outcome::Sketch(v1::SketchResult {
-                sketch: s.sketch,
+                sketch: Some(v1::QuantileSketch::from(&s.sketch)),
                 num_examples: s.num_examples,
             }),
             Answer::Reply(Reply::Histogram(h)) => {
                 task_result::Outcome::Histogram(v1::HistogramResult {
-                    histograms: h.histograms,
+                    histograms: h
+                        .histograms
+                        .into_iter()
+                        .map(|values| v1::NodeHistogram { values })
+                        .collect(),
                     num_examples: h.num_examples,
                     train_loss: h.train_loss,
                 })
@@ -217,12 +248,12 @@ mod tests {
             nodes: vec![0],
             first_level: true,
         };
-        let kind = request_to_wire(Request::Histogram(h.clone()), local).unwrap();
+        let kind = request_to_wire(Request::Histogram(h.clone()), local);
         let Work::Histogram(back) = Work::try_from(&kind).unwrap() else {
             panic!("a histogram task is histogram work")
         };
         assert_eq!(back, h);
-        let kind = request_to_wire(Request::Fit { control: Some(w()) }, local).unwrap();
+        let kind = request_to_wire(Request::Fit { control: Some(w()) }, local);
         let Work::Fit { control, local } = Work::try_from(&kind).unwrap() else {
             panic!("a fit task is fit work")
         };
@@ -233,7 +264,7 @@ mod tests {
             train_loss: 0.5,
             parameters: Some(w()),
             control_delta: Some(w()),
-            blob: vec![1],
+            trees: Some(shoal_shared::models::forest::Forest::new(2, 3)),
         };
         let outcome = task_result::Outcome::from(Answer::Reply(Reply::Fit(fit.clone())));
         let bounds = DecodeBounds {
@@ -253,8 +284,8 @@ mod tests {
             panic!("a fit result is a fit reply")
         };
         assert_eq!(
-            (f.parameters, f.control_delta, f.blob),
-            (None, None, vec![1])
+            (f.parameters, f.control_delta, f.trees),
+            (None, None, Some(Forest::new(2, 3)))
         );
         let small = DecodeBounds {
             max_elements: Some(1),
@@ -284,16 +315,49 @@ mod tests {
 
     #[test]
     fn payloads_round_trip() {
+        let mut ensemble = Ensemble::new(
+            1,
+            2,
+            shoal_shared::models::gbdt::BinEdges {
+                edges: vec![vec![0.5]],
+            },
+        );
+        ensemble.rounds.push(vec![GTree::root()]);
         for p in [
             Payload::None,
             Payload::Weights(std::sync::Arc::new(w())),
-            Payload::Blob(vec![7, 8]),
+            Payload::Forest(std::sync::Arc::new(Forest::new(4, 2))),
+            Payload::Ensemble(std::sync::Arc::new(ensemble)),
         ] {
             let wire = TaskPayload::from(p.clone());
-            assert_eq!(
-                payload_from_wire(wire.parameters.as_ref(), &wire.blob).unwrap(),
-                p
-            );
+            let task = v1::Task {
+                parameters: wire.parameters,
+                forest: wire.forest,
+                ensemble: wire.ensemble,
+                ..Default::default()
+            };
+            assert_eq!(payload_from_wire(&task).unwrap(), p);
         }
+        let both = v1::Task {
+            parameters: Some(weights_to_wire(&w())),
+            forest: Some(v1::Forest::default()),
+            ..Default::default()
+        };
+        assert!(payload_from_wire(&both)
+            .unwrap_err()
+            .to_string()
+            .contains("more than one"));
+    }
+
+    #[test]
+    fn a_sketch_result_without_its_sketch_is_refused() {
+        let outcome = task_result::Outcome::Sketch(v1::SketchResult {
+            sketch: None,
+            num_examples: 3,
+        });
+        assert!(matches!(
+            reply_from_wire(Some(outcome), DecodeBounds::NONE, "a sketch"),
+            Err(Rejection::Missing(_))
+        ));
     }
 }

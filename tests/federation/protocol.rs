@@ -5,24 +5,31 @@ use super::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_protocol_version_is_rejected_with_both_versions() {
     let tc = TestCoordinator::start().await;
-    let mut peer = RawPeer::connect(&tc.url, "old", 999, Builtin::Digits).await;
-    match peer.next().await {
-        Some(coordinator_message::Msg::Reject(r)) => {
-            assert!(r.reason.contains("999"), "{}", r.reason);
-            assert!(
-                r.reason
-                    .contains(&shoal_proto::PROTOCOL_VERSION.to_string()),
-                "{}",
-                r.reason
-            );
-            assert_eq!(
-                r.coordinator_protocol_version,
-                shoal_proto::PROTOCOL_VERSION
-            );
+    // Version 1 sent tree models as JSON blobs; a peer still speaking it is told, not misread.
+    for theirs in [1, 999] {
+        let mut peer = RawPeer::connect(&tc.url, "old", theirs, Builtin::Digits).await;
+        match peer.next().await {
+            Some(coordinator_message::Msg::Reject(r)) => {
+                assert!(
+                    r.reason.contains(&format!("client speaks {theirs}")),
+                    "{}",
+                    r.reason
+                );
+                assert!(
+                    r.reason
+                        .contains(&shoal_proto::PROTOCOL_VERSION.to_string()),
+                    "{}",
+                    r.reason
+                );
+                assert_eq!(
+                    r.coordinator_protocol_version,
+                    shoal_proto::PROTOCOL_VERSION
+                );
+            }
+            other => panic!("expected Reject, got {other:?}"),
         }
-        other => panic!("expected Reject, got {other:?}"),
+        assert!(peer.next().await.is_none(), "the stream ends after Reject");
     }
-    assert!(peer.next().await.is_none(), "the stream ends after Reject");
     assert!(
         tc.coord.registry().is_empty(),
         "a rejected client is not registered"

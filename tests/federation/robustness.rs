@@ -28,7 +28,7 @@ async fn corrupt_peer(
                         num_examples: 100,
                         train_loss: 0.5,
                         control_delta: None,
-                        model_blob: Vec::new(),
+                        trees: None,
                     })
                 }
                 _ => task_result::Outcome::Error("this peer does not evaluate".into()),

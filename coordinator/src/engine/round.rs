@@ -590,7 +590,7 @@ impl JobCtx {
             };
             let clients: Vec<&str> = ask.clients.iter().map(String::as_str).collect();
             let expected = tasks::expected_reply(&ask.request);
-            let kind = tasks::request_to_wire(ask.request, self.local_training(round))?;
+            let kind = tasks::request_to_wire(ask.request, self.local_training(round));
             let payload = TaskPayload::from(ask.payload);
             let bounds = global.decode_bounds();
             let phase = self
@@ -741,7 +741,8 @@ impl JobCtx {
                 class_names: facts.class_names.clone(),
                 model: Some(shoal_proto::model_to_wire(&self.spec.model)),
                 parameters: payload.parameters.clone(),
-                model_blob: payload.blob.clone(),
+                forest: payload.forest.clone(),
+                ensemble: payload.ensemble.clone(),
                 feature_view: self.view.clone(),
                 validation: self.validation,
                 deadline_unix_ms,

@@ -80,7 +80,7 @@ impl Federation for FederationService {
         if hello.protocol_version != PROTOCOL_VERSION {
             warn!(?peer, client = %hello.client_name, theirs = hello.protocol_version, "protocol version mismatch");
             return Ok(reject(format!(
-                "protocol version mismatch: client speaks {}, coordinator speaks {}",
+                "protocol version mismatch: client speaks {}, coordinator speaks {} (run client and coordinator releases that speak the same version; docs/PROTOCOL.md lists what changed)",
                 hello.protocol_version, PROTOCOL_VERSION
             )));
         }

@@ -81,8 +81,11 @@ pub enum Payload {
     None,
     /// A weights model's parameters, shared with the server half (no copy per phase).
     Weights(std::sync::Arc<Weights>),
-    /// A model that is not tensors, as its versioned blob.
-    Blob(Vec<u8>),
+    /// The global forest (its evaluation tasks), shared with the server half.
+    Forest(std::sync::Arc<super::forest::Forest>),
+    /// The boosted ensemble (a round's first histogram level, evaluation tasks), shared with the
+    /// server half.
+    Ensemble(std::sync::Arc<super::gbdt::Ensemble>),
 }
 
 /// One phase of a round, as the server half asks for it.
@@ -154,8 +157,9 @@ pub struct PhaseTally {
 }
 
 /// A client's answer to a [`Request`]. Parameters are decoded by the driver within the bounds
-/// of [`ServerHalf::decode_bounds`]; blobs stay bytes for the server half to decode with its own
-/// limits.
+/// of [`ServerHalf::decode_bounds`]; trees, sketches and histograms arrive as decoded but
+/// unchecked values, for the server half to check against the job (features, classes, edges,
+/// its own limits).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
     Fit(FitReply),
@@ -172,22 +176,24 @@ pub struct FitReply {
     pub parameters: Option<Weights>,
     /// SCAFFOLD: the change of the client's control variate.
     pub control_delta: Option<Weights>,
-    /// A forest's new trees, as a blob.
-    pub blob: Vec<u8>,
+    /// A forest's new trees (unchecked).
+    pub trees: Option<super::forest::Forest>,
 }
 
 /// The answer to [`Request::Sketch`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct SketchReply {
-    pub sketch: Vec<u8>,
+    /// The client's quantile sketch (unchecked).
+    pub sketch: super::gbdt::QuantileSketch,
     pub num_examples: u64,
 }
 
 /// The answer to [`Request::Histogram`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistogramReply {
-    /// Little-endian f64 histograms, one per requested node.
-    pub histograms: Vec<u8>,
+    /// One histogram's values per requested node, in the request's order (unchecked: see
+    /// [`super::gbdt::histograms_from_values`]).
+    pub histograms: Vec<Vec<f64>>,
     pub num_examples: u64,
     /// Loss of the current ensemble on the local train rows (first level only).
     pub train_loss: f64,

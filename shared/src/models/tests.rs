@@ -233,7 +233,7 @@ fn bad_replies_are_refused_with_a_typed_reason_and_change_nothing() {
             train_loss,
             parameters,
             control_delta: None,
-            blob: Vec::new(),
+            trees: None,
         })
     };
     let mut nan = global.clone();
@@ -241,7 +241,7 @@ fn bad_replies_are_refused_with_a_typed_reason_and_change_nothing() {
     let cases: Vec<(Reply, &str)> = vec![
         (
             Reply::Sketch(super::phase::SketchReply {
-                sketch: Vec::new(),
+                sketch: super::gbdt::QuantileSketch::empty(0),
                 num_examples: 1,
             }),
             "expected a fit result",

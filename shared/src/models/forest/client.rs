@@ -1,7 +1,7 @@
 //! The client half of a federated forest: Fit grows new trees on the local train split (the
 //! global forest is not needed for that); Evaluate scores the global forest the task carries.
 
-use super::{fit_trees, Forest, ForestParams};
+use super::{fit_trees, ForestParams};
 use crate::models::phase::{
     Answer, ClientTask, Evaluation, FitReply, Payload, Reply, TaskData, Work,
 };
@@ -19,21 +19,17 @@ pub fn handle(params: &ForestParams, task: ClientTask, data: &TaskData<'_>) -> R
                 train_loss: stats.loss,
                 parameters: None,
                 control_delta: None,
-                blob: trees.to_blob(),
+                trees: Some(trees),
             })))
         }
         Work::Evaluate { .. } => {
             let test = data.raw_test.remap_classes(data.class_names)?;
-            let blob = match &task.payload {
-                Payload::Blob(b) => b.as_slice(),
-                _ => &[],
+            let Payload::Forest(forest) = &task.payload else {
+                return Err(Error::Data(
+                    "the evaluation task of a forest job carries no forest".into(),
+                ));
             };
-            let forest = Forest::from_blob(
-                blob,
-                test.n_features(),
-                task.n_classes,
-                params.max_trees as usize,
-            )?;
+            forest.check(test.n_features(), task.n_classes, params.max_trees as usize)?;
             let stats = forest.evaluate(&test)?;
             Ok(Answer::Evaluated(Evaluation::of(&stats, &test, None)))
         }

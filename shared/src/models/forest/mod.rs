@@ -1,10 +1,11 @@
 //! Federated random forests: trees fitted with linfa-trees on a client's rows, converted into a
-//! compact, validated representation that travels as a versioned blob and merges by concatenation.
+//! compact representation that is checked whenever it arrives and merges by concatenation.
 //!
 //! Principal types: [`ForestParams`] (what each client fits per round), [`Tree`] and [`Forest`]
 //! (soft-voting ensemble, each tree weighted by its client's example count). [`fit_trees`] runs on
-//! a client; [`Forest::merge`] on the coordinator; [`Forest::to_blob`] / [`Forest::from_blob`] are the
-//! wire form.
+//! a client; [`Forest::merge`] on the coordinator; [`Forest::check`] checks a forest that came off
+//! the network (the wire form is protobuf, converted in `shoal-proto`); [`Forest::to_blob`] /
+//! [`Forest::from_blob`] are the checkpoint form.
 //!
 //! Each tree sees a bootstrap sample of the local train rows and a random subset of the features
 //! (random subspaces: linfa-trees has no per-split feature sampling). Leaves keep the class
@@ -27,10 +28,10 @@ pub mod client;
 mod kind;
 pub mod server;
 
-/// Blob format name and version; a decoder refuses anything else.
+/// Checkpoint blob format name and version; a decoder refuses anything else.
 pub const BLOB_FORMAT: &str = "shoal-forest";
 pub const BLOB_VERSION: u32 = 1;
-/// Limits a decoded blob must respect (a blob comes off the network).
+/// Limits a forest that comes off the network or out of a checkpoint must respect.
 pub const MAX_NODES_PER_TREE: usize = 1 << 20;
 
 /// What each client fits per round, and how big the global forest may grow.
@@ -305,7 +306,7 @@ impl Forest {
         }
     }
 
-    /// The versioned wire form.
+    /// The versioned checkpoint form (JSON).
     pub fn to_blob(&self) -> Vec<u8> {
         let blob = Blob {
             format: BLOB_FORMAT.into(),
@@ -315,7 +316,7 @@ impl Forest {
         serde_json::to_vec(&blob).unwrap_or_default()
     }
 
-    /// Decodes and validates a blob against the expected shape.
+    /// Decodes a checkpoint blob and checks it ([`Forest::check`]).
     pub fn from_blob(
         bytes: &[u8],
         n_features: usize,
@@ -330,24 +331,31 @@ impl Forest {
                 blob.format, blob.version
             )));
         }
-        let f = blob.forest;
-        if f.n_features != n_features || f.n_classes != n_classes {
+        blob.forest.check(n_features, n_classes, max_trees)?;
+        Ok(blob.forest)
+    }
+
+    /// Fails unless this forest (off the network or out of a checkpoint) has the expected shape,
+    /// at most `max_trees` trees, and every tree is well formed: node indices that cannot loop,
+    /// known features, finite thresholds, leaves that are class distributions.
+    pub fn check(&self, n_features: usize, n_classes: usize, max_trees: usize) -> Result<()> {
+        if self.n_features != n_features || self.n_classes != n_classes {
             return Err(Error::Shape {
-                what: "forest blob".into(),
+                what: "forest".into(),
                 expected: format!("{n_features} features, {n_classes} classes"),
-                found: format!("{} features, {} classes", f.n_features, f.n_classes),
+                found: format!("{} features, {} classes", self.n_features, self.n_classes),
             });
         }
-        if f.trees.len() > max_trees {
+        if self.trees.len() > max_trees {
             return Err(Error::Data(format!(
-                "forest blob holds {} trees, more than {max_trees}",
-                f.trees.len()
+                "forest holds {} trees, more than {max_trees}",
+                self.trees.len()
             )));
         }
-        for t in &f.trees {
+        for t in &self.trees {
             t.validate(n_features, n_classes)?;
         }
-        Ok(f)
+        Ok(())
     }
 }
 

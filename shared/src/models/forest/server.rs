@@ -72,7 +72,11 @@ impl ServerHalf for ForestServer {
         check_loss(fit.train_loss)?;
         let (n_features, n_classes) = (self.forest.n_features, self.forest.n_classes);
         let per_client = self.params.trees_per_round as usize;
-        let mut trees = Forest::from_blob(&fit.blob, n_features, n_classes, per_client)
+        let Some(mut trees) = fit.trees else {
+            return Err(Rejection::Missing("fit result without trees"));
+        };
+        trees
+            .check(n_features, n_classes, per_client)
             .map_err(Rejection::invalid)?;
         if trees.trees.is_empty() {
             return Err(Rejection::Missing("fit result without trees"));
@@ -103,7 +107,7 @@ impl ServerHalf for ForestServer {
     }
 
     fn payload(&self) -> Payload {
-        Payload::Blob(self.forest.to_blob())
+        Payload::Forest(self.forest.clone())
     }
 
     fn evaluator(&self) -> Evaluator {

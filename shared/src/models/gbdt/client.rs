@@ -4,10 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{
-    build_histograms, gradients, histograms_to_bytes, BinEdges, Ensemble, GbdtParams,
-    QuantileSketch,
-};
+use super::{build_histograms, gradients, BinEdges, Ensemble, GbdtParams, QuantileSketch};
 use crate::models::phase::{
     Answer, ClientState, ClientTask, Evaluation, HistogramReply, Payload, Reply, SketchReply,
     TaskData, Work,
@@ -31,11 +28,18 @@ pub struct BoostCache {
     pub edges: BinEdges,
 }
 
-fn blob(payload: &Payload) -> &[u8] {
-    match payload {
-        Payload::Blob(b) => b,
-        _ => &[],
-    }
+/// The ensemble a task carries, checked against the client's data.
+fn ensemble<'a>(
+    payload: &'a Payload,
+    n_features: usize,
+    n_classes: usize,
+    what: &str,
+) -> Result<&'a Ensemble> {
+    let Payload::Ensemble(e) = payload else {
+        return Err(Error::Data(format!("{what} carries no ensemble")));
+    };
+    e.check(n_features, n_classes, MAX_BOOST_TREES)?;
+    Ok(e)
 }
 
 /// Runs `task`; the first histogram level of a round returns the round's cache to keep.
@@ -51,7 +55,7 @@ pub fn handle(
             let train = data.raw_train;
             let sketch = QuantileSketch::of(train.features.view(), params.sketch_size as usize);
             let reply = Reply::Sketch(SketchReply {
-                sketch: sketch.to_blob(),
+                sketch,
                 num_examples: train.n_rows() as u64,
             });
             Ok((Answer::Reply(reply), None))
@@ -60,11 +64,11 @@ pub fn handle(
             let mut train_loss = 0.0;
             let mut kept = None;
             let cache = if h.first_level {
-                let ensemble = Ensemble::from_blob(
-                    blob(&task.payload),
+                let ensemble = ensemble(
+                    &task.payload,
                     n_features,
                     task.n_classes,
-                    MAX_BOOST_TREES,
+                    "the first histogram task of a round",
                 )?;
                 let train = data.raw_train.remap_classes(data.class_names)?;
                 let raw = ensemble.raw_scores(train.features.view())?;
@@ -100,7 +104,7 @@ pub fn handle(
                 cache.edges.max_bins(),
             )?;
             let reply = Reply::Histogram(HistogramReply {
-                histograms: histograms_to_bytes(&hists),
+                histograms: hists.into_iter().map(|h| h.data).collect(),
                 num_examples: cache.labels.len() as u64,
                 train_loss,
             });
@@ -108,11 +112,11 @@ pub fn handle(
         }
         Work::Evaluate { .. } => {
             let test = data.raw_test.remap_classes(data.class_names)?;
-            let ensemble = Ensemble::from_blob(
-                blob(&task.payload),
+            let ensemble = ensemble(
+                &task.payload,
                 n_features,
                 task.n_classes,
-                MAX_BOOST_TREES,
+                "the evaluation task of a gbdt job",
             )?;
             let stats = ensemble.evaluate(&test)?;
             Ok((Answer::Evaluated(Evaluation::of(&stats, &test, None)), None))

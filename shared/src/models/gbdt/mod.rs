@@ -2,7 +2,8 @@
 //!
 //! Principal types: [`GbdtParams`], [`QuantileSketch`] (merged into global [`BinEdges`]),
 //! [`Histogram`] (per-node gradient/hessian sums), [`TreeGrower`] (picks splits level by level),
-//! [`GTree`] and [`Ensemble`] (the model and its versioned blob).
+//! [`GTree`] and [`Ensemble`] (the model; the wire form is protobuf, converted in `shoal-proto`,
+//! and [`Ensemble::to_blob`] is the checkpoint form).
 //!
 //! Protocol; the coordinator never sees a row:
 //! 1. Each client sends [`QuantileSketch::of`] its features; the coordinator merges them and fixes
@@ -227,20 +228,10 @@ impl QuantileSketch {
         BinEdges { edges }
     }
 
-    /// The wire form (JSON).
-    pub fn to_blob(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-
-    /// Decodes and validates a client's sketch: `n_features` features, at most
+    /// Fails unless a client's sketch has `n_features` features, at most
     /// `max_points_per_feature` points each, finite values, finite non-negative weights.
-    pub fn from_blob(
-        bytes: &[u8],
-        n_features: usize,
-        max_points_per_feature: usize,
-    ) -> Result<Self> {
-        let s: QuantileSketch = serde_json::from_slice(bytes)
-            .map_err(|e| Error::Data(format!("quantile sketch is not valid: {e}")))?;
+    pub fn check(&self, n_features: usize, max_points_per_feature: usize) -> Result<()> {
+        let s = self;
         if s.features.len() != n_features {
             return Err(Error::Shape {
                 what: "quantile sketch".into(),
@@ -264,7 +255,7 @@ impl QuantileSketch {
                 )));
             }
         }
-        Ok(s)
+        Ok(())
     }
 }
 
@@ -446,80 +437,39 @@ impl Histogram {
     }
 }
 
-/// Bytes of the header of [`histograms_to_bytes`]: count, n_features, bins as `u32` LE.
-const HIST_HEADER: usize = 12;
-
-/// Encodes histograms (all of one shape) as a header (count, n_features, bins: `u32` LE) followed
-/// by every histogram's `data` as little-endian `f64`.
-pub fn histograms_to_bytes(h: &[Histogram]) -> Vec<u8> {
-    let (nf, bins) = h.first().map_or((0, 0), |x| (x.n_features, x.bins));
-    let values: usize = h.iter().map(|x| x.data.len()).sum();
-    let mut out = Vec::with_capacity(HIST_HEADER + 8 * values);
-    for v in [h.len(), nf, bins] {
-        out.extend_from_slice(&u32::try_from(v).unwrap_or(u32::MAX).to_le_bytes());
-    }
-    for x in h {
-        for v in &x.data {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    out
-}
-
-/// Decodes [`histograms_to_bytes`], refusing a header that does not announce `n_features` and
-/// `bins`, more than `max_count` histograms, a body of the wrong size, or a non-finite value.
-pub fn histograms_from_bytes(
-    b: &[u8],
+/// Checks a client's histograms as they came off the wire: at most `max_count` of them, each
+/// `n_features * bins * 2` finite values.
+pub fn histograms_from_values(
+    values: Vec<Vec<f64>>,
     n_features: usize,
     bins: usize,
     max_count: usize,
 ) -> Result<Vec<Histogram>> {
-    let bad = |m: String| Error::Data(format!("histogram bytes: {m}"));
-    let (header, body) = b
-        .split_at_checked(HIST_HEADER)
-        .ok_or_else(|| bad(format!("{} bytes is shorter than the header", b.len())))?;
-    let mut fields = header
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize);
-    let (count, nf, nb) = match (fields.next(), fields.next(), fields.next()) {
-        (Some(c), Some(f), Some(n)) => (c, f, n),
-        _ => return Err(bad("truncated header".into())),
-    };
-    if count > max_count {
-        return Err(bad(format!("{count} histograms, more than {max_count}")));
-    }
-    if nf != n_features || nb != bins {
-        return Err(Error::Shape {
-            what: "histogram bytes".into(),
-            expected: format!("{n_features} features x {bins} bins"),
-            found: format!("{nf} features x {nb} bins"),
-        });
+    let bad = |m: String| Error::Data(format!("histograms: {m}"));
+    if values.len() > max_count {
+        return Err(bad(format!(
+            "{} histograms, more than {max_count}",
+            values.len()
+        )));
     }
     let per = Histogram::expected_len(n_features, bins)
         .ok_or_else(|| bad("histogram size overflows".into()))?;
-    let want = per
-        .checked_mul(count)
-        .and_then(|v| v.checked_mul(8))
-        .ok_or_else(|| bad("histogram size overflows".into()))?;
-    if body.len() != want {
-        return Err(bad(format!(
-            "{} body bytes, expected {want} for {count} histograms",
-            body.len()
-        )));
+    if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| v.len() != per) {
+        return Err(Error::Shape {
+            what: format!("histogram {i}"),
+            expected: format!("{per} values ({n_features} features x {bins} bins x 2)"),
+            found: format!("{} values", v.len()),
+        });
     }
-    let values: Vec<f64> = body
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-        .collect();
-    if values.iter().any(|v| !v.is_finite()) {
-        return Err(Error::NonFinite("histogram bytes".into()));
+    if values.iter().flatten().any(|v| !v.is_finite()) {
+        return Err(Error::NonFinite("histograms".into()));
     }
-    // `per == 0` (no features) still yields `count` empty histograms.
-    Ok((0..count)
-        .map(|i| Histogram {
+    Ok(values
+        .into_iter()
+        .map(|data| Histogram {
             n_features,
             bins,
-            data: values.get(i * per..(i + 1) * per).unwrap_or(&[]).to_vec(),
+            data,
         })
         .collect())
 }
@@ -831,7 +781,7 @@ impl Ensemble {
         })
     }
 
-    /// The versioned wire form: `{"format":"shoal-gbdt","version":1,"ensemble":{..}}`.
+    /// The versioned checkpoint form: `{"format":"shoal-gbdt","version":1,"ensemble":{..}}`.
     pub fn to_blob(&self) -> Vec<u8> {
         let blob = BlobOut {
             format: BLOB_FORMAT,
@@ -841,9 +791,7 @@ impl Ensemble {
         serde_json::to_vec(&blob).unwrap_or_default()
     }
 
-    /// Decodes and validates a blob: format and version, `n_features` and `n_classes` (at least 2),
-    /// edges, base scores, one tree per output per round, at most `max_trees` trees in all, and
-    /// every tree against the edges ([`GTree::check`]).
+    /// Decodes a checkpoint blob (format and version) and checks it ([`Ensemble::check`]).
     pub fn from_blob(
         bytes: &[u8],
         n_features: usize,
@@ -858,10 +806,19 @@ impl Ensemble {
                 blob.format, blob.version
             )));
         }
-        let e = blob.ensemble;
+        blob.ensemble.check(n_features, n_classes, max_trees)?;
+        Ok(blob.ensemble)
+    }
+
+    /// Fails unless this ensemble (off the network or out of a checkpoint) has `n_features` and
+    /// `n_classes` (at least 2), valid edges, finite base scores, one tree per output per round,
+    /// at most `max_trees` trees in all, and every tree well formed against the edges
+    /// ([`GTree::check`]).
+    pub fn check(&self, n_features: usize, n_classes: usize, max_trees: usize) -> Result<()> {
+        let e = self;
         if e.n_features != n_features || e.n_classes != n_classes || n_classes < 2 {
             return Err(Error::Shape {
-                what: "gbdt blob".into(),
+                what: "gbdt ensemble".into(),
                 expected: format!("{n_features} features, {n_classes} classes (at least 2)"),
                 found: format!("{} features, {} classes", e.n_features, e.n_classes),
             });
@@ -870,20 +827,20 @@ impl Ensemble {
         let outputs = n_outputs(n_classes);
         if e.base_score.len() != outputs || e.base_score.iter().any(|v| !v.is_finite()) {
             return Err(Error::Data(format!(
-                "gbdt blob has {} base scores, expected {outputs} finite ones",
+                "gbdt ensemble has {} base scores, expected {outputs} finite ones",
                 e.base_score.len()
             )));
         }
         let trees = e.rounds.len().saturating_mul(outputs);
         if trees > max_trees {
             return Err(Error::Data(format!(
-                "gbdt blob holds {trees} trees, more than {max_trees}"
+                "gbdt ensemble holds {trees} trees, more than {max_trees}"
             )));
         }
         for (r, round) in e.rounds.iter().enumerate() {
             if round.len() != outputs {
                 return Err(Error::Data(format!(
-                    "gbdt blob round {r} has {} trees, expected {outputs}",
+                    "gbdt ensemble round {r} has {} trees, expected {outputs}",
                     round.len()
                 )));
             }
@@ -891,7 +848,7 @@ impl Ensemble {
                 t.check(&e.edges)?;
             }
         }
-        Ok(e)
+        Ok(())
     }
 }
 
@@ -1451,17 +1408,18 @@ mod tests {
     }
 
     #[test]
-    fn sketch_blob_round_trips_and_refuses_bad_points() {
+    fn sketch_check_refuses_bad_points() {
         let s = QuantileSketch::of(column((0..50).map(|v| v as f32)).view(), 10);
-        assert_eq!(QuantileSketch::from_blob(&s.to_blob(), 1, 10).unwrap(), s);
-        assert!(QuantileSketch::from_blob(&s.to_blob(), 2, 10).is_err());
-        assert!(QuantileSketch::from_blob(&s.to_blob(), 1, 9).is_err());
-        let neg = br#"{"features":[[[1.0,-1.0]]]}"#;
-        assert!(QuantileSketch::from_blob(neg, 1, 10).is_err());
-        let nan = br#"{"features":[[[null,1.0]]]}"#;
-        assert!(QuantileSketch::from_blob(nan, 1, 10).is_err());
-        let ok = br#"{"features":[[[1.0,0.0]]]}"#;
-        assert!(QuantileSketch::from_blob(ok, 1, 10).is_ok());
+        s.check(1, 10).unwrap();
+        assert!(s.check(2, 10).is_err());
+        assert!(s.check(1, 9).is_err());
+        let point = |v: f32, w: f64| QuantileSketch {
+            features: vec![vec![(v, w)]],
+        };
+        assert!(point(1.0, -1.0).check(1, 10).is_err());
+        assert!(point(f32::NAN, 1.0).check(1, 10).is_err());
+        assert!(point(1.0, f64::INFINITY).check(1, 10).is_err());
+        assert!(point(1.0, 0.0).check(1, 10).is_ok());
     }
 
     #[test]
@@ -1520,27 +1478,27 @@ mod tests {
         short.data.pop();
         assert!(s.add(&short).is_err());
 
-        let bytes = histograms_to_bytes(&[a.clone(), b.clone()]);
-        assert_eq!(bytes.len(), 12 + 2 * 12 * 8);
+        let values = vec![a.data.clone(), b.data.clone()];
         assert_eq!(
-            histograms_from_bytes(&bytes, 2, 3, 2).unwrap(),
+            histograms_from_values(values.clone(), 2, 3, 2).unwrap(),
             vec![a.clone(), b]
         );
-        assert!(histograms_from_bytes(&bytes, 2, 3, 1).is_err());
-        assert!(histograms_from_bytes(&bytes, 2, 4, 2).is_err());
-        assert!(histograms_from_bytes(&bytes, 3, 3, 2).is_err());
-        assert!(histograms_from_bytes(&bytes[..bytes.len() - 1], 2, 3, 2).is_err());
-        assert!(histograms_from_bytes(&bytes[..5], 2, 3, 2).is_err());
+        assert!(histograms_from_values(values.clone(), 2, 3, 1).is_err());
+        assert!(histograms_from_values(values.clone(), 2, 4, 2).is_err());
+        assert!(histograms_from_values(values.clone(), 3, 3, 2).is_err());
+        let mut short = values.clone();
+        short[1].pop();
+        let err = histograms_from_values(short, 2, 3, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("histogram 1"), "{err}");
         let mut nan = a.clone();
         nan.data[3] = f64::NAN;
         assert!(matches!(
-            histograms_from_bytes(&histograms_to_bytes(&[nan]), 2, 3, 2),
+            histograms_from_values(vec![nan.data], 2, 3, 2),
             Err(Error::NonFinite(_))
         ));
-        assert_eq!(
-            histograms_from_bytes(&histograms_to_bytes(&[]), 0, 0, 2).unwrap(),
-            vec![]
-        );
+        assert_eq!(histograms_from_values(vec![], 0, 0, 2).unwrap(), vec![]);
     }
 
     #[test]
@@ -1877,8 +1835,8 @@ mod tests {
                     let mut total: Vec<Histogram> = Vec::new();
                     for (b, (g, h)) in binned.iter().zip(&grads) {
                         let local = build_histograms(b.view(), tree, nodes, g, h, bins).unwrap();
-                        let wire = histograms_to_bytes(&local);
-                        let got = histograms_from_bytes(&wire, d, bins, nodes.len()).unwrap();
+                        let wire = local.into_iter().map(|h| h.data).collect();
+                        let got = histograms_from_values(wire, d, bins, nodes.len()).unwrap();
                         if total.is_empty() {
                             total = got;
                         } else {
@@ -1937,9 +1895,8 @@ mod tests {
         let mut sketch = QuantileSketch::empty(pooled.n_features());
         for p in &parts {
             let s = QuantileSketch::of(p.features.view(), params.sketch_size as usize);
-            sketch
-                .merge(&QuantileSketch::from_blob(&s.to_blob(), 4, 256).unwrap())
-                .unwrap();
+            s.check(4, 256).unwrap();
+            sketch.merge(&s).unwrap();
         }
         let edges = sketch.bin_edges(params.max_bins as usize);
         let fed = train_federated(&parts, &edges, &params, 8);

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use super::{
-    histograms_from_bytes, n_outputs, Ensemble, GTree, GbdtParams, Histogram, QuantileSketch,
+    histograms_from_values, n_outputs, Ensemble, GTree, GbdtParams, Histogram, QuantileSketch,
     TreeGrower,
 };
 use crate::models::phase::{
@@ -44,9 +44,8 @@ pub struct GbdtServer {
 #[derive(Debug)]
 struct Growing {
     plan: RoundPlan,
-    /// The ensemble before this round's trees, and its blob (sent with the round's first level).
+    /// The ensemble before this round's trees (sent with the round's first level).
     current: Option<Arc<Ensemble>>,
-    blob: Vec<u8>,
     /// One participant set for the whole round: a client that fails once is not asked again this
     /// round, so one silent client cannot stall every tree.
     participants: Vec<String>,
@@ -111,11 +110,10 @@ impl GbdtServer {
                 nodes,
                 first_level,
             }),
-            payload: if first_level {
+            payload: match (&g.current, first_level) {
                 // Sent once per round: the later levels carry no model.
-                Payload::Blob(std::mem::take(&mut g.blob))
-            } else {
-                Payload::None
+                (Some(e), true) => Payload::Ensemble(e.clone()),
+                _ => Payload::None,
             },
             quorum: if g.level == 0 {
                 g.plan.quorum
@@ -272,7 +270,6 @@ impl ServerHalf for GbdtServer {
         let mut g = Growing {
             plan,
             current: None,
-            blob: Vec::new(),
             participants,
             output: 0,
             level: 0,
@@ -300,7 +297,6 @@ impl ServerHalf for GbdtServer {
             return Ok(Step::Ask(ask));
         }
         g.current = self.ensemble.clone();
-        g.blob = g.current.as_ref().map(|e| e.to_blob()).unwrap_or_default();
         let step = Self::ask_level(&mut g);
         self.round = Some(g);
         Ok(step)
@@ -319,20 +315,17 @@ impl ServerHalf for GbdtServer {
             let Reply::Sketch(s) = reply else {
                 return Err(Rejection::WrongKind("a sketch"));
             };
-            let sketch = QuantileSketch::from_blob(
-                &s.sketch,
-                self.n_features,
-                self.params.sketch_size as usize,
-            )
-            .map_err(Rejection::invalid)?;
-            self.sketches.push((client.to_string(), sketch));
+            s.sketch
+                .check(self.n_features, self.params.sketch_size as usize)
+                .map_err(Rejection::invalid)?;
+            self.sketches.push((client.to_string(), s.sketch));
             return Ok(());
         }
         let Reply::Histogram(h) = reply else {
             return Err(Rejection::WrongKind("histograms"));
         };
         let bins = g.current.as_ref().map_or(0, |e| e.edges.max_bins());
-        let hists = histograms_from_bytes(&h.histograms, self.n_features, bins, g.nodes.len())
+        let hists = histograms_from_values(h.histograms, self.n_features, bins, g.nodes.len())
             .map_err(Rejection::invalid)?;
         if hists.len() != g.nodes.len() {
             return Err(Rejection::Implausible(format!(
@@ -362,7 +355,6 @@ impl ServerHalf for GbdtServer {
             self.edges_from_sketches(&g.plan, tally)?;
             g.sketching = false;
             g.current = self.ensemble.clone();
-            g.blob = g.current.as_ref().map(|e| e.to_blob()).unwrap_or_default();
             let step = Self::ask_level(&mut g);
             self.round = Some(g);
             return Ok(step);
@@ -379,7 +371,7 @@ impl ServerHalf for GbdtServer {
 
     fn payload(&self) -> Payload {
         match &self.ensemble {
-            Some(e) => Payload::Blob(e.to_blob()),
+            Some(e) => Payload::Ensemble(e.clone()),
             None => Payload::None,
         }
     }

@@ -72,7 +72,7 @@ pub fn handle(
                 train_loss: stats.loss,
                 parameters: Some(w),
                 control_delta,
-                blob: Vec::new(),
+                trees: None,
             });
             Ok((Answer::Reply(reply), kept))
         }
