@@ -52,6 +52,18 @@ impl CheckedSpec {
     pub fn into_spec(self) -> JobSpec {
         self.spec
     }
+
+    /// This spec with `rounds` rounds (an AutoML trial's budget). The round count is checked
+    /// only against its own range, so only that range is checked here.
+    pub fn with_rounds(mut self, rounds: u32) -> Result<CheckedSpec> {
+        if !(1..=MAX_ROUNDS).contains(&rounds) {
+            return Err(Error::InvalidSpec(format!(
+                "`rounds` must be between 1 and {MAX_ROUNDS}"
+            )));
+        }
+        self.spec.rounds = rounds;
+        Ok(self)
+    }
 }
 
 impl std::ops::Deref for CheckedSpec {
@@ -642,8 +654,8 @@ impl JobSpec {
         Ok(spec)
     }
 
-    /// The `[diffusion]` section, defaults filled in.
-    pub fn diffusion_options(&self) -> DiffusionOptions {
+    /// The `[diffusion]` section, defaults filled in (the check takes it into [`JobKind`]).
+    fn diffusion_options(&self) -> DiffusionOptions {
         self.diffusion.clone().unwrap_or_default()
     }
 

@@ -84,25 +84,54 @@ pub fn request_to_wire(request: Request, local: v1::LocalTraining) -> task::Kind
     }
 }
 
-/// What a phase's replies must be, as its rejections say it.
-pub fn expected_reply(request: &Request) -> &'static str {
-    match request {
-        Request::Fit { .. } => "a fit result",
-        Request::Sketch => "a sketch",
-        Request::Histogram(_) => "histograms",
+/// The reply a phase waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyKind {
+    Fit,
+    Sketch,
+    Histogram,
+}
+
+impl ReplyKind {
+    /// As rejections name it ("expected a fit result").
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplyKind::Fit => "a fit result",
+            ReplyKind::Sketch => "a sketch",
+            ReplyKind::Histogram => "histograms",
+        }
     }
 }
 
-/// A task result as the server half reads it: tensors decoded within `bounds` (those it does not
-/// want are ignored); trees, sketches and histograms decoded as they are, for the server half to
-/// check against the job. `expected` names the reply the phase waits for.
+/// What a phase's replies must be.
+pub fn expected_reply(request: &Request) -> ReplyKind {
+    match request {
+        Request::Fit { .. } => ReplyKind::Fit,
+        Request::Sketch => ReplyKind::Sketch,
+        Request::Histogram(_) => ReplyKind::Histogram,
+    }
+}
+
+/// A task result as the server half reads it: a client's error or a reply of another kind than
+/// `expected` is refused before anything is decoded; then tensors are decoded within `bounds`
+/// (those it does not want are ignored), and trees, sketches and histograms as they are, for the
+/// server half to check against the job.
 pub fn reply_from_wire(
     outcome: Option<task_result::Outcome>,
     bounds: DecodeBounds,
-    expected: &'static str,
+    expected: ReplyKind,
 ) -> Result<Reply, Rejection> {
+    let kind = match &outcome {
+        Some(task_result::Outcome::Error(e)) => return Err(Rejection::ClientError(e.clone())),
+        Some(task_result::Outcome::Fit(_)) => Some(ReplyKind::Fit),
+        Some(task_result::Outcome::Sketch(_)) => Some(ReplyKind::Sketch),
+        Some(task_result::Outcome::Histogram(_)) => Some(ReplyKind::Histogram),
+        Some(task_result::Outcome::Evaluate(_)) | None => None,
+    };
+    if kind != Some(expected) {
+        return Err(Rejection::WrongKind(expected.as_str()));
+    }
     Ok(match outcome {
-        Some(task_result::Outcome::Error(e)) => return Err(Rejection::ClientError(e)),
         Some(task_result::Outcome::Fit(f)) => {
             let (parameters, control_delta) = match bounds.max_elements {
                 Some(max) => {
@@ -148,8 +177,8 @@ pub fn reply_from_wire(
             num_examples: h.num_examples,
             train_loss: h.train_loss,
         }),
-        Some(task_result::Outcome::Evaluate(_)) | None => {
-            return Err(Rejection::WrongKind(expected))
+        Some(task_result::Outcome::Error(_) | task_result::Outcome::Evaluate(_)) | None => {
+            return Err(Rejection::WrongKind(expected.as_str()))
         }
     })
 }
@@ -272,7 +301,7 @@ mod tests {
             control: true,
         };
         assert_eq!(
-            reply_from_wire(Some(outcome.clone()), bounds, "a fit result").unwrap(),
+            reply_from_wire(Some(outcome.clone()), bounds, ReplyKind::Fit).unwrap(),
             Reply::Fit(fit.clone())
         );
         // Tensors a server half does not want are ignored; tensors beyond its bound are refused.
@@ -280,7 +309,9 @@ mod tests {
             max_elements: None,
             control: false,
         };
-        let Reply::Fit(f) = reply_from_wire(Some(outcome.clone()), unwanted, "").unwrap() else {
+        let Reply::Fit(f) =
+            reply_from_wire(Some(outcome.clone()), unwanted, ReplyKind::Fit).unwrap()
+        else {
             panic!("a fit result is a fit reply")
         };
         assert_eq!(
@@ -292,11 +323,11 @@ mod tests {
             control: false,
         };
         assert!(matches!(
-            reply_from_wire(Some(outcome), small, ""),
+            reply_from_wire(Some(outcome), small, ReplyKind::Fit),
             Err(Rejection::Invalid { .. })
         ));
         assert_eq!(
-            reply_from_wire(None, bounds, "a sketch")
+            reply_from_wire(None, bounds, ReplyKind::Sketch)
                 .unwrap_err()
                 .to_string(),
             "expected a sketch"
@@ -305,7 +336,7 @@ mod tests {
             reply_from_wire(
                 Some(task_result::Outcome::Error("disk full".into())),
                 bounds,
-                ""
+                ReplyKind::Fit
             )
             .unwrap_err()
             .to_string(),
@@ -350,14 +381,22 @@ mod tests {
     }
 
     #[test]
-    fn a_sketch_result_without_its_sketch_is_refused() {
+    fn a_sketch_result_without_its_sketch_is_refused_and_the_kind_comes_first() {
         let outcome = task_result::Outcome::Sketch(v1::SketchResult {
             sketch: None,
             num_examples: 3,
         });
         assert!(matches!(
-            reply_from_wire(Some(outcome), DecodeBounds::NONE, "a sketch"),
+            reply_from_wire(Some(outcome.clone()), DecodeBounds::NONE, ReplyKind::Sketch),
             Err(Rejection::Missing(_))
         ));
+        // Sent to a phase that waits for another kind, it is refused as the wrong kind before
+        // its content is looked at.
+        assert_eq!(
+            reply_from_wire(Some(outcome), DecodeBounds::NONE, ReplyKind::Fit)
+                .unwrap_err()
+                .to_string(),
+            "expected a fit result"
+        );
     }
 }

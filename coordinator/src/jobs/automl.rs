@@ -471,10 +471,7 @@ impl Coordinator {
 /// The context a trial runs in: the job's spec with the configuration's overrides and the
 /// trial's budget, its own task ids, and the validation split.
 fn trial_ctx(ctx: &JobCtx, config: &Config, trial: u32, budget: u32) -> Result<JobCtx> {
-    // The budget changes the trial's spec, so the spec with it is checked as a new one.
-    let mut spec = ctx.spec.trial_spec(config)?.into_spec();
-    spec.rounds = budget;
-    let spec = spec.check()?;
+    let spec = ctx.spec.trial_spec(config)?.with_rounds(budget)?;
     Ok(JobCtx {
         id: format!("{}-t{trial}", ctx.id),
         spec,

@@ -28,7 +28,7 @@ pub mod client;
 mod kind;
 pub mod server;
 
-/// Blob format name and version; a decoder refuses anything else.
+/// Checkpoint blob format name and version; a decoder refuses anything else.
 pub const BLOB_FORMAT: &str = "shoal-gbdt";
 pub const BLOB_VERSION: u32 = 1;
 /// Deepest tree [`GbdtParams::check`] accepts (and the most a [`TreeGrower`] will grow).
@@ -1460,7 +1460,7 @@ mod tests {
     }
 
     #[test]
-    fn histograms_add_sub_and_round_trip_bytes() {
+    fn histograms_add_sub_and_check_wire_values() {
         let a = hist(
             2,
             3,
