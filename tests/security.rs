@@ -131,6 +131,8 @@ fn hello(name: &str, token: &str) -> v1::Hello {
             feature_names: data.feature_names.clone(),
             class_names: data.class_names.clone(),
         }],
+        model_kinds: crate::util::builtin_kinds().0,
+        task_kinds: crate::util::builtin_kinds().1,
     }
 }
 

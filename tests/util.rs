@@ -204,6 +204,18 @@ pub struct RawPeer {
     pub rx: tonic::Streaming<CoordinatorMessage>,
 }
 
+/// The model and task kinds the built-in client lists in its Hello.
+pub fn builtin_kinds() -> (Vec<String>, Vec<String>) {
+    let caps = shoal_shared::models::phase::Capabilities::builtin();
+    (
+        caps.model_kinds.into_iter().collect(),
+        caps.task_kinds
+            .iter()
+            .map(|k| k.as_str().to_string())
+            .collect(),
+    )
+}
+
 impl RawPeer {
     /// Opens a stream and sends a Hello for `name` holding a built-in dataset's shape.
     pub async fn connect(url: &str, name: &str, version: u32, dataset: Builtin) -> Self {
@@ -219,6 +231,8 @@ impl RawPeer {
                 feature_names: data.feature_names.clone(),
                 class_names: data.class_names.clone(),
             }],
+            model_kinds: builtin_kinds().0,
+            task_kinds: builtin_kinds().1,
         };
         Self::with_first(url, client_message::Msg::Hello(hello)).await
     }

@@ -8,9 +8,10 @@ use std::time::Duration;
 use rand::Rng;
 use shoal_proto::v1::{
     client_message, coordinator_message, federation_client::FederationClient, ClientMessage,
-    Heartbeat, Hello,
+    DatasetInfo, Heartbeat, Hello,
 };
 use shoal_proto::PROTOCOL_VERSION;
+use shoal_shared::models::phase::{Capabilities, TaskKind};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -40,6 +41,9 @@ pub struct ClientConfig {
     pub tls: Option<crate::tls::ClientTls>,
     /// This client's token, sent in its Hello (coordinators with `--client-tokens`).
     pub token: Option<String>,
+    /// Your own model's training and evaluation: with it, the client also runs jobs whose model
+    /// kind is `external` (see [`crate::trainer`]).
+    pub trainer: Option<Arc<dyn crate::trainer::Trainer>>,
 }
 
 impl ClientConfig {
@@ -57,7 +61,50 @@ impl ClientConfig {
             max_message_bytes: 64 * 1024 * 1024,
             tls: None,
             token: None,
+            trainer: None,
         }
+    }
+
+    /// A client that runs only `trainer`'s model (external jobs) on the datasets it announces.
+    pub fn with_trainer(
+        coordinator: impl Into<String>,
+        name: impl Into<String>,
+        trainer: Arc<dyn crate::trainer::Trainer>,
+    ) -> Self {
+        ClientConfig {
+            trainer: Some(trainer),
+            ..ClientConfig::new(coordinator, name, Catalog::new())
+        }
+    }
+
+    /// The datasets its Hello announces: the catalog's, then the trainer's.
+    pub fn dataset_infos(&self) -> Vec<DatasetInfo> {
+        let mut infos = self.catalog.infos();
+        if let Some(t) = &self.trainer {
+            infos.extend(t.datasets().into_iter().map(|d| DatasetInfo {
+                name: d.name,
+                train_examples: d.train_examples,
+                test_examples: d.test_examples,
+                feature_names: d.feature_names,
+                class_names: d.class_names,
+            }));
+        }
+        infos
+    }
+
+    /// What its Hello says it runs: Shoal's own model kinds when it holds data of its own, the
+    /// `external` kind (fit and evaluate) when it has a trainer.
+    pub fn capabilities(&self) -> Capabilities {
+        let mut caps = if self.catalog.infos().is_empty() {
+            Capabilities::default()
+        } else {
+            Capabilities::builtin()
+        };
+        if self.trainer.is_some() {
+            caps.model_kinds.insert("external".into());
+            caps.task_kinds.extend([TaskKind::Fit, TaskKind::Evaluate]);
+        }
+        caps
     }
 }
 
@@ -114,13 +161,19 @@ pub fn endpoint_with(url: &str, tls: Option<&crate::tls::ClientTls>) -> Result<E
 /// Runs the client until `shutdown` resolves (Ok), the coordinator rejects it, or
 /// `give_up_after` passes without a connection.
 pub async fn run(config: ClientConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
-    if config.catalog.is_empty() {
-        return Err(ClientError::Config("the client holds no dataset".into()));
+    if config.dataset_infos().is_empty() {
+        return Err(ClientError::Config(
+            "the client holds no dataset (neither in its catalog nor from its trainer)".into(),
+        ));
     }
     let endpoint = endpoint_with(&config.coordinator, config.tls.as_ref())?;
     let span = tracing::info_span!("client", client = %config.name);
     // Lives across reconnects: per-job client state (SCAFFOLD's c_i) survives a dropped stream.
-    let executor = Arc::new(Executor::new(config.catalog.clone(), config.attack));
+    let executor = Arc::new(Executor::new(
+        config.catalog.clone(),
+        config.attack,
+        config.trainer.clone(),
+    ));
     async move {
         tokio::pin!(shutdown);
         let mut backoff = config.initial_backoff;
@@ -197,11 +250,18 @@ async fn session(
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     let (tx, rx) = mpsc::channel::<ClientMessage>(16);
+    let caps = config.capabilities();
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         client_name: config.name.clone(),
         token: config.token.clone().unwrap_or_default(),
-        datasets: config.catalog.infos(),
+        datasets: config.dataset_infos(),
+        model_kinds: caps.model_kinds.iter().cloned().collect(),
+        task_kinds: caps
+            .task_kinds
+            .iter()
+            .map(|k| k.as_str().to_string())
+            .collect(),
     };
     tx.send(ClientMessage {
         msg: Some(client_message::Msg::Hello(hello)),

@@ -1,6 +1,7 @@
 //! Runs one task against the local data: pure and synchronous, called through `spawn_blocking`.
-//! What a task does belongs to its model kind's client half ([`ModelSpec::handle`]); this file
-//! decodes the task, keeps each job's client state and encodes the answer.
+//! What a task does belongs to its model kind's client half ([`ModelSpec::handle`]), or, for an
+//! external model, to the client's [`Trainer`]; this file decodes the task, keeps each job's
+//! client state and encodes the answer.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -15,6 +16,7 @@ use shoal_shared::models::ModelSpec;
 
 use crate::attack::Attack;
 use crate::catalog::Catalog;
+use crate::trainer::{check_layout, EvaluateConfig, FitConfig, Trainer};
 
 /// Executes tasks; keeps the per-job state a client owns across tasks (SCAFFOLD's c_i, a
 /// boosting round's binned rows).
@@ -22,16 +24,22 @@ use crate::catalog::Catalog;
 pub struct Executor {
     catalog: std::sync::Arc<Catalog>,
     attack: Option<Attack>,
+    trainer: Option<std::sync::Arc<dyn Trainer>>,
     /// job id -> (its client state, when it was last stored: a counter)
     states: Mutex<HashMap<String, (ClientState, u64)>>,
     clock: std::sync::atomic::AtomicU64,
 }
 
 impl Executor {
-    pub fn new(catalog: std::sync::Arc<Catalog>, attack: Option<Attack>) -> Self {
+    pub fn new(
+        catalog: std::sync::Arc<Catalog>,
+        attack: Option<Attack>,
+        trainer: Option<std::sync::Arc<dyn Trainer>>,
+    ) -> Self {
         Executor {
             catalog,
             attack,
+            trainer,
             states: Mutex::new(HashMap::new()),
             clock: std::sync::atomic::AtomicU64::new(0),
         }
@@ -53,6 +61,9 @@ impl Executor {
     }
 
     fn run(&self, task: &v1::Task) -> Result<task_result::Outcome, String> {
+        if task.model.as_ref().is_some_and(|m| m.kind == "external") {
+            return self.run_external(task);
+        }
         let err = |e: shoal_shared::Error| e.to_string();
         let held = self
             .catalog
@@ -111,6 +122,73 @@ impl Executor {
                 attack.apply(global, w, task.seed);
             }
         }
+        Ok(task_result::Outcome::from(answer))
+    }
+
+    /// An external model's task, through the trainer.
+    fn run_external(&self, task: &v1::Task) -> Result<task_result::Outcome, String> {
+        let Some(trainer) = &self.trainer else {
+            return Err("this client has no trainer for external models".into());
+        };
+        // Decoding the spec checks the tensor list the job sent.
+        shoal_proto::model_from_wire(task.model.as_ref()).map_err(|e| e.to_string())?;
+        let Payload::Weights(global) = tasks::payload_from_wire(task).map_err(|e| e.to_string())?
+        else {
+            return Err("an external model's task carries no parameters".into());
+        };
+        let work = match &task.kind {
+            Some(kind) => Work::try_from(kind).map_err(|e| e.to_string())?,
+            None => return Err("task without a kind".into()),
+        };
+        let failed = |what: &str, e: crate::trainer::TrainerError| {
+            format!("the trainer's {what} failed: {e}")
+        };
+        let answer = match work {
+            Work::Fit { local, .. } => {
+                let config = FitConfig {
+                    job: task.job_id.clone(),
+                    round: task.round,
+                    dataset: task.dataset.clone(),
+                    class_names: task.class_names.clone(),
+                    local,
+                    seed: task.seed,
+                    validation: task.validation,
+                };
+                let out = trainer
+                    .fit(shoal_shared::tensor::Weights::clone(&global), &config)
+                    .map_err(|e| failed("fit", e))?;
+                check_layout(&global, &out.parameters)?;
+                Answer::Reply(Reply::Fit(shoal_shared::models::phase::FitReply {
+                    num_examples: out.num_examples,
+                    train_loss: out.train_loss,
+                    parameters: Some(out.parameters),
+                    control_delta: None,
+                    trees: None,
+                }))
+            }
+            Work::Evaluate { .. } => {
+                let config = EvaluateConfig {
+                    job: task.job_id.clone(),
+                    round: task.round,
+                    dataset: task.dataset.clone(),
+                    class_names: task.class_names.clone(),
+                    validation: task.validation,
+                };
+                let out = trainer
+                    .evaluate(&global, &config)
+                    .map_err(|e| failed("evaluate", e))?;
+                Answer::Evaluated(shoal_shared::models::phase::Evaluation {
+                    num_examples: out.num_examples,
+                    loss: out.loss,
+                    accuracy: out.accuracy,
+                    classes_present: out.classes_present,
+                    personalized_accuracy: None,
+                })
+            }
+            Work::Sketch | Work::Histogram(_) => {
+                return Err("sketch and histogram tasks are for gbdt jobs".into())
+            }
+        };
         Ok(task_result::Outcome::from(answer))
     }
 

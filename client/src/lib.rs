@@ -9,7 +9,9 @@
 //! # Layout
 //! - `catalog.rs`: local datasets and their train/test split
 //! - `connection.rs`: connect, Hello, serve tasks, reconnect
-//! - `executor.rs`: one task against local data (weights models, forests, boosting)
+//! - `executor.rs`: one task against local data (weights models, forests, boosting), or through
+//!   the trainer for an external model
+//! - `trainer.rs`: [`Trainer`], how a Rust program federates its own model
 //! - `tls.rs`: TLS and mutual-TLS settings ([`TlsFiles`], [`ClientTls`]) and token files
 //! - `attack.rs`: test-only attacker modes ([`Attack`])
 //! - `error.rs`: [`ClientError`]
@@ -31,12 +33,16 @@ pub mod connection;
 pub mod error;
 pub mod executor;
 pub mod tls;
+pub mod trainer;
 
 pub use attack::Attack;
 pub use catalog::Catalog;
 pub use connection::{endpoint, endpoint_with, run, ClientConfig};
 pub use error::{ClientError, Result};
 pub use tls::{ClientTls, TlsFiles};
+pub use trainer::{
+    EvaluateConfig, EvaluateOutcome, FitConfig, FitOutcome, Trainer, TrainerDataset, TrainerError,
+};
 
 /// Resolves on SIGINT or SIGTERM (what `docker stop` and Kubernetes send). Shared by both binaries.
 pub async fn shutdown_signal() {

@@ -65,6 +65,11 @@ pub async fn simulate(mut o: SimulateOptions) -> anyhow::Result<SimOutcome> {
     if o.clients == 0 {
         anyhow::bail!("--clients must be at least 1");
     }
+    if o.spec.model.external().is_some() {
+        anyhow::bail!(
+            "simulate runs Shoal's built-in clients, which cannot train an external model; run `serve` and connect clients that have a trainer (the Python SDK, or a Rust Trainer: see docs/guide/own-model.md)"
+        );
+    }
     o.spec.dataset = o.dataset.name().to_string();
     let n = o.clients as u32;
     let c = &mut o.spec.clients;

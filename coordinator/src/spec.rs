@@ -482,6 +482,12 @@ impl JobSpec {
         self.local.check().map_err(core)?;
         self.model.check().map_err(core)?;
         self.strategy.check().map_err(core)?;
+        if self.model.external().is_some() && self.strategy.uses_control_variates() {
+            return bad(
+                "strategy",
+                "= \"scaffold\" needs clients to return control variates, which external trainers do not; choose another strategy".into(),
+            );
+        }
         if matches!(self.strategy, StrategySpec::FedProx { .. }) && self.local.proximal_mu != 0.0 {
             return bad(
                 "local.proximal_mu",
@@ -556,6 +562,12 @@ impl JobSpec {
             return bad(
                 "model",
                 "of an automl job must be a train model, not a denoiser".into(),
+            );
+        }
+        if self.model.external().is_some() {
+            return bad(
+                "model",
+                "of an automl job cannot be external (the search scores its final models on the coordinator, which cannot run client code)".into(),
             );
         }
         // Every listed value, and both ends of every range, alone on the base job.
@@ -828,6 +840,18 @@ mod tests {
                 "trees_per_round",
             ),
             ("kind = \"train\"\nrounds = \"ten\"", "rounds"),
+            (
+                "kind = \"train\"\n[model]\nkind = \"external\"",
+                "model.tensors",
+            ),
+            (
+                "kind = \"train\"\n[model]\nkind = \"external\"\ntensors = [{ name = \"w\", shape = [2] }]\n[strategy]\nname = \"scaffold\"",
+                "external trainers do not",
+            ),
+            (
+                "kind = \"automl\"\n[model]\nkind = \"external\"\ntensors = [{ name = \"w\", shape = [2] }]\n[automl.space]\n\"local.lr\" = [0.1]",
+                "cannot be external",
+            ),
         ];
         for (text, needle) in cases {
             let err = CheckedSpec::from_toml(text).unwrap_err().to_string();

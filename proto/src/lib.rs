@@ -168,6 +168,17 @@ pub fn model_to_wire(m: &ModelSpec) -> v1::ModelSpec {
                 s,
             }
         }),
+        external: m.external().map(|e| v1::ExternalParams {
+            tensors: e
+                .tensors
+                .iter()
+                .map(|t| v1::TensorSpec {
+                    name: t.name.clone(),
+                    shape: t.shape.iter().map(|&d| d as u64).collect(),
+                    dtype: v1::Dtype::F32 as i32,
+                })
+                .collect(),
+        }),
     }
 }
 
@@ -203,6 +214,43 @@ pub fn model_from_wire(m: Option<&v1::ModelSpec>) -> Result<ModelSpec, WireError
         });
         spec.check()
             .map_err(|e| invalid("model.gbdt", e.to_string()))?;
+        return Ok(spec);
+    }
+    if m.kind == "external" {
+        let p = m
+            .external
+            .as_ref()
+            .ok_or(WireError::Missing("model.external"))?;
+        let tensors = p
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let field = || format!("model.external.tensors[{i}]");
+                let shape = t
+                    .shape
+                    .iter()
+                    .map(|&d| {
+                        usize::try_from(d).map_err(|_| invalid(field(), "dimension too large"))
+                    })
+                    .collect::<Result<_, _>>()?;
+                if t.dtype != v1::Dtype::F32 as i32 {
+                    return Err(invalid(field(), format!("dtype {} is not F32", t.dtype)));
+                }
+                Ok(shoal_shared::models::external::TensorSpec {
+                    name: t.name.clone(),
+                    shape,
+                    dtype: "f32".into(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        // Initialisation is the coordinator's business; clients get the tensors' layout.
+        let spec = ModelSpec::External(shoal_shared::models::external::ExternalSpec {
+            tensors,
+            ..Default::default()
+        });
+        spec.check()
+            .map_err(|e| invalid("model.external", e.to_string()))?;
         return Ok(spec);
     }
     let hidden: Vec<usize> = m.hidden.iter().map(|&h| h as usize).collect();
@@ -340,8 +388,28 @@ mod tests {
             forest: None,
             gbdt: None,
             denoiser: None,
+            external: None,
         };
         assert!(model_from_wire(Some(&bad_model)).is_err());
+        // An external model crosses with its tensor list (initialisation is the coordinator's).
+        let external = ModelSpec::External(shoal_shared::models::external::ExternalSpec {
+            tensors: vec![shoal_shared::models::external::TensorSpec {
+                name: "w".into(),
+                shape: vec![3, 2],
+                dtype: "f32".into(),
+            }],
+            ..Default::default()
+        });
+        assert_eq!(
+            model_from_wire(Some(&model_to_wire(&external))).unwrap(),
+            external
+        );
+        let mut no_tensors = model_to_wire(&external);
+        no_tensors.external = None;
+        assert!(model_from_wire(Some(&no_tensors))
+            .unwrap_err()
+            .to_string()
+            .contains("model.external"));
         let mut bad_denoiser = model_to_wire(&ModelSpec::Denoiser(DenoiserSpec::default()));
         bad_denoiser.denoiser.as_mut().unwrap().schedule = "quadratic".into();
         assert!(model_from_wire(Some(&bad_denoiser))

@@ -63,6 +63,8 @@ async fn a_second_client_with_a_taken_name_is_told_to_retry_and_bad_hellos_are_r
                 feature_names: vec!["a".into(); 4],
                 class_names: (0..classes).map(|i| i.to_string()).collect(),
             }],
+            model_kinds: crate::util::builtin_kinds().0,
+            task_kinds: crate::util::builtin_kinds().1,
         })
     };
     let err = match RawPeer::try_with_first(&tc.url, hello("twin", 3)).await {

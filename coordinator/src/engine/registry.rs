@@ -7,10 +7,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shoal_proto::v1::{coordinator_message, CoordinatorMessage, DatasetInfo, Task, TaskResult};
+use shoal_shared::models::phase::Capabilities;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 
@@ -31,6 +32,8 @@ const OUTBOUND_DEPTH: usize = 16;
 pub struct ClientView {
     pub name: String,
     pub datasets: Vec<DatasetInfo>,
+    /// The model and task kinds its Hello listed.
+    pub caps: Arc<Capabilities>,
 }
 
 impl ClientView {
@@ -93,6 +96,7 @@ pub enum RegisterError {
 struct Entry {
     session: u64,
     datasets: Vec<DatasetInfo>,
+    caps: Arc<Capabilities>,
     addr: Option<SocketAddr>,
     tx: Outbound,
     /// When this session last sent anything (Hello, heartbeat, result).
@@ -182,6 +186,7 @@ impl Registry {
         &self,
         name: &str,
         datasets: Vec<DatasetInfo>,
+        caps: Capabilities,
         addr: Option<SocketAddr>,
     ) -> Result<Registered, RegisterError> {
         let (tx, rx) = mpsc::channel(OUTBOUND_DEPTH);
@@ -219,6 +224,7 @@ impl Registry {
                 Entry {
                     session,
                     datasets,
+                    caps: Arc::new(caps),
                     addr,
                     tx,
                     last_seen: Instant::now(),
@@ -275,6 +281,7 @@ impl Registry {
             .map(|(name, e)| ClientView {
                 name: name.clone(),
                 datasets: e.datasets.clone(),
+                caps: e.caps.clone(),
             })
             .collect()
     }
@@ -456,9 +463,14 @@ mod tests {
     #[tokio::test]
     async fn result_reaches_the_waiter_only_from_the_right_client() {
         let r = Registry::default();
-        let a = r.register("a", ds("d"), None).unwrap();
+        let a = r
+            .register("a", ds("d"), Capabilities::builtin(), None)
+            .unwrap();
         let (sa, mut rxa) = (a.session, a.rx);
-        let sb = r.register("b", ds("d"), None).unwrap().session;
+        let sb = r
+            .register("b", ds("d"), Capabilities::builtin(), None)
+            .unwrap()
+            .session;
         let slot = r.dispatch("a", task("t1")).unwrap();
         assert!(rxa.recv().await.is_some(), "task pushed down a's stream");
         let res = TaskResult {
@@ -504,7 +516,9 @@ mod tests {
     #[tokio::test]
     async fn disconnect_fails_open_tasks_at_once() {
         let r = Registry::default();
-        let reg = r.register("a", ds("d"), None).unwrap();
+        let reg = r
+            .register("a", ds("d"), Capabilities::builtin(), None)
+            .unwrap();
         let s = reg.session;
         let slot = r.dispatch("a", task("t1")).unwrap();
         r.unregister("a", s);
@@ -516,13 +530,17 @@ mod tests {
     #[tokio::test]
     async fn a_name_holds_one_session_until_it_ends() {
         let r = Registry::default();
-        let r1 = r.register("a", ds("d"), None).unwrap();
+        let r1 = r
+            .register("a", ds("d"), Capabilities::builtin(), None)
+            .unwrap();
         assert!(matches!(
-            r.register("a", ds("d"), None),
+            r.register("a", ds("d"), Capabilities::builtin(), None),
             Err(RegisterError::NameTaken { .. })
         ));
         r.unregister("a", r1.session);
-        let r2 = r.register("a", ds("d"), None).unwrap();
+        let r2 = r
+            .register("a", ds("d"), Capabilities::builtin(), None)
+            .unwrap();
         r.unregister("a", r1.session); // a stale cleanup must not remove the new session
         assert_eq!(r.available("d").len(), 1);
         r.unregister("a", r2.session);
@@ -533,13 +551,17 @@ mod tests {
     async fn a_silent_session_is_replaced_by_a_new_hello_under_its_name() {
         // Every session counts as silent at once: a new Hello takes the name over.
         let r = Registry::default().with_stale_after(Duration::ZERO);
-        let mut old = r.register("a", ds("d"), None).unwrap();
+        let mut old = r
+            .register("a", ds("d"), Capabilities::builtin(), None)
+            .unwrap();
         let slot = r.dispatch("a", task("t1")).unwrap();
         assert!(
             old.rx.recv().await.is_some(),
             "task pushed down the old stream"
         );
-        let new = r.register("a", ds("d"), None).unwrap();
+        let new = r
+            .register("a", ds("d"), Capabilities::builtin(), None)
+            .unwrap();
         assert!(new.session > old.session);
         // The old stream ends, and its open task is let go (its round stops waiting for it).
         assert!(old.rx.recv().await.is_none());
@@ -558,10 +580,12 @@ mod tests {
 
         // A session heard from recently keeps its name.
         let r = Registry::default().with_stale_after(Duration::from_secs(3600));
-        let live = r.register("b", ds("d"), None).unwrap();
+        let live = r
+            .register("b", ds("d"), Capabilities::builtin(), None)
+            .unwrap();
         r.seen("b", live.session);
         assert!(matches!(
-            r.register("b", ds("d"), None),
+            r.register("b", ds("d"), Capabilities::builtin(), None),
             Err(RegisterError::NameTaken { .. })
         ));
     }
@@ -569,7 +593,9 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_stops_reading_fails_dispatch_instead_of_blocking() {
         let r = Registry::default();
-        let _reg = r.register("slow", ds("d"), None).unwrap();
+        let _reg = r
+            .register("slow", ds("d"), Capabilities::builtin(), None)
+            .unwrap();
         let mut sent = 0;
         while r.dispatch("slow", task(&format!("t{sent}"))).is_ok() {
             sent += 1;
@@ -581,14 +607,20 @@ mod tests {
     #[test]
     fn a_full_registry_refuses_new_clients_until_one_leaves() {
         let r = Registry::new(2);
-        let a = r.register("a", ds("d"), None).unwrap();
-        let _b = r.register("b", ds("d"), None).unwrap();
+        let a = r
+            .register("a", ds("d"), Capabilities::builtin(), None)
+            .unwrap();
+        let _b = r
+            .register("b", ds("d"), Capabilities::builtin(), None)
+            .unwrap();
         assert!(matches!(
-            r.register("c", ds("d"), None),
+            r.register("c", ds("d"), Capabilities::builtin(), None),
             Err(RegisterError::Full { max: 2 })
         ));
         r.unregister("a", a.session);
-        assert!(r.register("c", ds("d"), None).is_ok());
+        assert!(r
+            .register("c", ds("d"), Capabilities::builtin(), None)
+            .is_ok());
     }
 
     #[tokio::test]
@@ -596,7 +628,7 @@ mod tests {
         let r = Registry::default();
         r.close();
         assert!(matches!(
-            r.register("a", ds("d"), None),
+            r.register("a", ds("d"), Capabilities::builtin(), None),
             Err(RegisterError::Closed)
         ));
     }
@@ -604,9 +636,15 @@ mod tests {
     #[test]
     fn available_filters_by_dataset_and_sorts() {
         let r = Registry::default();
-        let _c = r.register("c", ds("x"), None).unwrap();
-        let _a = r.register("a", ds("x"), None).unwrap();
-        let _b = r.register("b", ds("y"), None).unwrap();
+        let _c = r
+            .register("c", ds("x"), Capabilities::builtin(), None)
+            .unwrap();
+        let _a = r
+            .register("a", ds("x"), Capabilities::builtin(), None)
+            .unwrap();
+        let _b = r
+            .register("b", ds("y"), Capabilities::builtin(), None)
+            .unwrap();
         let names: Vec<_> = r.available("x").into_iter().map(|c| c.name).collect();
         assert_eq!(names, vec!["a", "c"]);
     }

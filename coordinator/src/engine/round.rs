@@ -18,7 +18,7 @@ use shoal_proto::v1::{self, task, task_result};
 use shoal_shared::data::builtin::Builtin;
 use shoal_shared::data::{self, Dataset};
 use shoal_shared::models::phase::{
-    check_count, OrderedMean, PhaseTally, Rejection, RoundPlan, Step, MAX_LOSS,
+    check_count, OrderedMean, PhaseTally, Rejection, RoundPlan, Step, TaskKind, MAX_LOSS,
 };
 use shoal_shared::models::sgd::server::NormBound;
 use shoal_shared::models::sgd::EvalStats;
@@ -142,12 +142,16 @@ pub struct JobCtx {
     pub strikes: Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
 }
 
-/// Scores the global model on `data`, off the async threads.
-pub async fn evaluate(global: &Server, data: Arc<Dataset>) -> Result<EvalStats> {
-    let score = global.evaluator();
+/// Scores the global model on `data`, off the async threads; `None` when the coordinator cannot
+/// run the model (an external model is scored by its clients only).
+pub async fn evaluate(global: &Server, data: Arc<Dataset>) -> Result<Option<EvalStats>> {
+    let Some(score) = global.evaluator() else {
+        return Ok(None);
+    };
     tokio::task::spawn_blocking(move || score(&data))
         .await
         .map_err(|e| Error::Job(format!("evaluation: {e}")))?
+        .map(Some)
         .map_err(Error::from)
 }
 
@@ -221,6 +225,37 @@ impl JobCtx {
         &self.spec.clients
     }
 
+    /// Connected clients holding the job's dataset that run its model kind and every task kind
+    /// in `tasks` (a client is sent only what its Hello says it runs).
+    fn candidates(&self, tasks: &[TaskKind]) -> Vec<ClientView> {
+        let model = self.spec.model.name();
+        self.registry
+            .available(&self.spec.dataset)
+            .into_iter()
+            .filter(|c| c.caps.runs(model, tasks))
+            .collect()
+    }
+
+    /// Why clients holding the dataset do not count, when some do not run the job's kinds.
+    fn unable_note(&self) -> String {
+        let model = self.spec.model.name();
+        let tasks = self.spec.model.kind().training_tasks();
+        let unable = self
+            .registry
+            .available(&self.spec.dataset)
+            .iter()
+            .filter(|c| !c.caps.runs(model, tasks))
+            .count();
+        if unable == 0 {
+            return String::new();
+        }
+        let names: Vec<&str> = tasks.iter().map(|t| t.as_str()).collect();
+        format!(
+            "; {unable} more hold it but do not run model kind `{model}` with {} tasks",
+            names.join(" and ")
+        )
+    }
+
     /// Waits until at least `min_available_clients` compatible clients hold the dataset; fails
     /// after `wait_for_clients_secs` with how many were needed and seen.
     pub async fn wait_available(
@@ -234,8 +269,7 @@ impl JobCtx {
         let mut told = false;
         loop {
             let avail: Vec<ClientView> = self
-                .registry
-                .available(&self.spec.dataset)
+                .candidates(self.spec.model.kind().training_tasks())
                 .into_iter()
                 .filter(|c| facts.is_none_or(|f| compatible(c, &self.spec.dataset, f)))
                 .collect();
@@ -255,8 +289,9 @@ impl JobCtx {
                 _ = self.cancel.cancelled() => return Err(Error::Cancelled),
                 _ = tokio::time::sleep_until(limit) => {
                     return Err(Error::Job(format!(
-                        "round {round}: needed {need} connected clients holding dataset `{}` (clients.min_available_clients), saw {} after waiting {}s",
-                        self.spec.dataset, avail.len(), self.policy().wait_for_clients_secs
+                        "round {round}: needed {need} connected clients holding dataset `{}` (clients.min_available_clients), saw {} after waiting {}s{}",
+                        self.spec.dataset, avail.len(), self.policy().wait_for_clients_secs,
+                        self.unable_note()
                     )));
                 }
                 changed = changes.changed() => if changed.is_err() { return Err(Error::ShuttingDown) },
@@ -450,8 +485,7 @@ impl JobCtx {
         if round.is_multiple_of(self.spec.evaluation.every) || last {
             // Evaluate with whoever is here now: a shortfall is reported, not fatal.
             let avail: Vec<ClientView> = self
-                .registry
-                .available(&self.spec.dataset)
+                .candidates(&[TaskKind::Evaluate])
                 .into_iter()
                 .filter(|c| compatible(c, &self.spec.dataset, &state.facts))
                 .filter(|c| !self.is_quarantined(&c.name))
@@ -502,9 +536,10 @@ impl JobCtx {
         // Centralized evaluation on the coordinator's test set.
         let (mut test_loss, mut test_accuracy) = (None, None);
         if let Some(h) = &state.facts.holdout {
-            let stats = evaluate(&state.global, h.clone()).await?;
-            test_loss = Some(stats.loss);
-            test_accuracy = state.global.classifies().then_some(stats.accuracy);
+            if let Some(stats) = evaluate(&state.global, h.clone()).await? {
+                test_loss = Some(stats.loss);
+                test_accuracy = state.global.classifies().then_some(stats.accuracy);
+            }
         }
 
         // Refusals: the phases' own, and results the registry refused for this job (duplicates,
@@ -633,8 +668,7 @@ impl JobCtx {
     /// table shows whom the global model serves badly.
     pub async fn client_table(&self, state: &TrainState) -> Result<Vec<ClientRow>> {
         let clients: Vec<ClientView> = self
-            .registry
-            .available(&self.spec.dataset)
+            .candidates(&[TaskKind::Evaluate])
             .into_iter()
             .filter(|c| compatible(c, &self.spec.dataset, &state.facts))
             .collect();
@@ -925,6 +959,7 @@ mod tests {
             .map(|i| ClientView {
                 name: format!("c{i:02}"),
                 datasets: vec![],
+                caps: Default::default(),
             })
             .collect()
     }

@@ -361,16 +361,12 @@ impl Coordinator {
         // The test set, once each for the best and the default configuration.
         let (best_test, default_test) = match &test {
             Some(t) => (
-                Some(
-                    crate::engine::round::evaluate(&best_state.global, t.clone())
-                        .await?
-                        .accuracy,
-                ),
-                Some(
-                    crate::engine::round::evaluate(&default_state.global, t.clone())
-                        .await?
-                        .accuracy,
-                ),
+                crate::engine::round::evaluate(&best_state.global, t.clone())
+                    .await?
+                    .map(|s| s.accuracy),
+                crate::engine::round::evaluate(&default_state.global, t.clone())
+                    .await?
+                    .map(|s| s.accuracy),
             ),
             None => (None, None),
         };

@@ -13,6 +13,7 @@ use shoal_proto::v1::{
     ClientMessage, CoordinatorMessage, Reject, Welcome,
 };
 use shoal_proto::{v1, PROTOCOL_VERSION};
+use shoal_shared::models::phase::Capabilities;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn, Instrument};
@@ -89,6 +90,15 @@ impl Federation for FederationService {
                 .auth_failed(peer, "Federation", &format!("Hello refused: {reason}"))?;
             return Ok(reject(reason));
         }
+        let caps = match Capabilities::parse(&hello.model_kinds, &hello.task_kinds) {
+            Ok(caps) => caps,
+            Err(e) => {
+                let reason = e.to_string();
+                self.coord
+                    .auth_failed(peer, "Federation", &format!("Hello refused: {reason}"))?;
+                return Ok(reject(reason));
+            }
+        };
         let checked = match self.coord.authenticate_client(&hello, cert_name.as_deref()) {
             Ok(generation) => generation,
             Err(reason) => {
@@ -108,7 +118,11 @@ impl Federation for FederationService {
             ..Default::default()
         };
         let datasets: Vec<String> = hello.datasets.iter().map(|d| d.name.clone()).collect();
-        let reg = match self.coord.registry.register(&name, hello.datasets, peer) {
+        let reg = match self
+            .coord
+            .registry
+            .register(&name, hello.datasets, caps, peer)
+        {
             Ok(reg) => reg,
             Err(RegisterError::Closed) => return Err(Error::ShuttingDown.into()),
             Err(e @ RegisterError::Full { .. }) => {

@@ -13,8 +13,10 @@
 //! - `diffusion/`: the DDPM denoiser (a weights model with its own objective) and its schedules
 //! - `forest/`: federated random forests
 //! - `gbdt/`: lossless federated histogram gradient boosting
+//! - `external/`: a weights model trained by client code (the Python SDK, a Rust `Trainer`)
 
 pub mod diffusion;
+pub mod external;
 pub mod forest;
 pub mod gbdt;
 pub mod phase;
@@ -43,6 +45,8 @@ pub enum ModelSpec {
     Gbdt(gbdt::GbdtParams),
     /// The noise-prediction network of a diffusion job (see [`diffusion`]).
     Denoiser(diffusion::DenoiserSpec),
+    /// A model that clients train in their own code (see [`external`]).
+    External(external::ExternalSpec),
 }
 
 impl ModelSpec {
@@ -54,6 +58,7 @@ impl ModelSpec {
             ModelSpec::Forest(k) => k,
             ModelSpec::Gbdt(k) => k,
             ModelSpec::Denoiser(k) => k,
+            ModelSpec::External(k) => k,
         }
     }
 }
@@ -83,6 +88,12 @@ pub trait Kind: std::fmt::Debug + Send + Sync {
 
     /// This kind with the wire's hidden widths applied (kinds without layers ignore them).
     fn with_hidden(&self, hidden: &[usize]) -> Result<ModelSpec>;
+
+    /// The task kinds a client must run to train this kind (federated evaluation also needs
+    /// [`phase::TaskKind::Evaluate`]).
+    fn training_tasks(&self) -> &'static [phase::TaskKind] {
+        &[phase::TaskKind::Fit]
+    }
 
     /// The server half, with a freshly initialised global model.
     fn server(&self, setup: &ServerSetup) -> Result<Server>;
@@ -143,6 +154,14 @@ impl ModelSpec {
     pub fn forest(&self) -> Option<&forest::ForestParams> {
         match self {
             ModelSpec::Forest(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The external model's tensors when this is one.
+    pub fn external(&self) -> Option<&external::ExternalSpec> {
+        match self {
+            ModelSpec::External(p) => Some(p),
             _ => None,
         }
     }

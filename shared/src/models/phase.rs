@@ -347,6 +347,124 @@ pub struct ClientTask {
     pub work: Work,
 }
 
+/// The kinds of task a client can be sent, as its Hello lists them (`task_kinds`): a client is
+/// sent only the kinds it lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TaskKind {
+    Fit,
+    Evaluate,
+    Sketch,
+    Histogram,
+}
+
+impl TaskKind {
+    pub const ALL: [TaskKind; 4] = [
+        TaskKind::Fit,
+        TaskKind::Evaluate,
+        TaskKind::Sketch,
+        TaskKind::Histogram,
+    ];
+
+    /// The name a Hello gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Fit => "fit",
+            TaskKind::Evaluate => "evaluate",
+            TaskKind::Sketch => "sketch",
+            TaskKind::Histogram => "histogram",
+        }
+    }
+
+    /// Parses a Hello's name; `None` for a name this version does not know.
+    pub fn from_name(name: &str) -> Option<TaskKind> {
+        TaskKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for TaskKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a client says it runs (its Hello's `model_kinds` and `task_kinds`): the coordinator
+/// sends it only tasks of those kinds, for jobs of those model kinds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub model_kinds: std::collections::BTreeSet<String>,
+    pub task_kinds: std::collections::BTreeSet<TaskKind>,
+}
+
+/// Most model kinds and longest kind name a Hello may list.
+pub const MAX_MODEL_KINDS: usize = 16;
+
+impl Capabilities {
+    /// What the built-in client runs: every model kind Shoal trains itself (not `external`,
+    /// which needs a trainer of the client's own), every task kind.
+    pub fn builtin() -> Self {
+        Capabilities {
+            model_kinds: super::ModelSpec::names()
+                .split(", ")
+                .filter(|k| *k != "external")
+                .map(String::from)
+                .collect(),
+            task_kinds: TaskKind::ALL.into_iter().collect(),
+        }
+    }
+
+    /// Reads a Hello's lists: 1 to [`MAX_MODEL_KINDS`] model kinds this version knows, 1 to 4
+    /// task kinds; the error names the list and the bad entry.
+    pub fn parse(model_kinds: &[String], task_kinds: &[String]) -> crate::Result<Self> {
+        let bad = |field: &str, m: String| Err(crate::Error::invalid(field, m));
+        if model_kinds.is_empty() || model_kinds.len() > MAX_MODEL_KINDS {
+            return bad(
+                "Hello.model_kinds",
+                format!(
+                    "list 1 to {MAX_MODEL_KINDS} model kinds this client runs (e.g. \"external\"), found {}",
+                    model_kinds.len()
+                ),
+            );
+        }
+        let known = super::ModelSpec::names();
+        let mut caps = Capabilities::default();
+        for k in model_kinds {
+            if !known.split(", ").any(|n| n == k) {
+                return bad(
+                    "Hello.model_kinds",
+                    format!("`{k}` is not a model kind (expected {known})"),
+                );
+            }
+            caps.model_kinds.insert(k.clone());
+        }
+        if task_kinds.is_empty() || task_kinds.len() > TaskKind::ALL.len() {
+            return bad(
+                "Hello.task_kinds",
+                format!(
+                    "list 1 to 4 task kinds this client runs (fit, evaluate, sketch, histogram), found {}",
+                    task_kinds.len()
+                ),
+            );
+        }
+        for k in task_kinds {
+            let Some(t) = TaskKind::from_name(k) else {
+                return bad(
+                    "Hello.task_kinds",
+                    format!(
+                        "`{k}` is not a task kind (expected fit, evaluate, sketch or histogram)"
+                    ),
+                );
+            };
+            caps.task_kinds.insert(t);
+        }
+        Ok(caps)
+    }
+
+    /// Whether the client trains or evaluates `model` with every kind of task in `tasks`.
+    pub fn runs(&self, model: &str, tasks: &[TaskKind]) -> bool {
+        self.model_kinds.contains(model) && tasks.iter().all(|t| self.task_kinds.contains(t))
+    }
+}
+
 /// What a task asks a client to do.
 #[derive(Debug, Clone)]
 pub enum Work {
@@ -528,8 +646,9 @@ pub trait ServerHalf: Send + Sync + std::fmt::Debug {
     /// The global model as an Evaluate task carries it.
     fn payload(&self) -> Payload;
 
-    /// A scorer of the global model as it is now.
-    fn evaluator(&self) -> Evaluator;
+    /// A scorer of the global model as it is now; `None` when only the clients can score it (an
+    /// external model), so the coordinator skips centralized evaluation.
+    fn evaluator(&self) -> Option<Evaluator>;
 
     /// Whether evaluation yields an accuracy (a diffusion denoiser's does not: its loss is the
     /// noise-prediction MSE).

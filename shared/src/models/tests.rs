@@ -270,3 +270,32 @@ fn bad_replies_are_refused_with_a_typed_reason_and_change_nothing() {
     assert!(r.train_loss.is_nan());
     assert_eq!(server.to_json(), before);
 }
+
+#[test]
+fn capabilities_parse_and_decide_what_a_client_is_sent() {
+    use super::phase::{Capabilities, TaskKind};
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let caps = Capabilities::parse(&s(&["external"]), &s(&["fit", "evaluate"])).unwrap();
+    assert!(caps.runs("external", &[TaskKind::Fit]));
+    assert!(caps.runs("external", &[TaskKind::Evaluate]));
+    assert!(!caps.runs("gbdt", &[TaskKind::Sketch, TaskKind::Histogram]));
+    assert!(!caps.runs("external", &[TaskKind::Sketch]));
+    let builtin = Capabilities::builtin();
+    assert!(builtin.runs("gbdt", &[TaskKind::Sketch, TaskKind::Histogram]));
+    assert!(!builtin.model_kinds.contains("external"));
+    for (models, tasks, says) in [
+        (s(&[]), s(&["fit"]), "Hello.model_kinds"),
+        (s(&["Logreg"]), s(&["fit"]), "`Logreg` is not a model kind"),
+        (s(&["logreg"]), s(&[]), "Hello.task_kinds"),
+        (
+            s(&["logreg"]),
+            s(&["fit", "train"]),
+            "`train` is not a task kind",
+        ),
+    ] {
+        let err = Capabilities::parse(&models, &tasks)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(says), "{err}");
+    }
+}

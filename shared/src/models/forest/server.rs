@@ -110,9 +110,9 @@ impl ServerHalf for ForestServer {
         Payload::Forest(self.forest.clone())
     }
 
-    fn evaluator(&self) -> Evaluator {
+    fn evaluator(&self) -> Option<Evaluator> {
         let forest = self.forest.clone();
-        Box::new(move |data| forest.evaluate(data))
+        Some(Box::new(move |data| forest.evaluate(data)))
     }
 
     fn size(&self) -> usize {

@@ -21,6 +21,12 @@ impl crate::models::Kind for GbdtParams {
         Ok(crate::models::ModelSpec::Gbdt(self.clone()))
     }
 
+    /// A sketch before the first round, then histograms level by level.
+    fn training_tasks(&self) -> &'static [crate::models::phase::TaskKind] {
+        use crate::models::phase::TaskKind;
+        &[TaskKind::Sketch, TaskKind::Histogram]
+    }
+
     fn server(&self, setup: &crate::models::ServerSetup) -> Result<crate::models::Server> {
         Ok(Box::new(server::GbdtServer::new(
             setup.n_features,

@@ -376,13 +376,13 @@ impl ServerHalf for GbdtServer {
         }
     }
 
-    fn evaluator(&self) -> Evaluator {
+    fn evaluator(&self) -> Option<Evaluator> {
         let ensemble = self.ensemble.clone();
-        Box::new(move |data| match &ensemble {
+        Some(Box::new(move |data| match &ensemble {
             Some(e) => e.evaluate(data),
             // Reachable only before round 1 has fixed the bin edges.
             None => Err(Error::Data("no ensemble yet".into())),
-        })
+        }))
     }
 
     fn size(&self) -> usize {

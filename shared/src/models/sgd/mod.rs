@@ -53,6 +53,12 @@ pub trait Model: Send + Sync + std::fmt::Debug {
     fn classifies(&self) -> bool {
         true
     }
+
+    /// Whether Shoal can train and score this model itself (an external model's code lives in
+    /// its clients): without it, no centralized evaluation and no centralized baseline.
+    fn runs_here(&self) -> bool {
+        true
+    }
 }
 
 /// The [`Model`] methods every [`Classifier`] shares: minibatch SGD on cross-entropy
@@ -583,10 +589,10 @@ mod tests {
         assert!(ModelSpec::from_parts("logreg", &[3]).is_err());
         assert!(ModelSpec::Mlp(MlpSpec { hidden: vec![0] }).check().is_err());
         assert!(MlpSpec { hidden: vec![8] }.model(4, 3).is_ok());
-        assert_eq!(ModelSpec::names(), "logreg, mlp, forest, gbdt, denoiser");
+        assert_eq!(ModelSpec::names(), "logreg, mlp, forest, gbdt, denoiser, external");
         assert_eq!(
             ModelSpec::from_name("tree").unwrap_err().to_string(),
-            "unknown model `tree` (expected one of: logreg, mlp, forest, gbdt, denoiser)"
+            "unknown model `tree` (expected one of: logreg, mlp, forest, gbdt, denoiser, external)"
         );
     }
 }

@@ -190,9 +190,14 @@ impl ServerHalf for SgdServer {
         Payload::Weights(Arc::clone(&self.weights))
     }
 
-    fn evaluator(&self) -> Evaluator {
+    fn evaluator(&self) -> Option<Evaluator> {
+        if !self.model.runs_here() {
+            return None;
+        }
         let (model, weights) = (self.model.clone(), Arc::clone(&self.weights));
-        Box::new(move |data| super::evaluate(model.as_ref(), &weights, data))
+        Some(Box::new(move |data| {
+            super::evaluate(model.as_ref(), &weights, data)
+        }))
     }
 
     fn classifies(&self) -> bool {
@@ -245,6 +250,9 @@ impl ServerHalf for SgdServer {
     /// The same model from the same seed, trained on the pooled rows for as many passes as the
     /// federated run made (rounds × local epochs).
     fn baseline(&self, settings: &BaselineSettings) -> Option<Baseline> {
+        if !self.model.runs_here() {
+            return None;
+        }
         let model = self.model.clone();
         let mut local = settings.local.clone();
         local.epochs = local.epochs.saturating_mul(settings.rounds);
