@@ -589,7 +589,10 @@ mod tests {
         assert!(ModelSpec::from_parts("logreg", &[3]).is_err());
         assert!(ModelSpec::Mlp(MlpSpec { hidden: vec![0] }).check().is_err());
         assert!(MlpSpec { hidden: vec![8] }.model(4, 3).is_ok());
-        assert_eq!(ModelSpec::names(), "logreg, mlp, forest, gbdt, denoiser, external");
+        assert_eq!(
+            ModelSpec::names(),
+            "logreg, mlp, forest, gbdt, denoiser, external"
+        );
         assert_eq!(
             ModelSpec::from_name("tree").unwrap_err().to_string(),
             "unknown model `tree` (expected one of: logreg, mlp, forest, gbdt, denoiser, external)"

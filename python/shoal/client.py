@@ -1,0 +1,368 @@
+"""The client side of a Shoal federation for models trained in Python.
+
+A :class:`Client` trains and scores a model given as named numpy arrays; :func:`run_client` keeps
+one stream to the coordinator open (Hello, heartbeats, tasks, reconnect with backoff and jitter)
+and hands each task of an ``external`` job to the client. See ``docs/PROTOCOL.md`` for the wire
+rules this module follows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import random
+import signal
+import threading
+import time
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import grpc
+import numpy as np
+
+from shoal.v1 import common_pb2, federation_pb2, federation_pb2_grpc
+
+#: The protocol version this SDK speaks (``Hello.protocol_version``).
+PROTOCOL_VERSION = 2
+#: Largest message sent or received; the coordinator's default is the same.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+log = logging.getLogger("shoal")
+
+Parameters = Dict[str, np.ndarray]
+
+
+class ShoalError(Exception):
+    """Base class of the SDK's errors."""
+
+
+class Rejected(ShoalError):
+    """The coordinator refused this client's Hello (wrong version, bad name or dataset, bad
+    token). Retrying with the same settings cannot help, so :func:`run_client` stops."""
+
+
+class ParameterError(ShoalError):
+    """Parameters that do not match the job's model (names, shapes, dtype)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """A dataset as the Hello announces it: names and sizes, never rows."""
+
+    name: str
+    train_examples: int
+    test_examples: int
+    feature_names: Sequence[str]
+    class_names: Sequence[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """What a fit task asks: the round's local training settings as the job gives them."""
+
+    job: str
+    round: int
+    dataset: str
+    #: The job's class list: map your labels into it by name.
+    class_names: Tuple[str, ...]
+    epochs: int
+    batch_size: int
+    #: This round's learning rate (the job's decay already applied).
+    lr: float
+    momentum: float
+    weight_decay: float
+    #: FedProx: add mu/2 * ||w - w_global||^2 to the local objective.
+    proximal_mu: float
+    #: Seed for this task's randomness (job seed, round, client): use it and runs reproduce.
+    seed: int
+    #: AutoML trials only.
+    validation: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """What an evaluation task asks."""
+
+    job: str
+    round: int
+    dataset: str
+    class_names: Tuple[str, ...]
+    validation: bool
+
+
+class Client:
+    """Subclass this with your model's training and evaluation.
+
+    Parameters are a ``dict`` from tensor name to a float32 ``numpy.ndarray``, in the order the
+    job's ``tensors`` list gives; ``fit`` must return the same names and shapes.
+    """
+
+    def fit(self, parameters: Parameters, config: FitConfig) -> Tuple[Parameters, int, Mapping[str, float]]:
+        """Trains locally from the global ``parameters``.
+
+        Returns ``(parameters, num_examples, metrics)``: the new parameters, the number of
+        training examples used (the update's weight; at most what the dataset announced), and
+        metrics, of which ``train_loss`` is reported on the round line.
+        """
+        raise NotImplementedError("Client.fit")
+
+    def evaluate(self, parameters: Parameters, config: EvaluateConfig) -> Tuple[float, int, Mapping[str, float]]:
+        """Scores ``parameters`` on the local test split.
+
+        Returns ``(loss, num_examples, metrics)``; ``metrics["accuracy"]`` (in [0, 1]) is the
+        round's federated accuracy, ``metrics["classes_present"]`` optional.
+        """
+        raise NotImplementedError("Client.evaluate")
+
+    def get_properties(self) -> Dict[str, Any]:
+        """Free-form facts about this client, for logs."""
+        return {}
+
+
+def parameters_from_wire(p: common_pb2.Parameters) -> Parameters:
+    """Decodes tensors (raw little-endian float32) into named arrays, checking each size."""
+    out: Parameters = {}
+    for t in p.tensors:
+        if t.dtype != common_pb2.DTYPE_F32:
+            raise ParameterError(f"tensor `{t.name}` has dtype {t.dtype}, expected F32")
+        shape = tuple(int(d) for d in t.shape)
+        n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if len(t.data) != 4 * n:
+            raise ParameterError(
+                f"tensor `{t.name}`: {len(t.data)} bytes do not hold shape {list(shape)} of f32"
+            )
+        out[t.name] = np.frombuffer(t.data, dtype="<f4").reshape(shape).copy()
+    return out
+
+
+def parameters_to_wire(params: Parameters, like: Optional[Parameters] = None) -> common_pb2.Parameters:
+    """Encodes named arrays as tensors; with ``like``, checks that names, order and shapes match
+    (the coordinator refuses anything else)."""
+    if like is not None:
+        if list(params) != list(like):
+            raise ParameterError(
+                f"fit returned tensors {list(params)}, the job's model has {list(like)} (same names, same order)"
+            )
+        for name, a in params.items():
+            if tuple(np.shape(a)) != like[name].shape:
+                raise ParameterError(
+                    f"fit returned `{name}` with shape {list(np.shape(a))}, the job's model has {list(like[name].shape)}"
+                )
+    tensors = []
+    for name, a in params.items():
+        a = np.asarray(a, dtype="<f4")
+        if not np.all(np.isfinite(a)):
+            raise ParameterError(f"tensor `{name}` holds NaN or infinite values")
+        tensors.append(
+            common_pb2.Tensor(name=name, dtype=common_pb2.DTYPE_F32, shape=list(a.shape), data=a.tobytes())
+        )
+    return common_pb2.Parameters(tensors=tensors)
+
+
+def _run_task(client: Client, task: federation_pb2.Task) -> federation_pb2.TaskResult:
+    """One task through the client; any failure becomes an error result naming the reason."""
+    result = federation_pb2.TaskResult(task_id=task.task_id, job_id=task.job_id, round=task.round)
+    try:
+        if task.model.kind != "external":
+            raise ShoalError(f"this client runs external models only, not `{task.model.kind}`")
+        params = parameters_from_wire(task.parameters)
+        kind = task.WhichOneof("kind")
+        if kind == "fit":
+            local = task.fit.local
+            config = FitConfig(
+                job=task.job_id,
+                round=task.round,
+                dataset=task.dataset,
+                class_names=tuple(task.class_names),
+                epochs=local.epochs,
+                batch_size=local.batch_size,
+                lr=local.lr,
+                momentum=local.momentum,
+                weight_decay=local.weight_decay,
+                proximal_mu=local.proximal_mu,
+                seed=task.seed,
+                validation=task.validation,
+            )
+            new, n, metrics = client.fit({k: v.copy() for k, v in params.items()}, config)
+            result.fit.CopyFrom(
+                federation_pb2.FitResult(
+                    parameters=parameters_to_wire(new, like=params),
+                    num_examples=int(n),
+                    train_loss=float(metrics.get("train_loss", 0.0)),
+                )
+            )
+        elif kind == "evaluate":
+            config = EvaluateConfig(
+                job=task.job_id,
+                round=task.round,
+                dataset=task.dataset,
+                class_names=tuple(task.class_names),
+                validation=task.validation,
+            )
+            loss, n, metrics = client.evaluate(params, config)
+            result.evaluate.CopyFrom(
+                federation_pb2.EvaluateResult(
+                    num_examples=int(n),
+                    loss=float(loss),
+                    accuracy=float(metrics.get("accuracy", float("nan"))),
+                    classes_present=int(metrics.get("classes_present", 0)),
+                )
+            )
+        else:
+            raise ShoalError(f"this client does not run `{kind}` tasks")
+    except Exception as e:  # the coordinator hears why instead of waiting for the deadline
+        log.warning("task %s failed: %s", task.task_id, e)
+        result.error = f"{type(e).__name__}: {e}"
+    return result
+
+
+def _hello(name: str, datasets: Sequence[DatasetInfo], token: str) -> federation_pb2.ClientMessage:
+    return federation_pb2.ClientMessage(
+        hello=federation_pb2.Hello(
+            protocol_version=PROTOCOL_VERSION,
+            client_name=name,
+            token=token,
+            datasets=[
+                federation_pb2.DatasetInfo(
+                    name=d.name,
+                    train_examples=d.train_examples,
+                    test_examples=d.test_examples,
+                    feature_names=list(d.feature_names),
+                    class_names=list(d.class_names),
+                )
+                for d in datasets
+            ],
+            model_kinds=["external"],
+            task_kinds=["fit", "evaluate"],
+        )
+    )
+
+
+def _channel(address: str, ca: Optional[str], cert: Optional[str], key: Optional[str], max_bytes: int) -> grpc.Channel:
+    target = address.split("://", 1)[-1]
+    options = [
+        ("grpc.max_receive_message_length", max_bytes),
+        ("grpc.max_send_message_length", max_bytes),
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+    if ca is None and cert is None and not address.startswith("https://"):
+        return grpc.insecure_channel(target, options=options)
+
+    def read(path: Optional[str]) -> Optional[bytes]:
+        if path is None:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    creds = grpc.ssl_channel_credentials(root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert))
+    return grpc.secure_channel(target, creds, options=options)
+
+
+def _session(address: str, name: str, client: Client, datasets: Sequence[DatasetInfo], token: str,
+             channel_args: Tuple[Optional[str], Optional[str], Optional[str], int], stop: threading.Event) -> bool:
+    """One stream: returns True if it was welcomed (so the backoff resets); raises Rejected."""
+    outbox: "queue.Queue[Optional[federation_pb2.ClientMessage]]" = queue.Queue()
+    outbox.put(_hello(name, datasets, token))
+
+    def requests() -> Iterator[federation_pb2.ClientMessage]:
+        while True:
+            m = outbox.get()
+            if m is None:
+                return
+            yield m
+
+    with _channel(address, *channel_args) as channel:
+        stub = federation_pb2_grpc.FederationStub(channel)
+        call = stub.Connect(requests())
+        last_heard = [time.monotonic()]
+        welcomed = False
+        done = threading.Event()
+        try:
+            first = next(call)
+            if first.WhichOneof("msg") == "reject":
+                raise Rejected(first.reject.reason)
+            if first.WhichOneof("msg") != "welcome":
+                raise ShoalError(f"expected Welcome or Reject, got {first.WhichOneof('msg')}")
+            welcomed = True
+            every = max(first.welcome.heartbeat_interval_ms, 500) / 1000.0
+            log.info("connected to %s as %s", address, first.welcome.client_id)
+
+            def beat() -> None:
+                # Heartbeats while tasks run; silence from the coordinator for 3 intervals means
+                # the stream is dead even if TCP has not noticed.
+                while not done.wait(every):
+                    if stop.is_set() or time.monotonic() - last_heard[0] > 3 * every:
+                        call.cancel()
+                        return
+                    outbox.put(federation_pb2.ClientMessage(heartbeat=federation_pb2.Heartbeat(unix_ms=int(time.time() * 1000))))
+
+            threading.Thread(target=beat, daemon=True).start()
+            for msg in call:
+                last_heard[0] = time.monotonic()
+                if msg.WhichOneof("msg") == "task":
+                    task = msg.task
+                    threading.Thread(
+                        target=lambda t=task: outbox.put(federation_pb2.ClientMessage(result=_run_task(client, t))),
+                        daemon=True,
+                    ).start()
+        except grpc.RpcError as e:
+            if not stop.is_set():
+                log.warning("stream ended: %s %s", e.code(), e.details())
+        finally:
+            done.set()
+            outbox.put(None)
+        return welcomed
+
+
+def run_client(
+    coordinator: str,
+    name: str,
+    client: Client,
+    datasets: Sequence[DatasetInfo],
+    *,
+    ca: Optional[str] = None,
+    cert: Optional[str] = None,
+    key: Optional[str] = None,
+    token: Optional[str] = None,
+    token_file: Optional[str] = None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    max_backoff: float = 10.0,
+    stop: Optional[threading.Event] = None,
+) -> None:
+    """Serves ``client`` to the coordinator at ``coordinator`` (``host:port``, ``http://`` or
+    ``https://``) until ``stop`` is set or, from the main thread, SIGTERM or SIGINT arrives.
+
+    ``ca`` (the coordinator's CA) turns TLS on; ``cert`` and ``key`` add this client's
+    certificate (mutual TLS). ``token`` or ``token_file`` is sent for coordinators with
+    ``--client-tokens``. Broken streams are re-opened with exponential backoff and jitter;
+    a Reject raises :class:`Rejected`.
+    """
+    if not datasets:
+        raise ShoalError("announce at least one dataset (DatasetInfo)")
+    if token_file is not None:
+        with open(token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+    stop = stop or threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    try:
+        backoff = 0.2
+        while not stop.is_set():
+            try:
+                if _session(coordinator, name, client, datasets, token or "", (ca, cert, key, max_message_bytes), stop):
+                    backoff = 0.2
+            except Rejected:
+                raise
+            except (grpc.RpcError, ShoalError, StopIteration) as e:
+                log.warning("connection failed: %s; retrying", e)
+            if stop.wait(backoff * random.uniform(0.5, 1.0)):
+                break
+            backoff = min(backoff * 2, max_backoff)
+        log.info("client %s stopped", name)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,122 @@
+"""The Python SDK against a real `shoal-coordinator serve` (built by cargo; set SHOAL_COORDINATOR_BIN
+to use another binary)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import shoal
+from shoal.v1 import common_pb2
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "examples" / "python"))
+
+import numpy_logreg  # noqa: E402
+import sklearn_sgd  # noqa: E402
+
+
+def coordinator_bin() -> str:
+    path = os.environ.get("SHOAL_COORDINATOR_BIN", str(REPO / "target" / "debug" / "shoal-coordinator"))
+    assert Path(path).exists(), f"{path} does not exist: build it with `cargo build -p shoal-coordinator` or set SHOAL_COORDINATOR_BIN"
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(tmp: Path, job: str, port: int) -> subprocess.Popen:
+    (tmp / "job.toml").write_text(job)
+    return subprocess.Popen(
+        [coordinator_bin(), "serve", "--listen", f"127.0.0.1:{port}", "--state-dir", str(tmp / "state"),
+         "--out", str(tmp / "runs"), "--job", str(tmp / "job.toml"), "--exit-when-done"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def test_parameters_cross_the_wire_and_layout_is_checked():
+    params = {"w": np.arange(6, dtype=np.float32).reshape(3, 2), "b": np.zeros(2, np.float32)}
+    wire = shoal.parameters_to_wire(params)
+    back = shoal.parameters_from_wire(wire)
+    assert list(back) == ["w", "b"] and np.array_equal(back["w"], params["w"])
+    with pytest.raises(shoal.ParameterError, match="shape"):
+        shoal.parameters_to_wire({"w": np.zeros((2, 3)), "b": np.zeros(2)}, like=params)
+    with pytest.raises(shoal.ParameterError, match="same order"):
+        shoal.parameters_to_wire({"b": np.zeros(2), "w": np.zeros((3, 2))}, like=params)
+    with pytest.raises(shoal.ParameterError, match="NaN"):
+        shoal.parameters_to_wire({"w": np.full((3, 2), np.nan), "b": np.zeros(2)})
+    bad = common_pb2.Parameters(tensors=[common_pb2.Tensor(name="w", dtype=common_pb2.DTYPE_F32, shape=[2], data=b"\0" * 4)])
+    with pytest.raises(shoal.ParameterError, match="do not hold shape"):
+        shoal.parameters_from_wire(bad)
+
+
+def run_federation(tmp_path: Path, job: str, make_client, n: int) -> list:
+    """Serves `job`, runs `n` SDK clients in threads until the coordinator exits, returns the rows
+    of metrics.csv."""
+    port = free_port()
+    proc = serve(tmp_path, job, port)
+    stop = threading.Event()
+    threads = []
+    for i in range(n):
+        client, datasets = make_client(i, n)
+        t = threading.Thread(
+            target=shoal.run_client,
+            args=(f"127.0.0.1:{port}", f"py-{i}", client, datasets),
+            kwargs={"stop": stop},
+            daemon=True,
+        )
+        t.start()
+        threads.append(t)
+    try:
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    for t in threads:
+        t.join(timeout=15)
+        assert not t.is_alive(), "run_client did not stop when asked"
+    [run] = list((tmp_path / "runs").iterdir())
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    print(f"fed_accuracy by round: {[round(float(r['fed_accuracy']), 3) for r in rows]}")
+    return rows
+
+
+def test_numpy_clients_train_a_job_to_the_end(tmp_path: Path):
+    job = (REPO / "examples" / "python" / "numpy-digits.toml").read_text().replace("rounds = 30", "rounds = 10")
+    rows = run_federation(tmp_path, job, numpy_logreg.make_client, 3)
+    assert len(rows) == 10
+    assert all(int(r["clients"]) == 3 for r in rows), rows
+    assert float(rows[-1]["fed_accuracy"]) > 0.85, rows[-1]
+
+
+def test_sklearn_example_reaches_its_accuracy_on_five_non_iid_clients(tmp_path: Path):
+    job = (REPO / "examples" / "python" / "sklearn-digits.toml").read_text()
+    rows = run_federation(tmp_path, job, sklearn_sgd.make_client, 5)
+    assert len(rows) == 30
+    assert all(int(r["clients"]) == 5 for r in rows), rows
+    assert float(rows[-1]["fed_accuracy"]) >= 0.93, rows[-1]
+
+
+def test_a_rejected_hello_raises_rejected(tmp_path: Path):
+    port = free_port()
+    proc = serve(tmp_path, (REPO / "examples" / "python" / "numpy-digits.toml").read_text(), port)
+    try:
+        client, datasets = numpy_logreg.make_client(0, 3)
+        with pytest.raises(shoal.Rejected, match="client_name"):
+            shoal.run_client(f"127.0.0.1:{port}", "bad\nname", client, datasets, stop=threading.Event())
+    finally:
+        proc.kill()
+        proc.wait()
