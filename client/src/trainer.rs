@@ -77,8 +77,9 @@ pub struct EvaluateOutcome {
     pub classes_present: u32,
 }
 
-/// Local training and evaluation of a model in your own code. Called from a blocking thread, one
-/// task at a time per task; keep what you need between tasks (an optimiser's state) inside.
+/// Local training and evaluation of a model in your own code. Each task is one call, on a
+/// blocking thread; calls for different tasks (two jobs, an evaluation beside a fit) may run at
+/// the same time, so keep state shared between tasks (an optimiser's) behind a lock.
 pub trait Trainer: Send + Sync + std::fmt::Debug + 'static {
     /// The datasets this trainer can train on.
     fn datasets(&self) -> Vec<TrainerDataset>;

@@ -39,12 +39,14 @@ ROUNDS="$(sed -n 's/^rounds *= *\([0-9]*\).*/\1/p' scenarios/job.toml)"
 # Rounds the coordinator has logged so far.
 rounds_done() { compose logs --no-color coordinator 2>/dev/null | grep -c "round [0-9]*/$ROUNDS " || true; }
 
+# Returns as soon as the coordinator has logged `want` rounds. It follows the log as a stream:
+# polling `compose logs` costs seconds per call on a loaded machine, and a CI run saw a whole
+# 30-round job finish before a poll noticed round 3 (so the restart scenario killed a finished job).
 wait_rounds() {
-    local want=$1 deadline=$((SECONDS + 180))
-    until [[ $(rounds_done) -ge $want ]]; do
-        [[ $SECONDS -lt $deadline ]] || fail "fewer than $want rounds after 180 s"
-        sleep 0.2
-    done
+    local want=$1 seen
+    seen="$(timeout 180 "${DC[@]}" -p "shoal-$name" -f docker-compose.yml -f scenarios/override.yml \
+        logs -f --no-color coordinator 2>/dev/null | grep -c -m "$want" "round [0-9]*/$ROUNDS " || true)"
+    [[ ${seen:-0} -ge $want ]] || fail "fewer than $want rounds after 180 s (saw ${seen:-0})"
 }
 
 # Waits for the coordinator to exit, then copies its run folder out; prints the folder.

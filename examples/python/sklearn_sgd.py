@@ -24,6 +24,8 @@ import shoal
 from numpy_logreg import DATASET, load_shard
 
 CLASSES = np.arange(10)
+# Once for the process: tasks run in threads, and warnings.catch_warnings is not thread-safe.
+warnings.filterwarnings("ignore", category=ConvergenceWarning)
 
 
 class SklearnSGD(shoal.Client):
@@ -43,11 +45,9 @@ class SklearnSGD(shoal.Client):
     def fit(self, parameters, config):
         clf = self._model(parameters, config.lr, config.weight_decay, config.seed)
         rng = np.random.default_rng(config.seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            for _ in range(config.epochs):
-                order = rng.permutation(len(self.y_train))
-                clf.partial_fit(self.x_train[order], self.y_train[order])
+        for _ in range(config.epochs):
+            order = rng.permutation(len(self.y_train))
+            clf.partial_fit(self.x_train[order], self.y_train[order])
         p = clf.predict_proba(self.x_train)
         loss = float(-np.log(np.maximum(p[np.arange(len(self.y_train)), self.y_train], 1e-7)).mean())
         new = {"weight": clf.coef_.T.astype(np.float32), "bias": clf.intercept_.astype(np.float32)}

@@ -8,8 +8,11 @@ rules this module follows.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
+import math
+import os
 import queue
 import random
 import signal
@@ -26,6 +29,8 @@ from shoal.v1 import common_pb2, federation_pb2, federation_pb2_grpc
 PROTOCOL_VERSION = 2
 #: Largest message sent or received; the coordinator's default is the same.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: How long a connection may take to be answered with Welcome or Reject.
+WELCOME_TIMEOUT = 15.0
 
 log = logging.getLogger("shoal")
 
@@ -95,6 +100,10 @@ class Client:
 
     Parameters are a ``dict`` from tensor name to a float32 ``numpy.ndarray``, in the order the
     job's ``tensors`` list gives; ``fit`` must return the same names and shapes.
+
+    ``fit`` and ``evaluate`` may be called from several threads at once (tasks of different jobs,
+    an evaluation beside the next round's fit): keep shared state behind a lock. A task that
+    raises is answered with an error result, which the coordinator counts as a refusal.
     """
 
     def fit(self, parameters: Parameters, config: FitConfig) -> Tuple[Parameters, int, Mapping[str, float]]:
@@ -109,8 +118,10 @@ class Client:
     def evaluate(self, parameters: Parameters, config: EvaluateConfig) -> Tuple[float, int, Mapping[str, float]]:
         """Scores ``parameters`` on the local test split.
 
-        Returns ``(loss, num_examples, metrics)``; ``metrics["accuracy"]`` (in [0, 1]) is the
-        round's federated accuracy, ``metrics["classes_present"]`` optional.
+        Returns ``(loss, num_examples, metrics)``. ``metrics["accuracy"]`` (in [0, 1]) is
+        required: it is the round's federated accuracy, and the coordinator refuses an evaluation
+        without a valid one (a refusal is a strike; three quarantine the client).
+        ``metrics["classes_present"]`` is optional.
         """
         raise NotImplementedError("Client.evaluate")
 
@@ -184,11 +195,16 @@ def _run_task(client: Client, task: federation_pb2.Task) -> federation_pb2.TaskR
                 validation=task.validation,
             )
             new, n, metrics = client.fit({k: v.copy() for k, v in params.items()}, config)
+            train_loss = float(metrics.get("train_loss", 0.0))
+            if not math.isfinite(train_loss):
+                raise ShoalError(f"fit reported train_loss {train_loss}: it must be finite")
+            if int(n) < 1:
+                raise ShoalError(f"fit reported {n} examples: it must be at least 1")
             result.fit.CopyFrom(
                 federation_pb2.FitResult(
                     parameters=parameters_to_wire(new, like=params),
                     num_examples=int(n),
-                    train_loss=float(metrics.get("train_loss", 0.0)),
+                    train_loss=train_loss,
                 )
             )
         elif kind == "evaluate":
@@ -200,11 +216,17 @@ def _run_task(client: Client, task: federation_pb2.Task) -> federation_pb2.TaskR
                 validation=task.validation,
             )
             loss, n, metrics = client.evaluate(params, config)
+            if "accuracy" not in metrics or not 0.0 <= float(metrics["accuracy"]) <= 1.0:
+                raise ShoalError(
+                    f"evaluate must report metrics['accuracy'] in [0, 1], found {metrics.get('accuracy')!r}"
+                )
+            if not math.isfinite(float(loss)) or int(n) < 1:
+                raise ShoalError(f"evaluate reported loss {loss} on {n} examples: give a finite loss on at least 1 example")
             result.evaluate.CopyFrom(
                 federation_pb2.EvaluateResult(
                     num_examples=int(n),
                     loss=float(loss),
-                    accuracy=float(metrics.get("accuracy", float("nan"))),
+                    accuracy=float(metrics["accuracy"]),
                     classes_present=int(metrics.get("classes_present", 0)),
                 )
             )
@@ -238,7 +260,26 @@ def _hello(name: str, datasets: Sequence[DatasetInfo], token: str) -> federation
     )
 
 
-def _channel(address: str, ca: Optional[str], cert: Optional[str], key: Optional[str], max_bytes: int) -> grpc.Channel:
+def _read_tls(ca: Optional[str], cert: Optional[str], key: Optional[str]) -> Optional[Tuple[Optional[bytes], Optional[bytes], Optional[bytes]]]:
+    """The TLS files, read once (a missing file is an error now, not at some reconnect)."""
+    if (cert is None) != (key is None):
+        raise ShoalError("give both cert and key (mutual TLS), or neither")
+    if ca is None and cert is None:
+        return None
+
+    def read(path: Optional[str]) -> Optional[bytes]:
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise ShoalError(f"cannot read {path}: {e}") from e
+
+    return read(ca), read(cert), read(key)
+
+
+def _channel(address: str, tls: Optional[Tuple[Optional[bytes], Optional[bytes], Optional[bytes]]], max_bytes: int) -> grpc.Channel:
     target = address.split("://", 1)[-1]
     options = [
         ("grpc.max_receive_message_length", max_bytes),
@@ -247,24 +288,20 @@ def _channel(address: str, ca: Optional[str], cert: Optional[str], key: Optional
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
-    if ca is None and cert is None and not address.startswith("https://"):
+    if tls is None and not address.startswith("https://"):
         return grpc.insecure_channel(target, options=options)
-
-    def read(path: Optional[str]) -> Optional[bytes]:
-        if path is None:
-            return None
-        with open(path, "rb") as f:
-            return f.read()
-
-    creds = grpc.ssl_channel_credentials(root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert))
+    ca, cert, key = tls or (None, None, None)
+    creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
     return grpc.secure_channel(target, creds, options=options)
 
 
 def _session(address: str, name: str, client: Client, datasets: Sequence[DatasetInfo], token: str,
-             channel_args: Tuple[Optional[str], Optional[str], Optional[str], int], stop: threading.Event) -> bool:
+             tls, max_bytes: int, stop: threading.Event, pool: concurrent.futures.Executor) -> bool:
     """One stream: returns True if it was welcomed (so the backoff resets); raises Rejected."""
     outbox: "queue.Queue[Optional[federation_pb2.ClientMessage]]" = queue.Queue()
     outbox.put(_hello(name, datasets, token))
+    done = threading.Event()
+    reason = ["the stream ended"]
 
     def requests() -> Iterator[federation_pb2.ClientMessage]:
         while True:
@@ -273,47 +310,78 @@ def _session(address: str, name: str, client: Client, datasets: Sequence[Dataset
                 return
             yield m
 
-    with _channel(address, *channel_args) as channel:
+    def run(task: federation_pb2.Task) -> None:
+        # Skipped when the session is over (the coordinator re-sends what it still wants) or the
+        # task's deadline has passed (nobody waits for the answer).
+        if done.is_set() or (task.deadline_unix_ms and time.time() * 1000 > task.deadline_unix_ms):
+            return
+        result = _run_task(client, task)
+        if not done.is_set():
+            outbox.put(federation_pb2.ClientMessage(result=result))
+
+    with _channel(address, tls, max_bytes) as channel:
         stub = federation_pb2_grpc.FederationStub(channel)
         call = stub.Connect(requests())
         last_heard = [time.monotonic()]
-        welcomed = False
-        done = threading.Event()
+        welcomed = threading.Event()
+        every = [5.0]
+
+        def watch() -> None:
+            # Until Welcome: give up after WELCOME_TIMEOUT. After it: a heartbeat every interval,
+            # and silence from the coordinator for 3 intervals ends the stream even if TCP has not
+            # noticed. `stop` ends it at once.
+            started = time.monotonic()
+            tick = time.monotonic()
+            while not done.is_set():
+                if stop.wait(0.1):
+                    reason[0] = "stopping"
+                    call.cancel()
+                    return
+                now = time.monotonic()
+                if not welcomed.is_set():
+                    if now - started > WELCOME_TIMEOUT:
+                        reason[0] = f"no Welcome within {WELCOME_TIMEOUT:.0f} s"
+                        call.cancel()
+                        return
+                    continue
+                if now - tick < every[0]:
+                    continue
+                if now - tick > 2 * every[0]:
+                    # This thread overslept (a long call held the interpreter): what looked like
+                    # silence may be ours, so start counting again.
+                    last_heard[0] = now
+                tick = now
+                if now - last_heard[0] > 3 * every[0]:
+                    reason[0] = f"nothing from the coordinator for {3 * every[0]:.0f} s"
+                    call.cancel()
+                    return
+                outbox.put(federation_pb2.ClientMessage(heartbeat=federation_pb2.Heartbeat(unix_ms=int(time.time() * 1000))))
+
+        threading.Thread(target=watch, daemon=True).start()
         try:
             first = next(call)
             if first.WhichOneof("msg") == "reject":
                 raise Rejected(first.reject.reason)
             if first.WhichOneof("msg") != "welcome":
                 raise ShoalError(f"expected Welcome or Reject, got {first.WhichOneof('msg')}")
-            welcomed = True
-            every = max(first.welcome.heartbeat_interval_ms, 500) / 1000.0
+            every[0] = max(first.welcome.heartbeat_interval_ms, 500) / 1000.0
+            last_heard[0] = time.monotonic()
+            welcomed.set()
             log.info("connected to %s as %s", address, first.welcome.client_id)
-
-            def beat() -> None:
-                # Heartbeats while tasks run; silence from the coordinator for 3 intervals means
-                # the stream is dead even if TCP has not noticed.
-                while not done.wait(every):
-                    if stop.is_set() or time.monotonic() - last_heard[0] > 3 * every:
-                        call.cancel()
-                        return
-                    outbox.put(federation_pb2.ClientMessage(heartbeat=federation_pb2.Heartbeat(unix_ms=int(time.time() * 1000))))
-
-            threading.Thread(target=beat, daemon=True).start()
             for msg in call:
                 last_heard[0] = time.monotonic()
                 if msg.WhichOneof("msg") == "task":
-                    task = msg.task
-                    threading.Thread(
-                        target=lambda t=task: outbox.put(federation_pb2.ClientMessage(result=_run_task(client, t))),
-                        daemon=True,
-                    ).start()
+                    pool.submit(run, msg.task)
         except grpc.RpcError as e:
             if not stop.is_set():
-                log.warning("stream ended: %s %s", e.code(), e.details())
+                if e.code() == grpc.StatusCode.CANCELLED:
+                    log.warning("stream ended: %s", reason[0])
+                else:
+                    log.warning("stream ended: %s %s", e.code(), e.details())
         finally:
             done.set()
             outbox.put(None)
-        return welcomed
+        return welcomed.is_set()
 
 
 def run_client(
@@ -342,18 +410,25 @@ def run_client(
     if not datasets:
         raise ShoalError("announce at least one dataset (DatasetInfo)")
     if token_file is not None:
-        with open(token_file, encoding="utf-8") as f:
-            token = f.read().strip()
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise ShoalError(f"cannot read the token file {token_file}: {e}") from e
+    tls = _read_tls(ca, cert, key)
+    # One bounded pool for every session: tasks run beside the stream, at most one per core.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="shoal-task")
     stop = stop or threading.Event()
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+            previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, lambda *_: stop.set())
     try:
         backoff = 0.2
         while not stop.is_set():
             try:
-                if _session(coordinator, name, client, datasets, token or "", (ca, cert, key, max_message_bytes), stop):
+                if _session(coordinator, name, client, datasets, token or "", tls, max_message_bytes, stop, pool):
                     backoff = 0.2
             except Rejected:
                 raise
@@ -364,5 +439,7 @@ def run_client(
             backoff = min(backoff * 2, max_backoff)
         log.info("client %s stopped", name)
     finally:
+        pool.shutdown(wait=False, cancel_futures=True)
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            if handler is not None:
+                signal.signal(sig, handler)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +121,41 @@ def test_a_rejected_hello_raises_rejected(tmp_path: Path):
     finally:
         proc.kill()
         proc.wait()
+
+
+class NoAccuracy(shoal.Client):
+    def evaluate(self, parameters, config):
+        return 0.5, 10, {}
+
+
+def test_an_evaluation_without_accuracy_is_answered_with_an_error_that_says_so():
+    from shoal.client import _run_task
+    from shoal.v1 import federation_pb2
+
+    params = {"w": np.zeros(2, np.float32)}
+    task = federation_pb2.Task(
+        task_id="t", job_id="j", round=1, model=common_pb2.ModelSpec(kind="external"),
+        parameters=shoal.parameters_to_wire(params), evaluate=federation_pb2.EvaluateTask(),
+    )
+    result = _run_task(NoAccuracy(), task)
+    assert result.WhichOneof("outcome") == "error"
+    assert "metrics['accuracy']" in result.error
+    task.model.kind = "gbdt"
+    assert "external models only" in _run_task(NoAccuracy(), task).error
+
+
+def test_stop_ends_a_client_stuck_in_the_handshake():
+    # A listener that accepts and never answers: no Welcome ever comes.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        stop = threading.Event()
+        client, datasets = numpy_logreg.make_client(0, 3)
+        t = threading.Thread(target=shoal.run_client, args=(f"127.0.0.1:{port}", "stuck", client, datasets),
+                             kwargs={"stop": stop}, daemon=True)
+        t.start()
+        time.sleep(0.5)
+        stop.set()
+        t.join(timeout=5)
+        assert not t.is_alive(), "run_client did not stop during the handshake"

@@ -395,8 +395,22 @@ pub struct Capabilities {
     pub task_kinds: std::collections::BTreeSet<TaskKind>,
 }
 
-/// Most model kinds and longest kind name a Hello may list.
+/// Most model kinds a Hello may list.
 pub const MAX_MODEL_KINDS: usize = 16;
+/// Longest kind name a Hello may list; longer ones are refused without being echoed.
+pub const MAX_KIND_NAME_BYTES: usize = 32;
+
+/// A kind name fit to be quoted in a refusal: short and printable.
+fn quotable(name: &str) -> Result<&str, String> {
+    if name.len() > MAX_KIND_NAME_BYTES || name.chars().any(char::is_control) {
+        Err(format!(
+            "a name of {} bytes that is not a kind (names are at most {MAX_KIND_NAME_BYTES} printable bytes)",
+            name.len()
+        ))
+    } else {
+        Ok(name)
+    }
+}
 
 impl Capabilities {
     /// What the built-in client runs: every model kind Shoal trains itself (not `external`,
@@ -428,15 +442,20 @@ impl Capabilities {
         let known = super::ModelSpec::names();
         let mut caps = Capabilities::default();
         for k in model_kinds {
+            let k = match quotable(k) {
+                Ok(k) => k,
+                Err(m) => return bad("Hello.model_kinds", m),
+            };
             if !known.split(", ").any(|n| n == k) {
                 return bad(
                     "Hello.model_kinds",
                     format!("`{k}` is not a model kind (expected {known})"),
                 );
             }
-            caps.model_kinds.insert(k.clone());
+            caps.model_kinds.insert(k.to_string());
         }
-        if task_kinds.is_empty() || task_kinds.len() > TaskKind::ALL.len() {
+        let distinct: std::collections::BTreeSet<&String> = task_kinds.iter().collect();
+        if distinct.is_empty() || distinct.len() > TaskKind::ALL.len() {
             return bad(
                 "Hello.task_kinds",
                 format!(
@@ -446,6 +465,10 @@ impl Capabilities {
             );
         }
         for k in task_kinds {
+            let k = match quotable(k) {
+                Ok(k) => k,
+                Err(m) => return bad("Hello.task_kinds", m),
+            };
             let Some(t) = TaskKind::from_name(k) else {
                 return bad(
                     "Hello.task_kinds",

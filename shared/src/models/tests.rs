@@ -280,6 +280,15 @@ fn capabilities_parse_and_decide_what_a_client_is_sent() {
     assert!(caps.runs("external", &[TaskKind::Evaluate]));
     assert!(!caps.runs("gbdt", &[TaskKind::Sketch, TaskKind::Histogram]));
     assert!(!caps.runs("external", &[TaskKind::Sketch]));
+    // Repeats are one entry: five names that cover the four task kinds are accepted.
+    let tasks = s(&["fit", "evaluate", "sketch", "histogram", "fit"]);
+    assert_eq!(
+        Capabilities::parse(&s(&["gbdt"]), &tasks)
+            .unwrap()
+            .task_kinds
+            .len(),
+        4
+    );
     let builtin = Capabilities::builtin();
     assert!(builtin.runs("gbdt", &[TaskKind::Sketch, TaskKind::Histogram]));
     assert!(!builtin.model_kinds.contains("external"));
@@ -291,6 +300,11 @@ fn capabilities_parse_and_decide_what_a_client_is_sent() {
             s(&["logreg"]),
             s(&["fit", "train"]),
             "`train` is not a task kind",
+        ),
+        (
+            vec!["x\n".repeat(40)],
+            s(&["fit"]),
+            "a name of 80 bytes that is not a kind",
         ),
     ] {
         let err = Capabilities::parse(&models, &tasks)

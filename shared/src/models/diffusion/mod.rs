@@ -562,6 +562,10 @@ impl Model for DenoiserModel {
         self.net.init(rng)
     }
 
+    fn num_params(&self) -> usize {
+        self.net.mlp.num_params()
+    }
+
     /// Noise prediction on the rows (see [`Denoiser::train`]); FedProx's and SCAFFOLD's terms do
     /// not apply to it.
     fn fit(

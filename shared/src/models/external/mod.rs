@@ -220,6 +220,10 @@ impl Model for ExternalModel {
         )
     }
 
+    fn num_params(&self) -> usize {
+        self.0.num_params()
+    }
+
     fn fit(
         &self,
         _weights: Weights,
@@ -279,6 +283,44 @@ mod tests {
             .init(&mut ChaCha8Rng::seed_from_u64(1))
             .values()
             .all(|v| v == 0.0));
+    }
+
+    #[test]
+    fn a_model_over_the_limit_is_refused_before_it_is_allocated() {
+        // 2^40 floats would be 4 TiB: allocating them first would abort the process.
+        let huge =
+            spec("kind = \"external\"\ntensors = [{ name = \"w\", shape = [1099511627776] }]")
+                .unwrap();
+        let setup = ServerSetup {
+            n_features: 4,
+            n_classes: 3,
+            init_seed: 1,
+            max_params: 1000,
+            strategy: Default::default(),
+            bound: None,
+        };
+        let err = huge.server(&setup).err().unwrap().to_string();
+        assert!(
+            err.contains("1099511627776 parameters, over the coordinator's limit of 1000"),
+            "{err}"
+        );
+        // Every weights model knows its size without allocating, and agrees with what it allocates.
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let models: Vec<Box<dyn Model>> = vec![
+            Box::new(crate::models::sgd::LogReg::new(5, 3)),
+            Box::new(crate::models::sgd::Mlp::new(5, &[7, 4], 3)),
+            Box::new(crate::models::diffusion::DenoiserModel::new(&Default::default(), 6).unwrap()),
+            Box::new(ExternalModel(Arc::new(
+                spec("kind = \"external\"\ntensors = [{ name = \"w\", shape = [2, 3] }, { name = \"s\", shape = [] }]")
+                    .unwrap()
+                    .external()
+                    .unwrap()
+                    .clone(),
+            ))),
+        ];
+        for m in models {
+            assert_eq!(m.num_params(), m.init(&mut rng).num_params(), "{m:?}");
+        }
     }
 
     #[test]

@@ -73,15 +73,16 @@ pub fn check_shape(name: &str, n_features: usize, n_classes: usize) -> Result<()
 /// coordinator's size limit), aggregated by the job's strategy.
 pub fn weights_server(model: Box<dyn Model>, setup: &ServerSetup) -> Result<Server> {
     let model: Arc<dyn Model> = Arc::from(model);
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(setup.init_seed);
-    let weights = model.init(&mut rng);
-    if weights.num_params() > setup.max_params {
+    // Before `init`: a model over the limit is refused without being allocated.
+    if model.num_params() > setup.max_params {
         return Err(Error::Data(format!(
             "the model has {} parameters, over the coordinator's limit of {} (--max-tensor-elements)",
-            weights.num_params(),
+            model.num_params(),
             setup.max_params
         )));
     }
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(setup.init_seed);
+    let weights = model.init(&mut rng);
     Ok(Box::new(super::server::SgdServer::new(
         model,
         weights,

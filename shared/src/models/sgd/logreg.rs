@@ -49,6 +49,12 @@ impl Model for LogReg {
         ])
     }
 
+    fn num_params(&self) -> usize {
+        self.n_features
+            .saturating_add(1)
+            .saturating_mul(self.n_classes)
+    }
+
     super::classifier_model_methods!();
 }
 

@@ -65,6 +65,16 @@ fn relu(v: f32) -> f32 {
     v.max(0.0)
 }
 
+impl Mlp {
+    /// Weights and biases over all layers (saturating), without allocating them.
+    pub fn num_params(&self) -> usize {
+        self.widths
+            .windows(2)
+            .map(|w| w[0].saturating_add(1).saturating_mul(w[1]))
+            .fold(0usize, usize::saturating_add)
+    }
+}
+
 impl Model for Mlp {
     /// He initialisation (normal, std = sqrt(2 / fan_in)), zero biases: keeps ReLU activations
     /// at a stable scale through the layers.
@@ -84,6 +94,10 @@ impl Model for Mlp {
             tensors.push(Tensor::zeros(format!("layer{i}.bias"), vec![fan_out]));
         }
         Weights::new(tensors)
+    }
+
+    fn num_params(&self) -> usize {
+        Mlp::num_params(self)
     }
 
     super::classifier_model_methods!();

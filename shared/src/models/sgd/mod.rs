@@ -34,6 +34,10 @@ pub trait Model: Send + Sync + std::fmt::Debug {
     /// Initial weights, drawn from `rng` where the model needs randomness.
     fn init(&self, rng: &mut ChaCha8Rng) -> Weights;
 
+    /// Parameters [`Model::init`] would allocate (saturating), known without allocating them: the
+    /// size limit is checked before the model exists.
+    fn num_params(&self) -> usize;
+
     /// Local training from `weights` on `data` (non-empty), whose layout [`train_local`] has
     /// checked: the model's own objective.
     fn fit(
@@ -436,6 +440,9 @@ mod tests {
     impl Model for Flat {
         fn init(&self, _rng: &mut ChaCha8Rng) -> Weights {
             Weights::new(vec![Tensor::zeros("w", vec![2])])
+        }
+        fn num_params(&self) -> usize {
+            2
         }
         super::classifier_model_methods!();
     }
