@@ -159,3 +159,60 @@ def test_stop_ends_a_client_stuck_in_the_handshake():
         stop.set()
         t.join(timeout=5)
         assert not t.is_alive(), "run_client did not stop during the handshake"
+
+
+class MustNotRun(shoal.Client):
+    """Fails the test if the coordinator ever sends it a task."""
+
+    calls = 0
+
+    def fit(self, parameters, config):
+        MustNotRun.calls += 1
+        raise AssertionError("a fit task reached a client that runs external models only")
+
+    def evaluate(self, parameters, config):
+        MustNotRun.calls += 1
+        raise AssertionError("an evaluate task reached a client that runs external models only")
+
+
+def sibling_bin(name: str) -> str:
+    path = Path(coordinator_bin()).with_name(name)
+    assert path.exists(), f"{path} does not exist: build it with `cargo build -p {name}`"
+    return str(path)
+
+
+def test_a_python_client_is_never_sent_a_boosting_task(tmp_path: Path):
+    """Beside two Rust clients on a gbdt job, an SDK client (it lists only external models, fit
+    and evaluate) gets no task, so no refusal and no quarantine."""
+    job = (
+        'kind = "train"\ndataset = "iris"\nrounds = 3\n[model]\nkind = "gbdt"\n'
+        "[clients]\nmin_available_clients = 2\nmin_fit_clients = 2\nmin_evaluate_clients = 2\n"
+    )
+    port = free_port()
+    proc = serve(tmp_path, job, port)
+    rust = [
+        subprocess.Popen([sibling_bin("shoal-client"), "--coordinator", f"http://127.0.0.1:{port}",
+                          "--builtin", "iris", "--partition", "iid", "--shard", f"{i}/2"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for i in range(2)
+    ]
+    stop = threading.Event()
+    info = shoal.DatasetInfo(name="iris", train_examples=40, test_examples=10,
+                             feature_names=["a", "b", "c", "d"], class_names=["setosa", "versicolor", "virginica"])
+    t = threading.Thread(target=shoal.run_client, args=(f"127.0.0.1:{port}", "py-external", MustNotRun(), [info]),
+                         kwargs={"stop": stop}, daemon=True)
+    t.start()
+    try:
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        stop.set()
+        for p in rust + [proc]:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    assert proc.returncode == 0, out
+    [run] = list((tmp_path / "runs").iterdir())
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert len(rows) == 3 and all(int(r["clients"]) == 2 for r in rows), rows
+    assert MustNotRun.calls == 0
+    assert "result rejected" not in out, out
