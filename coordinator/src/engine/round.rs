@@ -542,6 +542,14 @@ impl JobCtx {
             }
         }
 
+        // A stop (SIGTERM, cancel) between the phases empties the registry before the evaluation
+        // picks its clients, and an evaluation of nobody is not an error: without this check
+        // the round would be recorded without its evaluation, and a resumed job would never run
+        // it again (a CI run of the SIGTERM restart test saw round 9 lose its fed metrics).
+        if self.cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+
         // Refusals: the phases' own, and results the registry refused for this job (duplicates,
         // late answers, other clients' tasks).
         let mut rejected_by = fit_phase.rejected_by.clone();
