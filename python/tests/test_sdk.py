@@ -216,3 +216,54 @@ def test_a_python_client_is_never_sent_a_boosting_task(tmp_path: Path):
     assert len(rows) == 3 and all(int(r["clients"]) == 2 for r in rows), rows
     assert MustNotRun.calls == 0
     assert "result rejected" not in out, out
+
+
+def test_mutual_tls_and_tokens(tmp_path: Path):
+    """The SDK's TLS path: a coordinator that requires client certificates and client tokens (made
+    by `shoal-coordinator certs` and `tokens`), three numpy clients with theirs; a wrong token is a
+    Reject."""
+    names = "client-0,client-1,client-2"
+    for cmd in ("certs", "tokens"):
+        subprocess.run([coordinator_bin(), cmd, "--out", str(tmp_path / cmd), "--client-names", names],
+                       check=True, capture_output=True)
+    pki, tok = tmp_path / "certs", tmp_path / "tokens"
+    job = (REPO / "examples" / "python" / "numpy-digits.toml").read_text().replace("rounds = 30", "rounds = 3")
+    (tmp_path / "job.toml").write_text(job)
+    port = free_port()
+    proc = subprocess.Popen(
+        [coordinator_bin(), "serve", "--listen", f"127.0.0.1:{port}", "--state-dir", str(tmp_path / "state"),
+         "--out", str(tmp_path / "runs"), "--job", str(tmp_path / "job.toml"), "--exit-when-done",
+         "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"),
+         "--client-ca", str(pki / "ca.pem"), "--client-tokens", str(tok / "client-tokens"),
+         "--admin-tokens", str(tok / "admin-tokens")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    stop = threading.Event()
+    # Bounds every wait below: a client that is never rejected or never finishes stops here.
+    timer = threading.Timer(90, stop.set)
+    timer.daemon = True
+    timer.start()
+    tls = lambda i: {"ca": str(pki / "ca.pem"), "cert": str(pki / f"client-{i}.pem"), "key": str(pki / f"client-{i}.key")}
+    try:
+        client, datasets = numpy_logreg.make_client(0, 3)
+        with pytest.raises(shoal.Rejected):
+            shoal.run_client(f"https://127.0.0.1:{port}", "client-0", client, datasets, stop=stop,
+                             token_file=str(tok / "client-1.token"), **tls(0))
+        threads = []
+        for i in range(3):
+            client, datasets = numpy_logreg.make_client(i, 3)
+            t = threading.Thread(target=shoal.run_client, args=(f"https://127.0.0.1:{port}", f"client-{i}", client, datasets),
+                                 kwargs={"stop": stop, "token_file": str(tok / f"client-{i}.token"), **tls(i)}, daemon=True)
+            t.start()
+            threads.append(t)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        stop.set()
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    [run] = list((tmp_path / "runs").iterdir())
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert len(rows) == 3 and all(int(r["clients"]) == 3 for r in rows), rows
