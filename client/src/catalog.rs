@@ -3,7 +3,7 @@
 //! Rows stay here; only names and sizes go into the `Hello`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use shoal_proto::v1::DatasetInfo;
@@ -149,6 +149,25 @@ impl Catalog {
         self.datasets.is_empty()
     }
 
+    /// Writes each dataset's local train and test split as `NAME.train.csv` and `NAME.test.csv`
+    /// in `dir` (made if missing): the exact rows this client trains and tests on, so a client
+    /// written in another language can hold the same data (see `Dataset::to_csv` for the form).
+    /// Returns the files written.
+    pub fn export(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            ClientError::Config(format!("--export: cannot create {}: {e}", dir.display()))
+        })?;
+        let mut written = Vec::new();
+        for (name, d) in &self.datasets {
+            for (part, data) in [("train", &d.train), ("test", &d.test)] {
+                let path = dir.join(format!("{name}.{part}.csv"));
+                data.to_csv(&path)?;
+                written.push(path);
+            }
+        }
+        Ok(written)
+    }
+
     /// What the `Hello` announces: names and sizes only.
     pub fn infos(&self) -> Vec<DatasetInfo> {
         self.datasets
@@ -194,5 +213,25 @@ mod tests {
         assert!(c
             .add_builtin(Builtin::Digits, &Partitioner::Iid, 1, 10, 42)
             .is_err());
+    }
+
+    /// The exported split reads back as the very rows the client holds.
+    #[test]
+    fn export_writes_the_local_split_exactly() {
+        let mut c = Catalog::new();
+        c.add_builtin(Builtin::Iris, &Partitioner::Iid, 1, 3, 7)
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("shoal-export-{}", std::process::id()));
+        let files = c.export(&dir).unwrap();
+        assert_eq!(files.len(), 2);
+        let d = c.get("iris").unwrap();
+        for (file, part) in files.iter().zip([&d.train, &d.test]) {
+            let back = csv::load_csv(file, Some("label")).unwrap();
+            let back = back.remap_classes(&part.class_names).unwrap();
+            assert_eq!(back.features, part.features, "{}", file.display());
+            assert_eq!(back.labels, part.labels);
+            assert_eq!(back.feature_names, part.feature_names);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

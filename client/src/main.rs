@@ -68,6 +68,11 @@ struct Args {
     /// A file holding this client's token (for a coordinator started with --client-tokens).
     #[arg(long, env = "SHOAL_TOKEN_FILE", value_name = "PATH")]
     token_file: Option<PathBuf>,
+    /// Write each dataset's local train and test split into DIR as NAME.train.csv and
+    /// NAME.test.csv, then exit without connecting: the exact rows this client would use, e.g.
+    /// for a client in another language that should hold the same shard.
+    #[arg(long, value_name = "DIR")]
+    export: Option<PathBuf>,
 }
 
 fn parse_shard(s: &str) -> anyhow::Result<(usize, usize)> {
@@ -183,6 +188,12 @@ async fn run() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let config = build(&args)?;
+    if let Some(dir) = &args.export {
+        for path in config.catalog.export(dir)? {
+            println!("{}", path.display());
+        }
+        return Ok(());
+    }
     for d in config.catalog.infos() {
         tracing::info!(
             dataset = %d.name,

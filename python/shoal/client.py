@@ -31,6 +31,10 @@ PROTOCOL_VERSION = 2
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: How long a connection may take to be answered with Welcome or Reject.
 WELCOME_TIMEOUT = 15.0
+#: Model kinds whose tasks are Fit and Evaluate on named tensors, which the SDK can run: the
+#: ``external`` kind (your model) and Shoal's built-in weights models (trained as PROTOCOL §5.1
+#: says; :class:`shoal.builtin.SgdClient` does). Forests and boosting need other task kinds.
+SDK_MODEL_KINDS = ("external", "logreg", "mlp")
 
 log = logging.getLogger("shoal")
 
@@ -82,6 +86,20 @@ class FitConfig:
     seed: int
     #: AutoML trials only.
     validation: bool
+    #: The job's model kind: ``external``, or a built-in kind the client announced.
+    model: str = "external"
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalTraining:
+    """The job's local training settings, as an end-of-job evaluation passes them on."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    proximal_mu: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +111,14 @@ class EvaluateConfig:
     dataset: str
     class_names: Tuple[str, ...]
     validation: bool
+    #: The job's model kind: ``external``, or a built-in kind the client announced.
+    model: str = "external"
+    #: The end-of-job client table may ask for personalisation: train this many epochs from
+    #: ``parameters`` with ``local`` (no proximal term) and report
+    #: ``metrics["personalized_accuracy"]``. 0: not asked; ignoring it is allowed.
+    personalize_epochs: int = 0
+    seed: int = 0
+    local: Optional[LocalTraining] = None
 
 
 class Client:
@@ -170,15 +196,18 @@ def parameters_to_wire(params: Parameters, like: Optional[Parameters] = None) ->
     return common_pb2.Parameters(tensors=tensors)
 
 
-def _run_task(client: Client, task: federation_pb2.Task) -> federation_pb2.TaskResult:
+def _run_task(client: Client, task: federation_pb2.Task,
+              model_kinds: Sequence[str] = ("external",)) -> federation_pb2.TaskResult:
     """One task through the client; any failure becomes an error result naming the reason."""
     result = federation_pb2.TaskResult(task_id=task.task_id, job_id=task.job_id, round=task.round)
     try:
-        if task.model.kind != "external":
-            raise ShoalError(f"this client runs external models only, not `{task.model.kind}`")
+        if task.model.kind not in model_kinds:
+            raise ShoalError(f"this client runs {', '.join(model_kinds)} models, not `{task.model.kind}`")
         params = parameters_from_wire(task.parameters)
         kind = task.WhichOneof("kind")
         if kind == "fit":
+            if task.fit.HasField("control"):
+                raise ShoalError("SCAFFOLD jobs need control variates, which the Python SDK does not carry")
             local = task.fit.local
             config = FitConfig(
                 job=task.job_id,
@@ -193,6 +222,7 @@ def _run_task(client: Client, task: federation_pb2.Task) -> federation_pb2.TaskR
                 proximal_mu=local.proximal_mu,
                 seed=task.seed,
                 validation=task.validation,
+                model=task.model.kind,
             )
             new, n, metrics = client.fit({k: v.copy() for k, v in params.items()}, config)
             train_loss = float(metrics.get("train_loss", 0.0))
@@ -208,12 +238,21 @@ def _run_task(client: Client, task: federation_pb2.Task) -> federation_pb2.TaskR
                 )
             )
         elif kind == "evaluate":
+            ev = task.evaluate
+            local = ev.local if ev.HasField("local") else None
             config = EvaluateConfig(
                 job=task.job_id,
                 round=task.round,
                 dataset=task.dataset,
                 class_names=tuple(task.class_names),
                 validation=task.validation,
+                model=task.model.kind,
+                personalize_epochs=ev.personalize_epochs,
+                seed=task.seed,
+                local=None if local is None else LocalTraining(
+                    epochs=local.epochs, batch_size=local.batch_size, lr=local.lr, momentum=local.momentum,
+                    weight_decay=local.weight_decay, proximal_mu=local.proximal_mu,
+                ),
             )
             loss, n, metrics = client.evaluate(params, config)
             if "accuracy" not in metrics or not 0.0 <= float(metrics["accuracy"]) <= 1.0:
@@ -222,14 +261,18 @@ def _run_task(client: Client, task: federation_pb2.Task) -> federation_pb2.TaskR
                 )
             if not math.isfinite(float(loss)) or int(n) < 1:
                 raise ShoalError(f"evaluate reported loss {loss} on {n} examples: give a finite loss on at least 1 example")
-            result.evaluate.CopyFrom(
-                federation_pb2.EvaluateResult(
-                    num_examples=int(n),
-                    loss=float(loss),
-                    accuracy=float(metrics["accuracy"]),
-                    classes_present=int(metrics.get("classes_present", 0)),
-                )
+            evaluated = federation_pb2.EvaluateResult(
+                num_examples=int(n),
+                loss=float(loss),
+                accuracy=float(metrics["accuracy"]),
+                classes_present=int(metrics.get("classes_present", 0)),
             )
+            if "personalized_accuracy" in metrics:
+                pa = float(metrics["personalized_accuracy"])
+                if not 0.0 <= pa <= 1.0:
+                    raise ShoalError(f"evaluate reported personalized_accuracy {pa}: it must be in [0, 1]")
+                evaluated.personalized_accuracy = pa
+            result.evaluate.CopyFrom(evaluated)
         else:
             raise ShoalError(f"this client does not run `{kind}` tasks")
     except Exception as e:  # the coordinator hears why instead of waiting for the deadline
@@ -238,7 +281,8 @@ def _run_task(client: Client, task: federation_pb2.Task) -> federation_pb2.TaskR
     return result
 
 
-def _hello(name: str, datasets: Sequence[DatasetInfo], token: str) -> federation_pb2.ClientMessage:
+def _hello(name: str, datasets: Sequence[DatasetInfo], token: str,
+           model_kinds: Sequence[str] = ("external",)) -> federation_pb2.ClientMessage:
     return federation_pb2.ClientMessage(
         hello=federation_pb2.Hello(
             protocol_version=PROTOCOL_VERSION,
@@ -254,7 +298,7 @@ def _hello(name: str, datasets: Sequence[DatasetInfo], token: str) -> federation
                 )
                 for d in datasets
             ],
-            model_kinds=["external"],
+            model_kinds=list(model_kinds),
             task_kinds=["fit", "evaluate"],
         )
     )
@@ -296,10 +340,11 @@ def _channel(address: str, tls: Optional[Tuple[Optional[bytes], Optional[bytes],
 
 
 def _session(address: str, name: str, client: Client, datasets: Sequence[DatasetInfo], token: str,
-             tls, max_bytes: int, stop: threading.Event, pool: concurrent.futures.Executor) -> bool:
+             tls, max_bytes: int, stop: threading.Event, pool: concurrent.futures.Executor,
+             model_kinds: Sequence[str]) -> bool:
     """One stream: returns True if it was welcomed (so the backoff resets); raises Rejected."""
     outbox: "queue.Queue[Optional[federation_pb2.ClientMessage]]" = queue.Queue()
-    outbox.put(_hello(name, datasets, token))
+    outbox.put(_hello(name, datasets, token, model_kinds))
     done = threading.Event()
     reason = ["the stream ended"]
 
@@ -315,7 +360,7 @@ def _session(address: str, name: str, client: Client, datasets: Sequence[Dataset
         # task's deadline has passed (nobody waits for the answer).
         if done.is_set() or (task.deadline_unix_ms and time.time() * 1000 > task.deadline_unix_ms):
             return
-        result = _run_task(client, task)
+        result = _run_task(client, task, model_kinds)
         if not done.is_set():
             outbox.put(federation_pb2.ClientMessage(result=result))
 
@@ -398,6 +443,7 @@ def run_client(
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     max_backoff: float = 10.0,
     stop: Optional[threading.Event] = None,
+    model_kinds: Sequence[str] = ("external",),
 ) -> None:
     """Serves ``client`` to the coordinator at ``coordinator`` (``host:port``, ``http://`` or
     ``https://``) until ``stop`` is set or, from the main thread, SIGTERM or SIGINT arrives.
@@ -406,9 +452,20 @@ def run_client(
     certificate (mutual TLS). ``token`` or ``token_file`` is sent for coordinators with
     ``--client-tokens``. Broken streams are re-opened with exponential backoff and jitter;
     a Reject raises :class:`Rejected`.
+
+    ``model_kinds`` are the model kinds announced in the Hello (see :data:`SDK_MODEL_KINDS`);
+    the coordinator sends this client tasks of those kinds only. Announce a built-in kind only if
+    your client trains it as PROTOCOL §5.1 says (:class:`shoal.builtin.SgdClient` does).
     """
     if not datasets:
         raise ShoalError("announce at least one dataset (DatasetInfo)")
+    model_kinds = tuple(model_kinds)
+    unknown = [k for k in model_kinds if k not in SDK_MODEL_KINDS]
+    if unknown or not model_kinds:
+        raise ShoalError(
+            f"model_kinds {list(model_kinds)}: the SDK runs fit and evaluate tasks of {', '.join(SDK_MODEL_KINDS)} "
+            "models (forest and gbdt need other task kinds)"
+        )
     if token_file is not None:
         try:
             with open(token_file, encoding="utf-8") as f:
@@ -428,7 +485,8 @@ def run_client(
         backoff = 0.2
         while not stop.is_set():
             try:
-                if _session(coordinator, name, client, datasets, token or "", tls, max_message_bytes, stop, pool):
+                if _session(coordinator, name, client, datasets, token or "", tls, max_message_bytes, stop, pool,
+                            model_kinds):
                     backoff = 0.2
             except Rejected:
                 raise
