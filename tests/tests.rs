@@ -21,3 +21,8 @@ mod security;
 
 // The fuzz targets' corpora, replayed through the same decoders on stable Rust.
 mod fuzz_replay;
+
+// The protocol's conformance suite (`shoal-conformance`, tests/conformance/) against the Rust
+// clients: the `shoal-client` binary and the Trainer API's example. pytest runs it against the
+// Python SDK.
+mod conformance;

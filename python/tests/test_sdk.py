@@ -359,3 +359,17 @@ def test_a_mixed_federation_trains_as_well_as_rust_clients_alone(tmp_path: Path)
         a, m = float(alone[-1][column]), float(mixed[-1][column])
         print(f"{column}: 4 Rust {a:.4f}, 2 Rust + 2 Python {m:.4f}")
         assert abs(a - m) <= 0.005, (column, a, m)
+
+
+def test_the_sdk_passes_the_conformance_suite():
+    """`shoal-conformance` (tests/conformance/, built by cargo beside the coordinator) plays the
+    coordinator's side against tests/conformance_client.py: handshake, heartbeats, silence,
+    reconnect, retries, both Rejects, every task kind of every model kind listed, late tasks and
+    no replay."""
+    harness = sibling_bin("shoal-conformance")
+    client = Path(__file__).with_name("conformance_client.py")
+    out = subprocess.run([harness, "--", sys.executable, str(client), "{addr}"], capture_output=True, text=True,
+                         timeout=300)
+    print(out.stdout)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "10 of 10 checks passed" in out.stdout, out.stdout

@@ -875,7 +875,7 @@ impl JobCtx {
 
 /// An evaluation a client could honestly report: a count within what it announced, a bounded
 /// finite loss, accuracies in [0, 1].
-fn check_evaluation(
+pub fn check_evaluation(
     e: &v1::EvaluateResult,
     announced: Option<u64>,
     classifies: bool,

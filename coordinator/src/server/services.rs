@@ -234,7 +234,7 @@ fn check_name(what: &str, s: &str) -> Result<(), String> {
 }
 
 /// Checks a Hello's fields; the error is the Reject reason.
-fn check_hello(hello: &v1::Hello) -> Result<(), String> {
+pub fn check_hello(hello: &v1::Hello) -> Result<(), String> {
     check_name("client_name", &hello.client_name)?;
     if hello.datasets.is_empty() || hello.datasets.len() > MAX_DATASETS {
         return Err(format!(
