@@ -570,6 +570,7 @@ async fn client_credentials_cannot_use_the_jobs_service() {
             .submit(v1::SubmitRequest {
                 spec: job(),
                 format: "toml".into(),
+                initial_parameters: None,
             })
             .await
             .unwrap_err();

@@ -163,6 +163,7 @@ pub async fn submit(jobs: &mut AdminJobs, toml: &str) -> String {
     jobs.submit(v1::SubmitRequest {
         spec: toml.into(),
         format: "toml".into(),
+        initial_parameters: None,
     })
     .await
     .unwrap()

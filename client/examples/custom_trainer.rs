@@ -16,12 +16,12 @@ use std::sync::Arc;
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shoal_client::catalog::LocalData;
 use shoal_client::{
-    Catalog, ClientConfig, EvaluateConfig, EvaluateOutcome, FitConfig, FitOutcome, Trainer,
-    TrainerDataset, TrainerError,
+    Catalog, ClientConfig, EvaluateConfig, EvaluateOutcome, FitConfig, FitOutcome, InitialConfig,
+    Trainer, TrainerDataset, TrainerError,
 };
 use shoal_shared::data::builtin::Builtin;
 use shoal_shared::data::partition::Partitioner;
@@ -164,6 +164,19 @@ impl Trainer for SoftmaxTrainer {
             num_examples: train.labels.len() as u64,
             train_loss,
         })
+    }
+
+    fn offers_initial_parameters(&self) -> bool {
+        true
+    }
+
+    /// For a job with `init = "client"`: small uniform weights (this model's own initialiser),
+    /// zero biases, sized by the local features and the job's classes.
+    fn initial_parameters(&self, config: &InitialConfig) -> Result<Weights, TrainerError> {
+        let (d, k) = (self.data.train.n_features(), config.class_names.len());
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let weight = Array2::from_shape_simple_fn((d, k), || rng.gen_range(-0.01f32..0.01));
+        Ok(pack(weight, Array1::zeros(k)))
     }
 
     fn evaluate(

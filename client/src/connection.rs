@@ -100,9 +100,12 @@ impl ClientConfig {
         } else {
             Capabilities::builtin()
         };
-        if self.trainer.is_some() {
+        if let Some(trainer) = &self.trainer {
             caps.model_kinds.insert("external".into());
             caps.task_kinds.extend([TaskKind::Fit, TaskKind::Evaluate]);
+            if trainer.offers_initial_parameters() {
+                caps.task_kinds.insert(TaskKind::Parameters);
+            }
         }
         caps
     }

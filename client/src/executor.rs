@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use shoal_proto::tasks;
-use shoal_proto::v1::{self, task_result};
+use shoal_proto::v1::{self, task, task_result};
 use shoal_shared::fusion::FeatureView;
 use shoal_shared::models::phase::{
     Answer, ClientState, ClientTask, Payload, Reply, TaskData, Work,
@@ -130,6 +130,37 @@ impl Executor {
         let Some(trainer) = &self.trainer else {
             return Err("this client has no trainer for external models".into());
         };
+        if let Some(task::Kind::GetParameters(_)) = &task.kind {
+            // The job may list no tensors yet (the answer names them), so the spec is not
+            // decoded as a trainable model here.
+            let config = crate::trainer::InitialConfig {
+                job: task.job_id.clone(),
+                dataset: task.dataset.clone(),
+                class_names: task.class_names.clone(),
+                tensors: task
+                    .model
+                    .as_ref()
+                    .and_then(|m| m.external.as_ref())
+                    .map(|e| {
+                        e.tensors
+                            .iter()
+                            .map(|t| {
+                                let shape = t.shape.iter().map(|&d| d as usize).collect();
+                                (t.name.clone(), shape)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                seed: task.seed,
+            };
+            let w = trainer
+                .initial_parameters(&config)
+                .map_err(|e| format!("the trainer's initial_parameters failed: {e}"))?;
+            w.check_finite().map_err(|e| e.to_string())?;
+            return Ok(task_result::Outcome::Parameters(v1::ParametersResult {
+                parameters: Some(shoal_proto::weights_to_wire(&w)),
+            }));
+        }
         // Decoding the spec checks the tensor list the job sent.
         shoal_proto::model_from_wire(task.model.as_ref()).map_err(|e| e.to_string())?;
         let Payload::Weights(global) = tasks::payload_from_wire(task).map_err(|e| e.to_string())?

@@ -41,7 +41,8 @@ pub use connection::{endpoint, endpoint_with, run, ClientConfig};
 pub use error::{ClientError, Result};
 pub use tls::{ClientTls, TlsFiles};
 pub use trainer::{
-    EvaluateConfig, EvaluateOutcome, FitConfig, FitOutcome, Trainer, TrainerDataset, TrainerError,
+    EvaluateConfig, EvaluateOutcome, FitConfig, FitOutcome, InitialConfig, Trainer, TrainerDataset,
+    TrainerError,
 };
 
 /// Resolves on SIGINT or SIGTERM (what `docker stop` and Kubernetes send). Shared by both binaries.

@@ -93,6 +93,30 @@ pub trait Trainer: Send + Sync + std::fmt::Debug + 'static {
         parameters: &Weights,
         config: &EvaluateConfig,
     ) -> Result<EvaluateOutcome, TrainerError>;
+
+    /// Whether [`Trainer::initial_parameters`] gives parameters; then the Hello lists the task
+    /// kind `parameters`, and a job with `[model] init = "client"` may ask this client.
+    fn offers_initial_parameters(&self) -> bool {
+        false
+    }
+
+    /// The model's initial parameters, as your code initialises it (a job with
+    /// `init = "client"` asks one client before round 1, as Flower does). `tensors` are the
+    /// tensors the job lists, or empty when it leaves naming them to you.
+    fn initial_parameters(&self, _config: &InitialConfig) -> Result<Weights, TrainerError> {
+        Err("this trainer does not give initial parameters".into())
+    }
+}
+
+/// What a request for initial parameters says.
+#[derive(Debug, Clone)]
+pub struct InitialConfig {
+    pub job: String,
+    pub dataset: String,
+    pub class_names: Vec<String>,
+    /// The tensors the job lists (name, shape), or none.
+    pub tensors: Vec<(String, Vec<usize>)>,
+    pub seed: u64,
 }
 
 /// Fails unless `new` has `old`'s tensors (names, shapes, order), naming the first that differs.

@@ -127,6 +127,11 @@ impl Coordinator {
         &self.registry
     }
 
+    /// The state store (jobs, rounds, checkpoints, initial parameters).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
     pub(crate) fn shutdown_token(&self) -> &CancellationToken {
         &self.shutdown
     }

@@ -150,6 +150,8 @@ async fn drive(url: &str, o: &SimulateOptions) -> anyhow::Result<SimOutcome> {
         .submit(v1::SubmitRequest {
             spec: o.spec.to_toml(),
             format: "toml".into(),
+            // simulate refuses external models, the only ones with initial parameters
+            initial_parameters: None,
         })
         .await?
         .into_inner();

@@ -852,6 +852,14 @@ mod tests {
                 "kind = \"automl\"\n[model]\nkind = \"external\"\ntensors = [{ name = \"w\", shape = [2] }]\n[automl.space]\n\"local.lr\" = [0.1]",
                 "cannot be external",
             ),
+            (
+                "kind = \"train\"\n[model]\nkind = \"external\"\ninit = \"file\"",
+                "needs init_file",
+            ),
+            (
+                "kind = \"train\"\n[model]\nkind = \"external\"\ninit = \"client\"\ninit_file = \"w.safetensors\"",
+                "only with init = \"file\"",
+            ),
         ];
         for (text, needle) in cases {
             let err = CheckedSpec::from_toml(text).unwrap_err().to_string();

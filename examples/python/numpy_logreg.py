@@ -89,6 +89,12 @@ class NumpyLogReg(shoal.Client):
         loss = float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-7)).mean())
         return loss, float((p.argmax(axis=1) == y).mean())
 
+    def get_parameters(self, config):
+        """For a job with ``init = "client"``: small random weights, zero biases."""
+        rng = np.random.default_rng(config.seed)
+        k = len(config.class_names)
+        return {"weight": rng.normal(0.0, 0.01, size=(64, k)).astype(np.float32), "bias": np.zeros(k, np.float32)}
+
     def evaluate(self, parameters, config):
         y = self._labels(self.y_test, config.class_names)
         loss, acc = self._score(parameters["weight"], parameters["bias"], self.x_test, y)

@@ -82,6 +82,12 @@ class TorchCNN(shoal.Client):
         new = {k: v.detach().numpy().astype(np.float32) for k, v in net.state_dict().items()}
         return new, n, {"train_loss": total / max(seen, 1)}
 
+    def get_parameters(self, config):
+        """For a job with ``init = "client"`` (no tensors listed): PyTorch's own initialisation
+        of the network, seeded by the task, named as ``state_dict()`` names them."""
+        torch.manual_seed(config.seed)
+        return {k: v.detach().numpy().astype(np.float32) for k, v in Net().state_dict().items()}
+
     def evaluate(self, parameters, config):
         net = self._net(parameters)
         with torch.no_grad():

@@ -178,7 +178,7 @@ fn task(t: &v1::Task) -> usize {
         Some(v1::task::Kind::Histogram(h)) => {
             accepted += partial_tree_wire(h.partial_tree.as_ref(), &h.nodes)
         }
-        Some(v1::task::Kind::Sketch(_)) | None => {}
+        Some(v1::task::Kind::Sketch(_) | v1::task::Kind::GetParameters(_)) | None => {}
     }
     if !t.feature_view.is_empty() {
         accepted += feature_view(&t.feature_view);
@@ -211,6 +211,8 @@ fn task_result(r: &v1::TaskResult) -> usize {
         }
         Some(Outcome::Sketch(s)) => s.sketch.as_ref().map_or(0, sketch_wire),
         Some(Outcome::Histogram(h)) => histograms_wire(&h.histograms),
+        // An external model's initial parameters, decoded as the coordinator does.
+        Some(Outcome::Parameters(p)) => p.parameters.as_ref().map_or(0, weights),
         Some(Outcome::Evaluate(_) | Outcome::Error(_)) | None => 0,
     }
 }

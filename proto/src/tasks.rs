@@ -103,6 +103,18 @@ impl ReplyKind {
     }
 }
 
+/// A task's kind as capabilities name it.
+pub fn task_kind(kind: &task::Kind) -> shoal_shared::models::phase::TaskKind {
+    use shoal_shared::models::phase::TaskKind;
+    match kind {
+        task::Kind::Fit(_) => TaskKind::Fit,
+        task::Kind::Evaluate(_) => TaskKind::Evaluate,
+        task::Kind::Sketch(_) => TaskKind::Sketch,
+        task::Kind::Histogram(_) => TaskKind::Histogram,
+        task::Kind::GetParameters(_) => TaskKind::Parameters,
+    }
+}
+
 /// What a phase's replies must be.
 pub fn expected_reply(request: &Request) -> ReplyKind {
     match request {
@@ -126,7 +138,9 @@ pub fn reply_from_wire(
         Some(task_result::Outcome::Fit(_)) => Some(ReplyKind::Fit),
         Some(task_result::Outcome::Sketch(_)) => Some(ReplyKind::Sketch),
         Some(task_result::Outcome::Histogram(_)) => Some(ReplyKind::Histogram),
-        Some(task_result::Outcome::Evaluate(_)) | None => None,
+        Some(task_result::Outcome::Evaluate(_) | task_result::Outcome::Parameters(_)) | None => {
+            None
+        }
     };
     if kind != Some(expected) {
         return Err(Rejection::WrongKind(expected.as_str()));
@@ -177,9 +191,12 @@ pub fn reply_from_wire(
             num_examples: h.num_examples,
             train_loss: h.train_loss,
         }),
-        Some(task_result::Outcome::Error(_) | task_result::Outcome::Evaluate(_)) | None => {
-            return Err(Rejection::WrongKind(expected.as_str()))
-        }
+        Some(
+            task_result::Outcome::Error(_)
+            | task_result::Outcome::Evaluate(_)
+            | task_result::Outcome::Parameters(_),
+        )
+        | None => return Err(Rejection::WrongKind(expected.as_str())),
     })
 }
 
@@ -218,6 +235,14 @@ impl TryFrom<&task::Kind> for Work {
                 nodes: h.nodes.clone(),
                 first_level: h.first_level,
             }),
+            // Answered by a trainer of the client's own (an external model), never by a model
+            // kind's client half.
+            task::Kind::GetParameters(_) => {
+                return Err(invalid(
+                    "task",
+                    "get_parameters is for external models, whose client code gives them",
+                ))
+            }
         })
     }
 }

@@ -91,6 +91,18 @@ class FitConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class InitialConfig:
+    """A request for the model's initial parameters (a job with ``[model] init = "client"``)."""
+
+    job: str
+    dataset: str
+    class_names: Tuple[str, ...]
+    #: The tensors the job lists, as ``(name, shape)``; empty when it leaves naming them to you.
+    tensors: Tuple[Tuple[str, Tuple[int, ...]], ...]
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
 class LocalTraining:
     """The job's local training settings, as an end-of-job evaluation passes them on."""
 
@@ -151,9 +163,22 @@ class Client:
         """
         raise NotImplementedError("Client.evaluate")
 
+    def get_parameters(self, config: InitialConfig) -> Parameters:
+        """Optional: the model's initial parameters, as your framework initialises it.
+
+        Override it and the client offers them (task kind ``parameters``): a job with
+        ``[model] init = "client"`` asks one client before round 1, as Flower does, and every
+        client starts from the answer. Tensor names and order are yours when the job lists none.
+        """
+        raise NotImplementedError("Client.get_parameters")
+
     def get_properties(self) -> Dict[str, Any]:
         """Free-form facts about this client, for logs."""
         return {}
+
+
+def _offers_parameters(client: Client) -> bool:
+    return type(client).get_parameters is not Client.get_parameters
 
 
 def parameters_from_wire(p: common_pb2.Parameters) -> Parameters:
@@ -203,8 +228,19 @@ def _run_task(client: Client, task: federation_pb2.Task,
     try:
         if task.model.kind not in model_kinds:
             raise ShoalError(f"this client runs {', '.join(model_kinds)} models, not `{task.model.kind}`")
-        params = parameters_from_wire(task.parameters)
         kind = task.WhichOneof("kind")
+        if kind == "get_parameters":
+            config = InitialConfig(
+                job=task.job_id,
+                dataset=task.dataset,
+                class_names=tuple(task.class_names),
+                tensors=tuple((t.name, tuple(int(d) for d in t.shape)) for t in task.model.external.tensors),
+                seed=task.seed,
+            )
+            given = client.get_parameters(config)
+            result.parameters.CopyFrom(federation_pb2.ParametersResult(parameters=parameters_to_wire(dict(given))))
+            return result
+        params = parameters_from_wire(task.parameters)
         if kind == "fit":
             if task.fit.HasField("control"):
                 raise ShoalError("SCAFFOLD jobs need control variates, which the Python SDK does not carry")
@@ -282,7 +318,7 @@ def _run_task(client: Client, task: federation_pb2.Task,
 
 
 def _hello(name: str, datasets: Sequence[DatasetInfo], token: str,
-           model_kinds: Sequence[str] = ("external",)) -> federation_pb2.ClientMessage:
+           model_kinds: Sequence[str] = ("external",), offers_parameters: bool = False) -> federation_pb2.ClientMessage:
     return federation_pb2.ClientMessage(
         hello=federation_pb2.Hello(
             protocol_version=PROTOCOL_VERSION,
@@ -299,7 +335,7 @@ def _hello(name: str, datasets: Sequence[DatasetInfo], token: str,
                 for d in datasets
             ],
             model_kinds=list(model_kinds),
-            task_kinds=["fit", "evaluate"],
+            task_kinds=["fit", "evaluate"] + (["parameters"] if offers_parameters else []),
         )
     )
 
@@ -344,7 +380,7 @@ def _session(address: str, name: str, client: Client, datasets: Sequence[Dataset
              model_kinds: Sequence[str]) -> bool:
     """One stream: returns True if it was welcomed (so the backoff resets); raises Rejected."""
     outbox: "queue.Queue[Optional[federation_pb2.ClientMessage]]" = queue.Queue()
-    outbox.put(_hello(name, datasets, token, model_kinds))
+    outbox.put(_hello(name, datasets, token, model_kinds, _offers_parameters(client)))
     done = threading.Event()
     reason = ["the stream ended"]
 

@@ -23,6 +23,13 @@ class Conformance(SgdClient):
             config = shoal.FitConfig(**{**config.__dict__, "model": "logreg"})
         return super().fit(parameters, config)
 
+    def get_parameters(self, config):
+        # The tensors the job lists, or a softmax regression over the local features.
+        shapes = dict(config.tensors) or {"weight": (self.x_train.shape[1], len(config.class_names)),
+                                          "bias": (len(config.class_names),)}
+        rng = np.random.default_rng(config.seed)
+        return {name: rng.normal(0.0, 0.01, size=shape).astype(np.float32) for name, shape in shapes.items()}
+
     def evaluate(self, parameters, config):
         if config.model == "external":
             config = shoal.EvaluateConfig(**{**config.__dict__, "model": "logreg"})

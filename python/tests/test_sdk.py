@@ -373,3 +373,42 @@ def test_the_sdk_passes_the_conformance_suite():
     print(out.stdout)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "10 of 10 checks passed" in out.stdout, out.stdout
+
+
+class Recording(numpy_logreg.NumpyLogReg):
+    """Keeps the parameters of its round-1 fit and what it gave as initial parameters."""
+
+    first_fits: list = []
+    given: list = []
+
+    def fit(self, parameters, config):
+        if config.round == 1:
+            Recording.first_fits.append({k: v.copy() for k, v in parameters.items()})
+        return super().fit(parameters, config)
+
+    def get_parameters(self, config):
+        params = super().get_parameters(config)
+        Recording.given.append(params)
+        return params
+
+
+def test_a_job_starts_from_one_python_clients_parameters(tmp_path: Path):
+    """`init = "client"` with no tensors listed: one SDK client (they all offer get_parameters)
+    is asked, names the tensors, and every client's round 1 starts from its parameters."""
+    job = (REPO / "examples" / "python" / "numpy-digits.toml").read_text().replace("rounds = 30", "rounds = 3")
+    listed = 'tensors = [\n  { name = "weight", shape = [64, 10] },\n  { name = "bias", shape = [10] },\n]\n'
+    assert listed in job, "examples/python/numpy-digits.toml changed: update this test"
+    job = job.replace(listed, 'init = "client"\n')
+
+    def make(i, n):
+        client, datasets = numpy_logreg.make_client(i, n)
+        rec = Recording(client.x_train, client.y_train, client.x_test, client.y_test)
+        return rec, datasets
+
+    rows = run_federation(tmp_path, job, make, 3)
+    assert len(rows) == 3 and all(int(r["clients"]) == 3 for r in rows), rows
+    assert len(Recording.given) == 1, "exactly one client is asked"
+    assert len(Recording.first_fits) == 3
+    for params in Recording.first_fits:
+        assert list(params) == ["weight", "bias"]
+        assert all(np.array_equal(params[k], Recording.given[0][k]) for k in params)

@@ -228,6 +228,79 @@ impl Weights {
     }
 }
 
+/// Tensor files in the safetensors format (what Hugging Face's `safetensors` package writes from
+/// PyTorch, JAX or numpy): the exchange format for a model's initial parameters.
+impl Weights {
+    /// Reads the tensors of a safetensors file, in the order of their data in the file (writers
+    /// sort by name). Only float32 tensors are read: the wire carries f32. At most `max_elements`
+    /// values in all, checked from the header before anything is copied.
+    pub fn from_safetensors(bytes: &[u8], max_elements: usize) -> Result<Weights> {
+        use safetensors::{Dtype, SafeTensors};
+        let bad = |m: String| Error::Data(format!("not a usable safetensors file: {m}"));
+        let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
+        let names = meta.offset_keys();
+        if names.is_empty() {
+            return Err(bad("it holds no tensors".into()));
+        }
+        let mut total = 0usize;
+        for name in &names {
+            let info = meta
+                .info(name)
+                .ok_or_else(|| bad(format!("no entry for `{name}`")))?;
+            if info.dtype != Dtype::F32 {
+                return Err(Error::Data(format!(
+                    "tensor `{name}` is {:?}: Shoal exchanges float32 tensors (convert it, e.g. with `.float()` in PyTorch)",
+                    info.dtype
+                )));
+            }
+            let n = info.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            total = n
+                .and_then(|n| total.checked_add(n))
+                .filter(|&t| t <= max_elements)
+                .ok_or_else(|| {
+                    Error::Data(format!(
+                        "the tensors hold more than {max_elements} values, the coordinator's limit (--max-tensor-elements)"
+                    ))
+                })?;
+        }
+        let file = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
+        let mut tensors = Vec::with_capacity(names.len());
+        for name in names {
+            let view = file.tensor(&name).map_err(|e| bad(e.to_string()))?;
+            let data: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            tensors.push(Tensor::new(name, view.shape().to_vec(), data)?);
+        }
+        let w = Weights::new(tensors);
+        w.check_finite()?;
+        Ok(w)
+    }
+
+    /// These tensors as a safetensors file (float32, little-endian; the format sorts them by name).
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
+            .tensors
+            .iter()
+            .map(|t| {
+                let data = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+                (t.name.clone(), data, t.shape.clone())
+            })
+            .collect();
+        let mut views = Vec::with_capacity(bytes.len());
+        for (name, data, shape) in &bytes {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .map_err(|e| Error::Data(format!("tensor `{name}`: {e}")))?;
+            views.push((name.clone(), view));
+        }
+        safetensors::serialize(views, None)
+            .map_err(|e| Error::Data(format!("cannot write safetensors: {e}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,5 +358,45 @@ mod tests {
         a.add_scaled(2.0, &w(&[1.0, 0.0, -1.0])).unwrap();
         assert_eq!(a.values().collect::<Vec<_>>(), vec![3.0, 2.0, 1.0]);
         assert!((a.l2_norm() - 14f64.sqrt()).abs() < 1e-9);
+    }
+
+    /// Tensors survive a safetensors round trip (reordered by name, as the format stores them);
+    /// bad files are refused with the reason.
+    #[test]
+    fn safetensors_round_trip_and_refusals() {
+        let w = Weights::new(vec![
+            Tensor::new(
+                "layer.weight",
+                vec![2, 3],
+                vec![1.0, -2.0, 3.5, 0.0, 1e-3, 7.0],
+            )
+            .unwrap(),
+            Tensor::new("bias", vec![3], vec![0.5, 0.25, -0.125]).unwrap(),
+        ]);
+        let bytes = w.to_safetensors().unwrap();
+        let back = Weights::from_safetensors(&bytes, 100).unwrap();
+        assert_eq!(back.names(), vec!["bias", "layer.weight"]);
+        assert_eq!(
+            back.get("layer.weight").unwrap(),
+            w.get("layer.weight").unwrap()
+        );
+        assert_eq!(back.get("bias").unwrap(), w.get("bias").unwrap());
+        let over = Weights::from_safetensors(&bytes, 8)
+            .unwrap_err()
+            .to_string();
+        assert!(over.contains("more than 8 values"), "{over}");
+        let junk = Weights::from_safetensors(b"not a file", 100)
+            .unwrap_err()
+            .to_string();
+        assert!(junk.contains("not a usable safetensors file"), "{junk}");
+        // A float16 tensor, as a header written by hand: refused by name and dtype.
+        let header = br#"{"h":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}"#;
+        let mut f16 = (header.len() as u64).to_le_bytes().to_vec();
+        f16.extend_from_slice(header);
+        f16.extend_from_slice(&[0, 60, 0, 60]);
+        let e = Weights::from_safetensors(&f16, 100)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`h` is F16") && e.contains("float32"), "{e}");
     }
 }

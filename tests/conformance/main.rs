@@ -467,6 +467,7 @@ fn drivable(hello: &v1::Hello) -> Result<(Vec<ModelSpec>, Vec<String>)> {
                 ],
                 init: ExternalInit::Normal,
                 init_std: 0.01,
+                init_file: None,
             }),
             other => {
                 skipped.push(other.to_string());
@@ -521,12 +522,7 @@ impl Tasks<'_> {
 }
 
 fn kind_name(kind: &task::Kind) -> &'static str {
-    match kind {
-        task::Kind::Fit(_) => "fit",
-        task::Kind::Evaluate(_) => "evaluate",
-        task::Kind::Sketch(_) => "sketch",
-        task::Kind::Histogram(_) => "histogram",
-    }
+    shoal_proto::tasks::task_kind(kind).as_str()
 }
 
 fn local() -> v1::LocalTraining {
@@ -609,6 +605,7 @@ async fn drive(s: &mut Session, hello: &v1::Hello, spec: &ModelSpec) -> Result<S
         max_params: 1 << 24,
         strategy: StrategySpec::default(),
         bound: None,
+        initial: None,
     };
     let mut server = spec.kind().server(&setup)?;
     let classifies = server.classifies();
@@ -687,11 +684,56 @@ async fn drive(s: &mut Session, hello: &v1::Hello, spec: &ModelSpec) -> Result<S
     Ok(format!("{}: {}, evaluate", spec.name(), phases.join(", ")))
 }
 
+/// A `get_parameters` task (an external model with `init = "client"`): the answer must be
+/// parameters that fit the model's tensors, as the coordinator checks them.
+async fn initial_parameters(
+    s: &mut Session,
+    hello: &v1::Hello,
+    specs: &[ModelSpec],
+) -> Result<String> {
+    let spec = specs
+        .iter()
+        .find(|m| m.external().is_some())
+        .context("Hello lists task kind `parameters` without model kind `external`")?;
+    let ext = spec.external().unwrap();
+    let mut tasks = Tasks {
+        hello,
+        spec,
+        job: "conformance-parameters".into(),
+        seq: 0,
+    };
+    let t = tasks.make(
+        0,
+        task::Kind::GetParameters(v1::ParametersTask {}),
+        TaskPayload::default(),
+        unix_ms() + 60_000,
+    );
+    s.send(coordinator_message::Msg::Task(t.clone())).await?;
+    for (_, outcome) in results(s, &[&t]).await? {
+        let Some(task_result::Outcome::Parameters(p)) = outcome else {
+            bail!("a get_parameters task was not answered with parameters");
+        };
+        let w = shoal_proto::weights_from_wire(
+            p.parameters
+                .as_ref()
+                .context("parameters result without parameters")?,
+            1 << 24,
+        )?;
+        w.check_finite()?;
+        ext.adopt(w)
+            .context("the initial parameters do not fit the model")?;
+    }
+    Ok("get_parameters".into())
+}
+
 async fn check_tasks(h: &mut Harness) -> Result<String> {
     let (mut s, hello) = connected(h).await?;
     beat(&s.out);
     let (specs, skipped) = drivable(&hello)?;
     let mut done = Vec::new();
+    if hello.task_kinds.iter().any(|k| k == "parameters") {
+        done.push(initial_parameters(&mut s, &hello, &specs).await?);
+    }
     for spec in &specs {
         let started = Instant::now();
         let note = drive(&mut s, &hello, spec).await?;
@@ -728,6 +770,7 @@ fn first_task(hello: &v1::Hello, deadline: u64) -> Result<v1::Task> {
         max_params: 1 << 24,
         strategy: StrategySpec::default(),
         bound: None,
+        initial: None,
     })?;
     let name = hello.client_name.clone();
     let Step::Ask(ask) = server.begin_round(RoundPlan {
@@ -808,15 +851,17 @@ async fn run_check(name: &str, command: &[String]) -> (Result<String>, String) {
         "silence" => check_silence(&mut h).await,
         "reconnect" => check_reconnect(&mut h).await,
         "retry" => check_retry(&mut h).await,
-        "reject-version" => check_reject(
-            &mut h,
-            PROTOCOL_VERSION + 1,
-            &format!(
+        "reject-version" => {
+            check_reject(
+                &mut h,
+                PROTOCOL_VERSION + 1,
+                &format!(
                 "protocol version {PROTOCOL_VERSION} is not supported; this coordinator speaks {}",
                 PROTOCOL_VERSION + 1
             ),
-        )
-        .await,
+            )
+            .await
+        }
         "reject-credentials" => {
             check_reject(
                 &mut h,

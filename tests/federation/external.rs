@@ -201,3 +201,219 @@ async fn simulate_refuses_an_external_model_with_the_way_out() {
         "{err}"
     );
 }
+
+/// Wraps the example trainer: keeps the parameters of every round-1 fit, and counts requests
+/// for initial parameters (answering them as the example does).
+#[derive(Debug)]
+struct Recording {
+    inner: custom_trainer::SoftmaxTrainer,
+    offers: bool,
+    first_fits: Arc<std::sync::Mutex<Vec<Weights>>>,
+    given: Arc<std::sync::Mutex<Vec<Weights>>>,
+}
+
+impl Trainer for Recording {
+    fn datasets(&self) -> Vec<TrainerDataset> {
+        self.inner.datasets()
+    }
+
+    fn fit(&self, parameters: Weights, config: &FitConfig) -> Result<FitOutcome, TrainerError> {
+        if config.round == 1 {
+            self.first_fits.lock().unwrap().push(parameters.clone());
+        }
+        self.inner.fit(parameters, config)
+    }
+
+    fn evaluate(
+        &self,
+        parameters: &Weights,
+        config: &EvaluateConfig,
+    ) -> Result<EvaluateOutcome, TrainerError> {
+        self.inner.evaluate(parameters, config)
+    }
+
+    fn offers_initial_parameters(&self) -> bool {
+        self.offers
+    }
+
+    fn initial_parameters(
+        &self,
+        config: &shoal_client::InitialConfig,
+    ) -> Result<Weights, TrainerError> {
+        let w = self.inner.initial_parameters(config)?;
+        self.given.lock().unwrap().push(w.clone());
+        Ok(w)
+    }
+}
+
+type Shared = Arc<std::sync::Mutex<Vec<Weights>>>;
+
+/// Three recording trainers on digits; `offering` of them give initial parameters.
+fn recording_trainers(
+    url: &str,
+    offering: usize,
+) -> (Vec<tokio_util::sync::CancellationToken>, Shared, Shared) {
+    let (first_fits, given): (Shared, Shared) = Default::default();
+    let stops = (0..3)
+        .map(|i| {
+            let t = Recording {
+                inner: custom_trainer::SoftmaxTrainer::digits_shard(i, 3).unwrap(),
+                offers: i < offering,
+                first_fits: first_fits.clone(),
+                given: given.clone(),
+            };
+            spawn_client(ClientConfig::with_trainer(
+                url,
+                format!("trainer-{i}"),
+                Arc::new(t),
+            ))
+            .0
+        })
+        .collect();
+    (stops, first_fits, given)
+}
+
+/// `init = "client"`, no tensors in the spec: one client that offers them is asked, once, and
+/// round 1 starts from its parameters; clients that do not list the task kind are never asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_starts_from_one_clients_parameters() {
+    let tc = TestCoordinator::start().await;
+    let (stops, first_fits, given) = recording_trainers(&tc.url, 2);
+    tc.wait_clients(3).await;
+    let mut jobs = tc.jobs().await;
+    let job = external_job(3).replace(
+        "tensors = [\n  { name = \"weight\", shape = [64, 10] },\n  { name = \"bias\", shape = [10] },\n]\ninit = \"zeros\"",
+        "init = \"client\"",
+    );
+    assert!(job.contains("init = \"client\"") && !job.contains("tensors = ["));
+    let id = submit(&mut jobs, &job).await;
+    let (info, rounds) = finish(&mut jobs, &id, 120).await;
+    assert_eq!(
+        info.status,
+        v1::JobStatus::Finished as i32,
+        "{}",
+        info.error
+    );
+    assert!(rounds.iter().all(|r| r.clients == 3 && r.rejected == 0));
+    let given = given.lock().unwrap().clone();
+    assert_eq!(given.len(), 1, "exactly one client is asked");
+    let fits = first_fits.lock().unwrap().clone();
+    assert_eq!(fits.len(), 3);
+    assert!(
+        fits.iter().all(|w| w == &given[0]),
+        "round 1 starts from the client's parameters"
+    );
+    assert_eq!(
+        given[0].names(),
+        vec!["weight", "bias"],
+        "the client named the tensors"
+    );
+    assert!(
+        tc.coord.store().initial(&id).unwrap().is_some(),
+        "kept for a resume"
+    );
+    for s in stops {
+        s.cancel();
+    }
+    tc.stop().await;
+}
+
+/// `init = "client"` with no client offering parameters fails the job saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_clients_offer_no_parameters_says_so() {
+    let tc = TestCoordinator::start().await;
+    let (stops, _, given) = recording_trainers(&tc.url, 0);
+    tc.wait_clients(3).await;
+    let mut jobs = tc.jobs().await;
+    let job = external_job(2).replace("init = \"zeros\"", "init = \"client\"");
+    let id = submit(&mut jobs, &job).await;
+    let (info, _) = finish(&mut jobs, &id, 60).await;
+    assert_eq!(info.status, v1::JobStatus::Failed as i32);
+    assert!(
+        info.error.contains("none of the clients") && info.error.contains("get_parameters"),
+        "{}",
+        info.error
+    );
+    assert!(given.lock().unwrap().is_empty());
+    for s in stops {
+        s.cancel();
+    }
+    tc.stop().await;
+}
+
+/// `init = "file"`: the submitting tool sends the file's tensors with the spec; they are put in
+/// the spec's order and round 1 starts from them. A submission without them is refused, and the
+/// coordinator never opens the path a remote spec names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_starts_from_the_tensors_of_its_init_file() {
+    let tc = TestCoordinator::start().await;
+    let (stops, first_fits, given) = recording_trainers(&tc.url, 3);
+    tc.wait_clients(3).await;
+    let mut jobs = tc.jobs().await;
+    let job = external_job(2).replace(
+        "init = \"zeros\"",
+        "init = \"file\"\ninit_file = \"/etc/shadow\"",
+    );
+    let refused = jobs
+        .submit(v1::SubmitRequest {
+            spec: job.clone(),
+            format: "toml".into(),
+            initial_parameters: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("carries no initial parameters"),
+        "{}",
+        refused.message()
+    );
+    // As a safetensors file holds them: sorted by name, bias first.
+    let file = Weights::new(vec![
+        shoal_shared::tensor::Tensor::new("bias", vec![10], vec![0.5; 10]).unwrap(),
+        shoal_shared::tensor::Tensor::new("weight", vec![64, 10], vec![0.01; 640]).unwrap(),
+    ]);
+    let wrong = Weights::new(vec![file.tensors[0].clone()]);
+    let refused = jobs
+        .submit(v1::SubmitRequest {
+            spec: job.clone(),
+            format: "toml".into(),
+            initial_parameters: Some(shoal_proto::weights_to_wire(&wrong)),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        refused.message().contains("has no tensor `weight`"),
+        "{}",
+        refused.message()
+    );
+    let id = jobs
+        .submit(v1::SubmitRequest {
+            spec: job,
+            format: "toml".into(),
+            initial_parameters: Some(shoal_proto::weights_to_wire(&file)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    let (info, _) = finish(&mut jobs, &id, 120).await;
+    assert_eq!(
+        info.status,
+        v1::JobStatus::Finished as i32,
+        "{}",
+        info.error
+    );
+    assert!(given.lock().unwrap().is_empty(), "no client is asked");
+    let fits = first_fits.lock().unwrap().clone();
+    assert_eq!(fits.len(), 3);
+    for w in fits.iter() {
+        assert_eq!(w.names(), vec!["weight", "bias"], "in the spec's order");
+        assert_eq!(w.get("bias").unwrap(), file.get("bias").unwrap());
+        assert_eq!(w.get("weight").unwrap(), file.get("weight").unwrap());
+    }
+    for s in stops {
+        s.cancel();
+    }
+    tc.stop().await;
+}

@@ -10,6 +10,7 @@ async fn a_holdout_the_coordinator_cannot_read_is_refused_at_submission() {
         .submit(v1::SubmitRequest {
             spec: "kind = \"train\"\ndataset = \"mine\"\n[evaluation]\nholdout = \"/no/such/test.csv\"\n".into(),
             format: "toml".into(),
+            initial_parameters: None,
         })
         .await
         .unwrap_err();

@@ -149,6 +149,7 @@ async fn jobs_api_reports_unknown_jobs_and_bad_specs() {
         .submit(v1::SubmitRequest {
             spec: "kind = \"train\"\nrounds = 0\n".into(),
             format: "toml".into(),
+            initial_parameters: None,
         })
         .await
         .unwrap_err();

@@ -149,7 +149,10 @@ pub(super) async fn job_cmd(cmd: JobCommand) -> anyhow::Result<i32> {
             remote,
         } => {
             // Parse locally first: a bad file gets an error naming it, before any network.
-            read_spec(&file)?;
+            let spec = read_spec(&file)?;
+            // The coordinator never opens a path a remote spec names: the tensors travel along.
+            let initial = super::simulate::read_init_file(&spec, &file, usize::MAX / 4)?
+                .map(|w| shoal_proto::weights_to_wire(&w));
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read job file {}", file.display()))?;
             let format = if file.extension().is_some_and(|e| e == "json") {
@@ -162,6 +165,7 @@ pub(super) async fn job_cmd(cmd: JobCommand) -> anyhow::Result<i32> {
                 .submit(v1::SubmitRequest {
                     spec: text,
                     format: format.into(),
+                    initial_parameters: initial,
                 })
                 .await
                 .map_err(rpc_error)?

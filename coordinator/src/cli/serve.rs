@@ -146,7 +146,11 @@ pub(super) fn serve_config(a: &ServeArgs) -> anyhow::Result<CoordinatorConfig> {
 
 pub(super) async fn serve_cmd(a: ServeArgs) -> anyhow::Result<i32> {
     let initial = match &a.job {
-        Some(path) => Some(read_spec(path)?),
+        Some(path) => {
+            let spec = read_spec(path)?;
+            let params = super::simulate::read_init_file(&spec, path, a.max_tensor_elements)?;
+            Some((spec, params))
+        }
         None => None,
     };
     let config = serve_config(&a)?;
@@ -164,9 +168,9 @@ pub(super) async fn serve_cmd(a: ServeArgs) -> anyhow::Result<i32> {
     for id in coord.resume_interrupted()? {
         println!("resumed job {id}");
     }
-    if let Some(spec) = initial {
+    if let Some((spec, params)) = initial {
         if fresh {
-            let row = coord.submit(spec)?;
+            let row = coord.submit_with_initial(spec, params)?;
             println!("submitted job {} (run folder {})", row.id, row.run_dir);
         } else {
             println!("--job not submitted: the state dir already holds jobs (this is a restart)");

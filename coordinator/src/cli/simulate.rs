@@ -124,6 +124,32 @@ pub(super) async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {
 }
 
 /// Reads and checks a job file: TOML, or JSON when it ends in `.json`. Errors name the file.
+/// The tensors of the spec's `init_file` (an external model with `init = "file"`), read here by
+/// the submitting tool: a relative path is taken from the spec file's folder. `None` for other
+/// specs. Bounded by `max_elements` values before anything is copied.
+pub fn read_init_file(
+    spec: &CheckedSpec,
+    spec_path: &Path,
+    max_elements: usize,
+) -> anyhow::Result<Option<shoal_shared::tensor::Weights>> {
+    let Some(file) = spec.model.external().and_then(|e| e.init_file.as_deref()) else {
+        return Ok(None);
+    };
+    let path = match spec_path.parent() {
+        Some(dir) if Path::new(file).is_relative() => dir.join(file),
+        _ => Path::new(file).to_path_buf(),
+    };
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "model.init_file: cannot read {} (relative paths start at the spec file's folder)",
+            path.display()
+        )
+    })?;
+    let w = shoal_shared::tensor::Weights::from_safetensors(&bytes, max_elements)
+        .with_context(|| format!("model.init_file {}", path.display()))?;
+    Ok(Some(w))
+}
+
 pub fn read_spec(path: &Path) -> anyhow::Result<CheckedSpec> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read job file {}", path.display()))?;
@@ -133,4 +159,43 @@ pub fn read_spec(path: &Path) -> anyhow::Result<CheckedSpec> {
         CheckedSpec::from_toml(&text)
     };
     spec.with_context(|| format!("job file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_shared::tensor::{Tensor, Weights};
+
+    /// `init_file` is read by the submitting tool, relative to the spec file; a missing or bad
+    /// file is named.
+    #[test]
+    fn init_file_is_read_beside_the_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Weights::new(vec![
+            Tensor::new("w", vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap()
+        ]);
+        std::fs::write(
+            dir.path().join("w.safetensors"),
+            w.to_safetensors().unwrap(),
+        )
+        .unwrap();
+        let spec_path = dir.path().join("job.toml");
+        let job = "kind = \"train\"\ndataset = \"d\"\n[model]\nkind = \"external\"\ninit = \"file\"\ninit_file = \"w.safetensors\"\n";
+        std::fs::write(&spec_path, job).unwrap();
+        let spec = read_spec(&spec_path).unwrap();
+        assert_eq!(read_init_file(&spec, &spec_path, 100).unwrap(), Some(w));
+        let err = read_init_file(&spec, &spec_path, 3).unwrap_err();
+        assert!(format!("{err:#}").contains("more than 3 values"), "{err:#}");
+        std::fs::write(
+            &spec_path,
+            job.replace("w.safetensors", "missing.safetensors"),
+        )
+        .unwrap();
+        let spec = read_spec(&spec_path).unwrap();
+        let err = format!("{:#}", read_init_file(&spec, &spec_path, 100).unwrap_err());
+        assert!(
+            err.contains("model.init_file") && err.contains("missing.safetensors"),
+            "{err}"
+        );
+    }
 }

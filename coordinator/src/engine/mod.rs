@@ -3,5 +3,6 @@
 //! samples them, drives the model kind's server half phase by phase (dispatching tasks, collecting
 //! replies, enforcing deadlines and quorums, striking and quarantining), evaluates and records.
 
+pub mod initial;
 pub mod registry;
 pub mod round;

@@ -74,8 +74,18 @@ pub enum ResultRejected {
 
 /// Why a task could not be dispatched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("client `{0}` is gone or not reading its stream")]
-pub struct Disconnected(pub String);
+pub enum Undeliverable {
+    #[error("client `{0}` is gone or not reading its stream")]
+    Gone(String),
+    /// The session was replaced, between selection and dispatch, by one that does not list the
+    /// task's kinds: it is not sent a task it said it cannot run.
+    #[error("client `{client}` does not run {task} tasks of `{model}` models (its new session does not list them)")]
+    Unable {
+        client: String,
+        model: String,
+        task: &'static str,
+    },
+}
 
 /// Why a client could not register.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -312,9 +322,11 @@ impl Registry {
         &self,
         client: &str,
         task: Task,
-    ) -> Result<oneshot::Receiver<Arrived>, Disconnected> {
+    ) -> Result<oneshot::Receiver<Arrived>, Undeliverable> {
         let (slot, rx) = oneshot::channel();
         let task_id = task.task_id.clone();
+        let task_model = task.model.as_ref().map(|m| m.kind.clone());
+        let task_kind = task.kind.as_ref().map(shoal_proto::tasks::task_kind);
         let msg = CoordinatorMessage {
             msg: Some(coordinator_message::Msg::Task(task)),
         };
@@ -322,10 +334,22 @@ impl Registry {
         let entry = inner
             .clients
             .get(client)
-            .ok_or_else(|| Disconnected(client.to_string()))?;
+            .ok_or_else(|| Undeliverable::Gone(client.to_string()))?;
+        // Selection checked the capabilities of the session it saw; a session that took the name
+        // over since may list others.
+        let model = task_model.as_deref().unwrap_or_default();
+        if let Some(kind) = task_kind {
+            if !entry.caps.runs(model, &[kind]) {
+                return Err(Undeliverable::Unable {
+                    client: client.to_string(),
+                    model: model.to_string(),
+                    task: kind.as_str(),
+                });
+            }
+        }
         let session = entry.session;
         if entry.tx.try_send(Ok(msg)).is_err() {
-            return Err(Disconnected(client.to_string()));
+            return Err(Undeliverable::Gone(client.to_string()));
         }
         inner.pending.insert(
             task_id,
@@ -511,6 +535,50 @@ mod tests {
         ));
         let (refused, late) = r.take_refused("");
         assert_eq!((refused.get("a"), late.get("a")), (Some(&2), Some(&1)));
+    }
+
+    /// Dispatch checks the capabilities of the session it finds, not those selection saw: a
+    /// session that took the name over and lists other kinds is not sent the task.
+    #[tokio::test]
+    async fn a_task_goes_only_to_a_session_that_runs_its_kinds() {
+        let r = Registry::default();
+        let caps = Capabilities::parse(
+            &["external".to_string()],
+            &["fit".to_string(), "evaluate".to_string()],
+        )
+        .unwrap();
+        let mut reg = r.register("a", ds("d"), caps, None).unwrap();
+        let of = |model: &str, kind: shoal_proto::v1::task::Kind| Task {
+            task_id: format!("{model}-task"),
+            model: Some(shoal_proto::v1::ModelSpec {
+                kind: model.into(),
+                ..Default::default()
+            }),
+            kind: Some(kind),
+            ..Default::default()
+        };
+        let sketch = of(
+            "gbdt",
+            shoal_proto::v1::task::Kind::Sketch(Default::default()),
+        );
+        assert_eq!(
+            r.dispatch("a", sketch).unwrap_err(),
+            Undeliverable::Unable {
+                client: "a".into(),
+                model: "gbdt".into(),
+                task: "sketch",
+            }
+        );
+        let fit = of(
+            "external",
+            shoal_proto::v1::task::Kind::Fit(Default::default()),
+        );
+        let _slot = r.dispatch("a", fit).unwrap();
+        let pushed = reg.rx.recv().await.unwrap().unwrap();
+        assert!(
+            matches!(pushed.msg, Some(coordinator_message::Msg::Task(t)) if t.task_id == "external-task"),
+            "only the task it runs reached the stream"
+        );
     }
 
     #[tokio::test]

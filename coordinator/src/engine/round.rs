@@ -140,6 +140,9 @@ pub struct JobCtx {
     /// Refused results per client over the whole job (shared by an AutoML job's trials); a
     /// client at `updates.quarantine_after` is left out of the job.
     pub strikes: Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
+    /// The model's initial parameters when the job takes them from a file or a client (see
+    /// `jobs/initial.rs`); `None`: the model initialises itself from the job's seed.
+    pub initial: Option<Arc<shoal_shared::tensor::Weights>>,
 }
 
 /// Scores the global model on `data`, off the async threads; `None` when the coordinator cannot
@@ -178,14 +181,14 @@ pub struct ClientRow {
 
 /// Outcome of pushing one kind of task to a set of clients.
 #[derive(Debug, Default)]
-struct Phase {
-    accepted: usize,
-    rejected: usize,
-    rejected_by: BTreeMap<String, u32>,
-    failed: usize,
-    timed_out: usize,
-    bytes_up: u64,
-    bytes_down: u64,
+pub(crate) struct Phase {
+    pub(crate) accepted: usize,
+    pub(crate) rejected: usize,
+    pub(crate) rejected_by: BTreeMap<String, u32>,
+    pub(crate) failed: usize,
+    pub(crate) timed_out: usize,
+    pub(crate) bytes_up: u64,
+    pub(crate) bytes_down: u64,
 }
 
 impl Phase {
@@ -227,7 +230,7 @@ impl JobCtx {
 
     /// Connected clients holding the job's dataset that run its model kind and every task kind
     /// in `tasks` (a client is sent only what its Hello says it runs).
-    fn candidates(&self, tasks: &[TaskKind]) -> Vec<ClientView> {
+    pub(crate) fn candidates(&self, tasks: &[TaskKind]) -> Vec<ClientView> {
         let model = self.spec.model.name();
         self.registry
             .available(&self.spec.dataset)
@@ -420,6 +423,7 @@ impl JobCtx {
                 max,
                 clip: updates.on_norm == NormAction::Clip,
             }),
+            initial: self.initial.clone(),
         };
         let global = self.spec.model.server(&setup)?;
         Ok(TrainState { facts, global })
@@ -741,7 +745,7 @@ impl JobCtx {
 
     /// [`Self::phase`], closing as soon as `target` results have been accepted (over-selection).
     #[allow(clippy::too_many_arguments)]
-    async fn phase_until(
+    pub(crate) async fn phase_until(
         &self,
         round: u32,
         clients: &[&str],
@@ -909,12 +913,7 @@ fn announced_sizes(
 }
 
 fn kind_name(kind: &task::Kind) -> &'static str {
-    match kind {
-        task::Kind::Fit(_) => "fit",
-        task::Kind::Evaluate(_) => "evaluate",
-        task::Kind::Sketch(_) => "sketch",
-        task::Kind::Histogram(_) => "histogram",
-    }
+    tasks::task_kind(kind).as_str()
 }
 
 /// The clients' names, as a phase addresses them.

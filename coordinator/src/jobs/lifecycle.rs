@@ -67,9 +67,45 @@ impl Coordinator {
 
     /// Stores the job, creates its run folder and starts it.
     pub fn submit(self: &Arc<Self>, spec: CheckedSpec) -> Result<JobRow> {
+        self.submit_with_initial(spec, None)
+    }
+
+    /// [`Self::submit`] with the tensors of an external model's `init_file`, which the submitting
+    /// tool read: they name the model's tensors (or must match those the spec lists) and are
+    /// kept in the state store beside the job, so a resumed job starts from them too.
+    pub fn submit_with_initial(
+        self: &Arc<Self>,
+        spec: CheckedSpec,
+        initial: Option<shoal_shared::tensor::Weights>,
+    ) -> Result<JobRow> {
         if self.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
+        let from_file = spec
+            .model
+            .external()
+            .filter(|e| e.init == shoal_shared::models::external::ExternalInit::File);
+        let (spec, initial) = match (from_file, initial) {
+            (Some(ext), Some(w)) => {
+                let (ext, w) = ext
+                    .adopt(w)
+                    .map_err(|e| Error::InvalidSpec(format!("model.init_file: {e}")))?;
+                let mut written = spec.into_spec();
+                written.model = shoal_shared::models::ModelSpec::External(ext);
+                (written.check()?, Some(w))
+            }
+            (Some(_), None) => {
+                return Err(Error::InvalidSpec(
+                    "model.init = \"file\": the submission carries no initial parameters; submit with `shoal-coordinator job submit` or `serve --job`, which read init_file and send its tensors".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(Error::InvalidSpec(
+                    "initial parameters were sent with a job whose model.init is not \"file\"".into(),
+                ))
+            }
+            (None, None) => (spec, None),
+        };
         // Paths in the spec are the coordinator's: check them now, not rounds later.
         if let Some(path) = &spec.evaluation.holdout {
             if let Err(e) = std::fs::metadata(path) {
@@ -98,7 +134,13 @@ impl Coordinator {
         };
         // The handle exists before the row, so a Watch never sees a queued job without one.
         let (cancel, events) = self.handle(&id);
-        if let Err(e) = self.store.insert_job(&row) {
+        let stored = match &initial {
+            Some(w) => self
+                .store
+                .insert_job_with_initial(&row, &crate::engine::initial::encode(w)),
+            None => self.store.insert_job(&row),
+        };
+        if let Err(e) = stored {
             self.handles().remove(&id);
             return Err(e);
         }
@@ -154,6 +196,7 @@ impl Coordinator {
             view: Default::default(),
             validation: false,
             strikes: Default::default(),
+            initial: None,
         };
         let me = self.clone();
         let span = tracing::info_span!("job", job = %id);

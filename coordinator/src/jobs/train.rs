@@ -22,6 +22,8 @@ impl Coordinator {
     ) -> Result<Summary> {
         let clients = ctx.wait_available(1, None).await?;
         let facts = ctx.resolve_data(&clients).await?;
+        // An external model may start from parameters a file or a client gave.
+        let ctx = &self.with_initial(ctx, &facts).await?;
         let mut state = ctx.init_state(facts)?;
         info!(
             dataset = %ctx.spec.dataset,

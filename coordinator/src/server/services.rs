@@ -328,7 +328,14 @@ impl Jobs for JobsService {
                 .into())
             }
         };
-        let row = self.coord.submit(spec)?;
+        let initial = match &req.initial_parameters {
+            Some(p) => Some(
+                shoal_proto::weights_from_wire(p, self.coord.config.max_tensor_elements)
+                    .map_err(|e| Error::InvalidSpec(format!("initial_parameters: {e}")))?,
+            ),
+            None => None,
+        };
+        let row = self.coord.submit_with_initial(spec, initial)?;
         Ok(Response::new(self.coord.job_info(&row.id)?))
     }
 

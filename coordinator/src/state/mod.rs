@@ -88,6 +88,12 @@ CREATE TABLE IF NOT EXISTS rounds (
     metrics TEXT NOT NULL,
     PRIMARY KEY (job_id, round)
 );
+-- An external model's initial parameters (init = file or client), encoded as a
+-- shoal.v1.Parameters message: what round 1 starts from, again after a restart.
+CREATE TABLE IF NOT EXISTS initial_parameters (
+    job_id TEXT PRIMARY KEY REFERENCES jobs(id),
+    tensors BLOB NOT NULL
+);
 -- The state a running job resumes from: written with its round, in the same transaction.
 CREATE TABLE IF NOT EXISTS checkpoints (
     job_id TEXT PRIMARY KEY REFERENCES jobs(id),
@@ -125,7 +131,11 @@ impl Store {
     }
 
     pub fn insert_job(&self, job: &JobRow) -> Result<()> {
-        self.conn().execute(
+        Self::insert_job_in(&self.conn(), job)
+    }
+
+    fn insert_job_in(conn: &Connection, job: &JobRow) -> Result<()> {
+        conn.execute(
             "INSERT INTO jobs (id, kind, status, spec, created_ms, rounds_total, rounds_done, error, run_dir)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
@@ -143,7 +153,41 @@ impl Store {
         Ok(())
     }
 
-    /// Sets how many rounds a job will run (a fusion job knows only once it sees the data).
+    /// Inserts a job and its initial parameters in one transaction: a job is never stored
+    /// without the parameters it needs.
+    pub fn insert_job_with_initial(&self, job: &JobRow, tensors: &[u8]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        Self::insert_job_in(&tx, job)?;
+        tx.execute(
+            "INSERT INTO initial_parameters (job_id, tensors) VALUES (?1, ?2)",
+            params![job.id, tensors],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Keeps a job's initial parameters (those a client gave, before round 1).
+    pub fn save_initial(&self, id: &str, tensors: &[u8]) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO initial_parameters (job_id, tensors) VALUES (?1, ?2)",
+            params![id, tensors],
+        )?;
+        Ok(())
+    }
+
+    /// A job's initial parameters, if it has any.
+    pub fn initial(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT tensors FROM initial_parameters WHERE job_id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     pub fn set_rounds_total(&self, id: &str, rounds: u32) -> Result<()> {
         self.conn().execute(
             "UPDATE jobs SET rounds_total = ?2 WHERE id = ?1",

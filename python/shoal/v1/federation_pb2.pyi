@@ -85,7 +85,7 @@ class Heartbeat(_message.Message):
     def __init__(self, unix_ms: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "job_id", "round", "dataset", "class_names", "model", "parameters", "deadline_unix_ms", "seed", "fit", "evaluate", "sketch", "histogram", "forest", "ensemble", "feature_view", "validation")
+    __slots__ = ("task_id", "job_id", "round", "dataset", "class_names", "model", "parameters", "deadline_unix_ms", "seed", "fit", "evaluate", "sketch", "histogram", "get_parameters", "forest", "ensemble", "feature_view", "validation")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +99,7 @@ class Task(_message.Message):
     EVALUATE_FIELD_NUMBER: _ClassVar[int]
     SKETCH_FIELD_NUMBER: _ClassVar[int]
     HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
+    GET_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     FOREST_FIELD_NUMBER: _ClassVar[int]
     ENSEMBLE_FIELD_NUMBER: _ClassVar[int]
     FEATURE_VIEW_FIELD_NUMBER: _ClassVar[int]
@@ -116,11 +117,12 @@ class Task(_message.Message):
     evaluate: EvaluateTask
     sketch: SketchTask
     histogram: HistogramTask
+    get_parameters: ParametersTask
     forest: _trees_pb2.Forest
     ensemble: _trees_pb2.Ensemble
     feature_view: bytes
     validation: bool
-    def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., dataset: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., model: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., parameters: _Optional[_Union[_common_pb2.Parameters, _Mapping]] = ..., deadline_unix_ms: _Optional[int] = ..., seed: _Optional[int] = ..., fit: _Optional[_Union[FitTask, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateTask, _Mapping]] = ..., sketch: _Optional[_Union[SketchTask, _Mapping]] = ..., histogram: _Optional[_Union[HistogramTask, _Mapping]] = ..., forest: _Optional[_Union[_trees_pb2.Forest, _Mapping]] = ..., ensemble: _Optional[_Union[_trees_pb2.Ensemble, _Mapping]] = ..., feature_view: _Optional[bytes] = ..., validation: _Optional[bool] = ...) -> None: ...
+    def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., dataset: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., model: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., parameters: _Optional[_Union[_common_pb2.Parameters, _Mapping]] = ..., deadline_unix_ms: _Optional[int] = ..., seed: _Optional[int] = ..., fit: _Optional[_Union[FitTask, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateTask, _Mapping]] = ..., sketch: _Optional[_Union[SketchTask, _Mapping]] = ..., histogram: _Optional[_Union[HistogramTask, _Mapping]] = ..., get_parameters: _Optional[_Union[ParametersTask, _Mapping]] = ..., forest: _Optional[_Union[_trees_pb2.Forest, _Mapping]] = ..., ensemble: _Optional[_Union[_trees_pb2.Ensemble, _Mapping]] = ..., feature_view: _Optional[bytes] = ..., validation: _Optional[bool] = ...) -> None: ...
 
 class FitTask(_message.Message):
     __slots__ = ("local", "control")
@@ -142,6 +144,16 @@ class SketchTask(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class ParametersTask(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ParametersResult(_message.Message):
+    __slots__ = ("parameters",)
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    parameters: _common_pb2.Parameters
+    def __init__(self, parameters: _Optional[_Union[_common_pb2.Parameters, _Mapping]] = ...) -> None: ...
+
 class HistogramTask(_message.Message):
     __slots__ = ("output", "partial_tree", "nodes", "first_level")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
@@ -155,7 +167,7 @@ class HistogramTask(_message.Message):
     def __init__(self, output: _Optional[int] = ..., partial_tree: _Optional[_Union[_trees_pb2.BoostTree, _Mapping]] = ..., nodes: _Optional[_Iterable[int]] = ..., first_level: _Optional[bool] = ...) -> None: ...
 
 class TaskResult(_message.Message):
-    __slots__ = ("task_id", "job_id", "round", "fit", "evaluate", "error", "sketch", "histogram")
+    __slots__ = ("task_id", "job_id", "round", "fit", "evaluate", "error", "sketch", "histogram", "parameters")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +176,7 @@ class TaskResult(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SKETCH_FIELD_NUMBER: _ClassVar[int]
     HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     job_id: str
     round: int
@@ -172,7 +185,8 @@ class TaskResult(_message.Message):
     error: str
     sketch: SketchResult
     histogram: HistogramResult
-    def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., fit: _Optional[_Union[FitResult, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateResult, _Mapping]] = ..., error: _Optional[str] = ..., sketch: _Optional[_Union[SketchResult, _Mapping]] = ..., histogram: _Optional[_Union[HistogramResult, _Mapping]] = ...) -> None: ...
+    parameters: ParametersResult
+    def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., fit: _Optional[_Union[FitResult, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateResult, _Mapping]] = ..., error: _Optional[str] = ..., sketch: _Optional[_Union[SketchResult, _Mapping]] = ..., histogram: _Optional[_Union[HistogramResult, _Mapping]] = ..., parameters: _Optional[_Union[ParametersResult, _Mapping]] = ...) -> None: ...
 
 class SketchResult(_message.Message):
     __slots__ = ("sketch", "num_examples")

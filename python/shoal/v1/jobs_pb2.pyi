@@ -1,3 +1,4 @@
+from shoal.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -23,12 +24,14 @@ JOB_STATUS_FAILED: JobStatus
 JOB_STATUS_CANCELLED: JobStatus
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("spec", "format")
+    __slots__ = ("spec", "format", "initial_parameters")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     spec: str
     format: str
-    def __init__(self, spec: _Optional[str] = ..., format: _Optional[str] = ...) -> None: ...
+    initial_parameters: _common_pb2.Parameters
+    def __init__(self, spec: _Optional[str] = ..., format: _Optional[str] = ..., initial_parameters: _Optional[_Union[_common_pb2.Parameters, _Mapping]] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("job_id",)

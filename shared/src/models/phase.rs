@@ -355,14 +355,17 @@ pub enum TaskKind {
     Evaluate,
     Sketch,
     Histogram,
+    /// An external model's initial parameters, asked of one client (`init = "client"`).
+    Parameters,
 }
 
 impl TaskKind {
-    pub const ALL: [TaskKind; 4] = [
+    pub const ALL: [TaskKind; 5] = [
         TaskKind::Fit,
         TaskKind::Evaluate,
         TaskKind::Sketch,
         TaskKind::Histogram,
+        TaskKind::Parameters,
     ];
 
     /// The name a Hello gives it.
@@ -372,6 +375,7 @@ impl TaskKind {
             TaskKind::Evaluate => "evaluate",
             TaskKind::Sketch => "sketch",
             TaskKind::Histogram => "histogram",
+            TaskKind::Parameters => "parameters",
         }
     }
 
@@ -414,7 +418,7 @@ fn quotable(name: &str) -> Result<&str, String> {
 
 impl Capabilities {
     /// What the built-in client runs: every model kind Shoal trains itself (not `external`,
-    /// which needs a trainer of the client's own), every task kind.
+    /// which needs a trainer of the client's own), every task kind those need.
     pub fn builtin() -> Self {
         Capabilities {
             model_kinds: super::ModelSpec::names()
@@ -422,7 +426,10 @@ impl Capabilities {
                 .filter(|k| *k != "external")
                 .map(String::from)
                 .collect(),
-            task_kinds: TaskKind::ALL.into_iter().collect(),
+            task_kinds: TaskKind::ALL
+                .into_iter()
+                .filter(|t| *t != TaskKind::Parameters)
+                .collect(),
         }
     }
 
@@ -459,7 +466,7 @@ impl Capabilities {
             return bad(
                 "Hello.task_kinds",
                 format!(
-                    "list 1 to 4 task kinds this client runs (fit, evaluate, sketch, histogram), found {}",
+                    "list 1 to 5 task kinds this client runs (fit, evaluate, sketch, histogram, parameters), found {}",
                     task_kinds.len()
                 ),
             );
@@ -473,7 +480,7 @@ impl Capabilities {
                 return bad(
                     "Hello.task_kinds",
                     format!(
-                        "`{k}` is not a task kind (expected fit, evaluate, sketch or histogram)"
+                        "`{k}` is not a task kind (expected fit, evaluate, sketch, histogram or parameters)"
                     ),
                 );
             };

@@ -42,6 +42,7 @@ fn setup(n_features: usize, n_classes: usize, strategy: &str) -> ServerSetup {
         max_params: usize::MAX,
         strategy: StrategySpec::from_name(strategy).unwrap(),
         bound: None,
+        initial: None,
     }
 }
 

@@ -37,12 +37,18 @@ pub struct ExternalSpec {
     /// The model's tensors, in the order clients send them back.
     #[serde(default)]
     pub tensors: Vec<TensorSpec>,
-    /// Initial values: `zeros` (default) or `normal` (mean 0, `init_std`, seeded by the job).
+    /// Initial values: `zeros` (default), `normal` (mean 0, `init_std`, seeded by the job),
+    /// `file` (the safetensors file `init_file`) or `client` (asked of one client before round 1).
+    /// With `file` and `client` the tensors may be left out: the parameters name them.
     #[serde(default)]
     pub init: ExternalInit,
     /// Standard deviation of `init = "normal"`.
     #[serde(default = "default_std")]
     pub init_std: f64,
+    /// `init = "file"`: a safetensors file, read by whoever submits the job (`job submit`,
+    /// `serve --job`), relative to the spec file; never by the coordinator from a remote spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_file: Option<String>,
 }
 
 fn default_std() -> f64 {
@@ -72,9 +78,70 @@ pub enum ExternalInit {
     #[default]
     Zeros,
     Normal,
+    File,
+    Client,
 }
 
 impl ExternalSpec {
+    /// Whether the initial parameters come from outside the job (a file or a client).
+    pub fn takes_initial(&self) -> bool {
+        matches!(self.init, ExternalInit::File | ExternalInit::Client)
+    }
+
+    /// Takes `given` as the model's initial parameters: with no tensors listed, they name the
+    /// tensors (in their order); otherwise they must hold exactly the listed names and shapes,
+    /// and are put in the listed order. Returns the spec with its tensors and the parameters.
+    pub fn adopt(&self, given: Weights) -> Result<(ExternalSpec, Weights)> {
+        let what = match self.init {
+            ExternalInit::File => "the init_file",
+            _ => "the initial parameters",
+        };
+        if self.tensors.is_empty() {
+            let spec = ExternalSpec {
+                tensors: given
+                    .tensors
+                    .iter()
+                    .map(|t| TensorSpec {
+                        name: t.name.clone(),
+                        shape: t.shape.clone(),
+                        dtype: default_dtype(),
+                    })
+                    .collect(),
+                ..self.clone()
+            };
+            spec.check()?;
+            return Ok((spec, given));
+        }
+        let mut by_name: std::collections::HashMap<String, Tensor> = given
+            .tensors
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
+        let mut ordered = Vec::with_capacity(self.tensors.len());
+        for t in &self.tensors {
+            let found = by_name.remove(&t.name).ok_or_else(|| {
+                Error::Data(format!(
+                    "{what} has no tensor `{}`, which model.tensors lists",
+                    t.name
+                ))
+            })?;
+            if found.shape != t.shape {
+                return Err(Error::Data(format!(
+                    "{what} gives `{}` shape {:?}, model.tensors says {:?}",
+                    t.name, found.shape, t.shape
+                )));
+            }
+            ordered.push(found);
+        }
+        if let Some(extra) = by_name.keys().min() {
+            return Err(Error::Data(format!(
+                "{what} holds tensor `{extra}`, which model.tensors does not list ({} more)",
+                by_name.len() - 1
+            )));
+        }
+        Ok((self.clone(), Weights::new(ordered)))
+    }
+
     /// Elements over all tensors (saturating).
     pub fn num_params(&self) -> usize {
         self.tensors
@@ -99,7 +166,24 @@ impl Kind for ExternalSpec {
 
     fn check(&self) -> Result<()> {
         let bad = |field: &str, m: String| Err(Error::invalid(format!("model.{field}"), m));
-        if self.tensors.is_empty() || self.tensors.len() > MAX_TENSORS {
+        match (self.init, &self.init_file) {
+            (ExternalInit::File, None) => {
+                return bad(
+                    "init_file",
+                    "init = \"file\" needs init_file = \"PATH.safetensors\"".into(),
+                )
+            }
+            (ExternalInit::File, Some(_)) | (_, None) => {}
+            (_, Some(_)) => {
+                return bad(
+                    "init_file",
+                    "is read only with init = \"file\"; set that or drop init_file".into(),
+                )
+            }
+        }
+        // The initial parameters name the tensors when the spec does not.
+        let unnamed = self.tensors.is_empty() && self.takes_initial();
+        if (self.tensors.is_empty() && !unnamed) || self.tensors.len() > MAX_TENSORS {
             return bad(
                 "tensors",
                 format!(
@@ -167,6 +251,29 @@ impl Kind for ExternalSpec {
     /// A weights server over [`ExternalModel`]: the job's strategy aggregates what clients send.
     fn server(&self, setup: &ServerSetup) -> Result<Server> {
         self.check()?;
+        match (self.takes_initial(), &setup.initial) {
+            (true, None) => {
+                return Err(Error::Data(
+                    "the job's initial parameters are missing (init = \"file\" or \"client\")"
+                        .into(),
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(Error::Data(format!(
+                    "initial parameters were given to a model with init = \"{}\"",
+                    serde_json::to_value(self.init)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default()
+                )))
+            }
+            _ => {}
+        }
+        if self.tensors.is_empty() {
+            return Err(Error::Data(
+                "the external model's tensors are not known yet: adopt the initial parameters first".into(),
+            ));
+        }
         crate::models::sgd::kind::weights_server(
             Box::new(ExternalModel(Arc::new(self.clone()))),
             setup,
@@ -198,7 +305,7 @@ impl Model for ExternalModel {
         // The check keeps init_std positive and finite; a spec that bypassed it gets zeros.
         let normal = match self.0.init {
             ExternalInit::Normal => Normal::new(0.0f32, self.0.init_std as f32).ok(),
-            ExternalInit::Zeros => None,
+            ExternalInit::Zeros | ExternalInit::File | ExternalInit::Client => None,
         };
         Weights::new(
             self.0
@@ -298,6 +405,7 @@ mod tests {
             max_params: 1000,
             strategy: Default::default(),
             bound: None,
+            initial: None,
         };
         let err = huge.server(&setup).err().unwrap().to_string();
         assert!(
@@ -355,5 +463,38 @@ mod tests {
             let err = spec(text).unwrap_err().to_string();
             assert!(err.contains(says), "{text:?} gave {err:?}");
         }
+    }
+
+    /// Given parameters name the tensors of a spec that lists none, or are checked against and
+    /// ordered by the list.
+    #[test]
+    fn initial_parameters_are_adopted_or_refused_by_name() {
+        let w = Weights::new(vec![
+            Tensor::new("b", vec![2], vec![1.0, 2.0]).unwrap(),
+            Tensor::new("w", vec![3, 2], vec![0.5; 6]).unwrap(),
+        ]);
+        let open = spec("kind = \"external\"\ninit = \"client\"").unwrap();
+        let (named, same) = open.external().unwrap().adopt(w.clone()).unwrap();
+        assert_eq!(same, w);
+        assert_eq!(named.num_params(), 8);
+        let listed = spec(
+            "kind = \"external\"\ninit = \"client\"\ntensors = [{ name = \"w\", shape = [3, 2] }, { name = \"b\", shape = [2] }]",
+        )
+        .unwrap();
+        let ext = listed.external().unwrap();
+        let (_, ordered) = ext.adopt(w.clone()).unwrap();
+        assert_eq!(ordered.names(), vec!["w", "b"]);
+        let mut extra = w.clone();
+        extra
+            .tensors
+            .push(Tensor::new("c", vec![1], vec![0.0]).unwrap());
+        let e = ext.adopt(extra).unwrap_err().to_string();
+        assert!(e.contains("holds tensor `c`"), "{e}");
+        let mut reshaped = w;
+        reshaped.tensors[1] = Tensor::new("w", vec![2, 3], vec![0.5; 6]).unwrap();
+        let e = ext.adopt(reshaped).unwrap_err().to_string();
+        assert!(e.contains("`w` shape [2, 3]"), "{e}");
+        // Without a source of parameters, the tensors must be listed.
+        assert!(spec("kind = \"external\"\ninit = \"normal\"").is_err());
     }
 }

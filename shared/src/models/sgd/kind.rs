@@ -82,7 +82,15 @@ pub fn weights_server(model: Box<dyn Model>, setup: &ServerSetup) -> Result<Serv
         )));
     }
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(setup.init_seed);
-    let weights = model.init(&mut rng);
+    let weights = match &setup.initial {
+        Some(given) => {
+            let given = crate::tensor::Weights::clone(given);
+            given.check_same_layout(&model.init(&mut rng))?;
+            given.check_finite()?;
+            given
+        }
+        None => model.init(&mut rng),
+    };
     Ok(Box::new(super::server::SgdServer::new(
         model,
         weights,
