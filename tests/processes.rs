@@ -86,6 +86,9 @@ fn three_processes_complete_a_ten_round_job() {
             .arg(tmp.path().join("state"))
             .arg("--out")
             .arg(tmp.path().join("runs"))
+            // the job's holdout is named relative to it, as the README's quick start does
+            .arg("--data-dir")
+            .arg(tmp.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -119,7 +122,11 @@ fn three_processes_complete_a_ten_round_job() {
         format!(
             "kind = \"train\"\ndataset = \"mydigits\"\nrounds = 10\n[clients]\nwait_for_clients_secs = 30\n\
              [evaluation]\nholdout = \"{}\"\n",
-            shards.join("test.csv").display()
+            shards
+                .strip_prefix(tmp.path())
+                .unwrap()
+                .join("test.csv")
+                .display()
         ),
     )
     .unwrap();

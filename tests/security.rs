@@ -816,3 +816,105 @@ async fn reloaded_token_files_rotate_revoke_and_add_without_a_restart() {
     drop((back, new));
     fed.stop().await;
 }
+
+/// S9 #7: what a peer sends (task ids, error texts, requested job ids) reaches the log and the
+/// status messages cut and escaped, and a flood of refused results costs a few log lines. On
+/// the old main, a newline in a task id forged log lines with a chosen timestamp and level, each
+/// refusal was a line of its own, and a status echoed a whole 1 MiB id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_strings_cannot_forge_or_flood_the_log_or_a_status() {
+    const FORGED: &str = "2099-01-01T00:00:00.000000Z ERROR forged by a peer";
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut serve = std::process::Command::new(crate::util::bin("shoal-coordinator"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--out")
+        .arg(dir.path().join("runs"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "serve did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut peer = RawPeer::connect(
+        &url,
+        "flooder",
+        shoal_proto::PROTOCOL_VERSION,
+        Builtin::Iris,
+    )
+    .await;
+    assert!(matches!(
+        peer.next().await,
+        Some(coordinator_message::Msg::Welcome(_))
+    ));
+    let padding = "A".repeat(4096);
+    for i in 0..2000 {
+        peer.send_result(v1::TaskResult {
+            task_id: format!("t{i}\n{FORGED}{padding}"),
+            job_id: format!("j\n{FORGED}"),
+            round: 1,
+            outcome: Some(task_result::Outcome::Error(format!("e\n{FORGED}"))),
+        })
+        .await;
+    }
+    let mut jobs = shoal_coordinator::cli::connect_jobs_with(&url, None, None)
+        .await
+        .unwrap();
+    let status = jobs
+        .get(v1::GetRequest {
+            job_id: format!("{}\n{FORGED}", "x".repeat(1 << 20)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert!(
+        status.message().len() < 512 && !status.message().contains('\n'),
+        "{} bytes",
+        status.message().len()
+    );
+    // Every result reached the coordinator once the stream is closed and the peer is gone.
+    drop(peer);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = serve.wait();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.iter().all(|l| !l.starts_with("2099-01-01")),
+        "a forged line: {}",
+        lines.iter().find(|l| l.starts_with("2099")).unwrap()
+    );
+    let longest = lines.iter().map(|l| l.len()).max().unwrap_or(0);
+    assert!(longest < 2048, "a log line of {longest} bytes");
+    let refused = lines.iter().filter(|l| l.contains("refused")).count();
+    assert!(
+        refused <= 10,
+        "{refused} log lines about refused results (of 2000)"
+    );
+    assert!(
+        text.contains("refused=1995"),
+        "the flood is summarised:\n{}",
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    );
+}

@@ -46,6 +46,9 @@ pub struct CoordinatorConfig {
     /// Failed authentication attempts a peer address may make per minute, each logged; past
     /// them its failures are answered ResourceExhausted, unlogged, for the rest of that minute.
     pub auth_failures_per_minute: u32,
+    /// The folder files named in jobs (`evaluation.holdout`) resolve under (`serve --data-dir`);
+    /// `None`: jobs may name no files on this host.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for CoordinatorConfig {
@@ -64,6 +67,7 @@ impl Default for CoordinatorConfig {
             auth: crate::auth::AuthConfig::default(),
             tls: None,
             auth_failures_per_minute: 10,
+            data_dir: None,
         }
     }
 }

@@ -1,15 +1,16 @@
 //! The coordinator's error type and its one mapping to `tonic::Status`.
 
+use shoal_shared::text::{clip, ID_CHARS};
 use tonic::{Code, Status};
 
 /// Everything the coordinator's services and job runner can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("job `{0}` not found")]
+    #[error("job `{}` not found", clip(.0, ID_CHARS))]
     JobNotFound(String),
     #[error("invalid job spec: {0}")]
     InvalidSpec(String),
-    #[error("job `{0}` has already ended")]
+    #[error("job `{}` has already ended", clip(.0, ID_CHARS))]
     JobEnded(String),
     #[error(transparent)]
     Core(#[from] shoal_shared::Error),

@@ -737,6 +737,48 @@ fn set_path(doc: &mut toml::Value, path: &str, value: &Value) -> Result<()> {
     Ok(())
 }
 
+/// Resolves a file a job names on the coordinator's host (`field`, e.g. `evaluation.holdout`)
+/// under the operator's data folder. A submitted spec comes from whoever reaches the Jobs
+/// service, so it may name only files the operator put there: no data folder, no files; no
+/// absolute paths, no `..`, no symbolic link out of it. Refusals quote the given path (cut to
+/// 200 characters), never anything read from a file.
+pub fn resolve_data_file(
+    data_dir: Option<&std::path::Path>,
+    field: &str,
+    given: &str,
+) -> Result<std::path::PathBuf> {
+    use std::path::{Component, Path};
+    let shown: String = given.chars().take(200).collect();
+    let Some(dir) = data_dir else {
+        return Err(Error::InvalidSpec(format!(
+            "`{field}` = {shown:?}: this coordinator reads no files named in jobs; start `serve` with --data-dir DIR and name a file under DIR"
+        )));
+    };
+    let rel = Path::new(given);
+    if given.is_empty()
+        || rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(Error::InvalidSpec(format!(
+            "`{field}` = {shown:?}: give a path relative to the coordinator's --data-dir, without `..`"
+        )));
+    }
+    let root = dir
+        .canonicalize()
+        .map_err(|e| Error::io(format!("the data dir {} is unusable", dir.display()), e))?;
+    let missing = || {
+        Error::InvalidSpec(format!(
+            "`{field}` = {shown:?}: no such file under the coordinator's --data-dir"
+        ))
+    };
+    let full = root.join(rel).canonicalize().map_err(|_| missing())?;
+    if !full.starts_with(&root) || !full.is_file() {
+        return Err(missing());
+    }
+    Ok(full)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,7 @@ pub mod plot;
 pub mod seed;
 pub mod strategy;
 pub mod tensor;
+pub mod text;
 
 pub use error::{Error, Result};
 

@@ -2,24 +2,94 @@
 
 use super::*;
 
+async fn submit_err(jobs: &mut shoal_coordinator::cli::AdminJobs, spec: &str) -> tonic::Status {
+    jobs.submit(v1::SubmitRequest {
+        spec: spec.into(),
+        format: "toml".into(),
+        initial_parameters: None,
+    })
+    .await
+    .unwrap_err()
+}
+
+/// S9 #6: a submitted spec names files on the coordinator's host only under the operator's
+/// `--data-dir` (none without it), and a job's error never quotes a file's contents. On the old
+/// main a `holdout` anywhere was read and its first bad cell came back in the job's error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_holdout_the_coordinator_cannot_read_is_refused_at_submission() {
+async fn files_named_in_a_job_resolve_only_under_the_data_dir_and_are_never_echoed() {
+    const SECRET: &str = "hunter2-TOPSECRET";
+    let job = |holdout: &str| {
+        format!("kind = \"train\"\ndataset = \"mine\"\nrounds = 1\n[clients]\nmin_available_clients = 1\nmin_fit_clients = 1\nmin_evaluate_clients = 1\n[evaluation]\nholdout = {holdout:?}\n")
+    };
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.csv");
+    std::fs::write(&secret, format!("password,label\n{SECRET},x\n")).unwrap();
+
     let tc = TestCoordinator::start().await;
     let mut jobs = tc.jobs().await;
-    let err = jobs
-        .submit(v1::SubmitRequest {
-            spec: "kind = \"train\"\ndataset = \"mine\"\n[evaluation]\nholdout = \"/no/such/test.csv\"\n".into(),
-            format: "toml".into(),
-            initial_parameters: None,
-        })
-        .await
-        .unwrap_err();
+    let err = submit_err(&mut jobs, &job(secret.to_str().unwrap())).await;
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(
-        err.message().contains("/no/such/test.csv"),
+        err.message().contains("reads no files named in jobs"),
         "{}",
         err.message()
     );
+    tc.stop().await;
+
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(
+        data.path().join("bad.csv"),
+        format!("password,label\n{SECRET},x\n"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&secret, data.path().join("link.csv")).unwrap();
+    let tc = TestCoordinator::start_with(shoal_coordinator::CoordinatorConfig {
+        data_dir: Some(data.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await;
+    let mut jobs = tc.jobs().await;
+    for (given, says) in [
+        (secret.to_str().unwrap(), "without `..`"),
+        ("../secret.csv", "without `..`"),
+        ("link.csv", "no such file under"),
+        ("missing.csv", "no such file under"),
+    ] {
+        let err = submit_err(&mut jobs, &job(given)).await;
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{given}");
+        assert!(err.message().contains(says), "{given}: {}", err.message());
+        assert!(!err.message().contains(SECRET));
+    }
+    // A file under the data dir that is not a CSV: the job fails, and says so without quoting it.
+    let data_info = v1::DatasetInfo {
+        name: "mine".into(),
+        train_examples: 10,
+        test_examples: 2,
+        feature_names: vec!["password".into()],
+        class_names: vec!["x".into()],
+    };
+    let (models, tasks) = crate::util::builtin_kinds();
+    let _peer = RawPeer::with_first(
+        &tc.url,
+        v1::client_message::Msg::Hello(v1::Hello {
+            protocol_version: shoal_proto::PROTOCOL_VERSION,
+            client_name: "holder".into(),
+            token: String::new(),
+            datasets: vec![data_info],
+            model_kinds: models,
+            task_kinds: tasks,
+        }),
+    )
+    .await;
+    let id = submit(&mut jobs, &job("bad.csv")).await;
+    let (info, _) = finish(&mut jobs, &id, 60).await;
+    assert_eq!(info.status, v1::JobStatus::Failed as i32);
+    assert!(
+        info.error.contains("not a usable CSV file"),
+        "{}",
+        info.error
+    );
+    assert!(!info.error.contains(SECRET), "{}", info.error);
     tc.stop().await;
 }
 

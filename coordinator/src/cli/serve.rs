@@ -4,9 +4,14 @@ use super::*;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "SHOAL_LISTEN", default_value = "0.0.0.0:50051")]
+    /// Address to listen on. Loopback by default: pass e.g. 0.0.0.0:50051 to accept clients
+    /// from other machines.
+    #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: String,
+    /// Folder that files named in jobs (`[evaluation] holdout`) resolve under, as relative paths.
+    /// Without it, jobs may name no files on this host.
+    #[arg(long, env = "SHOAL_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Directory of the coordinator's state (SQLite).
     #[arg(long, env = "SHOAL_STATE_DIR", default_value = "shoal-state")]
     pub state_dir: PathBuf,
@@ -140,6 +145,12 @@ pub(super) fn serve_config(a: &ServeArgs) -> anyhow::Result<CoordinatorConfig> {
         auth,
         tls,
         auth_failures_per_minute: a.auth_failures_per_minute,
+        data_dir: match &a.data_dir {
+            Some(d) if !d.is_dir() => {
+                anyhow::bail!("--data-dir {}: not a directory", d.display())
+            }
+            d => d.clone(),
+        },
         ..CoordinatorConfig::default()
     })
 }
@@ -160,6 +171,11 @@ pub(super) async fn serve_cmd(a: ServeArgs) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     tracing::info!(addr = %listener.local_addr()?, state = %a.state_dir.display(), "coordinator listening");
+    if listener.local_addr()?.ip().is_loopback() {
+        tracing::info!(
+            "listening on loopback only: clients on other machines cannot connect (pass --listen 0.0.0.0:50051 to accept them)"
+        );
+    }
     #[cfg(unix)]
     reload_tokens_on_hangup(&coord, a.client_tokens.clone(), a.admin_tokens.clone())?;
     // A restart on the same state dir goes on with the jobs the last process left running,
@@ -243,4 +259,28 @@ pub(super) fn reload_tokens(
     let client = client.map(TokenSet::load).transpose()?;
     let admin = admin.map(TokenSet::load).transpose()?;
     coord.reload_tokens(client, admin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// S9 #6: an open coordinator listens on loopback unless told otherwise, and names no data
+    /// folder unless given one.
+    #[test]
+    fn serve_listens_on_loopback_by_default() {
+        // The environment could set either: these defaults are the flags' own.
+        if std::env::var_os("SHOAL_LISTEN").is_some()
+            || std::env::var_os("SHOAL_DATA_DIR").is_some()
+        {
+            return;
+        }
+        let Command::Serve(a) = Cli::parse_from(["shoal-coordinator", "serve"]).command else {
+            panic!("not serve");
+        };
+        let addr: std::net::SocketAddr = a.listen.parse().unwrap();
+        assert!(addr.ip().is_loopback(), "{addr}");
+        assert!(a.data_dir.is_none());
+    }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use shoal_proto::v1::{coordinator_message, CoordinatorMessage, DatasetInfo, Task, TaskResult};
 use shoal_shared::models::phase::Capabilities;
+use shoal_shared::text::{clip, ID_CHARS};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 
@@ -62,13 +63,13 @@ pub struct Registered {
 /// Why a result was not accepted by the registry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResultRejected {
-    #[error("no open task `{0}` (unknown, already answered, or past its deadline)")]
+    #[error("no open task `{}` (unknown, already answered, or past its deadline)", clip(.0, ID_CHARS))]
     UnknownTask(String),
-    #[error("task `{task}` was sent to another client, not to `{client}`")]
+    #[error("task `{}` was sent to another client, not to `{client}`", clip(.task, ID_CHARS))]
     WrongClient { task: String, client: String },
     /// An answer after its round phase closed: refused, but no sign of bad faith (a slow or
     /// partitioned client sends these), so it does not count towards quarantine.
-    #[error("task `{0}` is past its deadline")]
+    #[error("task `{}` is past its deadline", clip(.0, ID_CHARS))]
     Late(String),
 }
 

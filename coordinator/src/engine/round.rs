@@ -24,6 +24,7 @@ use shoal_shared::models::sgd::server::NormBound;
 use shoal_shared::models::sgd::EvalStats;
 use shoal_shared::models::{Server, ServerSetup};
 use shoal_shared::seed;
+use shoal_shared::text::{clip, ID_CHARS, TEXT_CHARS};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
@@ -143,6 +144,9 @@ pub struct JobCtx {
     /// The model's initial parameters when the job takes them from a file or a client (see
     /// `jobs/initial.rs`); `None`: the model initialises itself from the job's seed.
     pub initial: Option<Arc<shoal_shared::tensor::Weights>>,
+    /// Where files named in the job resolve (`serve --data-dir`); see
+    /// [`crate::spec::resolve_data_file`].
+    pub data_dir: Option<Arc<std::path::Path>>,
 }
 
 /// Scores the global model on `data`, off the async threads; `None` when the coordinator cannot
@@ -341,13 +345,26 @@ impl JobCtx {
             }
         }
         let holdout = match &self.spec.evaluation.holdout {
-            Some(path) => {
-                let (path, col) = (path.clone(), self.spec.evaluation.label_column.clone());
-                let h = tokio::task::spawn_blocking(move || {
-                    data::csv::load_csv(std::path::Path::new(&path), col.as_deref())
-                })
-                .await
-                .map_err(|e| Error::Job(format!("loading the holdout: {e}")))??;
+            Some(given) => {
+                let path = crate::spec::resolve_data_file(
+                    self.data_dir.as_deref(),
+                    "evaluation.holdout",
+                    given,
+                )?;
+                let col = self.spec.evaluation.label_column.clone();
+                let loaded =
+                    tokio::task::spawn_blocking(move || data::csv::load_csv(&path, col.as_deref()))
+                        .await
+                        .map_err(|e| Error::Job(format!("loading the holdout: {e}")))?;
+                // The details name cells of the file: they go to the operator's log, not to the
+                // job's error, which whoever submitted the job reads.
+                let h = loaded.map_err(|e| {
+                    warn!("cannot load the holdout: {e}");
+                    let shown: String = given.chars().take(200).collect();
+                    Error::Job(format!(
+                        "cannot load the holdout {shown:?}: it is not a usable CSV file (the coordinator's log says why)"
+                    ))
+                })?;
                 if h.n_features() != feature_names.len() {
                     return Err(Error::Job(format!(
                         "holdout has {} features but the clients' dataset `{name}` has {}",
@@ -837,7 +854,7 @@ impl JobCtx {
                             phase.bytes_up += arrived.bytes;
                             let mismatch = arrived.result.job_id != self.id || arrived.result.round != round;
                             let verdict = if mismatch {
-                                Err(Rejection::Misaddressed(format!("result names job `{}` round {}, expected `{}` round {round}", arrived.result.job_id, arrived.result.round, self.id)))
+                                Err(Rejection::Misaddressed(format!("result names job `{}` round {}, expected `{}` round {round}", clip(&arrived.result.job_id, ID_CHARS), arrived.result.round, self.id)))
                             } else {
                                 on_result(&client, arrived)
                             };
@@ -846,7 +863,8 @@ impl JobCtx {
                                 Err(reason) => {
                                     phase.rejected += 1;
                                     *phase.rejected_by.entry(client.clone()).or_default() += 1;
-                                    warn!(client, round, "result rejected: {reason}");
+                                    // A reason may quote what the client sent (tensor names).
+                                    warn!(client, round, "result rejected: {}", clip(&reason.to_string(), 4 * TEXT_CHARS));
                                 }
                             }
                         }

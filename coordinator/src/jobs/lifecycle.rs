@@ -106,13 +106,14 @@ impl Coordinator {
             }
             (None, None) => (spec, None),
         };
-        // Paths in the spec are the coordinator's: check them now, not rounds later.
+        // Paths in the spec are the coordinator's, under its data dir: check them now, not
+        // rounds later.
         if let Some(path) = &spec.evaluation.holdout {
-            if let Err(e) = std::fs::metadata(path) {
-                return Err(Error::InvalidSpec(format!(
-                    "`evaluation.holdout` = \"{path}\" cannot be read on the coordinator: {e}"
-                )));
-            }
+            crate::spec::resolve_data_file(
+                self.config.data_dir.as_deref(),
+                "evaluation.holdout",
+                path,
+            )?;
         }
         let id = format!(
             "{}-{:08x}",
@@ -197,6 +198,7 @@ impl Coordinator {
             validation: false,
             strikes: Default::default(),
             initial: None,
+            data_dir: self.config.data_dir.clone().map(Arc::from),
         };
         let me = self.clone();
         let span = tracing::info_span!("job", job = %id);

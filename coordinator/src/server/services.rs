@@ -156,6 +156,7 @@ impl Federation for FederationService {
         let reader_name = name.clone();
         tokio::spawn(
             async move {
+                let mut refusals = RefusalLog::new();
                 loop {
                     let next = tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -171,11 +172,10 @@ impl Federation for FederationService {
                             let bytes = msg.encoded_len() as u64;
                             match msg.msg {
                                 Some(client_message::Msg::Result(r)) => {
-                                    let task = r.task_id.clone();
                                     if let Err(e) =
                                         registry.complete(&reader_name, session, r, bytes)
                                     {
-                                        warn!(task, "result refused: {e}");
+                                        refusals.note(&e);
                                     }
                                 }
                                 Some(client_message::Msg::Heartbeat(_)) => {}
@@ -191,6 +191,7 @@ impl Federation for FederationService {
                         }
                     }
                 }
+                refusals.finish();
                 registry.unregister(&reader_name, session);
                 info!("client disconnected");
             }
@@ -274,6 +275,62 @@ pub fn check_hello(hello: &v1::Hello) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A session's refused results in the log: the first few one by one, then a summary at most
+/// once a minute and when the session ends, so that a peer sending thousands of bad results
+/// costs a few log lines. (Each refusal still counts where it counts: the job's strikes.)
+struct RefusalLog {
+    logged: u32,
+    held: u64,
+    last: String,
+    since: std::time::Instant,
+}
+
+impl RefusalLog {
+    /// Refusals logged one by one per session.
+    const EACH: u32 = 5;
+    const SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    fn new() -> Self {
+        RefusalLog {
+            logged: 0,
+            held: 0,
+            last: String::new(),
+            since: std::time::Instant::now(),
+        }
+    }
+
+    fn note(&mut self, e: &crate::engine::registry::ResultRejected) {
+        if self.logged < Self::EACH {
+            self.logged += 1;
+            warn!("result refused: {e}");
+            if self.logged == Self::EACH {
+                warn!("further refused results from this client are summarised");
+            }
+            return;
+        }
+        self.held += 1;
+        self.last = e.to_string();
+        if self.since.elapsed() >= Self::SUMMARY_EVERY {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.held > 0 {
+            warn!(
+                refused = self.held,
+                "more results refused (the last: {})", self.last
+            );
+            self.held = 0;
+        }
+        self.since = std::time::Instant::now();
+    }
+
+    fn finish(&mut self) {
+        self.flush();
+    }
 }
 
 /// Sends a heartbeat down a client's stream every `every` until its session is dropped.

@@ -221,7 +221,7 @@ impl DecodeBounds {
 #[derive(Debug, thiserror::Error)]
 pub enum Rejection {
     /// The client could not run the task and said why.
-    #[error("client error: {0}")]
+    #[error("client error: {}", crate::text::clip(.0, crate::text::TEXT_CHARS))]
     ClientError(String),
     /// Another kind of answer than the phase asked for.
     #[error("expected {0}")]
