@@ -983,7 +983,7 @@ mod tests {
         (0..n)
             .map(|i| ClientView {
                 name: format!("c{i:02}"),
-                datasets: vec![],
+                datasets: Arc::from([]),
                 caps: Default::default(),
             })
             .collect()
