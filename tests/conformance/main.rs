@@ -38,7 +38,7 @@ use shoal_proto::PROTOCOL_VERSION;
 use shoal_shared::models::external::{ExternalInit, ExternalSpec, TensorSpec};
 use shoal_shared::models::phase::{Capabilities, Payload, PhaseTally, RoundPlan, Step, TaskKind};
 use shoal_shared::models::sgd::LocalConfig;
-use shoal_shared::models::{ModelSpec, ServerSetup};
+use shoal_shared::models::{ModelSpec, Server, ServerSetup};
 use shoal_shared::strategy::StrategySpec;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -593,12 +593,11 @@ fn evaluation(
     }
 }
 
-/// One round of `spec`'s real server half with this client alone, then an evaluation of the
-/// result; the first phase goes out beside an evaluation of the initial model.
-async fn drive(s: &mut Session, hello: &v1::Hello, spec: &ModelSpec) -> Result<String> {
+/// `spec`'s server half over the Hello's first dataset, and its first step of round 1 with this
+/// client as the whole federation.
+fn solo_round(hello: &v1::Hello, spec: &ModelSpec) -> Result<(Server, Step)> {
     let d = &hello.datasets[0];
-    let name = hello.client_name.clone();
-    let setup = ServerSetup {
+    let mut server = spec.kind().server(&ServerSetup {
         n_features: d.feature_names.len(),
         n_classes: d.class_names.len(),
         init_seed: 7,
@@ -606,8 +605,26 @@ async fn drive(s: &mut Session, hello: &v1::Hello, spec: &ModelSpec) -> Result<S
         strategy: StrategySpec::default(),
         bound: None,
         initial: None,
-    };
-    let mut server = spec.kind().server(&setup)?;
+    })?;
+    let name = hello.client_name.clone();
+    let step = server.begin_round(RoundPlan {
+        round: 1,
+        selected: vec![name.clone()],
+        available: vec![name],
+        quorum: 1,
+        min_clients: 1,
+        target: None,
+        n_available: 1,
+    })?;
+    Ok((server, step))
+}
+
+/// One round of `spec`'s real server half with this client alone, then an evaluation of the
+/// result; the first phase goes out beside an evaluation of the initial model.
+async fn drive(s: &mut Session, hello: &v1::Hello, spec: &ModelSpec) -> Result<String> {
+    let d = &hello.datasets[0];
+    let name = hello.client_name.clone();
+    let (mut server, mut step) = solo_round(hello, spec)?;
     let classifies = server.classifies();
     let mut tasks = Tasks {
         hello,
@@ -616,15 +633,6 @@ async fn drive(s: &mut Session, hello: &v1::Hello, spec: &ModelSpec) -> Result<S
         seq: 0,
     };
     let deadline = unix_ms() + 60_000;
-    let mut step = server.begin_round(RoundPlan {
-        round: 1,
-        selected: vec![name.clone()],
-        available: vec![name.clone()],
-        quorum: 1,
-        min_clients: 1,
-        target: None,
-        n_available: 1,
-    })?;
     let (mut phases, mut first) = (Vec::new(), true);
     let accepted = loop {
         let ask = match step {
@@ -739,9 +747,12 @@ async fn check_tasks(h: &mut Harness) -> Result<String> {
         let note = drive(&mut s, &hello, spec).await?;
         done.push(format!("{note} ({:.1} s)", started.elapsed().as_secs_f64()));
     }
-    // Nothing more: no second answer to any task.
+    // Nothing more for a second: no second answer to any task. (Bounded by time, not by a
+    // silent gap: heartbeats keep arriving.)
+    let until = Instant::now() + Duration::from_secs(1);
     loop {
-        match tokio::time::timeout(Duration::from_millis(500), s.inbound.message()).await {
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.inbound.message()).await {
             Ok(Ok(Some(ClientMessage {
                 msg: Some(client_message::Msg::Result(r)),
             }))) => bail!("an extra result for task `{}`", r.task_id),
@@ -762,27 +773,7 @@ fn first_task(hello: &v1::Hello, deadline: u64) -> Result<v1::Task> {
     let spec = specs
         .first()
         .context("the client lists no model kind the harness drives")?;
-    let d = &hello.datasets[0];
-    let mut server = spec.kind().server(&ServerSetup {
-        n_features: d.feature_names.len(),
-        n_classes: d.class_names.len(),
-        init_seed: 7,
-        max_params: 1 << 24,
-        strategy: StrategySpec::default(),
-        bound: None,
-        initial: None,
-    })?;
-    let name = hello.client_name.clone();
-    let Step::Ask(ask) = server.begin_round(RoundPlan {
-        round: 1,
-        selected: vec![name.clone()],
-        available: vec![name],
-        quorum: 1,
-        min_clients: 1,
-        target: None,
-        n_available: 1,
-    })?
-    else {
+    let Step::Ask(ask) = solo_round(hello, spec)?.1 else {
         bail!("the server half asked nothing");
     };
     let mut tasks = Tasks {
