@@ -164,6 +164,21 @@ where
     F: FnOnce(String, String) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let (acc, rounds) = job_beside(fed, peer, hostile).await;
+    assert_eq!(
+        acc,
+        baseline().await,
+        "a hostile peer changed the job's final accuracy"
+    );
+    rounds
+}
+
+/// Runs the job with `hostile` acting alongside and returns its final test accuracy and rounds.
+async fn job_beside<F, Fut>(fed: &Federation, peer: Peer, hostile: F) -> (f64, Vec<v1::RoundReport>)
+where
+    F: FnOnce(String, String) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let h = tokio::spawn(hostile(fed.tc.url.clone(), fed.token("hostile")));
     if peer == Peer::Serving {
         fed.tc.wait_clients(HONEST + 1).await;
@@ -177,12 +192,7 @@ where
             std::panic::resume_unwind(e.into_panic());
         }
     }
-    assert_eq!(
-        acc,
-        baseline().await,
-        "a hostile peer changed the job's final accuracy"
-    );
-    rounds
+    (acc, rounds)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -276,7 +286,16 @@ async fn answering_peer(
     token: &str,
     answer: impl Fn(&v1::Task) -> Vec<v1::TaskResult> + Send + 'static,
 ) {
-    let mut p = RawPeer::with_first(url, client_message::Msg::Hello(hello("hostile", token))).await;
+    answering_peer_with(url, hello("hostile", token), answer).await
+}
+
+/// [`answering_peer`] with its own Hello.
+async fn answering_peer_with(
+    url: &str,
+    hello: v1::Hello,
+    answer: impl Fn(&v1::Task) -> Vec<v1::TaskResult> + Send + 'static,
+) {
+    let mut p = RawPeer::with_first(url, client_message::Msg::Hello(hello)).await;
     assert!(matches!(
         p.next().await,
         Some(coordinator_message::Msg::Welcome(_))
@@ -917,4 +936,113 @@ async fn peer_strings_cannot_forge_or_flood_the_log_or_a_status() {
         "the flood is summarised:\n{}",
         lines[lines.len().saturating_sub(10)..].join("\n")
     );
+}
+
+/// A fit answer that replaces every parameter through `update`.
+fn fit_with(t: &v1::Task, update: fn(&mut [f32]), examples: u64) -> task_result::Outcome {
+    let mut params = t.parameters.clone().unwrap();
+    for x in &mut params.tensors {
+        let mut v: Vec<f32> = x
+            .data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        update(&mut v);
+        x.data = v
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect::<Vec<u8>>()
+            .into();
+    }
+    task_result::Outcome::Fit(v1::FitResult {
+        parameters: Some(params),
+        num_examples: examples,
+        train_loss: 0.5,
+        control_delta: None,
+        trees: None,
+    })
+}
+
+/// S9 #1: a peer that announces 2^64-1 examples and sends all-zero weights with that count held
+/// the global model at zeros (test accuracy 0.100 in every round, 0.950 without it). Its count
+/// now weighs at most `updates.weight_cap` times the round's median, and its update is scaled
+/// back or refused by its distance from the global model: the job keeps the clean run's
+/// accuracy within two points (it cannot equal it while the peer's bounded update is averaged
+/// in) and never drops to chance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_cannot_set_its_own_weight_by_what_it_announces() {
+    let fed = Federation::start(|_| {}).await;
+    let mut h = hello("hostile", &fed.token("hostile"));
+    h.datasets[0].train_examples = u64::MAX;
+    h.datasets[0].test_examples = u64::MAX;
+    let (acc, rounds) = job_beside(&fed, Peer::Serving, move |url, _| async move {
+        answering_peer_with(&url, h, move |t| {
+            let outcome = match t.kind {
+                Some(task::Kind::Fit(_)) => fit_with(t, |v| v.fill(0.0), u64::MAX),
+                _ => task_result::Outcome::Evaluate(v1::EvaluateResult {
+                    num_examples: u64::MAX,
+                    loss: 3.0,
+                    accuracy: 0.0,
+                    classes_present: 10,
+                    personalized_accuracy: None,
+                }),
+            };
+            vec![result(t, outcome)]
+        })
+        .await
+    })
+    .await;
+    let clean = baseline().await;
+    println!("final test accuracy {acc:.4} beside the peer, {clean:.4} without it; {rounds:?}");
+    for r in &rounds {
+        assert!(r.test_accuracy.unwrap() > 0.5, "held near chance: {r:?}");
+        // Its evaluation counts as three median clients at most: 3 of 6 shares.
+        assert!(
+            r.fed_accuracy.unwrap() > 0.4,
+            "the peer's evaluation outweighs the other three: {r:?}"
+        );
+    }
+    assert!(
+        (acc - clean).abs() <= 0.02,
+        "the peer moved the final accuracy from {clean} to {acc}"
+    );
+    fed.stop().await;
+}
+
+/// S9 #2: one finite update of +-1e38 values, accepted when no `updates.max_norm` is set, made the
+/// honest clients diverge to NaN two rounds later and failed the job. Far beyond the round's
+/// median distance, it is now refused (`updates.adaptive_refuse`), every round, until the peer
+/// is quarantined; the job's accuracy is the clean run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_finite_update_of_any_size_cannot_derail_the_job() {
+    let fed = Federation::start(|_| {}).await;
+    let rounds = with_hostile(&fed, Peer::Serving, |url, token| async move {
+        answering_peer(&url, &token, |t| {
+            let huge = |v: &mut [f32]| {
+                for (i, x) in v.iter_mut().enumerate() {
+                    *x = if i % 2 == 0 { 1e38 } else { -1e38 };
+                }
+            };
+            let outcome = match t.kind {
+                Some(task::Kind::Fit(_)) => fit_with(t, huge, 100),
+                _ => task_result::Outcome::Evaluate(v1::EvaluateResult {
+                    num_examples: 20,
+                    loss: 2.0,
+                    accuracy: 0.5,
+                    classes_present: 10,
+                    personalized_accuracy: None,
+                }),
+            };
+            vec![result(t, outcome)]
+        })
+        .await
+    })
+    .await;
+    let refused: Vec<u32> = rounds
+        .iter()
+        .map(|r| r.rejected_by.get("hostile").copied().unwrap_or(0))
+        .collect();
+    assert_eq!(refused, vec![1, 1, 1], "{rounds:?}");
+    assert_eq!(rounds[2].quarantined, vec!["hostile".to_string()]);
+    fed.stop().await;
 }

@@ -242,6 +242,15 @@ pub struct UpdatePolicy {
     pub max_norm: Option<f64>,
     /// What happens to an update beyond `max_norm`: reject or clip.
     pub on_norm: NormAction,
+    /// A client's example count weighs at most this many times the median count of the round's
+    /// accepted updates (its Hello only bounds what it may report); 0 = no cap.
+    pub weight_cap: f64,
+    /// An update farther from the global model than this many times the median distance of the
+    /// round's accepted updates is scaled back to that distance (weights models); 0 = off.
+    pub adaptive_norm: f64,
+    /// An update farther than this many times the round's median distance is refused, which
+    /// counts towards quarantine (weights models); 0 = off.
+    pub adaptive_refuse: f64,
     /// A client with this many refused results in the job is left out of it for the rest of
     /// the job (quarantined); 0 = never.
     pub quarantine_after: u32,
@@ -252,10 +261,28 @@ impl Default for UpdatePolicy {
         UpdatePolicy {
             max_norm: None,
             on_norm: NormAction::Reject,
+            weight_cap: DEFAULT_WEIGHT_CAP,
+            adaptive_norm: DEFAULT_ADAPTIVE_NORM,
+            adaptive_refuse: DEFAULT_ADAPTIVE_REFUSE,
             quarantine_after: 3,
         }
     }
 }
+
+/// Default `updates.weight_cap`: Dirichlet(0.5) shards of the built-in datasets over 3 to 10
+/// clients stay under it (largest ratio to the median measured: 3.0), while a client that claims
+/// 2^64 examples counts as three median clients (docs/SECURITY.md).
+pub const DEFAULT_WEIGHT_CAP: f64 = 3.0;
+
+/// Default `updates.adaptive_norm`: honest updates of the seeded examples stay under it (see
+/// the notes on `[updates]` in docs/SECURITY.md), while a finite update of any size moves the
+/// model at most this many median steps.
+pub const DEFAULT_ADAPTIVE_NORM: f64 = 3.0;
+
+/// Default `updates.adaptive_refuse`: over three times the largest ratio to the median an honest
+/// update reached in the seeded examples (5.7, docs/SECURITY.md), so it strikes only peers that
+/// are broken or hostile.
+pub const DEFAULT_ADAPTIVE_REFUSE: f64 = 20.0;
 
 /// Evaluation settings (the job's `[evaluation]` section).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -320,6 +347,18 @@ impl JobSpec {
                 return bad(
                     "updates.max_norm",
                     format!("= {m}: give a positive number (or leave it out for no bound)"),
+                );
+            }
+        }
+        for (field, v) in [
+            ("updates.weight_cap", self.updates.weight_cap),
+            ("updates.adaptive_norm", self.updates.adaptive_norm),
+            ("updates.adaptive_refuse", self.updates.adaptive_refuse),
+        ] {
+            if !(v.is_finite() && (v == 0.0 || v >= 1.0)) {
+                return bad(
+                    field,
+                    format!("= {v}: give a multiple of the round's median of at least 1, or 0 to turn it off"),
                 );
             }
         }
@@ -816,6 +855,14 @@ mod tests {
                 "round_timeout_secs",
             ),
             ("kind = \"train\"\nroundz = 3", "roundz"),
+            (
+                "kind = \"train\"\n[updates]\nweight_cap = 0.5",
+                "updates.weight_cap",
+            ),
+            (
+                "kind = \"train\"\n[updates]\nadaptive_refuse = -1",
+                "updates.adaptive_refuse",
+            ),
             // A field the model does not have was once ignored for logreg; it is refused.
             (
                 "kind = \"train\"\n[model]\nkind = \"logreg\"\nhidden = [3]",

@@ -604,6 +604,7 @@ fn solo_round(hello: &v1::Hello, spec: &ModelSpec) -> Result<(Server, Step)> {
         max_params: 1 << 24,
         strategy: StrategySpec::default(),
         bound: None,
+        influence: Default::default(),
         initial: None,
     })?;
     let name = hello.client_name.clone();

@@ -18,7 +18,7 @@ use shoal_proto::v1::{self, task, task_result};
 use shoal_shared::data::builtin::Builtin;
 use shoal_shared::data::{self, Dataset};
 use shoal_shared::models::phase::{
-    check_count, OrderedMean, PhaseTally, Rejection, RoundPlan, Step, TaskKind, MAX_LOSS,
+    check_count, Influence, OrderedMean, PhaseTally, Rejection, RoundPlan, Step, TaskKind, MAX_LOSS,
 };
 use shoal_shared::models::sgd::server::NormBound;
 use shoal_shared::models::sgd::EvalStats;
@@ -226,6 +226,16 @@ impl JobCtx {
                 d.train_examples
             }
         })
+    }
+
+    /// The job's limits on one client's weight and update (`[updates]`, 0 = off).
+    fn influence(&self) -> Influence {
+        let u = &self.spec.updates;
+        Influence {
+            weight_cap: (u.weight_cap > 0.0).then_some(u.weight_cap),
+            adaptive_norm: (u.adaptive_norm > 0.0).then_some(u.adaptive_norm),
+            refuse_norm: (u.adaptive_refuse > 0.0).then_some(u.adaptive_refuse),
+        }
     }
 
     fn policy(&self) -> &crate::spec::ClientPolicy {
@@ -441,6 +451,7 @@ impl JobCtx {
                 clip: updates.on_norm == NormAction::Clip,
             }),
             initial: self.initial.clone(),
+            influence: self.influence(),
         };
         let global = self.spec.model.server(&setup)?;
         Ok(TrainState { facts, global })
@@ -544,6 +555,10 @@ impl JobCtx {
             if eval_clients.is_empty() {
                 warn!("no client available for federated evaluation");
             } else if eval_phase.accepted >= quorum.max(1) {
+                // Test rows weigh like train rows: at most `weight_cap` times the median.
+                let limit = self.influence().weight_limit(&l.weights());
+                l.cap_weights(limit);
+                a.cap_weights(limit);
                 fed_loss = Some(l.mean());
                 fed_accuracy = classifies.then_some(a.mean());
             } else {
@@ -649,7 +664,14 @@ impl JobCtx {
         let mut step = global.begin_round(plan)?;
         loop {
             let ask = match step {
-                Step::Done(r) => return Ok((total, r.accepted, r.train_loss)),
+                Step::Done(r) => {
+                    for (client, why) in &r.refused {
+                        warn!(client, round, "result rejected: {why}");
+                        total.rejected += 1;
+                        *total.rejected_by.entry(client.clone()).or_default() += 1;
+                    }
+                    return Ok((total, r.accepted, r.train_loss));
+                }
                 Step::Ask(ask) => ask,
             };
             let clients: Vec<&str> = ask.clients.iter().map(String::as_str).collect();

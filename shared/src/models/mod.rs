@@ -240,6 +240,8 @@ pub struct ServerSetup {
     pub max_params: usize,
     pub strategy: crate::strategy::StrategySpec,
     pub bound: Option<sgd::server::NormBound>,
+    /// Limits on one client's weight and update relative to the round's others.
+    pub influence: phase::Influence,
     /// Initial weights given to the job instead of drawn from `init_seed` (an external model
     /// with `init = "file"` or `"client"`); the kind checks them against its layout.
     pub initial: Option<std::sync::Arc<crate::tensor::Weights>>,

@@ -114,13 +114,16 @@ pub enum Step {
 }
 
 /// The training part of a round, as the server half saw it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RoundResult {
     /// Clients whose contribution entered the model. Below the plan's quorum, the round failed
     /// and the global model is unchanged.
     pub accepted: usize,
     /// Example-weighted mean of the clients' local training loss (NaN when the round failed).
     pub train_loss: f64,
+    /// Replies accepted one by one but refused once the phase's others were in (an update far
+    /// beyond the round's median): client and reason. Each counts against its client.
+    pub refused: Vec<(String, String)>,
 }
 
 impl RoundPlan {
@@ -139,6 +142,7 @@ impl PhaseTally {
         (self.accepted < quorum.max(1)).then_some(Step::Done(RoundResult {
             accepted: self.accepted,
             train_loss: f64::NAN,
+            refused: Vec::new(),
         }))
     }
 }
@@ -255,6 +259,13 @@ pub enum Rejection {
     /// An update farther from the global model than the job allows.
     #[error("update norm {norm:.4} is over the job's bound of {max} (updates.max_norm)")]
     Norm { norm: f64, max: f64 },
+    /// An update far beyond the round's others (see [`Influence::refuse_norm`]).
+    #[error("update distance {distance:.4e} is over {times} times the round's median distance {median:.4e} (updates.adaptive_refuse)")]
+    Far {
+        distance: f64,
+        times: f64,
+        median: f64,
+    },
     /// Values outside what the client's data can give (boosting's histogram sums).
     #[error("{0}")]
     Implausible(String),
@@ -305,6 +316,51 @@ pub fn check_loss(loss: f64) -> Result<(), Rejection> {
     }
 }
 
+/// How far one client can move the aggregate, whatever its Hello announced (the job's
+/// `[updates]` section). Both limits are relative to the round's own accepted replies, so they
+/// follow the federation as it is: a lie about a client's size or a far-off update is cut down to
+/// a multiple of what the round's median client did.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Influence {
+    /// A reply's example count weighs at most this many times the median count of the round's
+    /// accepted replies; `None`: counts weigh as reported (still at most as announced).
+    pub weight_cap: Option<f64>,
+    /// An update farther from the global model than this many times the median distance of the
+    /// round's accepted updates is scaled back to that distance (weights models); `None`: no bound.
+    pub adaptive_norm: Option<f64>,
+    /// An update farther than this many times the median distance is refused (a strike): no
+    /// honest client of the seeded examples comes near it, so it marks a broken or hostile peer.
+    pub refuse_norm: Option<f64>,
+}
+
+impl Influence {
+    /// The largest weight one of `weights` may have, or `None` for no cap.
+    pub fn weight_limit(&self, weights: &[f64]) -> Option<f64> {
+        Some(self.weight_cap? * lower_median(weights)?)
+    }
+
+    /// The largest distance one of `distances` may have, or `None` for no bound.
+    pub fn norm_limit(&self, distances: &[f64]) -> Option<f64> {
+        Some(self.adaptive_norm? * lower_median(distances)?)
+    }
+}
+
+/// The lower median (of an even count, the smaller middle value: with one honest and one hostile
+/// reply, the honest one sets the scale). `None` when empty.
+pub fn lower_median(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len().checked_sub(1)? / 2).copied()
+}
+
+/// `count` cut to `limit` (at least 1, so a capped reply still counts).
+pub fn capped_count(count: u64, limit: Option<f64>) -> u64 {
+    match limit {
+        Some(l) => count.min(l.max(1.0) as u64),
+        None => count,
+    }
+}
+
 /// An example-weighted mean whose terms are summed in client-name order at the end, so that it
 /// does not depend on the order in which replies arrived (floating-point addition is not
 /// associative).
@@ -318,6 +374,25 @@ impl OrderedMean {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The weights, in push order.
+    pub fn weights(&self) -> Vec<f64> {
+        self.0.iter().map(|e| e.2).collect()
+    }
+
+    /// Keeps the terms of the clients for which `keep` holds.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.0.retain(|e| keep(&e.0));
+    }
+
+    /// Cuts every weight to `limit` (see [`Influence::weight_limit`]).
+    pub fn cap_weights(&mut self, limit: Option<f64>) {
+        if let Some(l) = limit {
+            for e in &mut self.0 {
+                e.2 = e.2.min(l.max(1.0));
+            }
+        }
     }
 
     /// The weighted mean (NaN when empty).

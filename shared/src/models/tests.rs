@@ -42,6 +42,7 @@ fn setup(n_features: usize, n_classes: usize, strategy: &str) -> ServerSetup {
         max_params: usize::MAX,
         strategy: StrategySpec::from_name(strategy).unwrap(),
         bound: None,
+        influence: Default::default(),
         initial: None,
     }
 }
@@ -313,4 +314,89 @@ fn capabilities_parse_and_decide_what_a_client_is_sent() {
             .to_string();
         assert!(err.contains(says), "{err}");
     }
+}
+
+#[test]
+fn influence_limits_follow_the_rounds_medians() {
+    use super::phase::{FitReply, Influence, Payload};
+    let spec = ModelSpec::default();
+    let mut s = setup(4, 3, "fedavg");
+    s.influence = Influence {
+        weight_cap: Some(3.0),
+        adaptive_norm: Some(3.0),
+        refuse_norm: Some(20.0),
+    };
+    let mut server = spec.server(&s).unwrap();
+    let names: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
+    let plan = RoundPlan {
+        round: 1,
+        selected: names.clone(),
+        available: names.clone(),
+        quorum: 3,
+        min_clients: 3,
+        target: None,
+        n_available: 5,
+    };
+    let Step::Ask(ask) = server.begin_round(plan).unwrap() else {
+        panic!("a weights model asks for updates")
+    };
+    let Payload::Weights(global) = ask.payload else {
+        panic!("the global weights go out")
+    };
+    let first = global.values().next().unwrap();
+    // Three honest updates one unit away, a liar about its size four times farther than the
+    // clip allows, and one far beyond the refusal bound.
+    for (name, distance, examples, loss) in [
+        ("a", 1.0, 100, 1.0),
+        ("b", 1.0, 100, 1.0),
+        ("c", 1.0, 100, 1.0),
+        ("d", 12.0, u64::MAX, 100.0),
+        ("e", 1000.0, 100, 1.0),
+    ] {
+        let mut w = (*global).clone();
+        *w.values_mut().next().unwrap() += distance;
+        let reply = Reply::Fit(FitReply {
+            num_examples: examples,
+            train_loss: loss,
+            parameters: Some(w),
+            control_delta: None,
+            trees: None,
+        });
+        server.accept(name, reply, Some(u64::MAX)).unwrap();
+    }
+    let tally = PhaseTally {
+        accepted: 5,
+        ..PhaseTally::default()
+    };
+    let Step::Done(r) = server.close(tally).unwrap() else {
+        panic!("one phase per round")
+    };
+    assert_eq!(r.accepted, 4);
+    assert_eq!(r.refused.len(), 1);
+    assert_eq!(r.refused[0].0, "e");
+    assert!(
+        r.refused[0].1.contains("updates.adaptive_refuse"),
+        "{:?}",
+        r.refused
+    );
+    // `d` counts 300 examples (3 x the median 100) and moved 3 units (3 x the median distance 1):
+    // the first weight moves (3 x 100 x 1 + 300 x 3) / 600 = 2 units; the loss is weighted alike.
+    let Payload::Weights(next) = server.payload() else {
+        panic!("weights")
+    };
+    let moved = f64::from(next.values().next().unwrap()) - f64::from(first);
+    assert!((moved - 2.0).abs() < 1e-5, "moved {moved}");
+    assert!((r.train_loss - 50.5).abs() < 1e-9, "loss {}", r.train_loss);
+}
+
+#[test]
+fn the_lower_median_lets_the_honest_half_set_the_scale() {
+    use super::phase::{capped_count, lower_median};
+    assert_eq!(lower_median(&[]), None);
+    assert_eq!(lower_median(&[5.0]), Some(5.0));
+    assert_eq!(lower_median(&[1.0, 1e38]), Some(1.0));
+    assert_eq!(lower_median(&[3.0, 1.0, 2.0]), Some(2.0));
+    assert_eq!(capped_count(u64::MAX, Some(300.0)), 300);
+    assert_eq!(capped_count(7, Some(0.0)), 1);
+    assert_eq!(capped_count(7, None), 7);
 }

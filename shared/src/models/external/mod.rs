@@ -405,6 +405,7 @@ mod tests {
             max_params: 1000,
             strategy: Default::default(),
             bound: None,
+            influence: Default::default(),
             initial: None,
         };
         let err = huge.server(&setup).err().unwrap().to_string();

@@ -26,6 +26,7 @@ impl crate::models::Kind for ForestParams {
             setup.n_features,
             setup.n_classes,
             self.clone(),
+            setup.influence,
         )))
     }
 

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use super::{Forest, ForestParams};
 use crate::models::phase::{
-    check_count, check_loss, checkpoint_body, restore_error, Ask, Baseline, BaselineSettings,
-    Evaluator, OrderedMean, Payload, PhaseTally, Rejection, Reply, Request, RoundPlan, RoundResult,
-    ServerHalf, Step,
+    capped_count, check_count, check_loss, checkpoint_body, restore_error, Ask, Baseline,
+    BaselineSettings, Evaluator, Influence, OrderedMean, Payload, PhaseTally, Rejection, Reply,
+    Request, RoundPlan, RoundResult, ServerHalf, Step,
 };
 use crate::{Error, Result};
 
@@ -27,13 +27,21 @@ pub struct ForestServer {
     plan: Option<RoundPlan>,
     /// Trees grown this round, merged in client-name order so the forest does not depend on
     /// arrival order.
-    grown: Vec<(String, Forest)>,
+    grown: Vec<(String, Forest, u64)>,
     loss: OrderedMean,
+    /// Only the weight cap applies: trees have no distance from a global model.
+    influence: Influence,
 }
 
 impl ForestServer {
-    pub fn new(n_features: usize, n_classes: usize, params: ForestParams) -> Self {
+    pub fn new(
+        n_features: usize,
+        n_classes: usize,
+        params: ForestParams,
+        influence: Influence,
+    ) -> Self {
         ForestServer {
+            influence,
             forest: Arc::new(Forest::new(n_features, n_classes)),
             params,
             plan: None,
@@ -72,7 +80,7 @@ impl ServerHalf for ForestServer {
         check_loss(fit.train_loss)?;
         let (n_features, n_classes) = (self.forest.n_features, self.forest.n_classes);
         let per_client = self.params.trees_per_round as usize;
-        let Some(mut trees) = fit.trees else {
+        let Some(trees) = fit.trees else {
             return Err(Rejection::Missing("fit result without trees"));
         };
         trees
@@ -81,10 +89,10 @@ impl ServerHalf for ForestServer {
         if trees.trees.is_empty() {
             return Err(Rejection::Missing("fit result without trees"));
         }
-        trees.set_weight(fit.num_examples as f32);
         self.loss
             .push(client, fit.train_loss, fit.num_examples as f64);
-        self.grown.push((client.to_string(), trees));
+        self.grown
+            .push((client.to_string(), trees, fit.num_examples));
         Ok(())
     }
 
@@ -95,14 +103,25 @@ impl ServerHalf for ForestServer {
             return Ok(short);
         }
         grown.sort_by(|a, b| a.0.cmp(&b.0));
+        // A tree votes with its client's example count, cut to the job's weight cap.
+        let counts: Vec<f64> = grown.iter().map(|g| g.2 as f64).collect();
+        let limit = self.influence.weight_limit(&counts);
+        self.loss.cap_weights(limit);
         let mut next = Forest::clone(&self.forest);
-        for (_, trees) in grown {
+        for (client, mut trees, n) in grown {
+            let counted = capped_count(n, limit);
+            if counted < n {
+                tracing::info!(round = plan.round, %client, reported = n, counted,
+                    "example count capped (updates.weight_cap)");
+            }
+            trees.set_weight(counted as f32);
             next.merge(trees, plan.round, self.params.max_trees as usize)?;
         }
         self.forest = Arc::new(next);
         Ok(Step::Done(RoundResult {
             accepted: tally.accepted,
             train_loss: self.loss.mean(),
+            refused: Vec::new(),
         }))
     }
 

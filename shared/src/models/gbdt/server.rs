@@ -171,6 +171,7 @@ impl GbdtServer {
                     return Ok(Some(RoundResult {
                         accepted: 0,
                         train_loss: f64::NAN,
+                        refused: Vec::new(),
                     }));
                 }
                 // Some trees of this round exist already: a round is all outputs or none.
@@ -257,6 +258,7 @@ impl GbdtServer {
         Ok(Some(RoundResult {
             accepted: g.accepted,
             train_loss: g.loss.mean(),
+            refused: Vec::new(),
         }))
     }
 }

@@ -96,6 +96,7 @@ pub fn weights_server(model: Box<dyn Model>, setup: &ServerSetup) -> Result<Serv
         weights,
         setup.strategy.build(),
         setup.bound,
+        setup.influence,
     )))
 }
 

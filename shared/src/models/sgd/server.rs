@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::Model;
 use crate::models::phase::{
-    check_count, check_loss, checkpoint_body, restore_error, Ask, Baseline, BaselineSettings,
-    DecodeBounds, Evaluator, OrderedMean, Payload, PhaseTally, Rejection, Reply, Request,
-    RoundPlan, RoundResult, ServerHalf, Step,
+    capped_count, check_count, check_loss, checkpoint_body, lower_median, restore_error, Ask,
+    Baseline, BaselineSettings, DecodeBounds, Evaluator, Influence, OrderedMean, Payload,
+    PhaseTally, Rejection, Reply, Request, RoundPlan, RoundResult, ServerHalf, Step,
 };
 use crate::strategy::Strategy;
 use crate::tensor::Weights;
@@ -32,12 +32,24 @@ pub struct SgdServer {
     pub weights: Arc<Weights>,
     pub strategy: Strategy,
     bound: Option<NormBound>,
+    influence: Influence,
     plan: Option<RoundPlan>,
     /// Valid updates of the open round. They enter the aggregate in client-name order once the
     /// phase is over: a seeded job then gives bit-identical models whatever order updates arrive
-    /// in.
-    updates: Vec<(String, Weights, u64, Option<Weights>)>,
+    /// in (and the influence limits need the round's medians).
+    updates: Vec<Update>,
     loss: OrderedMean,
+}
+
+/// One accepted update, kept until the phase closes.
+#[derive(Debug)]
+struct Update {
+    client: String,
+    weights: Weights,
+    examples: u64,
+    /// L2 distance from the global model (after the fixed bound's clipping).
+    distance: f64,
+    control: Option<Weights>,
 }
 
 /// What a weights model's checkpoint holds: `{"kind": "params", "weights": .., "strategy": ..}`.
@@ -56,16 +68,72 @@ impl SgdServer {
         weights: Weights,
         strategy: Strategy,
         bound: Option<NormBound>,
+        influence: Influence,
     ) -> Self {
         SgdServer {
             model,
             weights: Arc::new(weights),
             strategy,
             bound,
+            influence,
             plan: None,
             updates: Vec::new(),
             loss: OrderedMean::default(),
         }
+    }
+}
+
+impl SgdServer {
+    /// Applies the job's [`Influence`] limits to the round's updates (in client-name order) and
+    /// returns the refused ones with why. An update farther from the global model than
+    /// `refuse_norm` times the round's median distance is refused; one farther than
+    /// `adaptive_norm` times it is scaled back to that distance; each example count is cut to
+    /// `weight_cap` times the round's median count (the train loss is weighted the same way).
+    /// The medians are over the updates accepted so far, so one client cannot move them far.
+    fn limit_influence(
+        &mut self,
+        round: u32,
+        updates: &mut Vec<Update>,
+    ) -> Result<Vec<(String, String)>> {
+        let distances: Vec<f64> = updates.iter().map(|u| u.distance).collect();
+        let median = lower_median(&distances).unwrap_or(0.0);
+        let mut refused = Vec::new();
+        if let Some(times) = self.influence.refuse_norm {
+            updates.retain(|u| {
+                if u.distance <= times * median {
+                    return true;
+                }
+                let why = Rejection::Far {
+                    distance: u.distance,
+                    times,
+                    median,
+                };
+                refused.push((u.client.clone(), why.to_string()));
+                false
+            });
+            self.loss
+                .retain(|client| !refused.iter().any(|(c, _)| c == client));
+        }
+        if let Some(limit) = self.influence.adaptive_norm.map(|k| k * median) {
+            for u in updates.iter_mut().filter(|u| u.distance > limit) {
+                tracing::info!(round, client = %u.client, distance = u.distance, limit,
+                    "update scaled back (updates.adaptive_norm)");
+                u.weights.clip_toward(&self.weights, limit)?;
+                u.distance = limit;
+            }
+        }
+        let counts: Vec<f64> = updates.iter().map(|u| u.examples as f64).collect();
+        let weight_limit = self.influence.weight_limit(&counts);
+        for u in updates.iter_mut() {
+            let capped = capped_count(u.examples, weight_limit);
+            if capped < u.examples {
+                tracing::info!(round, client = %u.client, reported = u.examples, counted = capped,
+                    "example count capped (updates.weight_cap)");
+                u.examples = capped;
+            }
+        }
+        self.loss.cap_weights(weight_limit);
+        Ok(refused)
     }
 }
 
@@ -112,20 +180,27 @@ impl ServerHalf for SgdServer {
         let current = &self.weights;
         current.check_same_layout(&w).map_err(Rejection::invalid)?;
         w.check_finite().map_err(Rejection::invalid)?;
-        if let Some(NormBound { max, clip }) = self.bound {
-            let norm = if clip {
-                w.clip_toward(current, max)
-            } else {
-                w.distance(current)
+        let distance = match self.bound {
+            Some(NormBound { max, clip }) => {
+                let norm = if clip {
+                    w.clip_toward(current, max)
+                } else {
+                    w.distance(current)
+                }
+                .map_err(Rejection::invalid)?;
+                if norm > max && !clip {
+                    return Err(Rejection::Norm { norm, max });
+                }
+                if norm > max {
+                    tracing::debug!(client, norm, max, "update clipped to the norm bound");
+                }
+                norm.min(max)
             }
-            .map_err(Rejection::invalid)?;
-            if norm > max && !clip {
-                return Err(Rejection::Norm { norm, max });
+            None if self.influence.adaptive_norm.is_some() => {
+                w.distance(current).map_err(Rejection::invalid)?
             }
-            if norm > max {
-                tracing::debug!(client, norm, max, "update clipped to the norm bound");
-            }
-        }
+            None => 0.0,
+        };
         check_count(fit.num_examples, announced, "train")?;
         check_loss(fit.train_loss)?;
         let control_delta = match (
@@ -148,8 +223,13 @@ impl ServerHalf for SgdServer {
         };
         self.loss
             .push(client, fit.train_loss, fit.num_examples as f64);
-        self.updates
-            .push((client.to_string(), w, fit.num_examples, control_delta));
+        self.updates.push(Update {
+            client: client.to_string(),
+            weights: w,
+            examples: fit.num_examples,
+            distance,
+            control: control_delta,
+        });
         tracing::debug!(client, examples = fit.num_examples, "update accepted");
         Ok(())
     }
@@ -161,10 +241,19 @@ impl ServerHalf for SgdServer {
         if let Some(short) = tally.short_of(plan.quorum) {
             return Ok(short);
         }
-        updates.sort_by(|a, b| a.0.cmp(&b.0));
+        updates.sort_by(|a, b| a.client.cmp(&b.client));
+        let refused = self.limit_influence(plan.round, &mut updates)?;
+        let accepted = updates.len();
+        if accepted < plan.quorum.max(1) {
+            return Ok(Step::Done(RoundResult {
+                accepted,
+                train_loss: f64::NAN,
+                refused,
+            }));
+        }
         let mut agg = self.strategy.aggregator(&self.weights);
-        for (_, w, n, control) in &updates {
-            agg.add(w, *n, control.as_ref())?;
+        for u in &updates {
+            agg.add(&u.weights, u.examples, u.control.as_ref())?;
         }
         drop(updates);
         match self
@@ -181,8 +270,9 @@ impl ServerHalf for SgdServer {
             Err(e) => return Err(e),
         }
         Ok(Step::Done(RoundResult {
-            accepted: tally.accepted,
+            accepted,
             train_loss: self.loss.mean(),
+            refused,
         }))
     }
 
