@@ -331,6 +331,10 @@ async fn session(
                             tokio::spawn(serve_task(task, executor.clone(), tx.clone(), slots.clone()));
                         }
                         Some(coordinator_message::Msg::Reject(r)) => return Err(Session::Rejected(r.reason)),
+                        Some(coordinator_message::Msg::Notice(n)) => {
+                            let clip = shoal_shared::text::clip;
+                            warn!(job = %clip(&n.job_id, shoal_shared::text::ID_CHARS), "coordinator: {}", clip(&n.message, 4 * shoal_shared::text::TEXT_CHARS));
+                        }
                         Some(coordinator_message::Msg::Heartbeat(_)) | Some(coordinator_message::Msg::Welcome(_)) | None => {}
                     },
                     Ok(None) => return Ok(()),

@@ -15,6 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 use shoal_shared::automl::{Config, Domain, SearchAlgorithm, SearchSpace, Tpe, Value};
+use shoal_shared::data::builtin::Builtin;
 use shoal_shared::models::sgd::LocalConfig;
 use shoal_shared::models::ModelSpec;
 use shoal_shared::strategy::StrategySpec;
@@ -99,6 +100,11 @@ pub struct JobSpec {
     pub local: LocalConfig,
     #[serde(default)]
     pub evaluation: Evaluation,
+    /// The job's classes, for a dataset the clients registered: fixed here, no client's Hello
+    /// can add one (clients holding other classes are left out). Without it the holdout's
+    /// classes are the job's, and without a holdout those of the clients at job start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Vec<String>>,
     /// What the coordinator accepts from clients: an update norm bound and quarantine.
     #[serde(default)]
     pub updates: UpdatePolicy,
@@ -315,6 +321,9 @@ impl Default for Evaluation {
     }
 }
 
+/// Most classes a spec may declare.
+pub const MAX_CLASSES: usize = 10_000;
+
 /// Upper bounds that keep a spec from asking for the impossible (a billion rounds, a wait of
 /// centuries).
 pub const MAX_ROUNDS: u32 = 1_000_000;
@@ -347,6 +356,36 @@ impl JobSpec {
                 return bad(
                     "updates.max_norm",
                     format!("= {m}: give a positive number (or leave it out for no bound)"),
+                );
+            }
+        }
+        if let Some(classes) = &self.classes {
+            if self.dataset.parse::<Builtin>().is_ok() {
+                return bad(
+                    "classes",
+                    format!(
+                        "is for datasets the clients registered; built-in `{}` has its own",
+                        self.dataset
+                    ),
+                );
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            if classes.is_empty() || classes.len() > MAX_CLASSES {
+                return bad(
+                    "classes",
+                    format!("lists {} classes: give 1 to {MAX_CLASSES}", classes.len()),
+                );
+            }
+            if let Some(c) = classes
+                .iter()
+                .find(|c| c.is_empty() || c.chars().count() > 200 || !seen.insert(c.as_str()))
+            {
+                return bad(
+                    "classes",
+                    format!(
+                        "has {:?}: each class once, 1 to 200 characters",
+                        shoal_shared::text::clip(c, 40)
+                    ),
                 );
             }
         }

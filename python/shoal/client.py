@@ -451,8 +451,12 @@ def _session(address: str, name: str, client: Client, datasets: Sequence[Dataset
             log.info("connected to %s as %s", address, first.welcome.client_id)
             for msg in call:
                 last_heard[0] = time.monotonic()
-                if msg.WhichOneof("msg") == "task":
+                kind = msg.WhichOneof("msg")
+                if kind == "task":
                     pool.submit(run, msg.task)
+                elif kind == "notice":
+                    # Why this client is left out of a job or one of its results was refused.
+                    log.warning("coordinator (job %s): %s", msg.notice.job_id[:128], msg.notice.message[:1200])
         except grpc.RpcError as e:
             if not stop.is_set():
                 if e.code() == grpc.StatusCode.CANCELLED:

@@ -412,3 +412,35 @@ def test_a_job_starts_from_one_python_clients_parameters(tmp_path: Path):
     for params in Recording.first_fits:
         assert list(params) == ["weight", "bias"]
         assert all(np.array_equal(params[k], Recording.given[0][k]) for k in params)
+
+
+def test_a_client_left_out_of_a_job_is_told_why(tmp_path: Path, caplog):
+    # Its copy of digits has a class the job does not know: it is left out, and the coordinator
+    # says so on its stream (a Notice), which the SDK logs.
+    import dataclasses
+
+    job = (REPO / "examples" / "python" / "numpy-digits.toml").read_text()
+    job = re.sub(r"min_(fit|evaluate|available)_clients = 3", r"min_\1_clients = 1", job)
+    job = job.replace("[clients]", "[clients]\nwait_for_clients_secs = 4", 1)
+    # The job fixes its classes (a dataset the clients registered has no holdout here).
+    job = "classes = [" + ", ".join(f'"{i}"' for i in range(10)) + "]\n" + job
+    port = free_port()
+    proc = serve(tmp_path, job, port)
+    client, datasets = numpy_logreg.make_client(0, 3)
+    odd = [dataclasses.replace(d, class_names=list(d.class_names) + ["zzz"]) for d in datasets]
+    stop = threading.Event()
+    t = threading.Thread(
+        target=shoal.run_client, args=(f"127.0.0.1:{port}", "odd", client, odd),
+        kwargs={"stop": stop}, daemon=True,
+    )
+    caplog.set_level("WARNING")
+    t.start()
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+    t.join(timeout=15)
+    told = [r.getMessage() for r in caplog.records if "left out of the job" in r.getMessage()]
+    assert told and 'class "zzz"' in told[0], (told, out[-2000:])

@@ -316,3 +316,184 @@ async fn concurrent_trials_do_not_interfere_and_halving_promotes_the_best() {
     let tpe = automl_lr_scores("tpe", 2).await;
     assert_eq!(tpe.len(), 10);
 }
+
+/// A peer that says hello with `dataset` and reads its stream: the notices it was sent, and
+/// whether any task came.
+async fn misfit_peer(
+    url: String,
+    name: &str,
+    dataset: v1::DatasetInfo,
+) -> tokio::task::JoinHandle<(Vec<String>, usize)> {
+    let (models, tasks) = crate::util::builtin_kinds();
+    let p = RawPeer::with_first(
+        &url,
+        v1::client_message::Msg::Hello(v1::Hello {
+            protocol_version: shoal_proto::PROTOCOL_VERSION,
+            client_name: name.into(),
+            token: String::new(),
+            datasets: vec![dataset],
+            model_kinds: models,
+            task_kinds: tasks,
+        }),
+    )
+    .await;
+    tokio::spawn(async move {
+        let (mut notices, mut tasks) = (Vec::new(), 0);
+        // Keep the sending half: dropping it would end the stream.
+        let RawPeer { tx: _tx, mut rx } = p;
+        while let Ok(Some(m)) = rx.message().await {
+            match m.msg {
+                Some(coordinator_message::Msg::Notice(n)) => notices.push(n.message),
+                Some(coordinator_message::Msg::Task(_)) => tasks += 1,
+                Some(coordinator_message::Msg::Reject(r)) => panic!("rejected: {}", r.reason),
+                _ => {}
+            }
+        }
+        (notices, tasks)
+    })
+}
+
+/// S9 #4 and #5: on the README's quick start (a CSV dataset the clients registered, a holdout
+/// under --data-dir), a client announcing the dataset with one feature fewer failed the whole
+/// job ("clients disagree on dataset"), and one announcing 10,000 class names widened the model
+/// to 64 x 10,000. The schema now comes from the holdout (or the spec's `classes`, or the
+/// clients' majority): both peers are left out, told why on their streams, and the job equals
+/// the clean run, byte for byte on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_can_neither_fail_a_job_nor_widen_its_schema() {
+    let data = tempfile::tempdir().unwrap();
+    let digits = Builtin::Digits;
+    digits
+        .holdout()
+        .unwrap()
+        .to_csv(&data.path().join("holdout.csv"))
+        .unwrap();
+    let shards = digits.shards(&Partitioner::Iid, 3, 42).unwrap();
+    for (i, s) in shards.iter().enumerate() {
+        s.to_csv(&data.path().join(format!("client-{i}.csv")))
+            .unwrap();
+    }
+    let holdout = digits.holdout().unwrap();
+    let run = |hostile: bool, holdout_line: &'static str| {
+        let dir = data.path().to_path_buf();
+        let holdout = holdout.clone();
+        async move {
+            let tc = TestCoordinator::start_with(shoal_coordinator::CoordinatorConfig {
+                data_dir: Some(dir.clone()),
+                ..Default::default()
+            })
+            .await;
+            let mut stops = Vec::new();
+            for i in 0..3 {
+                let mut c = shoal_client::Catalog::new();
+                c.add_csv("mine", &dir.join(format!("client-{i}.csv")), None, 42)
+                    .unwrap();
+                stops.push(
+                    crate::util::spawn_client(shoal_client::ClientConfig::new(
+                        &tc.url,
+                        format!("client-{i}"),
+                        c,
+                    ))
+                    .0,
+                );
+            }
+            let info = |features: Vec<String>, classes: Vec<String>| v1::DatasetInfo {
+                name: "mine".into(),
+                train_examples: 100,
+                test_examples: 20,
+                feature_names: features,
+                class_names: classes,
+            };
+            let mut peers = Vec::new();
+            if hostile {
+                let fewer = holdout.feature_names[1..].to_vec();
+                peers.push(
+                    misfit_peer(
+                        tc.url.clone(),
+                        "fewer",
+                        info(fewer, holdout.class_names.clone()),
+                    )
+                    .await,
+                );
+                let mut wide = holdout.class_names.clone();
+                wide.extend((0..9_990).map(|i| format!("c{i}")));
+                peers.push(
+                    misfit_peer(
+                        tc.url.clone(),
+                        "wide",
+                        info(holdout.feature_names.clone(), wide),
+                    )
+                    .await,
+                );
+            }
+            tc.wait_clients(if hostile { 5 } else { 3 }).await;
+            let mut jobs = tc.jobs().await;
+            let id = submit(
+                &mut jobs,
+                &format!("kind = \"train\"\ndataset = \"mine\"\nrounds = 3\n{holdout_line}\n[clients]\nmin_available_clients = 3\nmin_fit_clients = 3\nmin_evaluate_clients = 3\nwait_after_quorum_secs = 0.2\n[evaluation]\n{}",
+                    if holdout_line.is_empty() { "holdout = \"holdout.csv\"" } else { "" }),
+            )
+            .await;
+            let (info, rounds) = finish(&mut jobs, &id, 120).await;
+            assert_eq!(
+                info.status,
+                v1::JobStatus::Finished as i32,
+                "{}",
+                info.error
+            );
+            for s in stops {
+                s.cancel();
+            }
+            tc.stop().await;
+            let mut heard = Vec::new();
+            for p in peers {
+                heard.push(p.await.unwrap());
+            }
+            (rounds, heard)
+        }
+    };
+    let figures = |rounds: &[v1::RoundReport]| -> Vec<(u32, Option<f64>, u64, u64)> {
+        rounds
+            .iter()
+            .map(|r| (r.clients, r.fed_accuracy, r.bytes_up, r.bytes_down))
+            .collect()
+    };
+    // Schema from the holdout.
+    let (clean, _) = run(false, "").await;
+    let (beside, heard) = run(true, "").await;
+    assert_eq!(figures(&beside), figures(&clean));
+    assert_eq!(
+        beside.last().unwrap().test_accuracy,
+        clean.last().unwrap().test_accuracy
+    );
+    let (fewer, wide) = (&heard[0], &heard[1]);
+    assert_eq!((fewer.1, wide.1), (0, 0), "a misfit is sent no task");
+    assert!(
+        fewer
+            .0
+            .iter()
+            .any(|n| n.contains("left out of the job")
+                && n.contains("63 features; the job's has 64")),
+        "{:?}",
+        fewer.0
+    );
+    assert!(
+        wide.0
+            .iter()
+            .any(|n| n.contains("left out of the job") && n.contains("class \"c0\"")),
+        "{:?}",
+        wide.0
+    );
+    assert_eq!(fewer.0.len(), 1, "told once: {:?}", fewer.0);
+
+    // No holdout: the classes the spec declares, the features most clients hold.
+    let classes =
+        "classes = [\"0\", \"1\", \"2\", \"3\", \"4\", \"5\", \"6\", \"7\", \"8\", \"9\"]";
+    let (clean, _) = run(false, classes).await;
+    let (beside, heard) = run(true, classes).await;
+    assert_eq!(figures(&beside), figures(&clean));
+    assert!(
+        heard.iter().all(|(n, tasks)| n.len() == 1 && *tasks == 0),
+        "{heard:?}"
+    );
+}

@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shoal_proto::v1::{coordinator_message, CoordinatorMessage, DatasetInfo, Task, TaskResult};
+use shoal_proto::v1::{
+    self, coordinator_message, CoordinatorMessage, DatasetInfo, Task, TaskResult,
+};
 use shoal_shared::models::phase::Capabilities;
 use shoal_shared::text::{clip, ID_CHARS};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -363,6 +365,26 @@ impl Registry {
             },
         );
         Ok(rx)
+    }
+
+    /// Tells `client` something about `job` on its stream ([`v1::Notice`]); best effort: a client
+    /// that is gone or not reading misses it (a notice never takes a task's place).
+    pub fn notify(&self, client: &str, job: &str, message: String) {
+        let inner = self.lock();
+        let Some(entry) = inner.clients.get(client) else {
+            return;
+        };
+        // Leave room for tasks: a queue more than half full gets no notices.
+        if entry.tx.capacity() <= OUTBOUND_DEPTH / 2 {
+            return;
+        }
+        let msg = CoordinatorMessage {
+            msg: Some(coordinator_message::Msg::Notice(v1::Notice {
+                job_id: job.to_string(),
+                message,
+            })),
+        };
+        let _ = entry.tx.try_send(Ok(msg));
     }
 
     /// Delivers a result from `client`'s session to whoever waits for it.

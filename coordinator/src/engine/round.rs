@@ -147,6 +147,8 @@ pub struct JobCtx {
     /// Where files named in the job resolve (`serve --data-dir`); see
     /// [`crate::spec::resolve_data_file`].
     pub data_dir: Option<Arc<std::path::Path>>,
+    /// Clients already told why they are left out of this job (told once, not every round).
+    pub told: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 /// Scores the global model on `data`, off the async threads; `None` when the coordinator cannot
@@ -253,6 +255,22 @@ impl JobCtx {
             .collect()
     }
 
+    /// Tells each client that holds the job's dataset but does not fit its schema why it is left
+    /// out: once per job, on its stream and in the log.
+    fn tell_misfits(&self, facts: &DataFacts) {
+        for c in self.candidates(self.spec.model.kind().training_tasks()) {
+            let Some(why) = misfit(&c, &self.spec.dataset, facts) else {
+                continue;
+            };
+            let mut told = self.told.lock().unwrap_or_else(|p| p.into_inner());
+            if told.insert(c.name.clone()) {
+                info!(client = %c.name, "left out of the job: {why}");
+                self.registry
+                    .notify(&c.name, &self.id, format!("left out of the job: {why}"));
+            }
+        }
+    }
+
     /// Why clients holding the dataset do not count, when some do not run the job's kinds.
     fn unable_note(&self) -> String {
         let model = self.spec.model.name();
@@ -285,6 +303,9 @@ impl JobCtx {
         let mut changes = self.registry.subscribe();
         let mut told = false;
         loop {
+            if let Some(f) = facts {
+                self.tell_misfits(f);
+            }
             let avail: Vec<ClientView> = self
                 .candidates(self.spec.model.kind().training_tasks())
                 .into_iter()
@@ -333,26 +354,13 @@ impl JobCtx {
                 builtin: Some(b),
             });
         }
-        // A dataset the clients registered: features from the first client, classes the union.
-        let first = clients
-            .first()
-            .and_then(|c| c.dataset(&name))
-            .ok_or_else(|| Error::Job(format!("no client holds dataset `{name}`")))?;
-        let feature_names = first.feature_names.clone();
-        let mut classes: Vec<String> = Vec::new();
-        for c in clients {
-            if let Some(d) = c.dataset(&name) {
-                if d.feature_names.len() != feature_names.len() {
-                    return Err(Error::Job(format!(
-                        "clients disagree on dataset `{name}`: `{}` has {} features, `{}` has {}",
-                        clients[0].name,
-                        feature_names.len(),
-                        c.name,
-                        d.feature_names.len()
-                    )));
-                }
-                classes.extend(d.class_names.iter().cloned());
-            }
+        // A dataset the clients registered. Its schema comes from what the operator gave (the
+        // spec's classes, the holdout), else from the clients at job start by majority: one
+        // Hello can neither fail the job nor widen the model. Clients that do not fit are left
+        // out and told why (`misfit`).
+        let held: Vec<&v1::DatasetInfo> = clients.iter().filter_map(|c| c.dataset(&name)).collect();
+        if held.is_empty() {
+            return Err(Error::Job(format!("no client holds dataset `{name}`")));
         }
         let holdout = match &self.spec.evaluation.holdout {
             Some(given) => {
@@ -375,28 +383,49 @@ impl JobCtx {
                         "cannot load the holdout {shown:?}: it is not a usable CSV file (the coordinator's log says why)"
                     ))
                 })?;
-                if h.n_features() != feature_names.len() {
+                if !held.iter().any(|d| d.feature_names.len() == h.n_features()) {
                     return Err(Error::Job(format!(
-                        "holdout has {} features but the clients' dataset `{name}` has {}",
+                        "holdout has {} features but no client's dataset `{name}` has (the first has {})",
                         h.n_features(),
-                        feature_names.len()
+                        held[0].feature_names.len()
                     )));
                 }
-                classes.extend(h.class_names.iter().cloned());
                 Some(h)
             }
             None => None,
         };
+        let feature_names = match &holdout {
+            Some(h) => h.feature_names.clone(),
+            None => majority_features(&held).to_vec(),
+        };
+        let n = feature_names.len();
+        let mut classes: Vec<String> = match (&self.spec.classes, &holdout) {
+            (Some(given), _) => given.clone(),
+            (None, Some(h)) => h.class_names.clone(),
+            (None, None) => held
+                .iter()
+                .filter(|d| d.feature_names.len() == n)
+                .flat_map(|d| d.class_names.iter().cloned())
+                .collect(),
+        };
         classes.sort();
         classes.dedup();
         data::sort_class_names(&mut classes);
+        if let (Some(h), Some(_)) = (&holdout, &self.spec.classes) {
+            if let Some(c) = h.class_names.iter().find(|c| !classes.contains(c)) {
+                return Err(Error::Job(format!(
+                    "the holdout has class {:?}, which the job's `classes` does not list",
+                    clip(c, ID_CHARS)
+                )));
+            }
+        }
         let holdout = match holdout {
             Some(h) => Some(Arc::new(h.remap_classes(&classes)?)),
             None => None,
         };
         Ok(DataFacts {
-            n_features: feature_names.len(),
-            raw_features: feature_names.len(),
+            n_features: n,
+            raw_features: n,
             feature_names,
             class_names: classes,
             holdout,
@@ -642,6 +671,11 @@ impl JobCtx {
                     refused = *total,
                     "client quarantined for the rest of the job: too many refused results"
                 );
+                self.registry.notify(
+                    client,
+                    &self.id,
+                    format!("left out of the rest of the job: {} of your results were refused (updates.quarantine_after = {after})", *total),
+                );
                 newly.push(client.clone());
             }
         }
@@ -667,6 +701,11 @@ impl JobCtx {
                 Step::Done(r) => {
                     for (client, why) in &r.refused {
                         warn!(client, round, "result rejected: {why}");
+                        self.registry.notify(
+                            client,
+                            &self.id,
+                            format!("round {round}: your result was refused: {why}"),
+                        );
                         total.rejected += 1;
                         *total.rejected_by.entry(client.clone()).or_default() += 1;
                     }
@@ -886,7 +925,9 @@ impl JobCtx {
                                     phase.rejected += 1;
                                     *phase.rejected_by.entry(client.clone()).or_default() += 1;
                                     // A reason may quote what the client sent (tensor names).
-                                    warn!(client, round, "result rejected: {}", clip(&reason.to_string(), 4 * TEXT_CHARS));
+                                    let why = clip(&reason.to_string(), 4 * TEXT_CHARS);
+                                    warn!(client, round, "result rejected: {why}");
+                                    self.registry.notify(&client, &self.id, format!("round {round}: your result was refused: {why}"));
                                 }
                             }
                         }
@@ -963,8 +1004,47 @@ fn names(clients: &[ClientView]) -> Vec<&str> {
 
 /// Whether a client's copy of the dataset fits the job's model.
 fn compatible(c: &ClientView, dataset: &str, facts: &DataFacts) -> bool {
-    c.dataset(dataset)
-        .is_some_and(|d| d.feature_names.len() == facts.raw_features)
+    misfit(c, dataset, facts).is_none()
+}
+
+/// Why a client's copy of `dataset` does not fit the job's schema, or `None` when it fits: the
+/// same number of features, and only classes the job knows.
+pub fn misfit(c: &ClientView, dataset: &str, facts: &DataFacts) -> Option<String> {
+    let Some(d) = c.dataset(dataset) else {
+        return Some(format!("it does not hold dataset `{dataset}`"));
+    };
+    if d.feature_names.len() != facts.raw_features {
+        return Some(format!(
+            "its dataset `{dataset}` has {} features; the job's has {}",
+            d.feature_names.len(),
+            facts.raw_features
+        ));
+    }
+    if let Some(extra) = d
+        .class_names
+        .iter()
+        .find(|c| !facts.class_names.contains(c))
+    {
+        return Some(format!(
+            "its dataset `{dataset}` has class {:?}, which is not among the job's {} classes",
+            clip(extra, ID_CHARS),
+            facts.class_names.len()
+        ));
+    }
+    None
+}
+
+/// The feature names most clients hold (ties: the count the first of them in name order has).
+fn majority_features<'a>(held: &[&'a v1::DatasetInfo]) -> &'a [String] {
+    let mut votes: BTreeMap<usize, usize> = BTreeMap::new();
+    for d in held {
+        *votes.entry(d.feature_names.len()).or_default() += 1;
+    }
+    let most = votes.values().copied().max().unwrap_or(0);
+    held.iter()
+        .find(|d| votes[&d.feature_names.len()] == most)
+        .map(|d| d.feature_names.as_slice())
+        .unwrap_or_default()
 }
 
 /// Seeded client sampling, Flower's rule: `max(floor(n * fraction), min)` clients, at most all.

@@ -199,6 +199,7 @@ impl Coordinator {
             strikes: Default::default(),
             initial: None,
             data_dir: self.config.data_dir.clone().map(Arc::from),
+            told: Default::default(),
         };
         let me = self.clone();
         let span = tracing::info_span!("job", job = %id);

@@ -19,16 +19,18 @@ class ClientMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("welcome", "reject", "task", "heartbeat")
+    __slots__ = ("welcome", "reject", "task", "heartbeat", "notice")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     REJECT_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    NOTICE_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     reject: Reject
     task: Task
     heartbeat: Heartbeat
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    notice: Notice
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("protocol_version", "client_name", "token", "datasets", "model_kinds", "task_kinds")
@@ -83,6 +85,14 @@ class Heartbeat(_message.Message):
     UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     unix_ms: int
     def __init__(self, unix_ms: _Optional[int] = ...) -> None: ...
+
+class Notice(_message.Message):
+    __slots__ = ("job_id", "message")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    message: str
+    def __init__(self, job_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
     __slots__ = ("task_id", "job_id", "round", "dataset", "class_names", "model", "parameters", "deadline_unix_ms", "seed", "fit", "evaluate", "sketch", "histogram", "get_parameters", "forest", "ensemble", "feature_view", "validation")
