@@ -1046,3 +1046,37 @@ async fn a_finite_update_of_any_size_cannot_derail_the_job() {
     assert_eq!(rounds[2].quarantined, vec!["hostile".to_string()]);
     fed.stop().await;
 }
+
+/// S9: a peer that is selected and never answers was selected every round, and every round
+/// waited for it. Three silent rounds in a row now quarantine it like three refused results, and
+/// it is told why on its stream; the job's accuracy is the clean run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_selected_peer_that_never_answers_is_quarantined_and_told() {
+    let fed = Federation::start(|_| {}).await;
+    let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let heard = told.clone();
+    let rounds = with_hostile(&fed, Peer::Serving, move |url, token| async move {
+        let mut p =
+            RawPeer::with_first(&url, client_message::Msg::Hello(hello("hostile", &token))).await;
+        while let Some(msg) = p.next().await {
+            if let coordinator_message::Msg::Notice(n) = msg {
+                heard.lock().unwrap().push(n.message);
+            }
+        }
+    })
+    .await;
+    let selected: Vec<u32> = rounds.iter().map(|r| r.clients_selected).collect();
+    assert_eq!(selected, vec![4, 4, 4], "{rounds:?}");
+    assert_eq!(rounds[2].quarantined, vec!["hostile".to_string()]);
+    assert!(
+        rounds.iter().all(|r| r.rejected == 0),
+        "silence is not a refusal"
+    );
+    let told = told.lock().unwrap().clone();
+    assert!(
+        told.iter()
+            .any(|m| m.contains("did not answer its tasks in 3 rounds in a row")),
+        "{told:?}"
+    );
+    fed.stop().await;
+}

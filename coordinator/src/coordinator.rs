@@ -219,5 +219,6 @@ pub fn round_from_wire(r: &v1::RoundReport) -> RoundRecord {
         rejected_by: r.rejected_by.clone().into_iter().collect(),
         late_by: r.late_by.clone().into_iter().collect(),
         quarantined: r.quarantined.clone(),
+        silenced: Vec::new(),
     }
 }

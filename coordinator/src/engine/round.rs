@@ -79,6 +79,10 @@ pub struct RoundRecord {
     /// Clients quarantined after this round: left out of the rest of the job.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quarantined: Vec<String>,
+    /// Those of them quarantined for silence (`updates.quarantine_after` selections in a row
+    /// without any answer), kept so that a resumed job leaves them out too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub silenced: Vec<String>,
 }
 
 impl RoundRecord {
@@ -149,6 +153,9 @@ pub struct JobCtx {
     pub data_dir: Option<Arc<std::path::Path>>,
     /// Clients already told why they are left out of this job (told once, not every round).
     pub told: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    /// Selections in a row each client let pass without any answer (since this process took
+    /// the job over); see [`JobCtx::count_silence`].
+    pub silence: Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
 }
 
 /// Scores the global model on `data`, off the async threads; `None` when the coordinator cannot
@@ -195,6 +202,11 @@ pub(crate) struct Phase {
     pub(crate) timed_out: usize,
     pub(crate) bytes_up: u64,
     pub(crate) bytes_down: u64,
+    /// Clients that sent something for one of the phase's tasks (accepted or refused).
+    pub(crate) answered: std::collections::BTreeSet<String>,
+    /// Clients still silent when the phase closed at its deadline or grace period (not those
+    /// cut off because over-selection had enough updates).
+    pub(crate) silent: std::collections::BTreeSet<String>,
 }
 
 impl Phase {
@@ -208,6 +220,8 @@ impl Phase {
         self.timed_out += other.timed_out;
         self.bytes_up += other.bytes_up;
         self.bytes_down += other.bytes_down;
+        self.answered.extend(other.answered.iter().cloned());
+        self.silent.extend(other.silent.iter().cloned());
     }
 }
 
@@ -639,9 +653,61 @@ impl JobCtx {
             rejected_by,
             late_by: late,
             quarantined: Vec::new(),
+            silenced: Vec::new(),
         };
         rec.quarantined = self.strike(&rec.strikes());
+        let mut answered = fit_phase.answered.clone();
+        answered.extend(eval_phase.answered.iter().cloned());
+        answered.extend(rec.rejected_by.keys().cloned());
+        let mut silent = fit_phase.silent.clone();
+        silent.extend(eval_phase.silent.iter().cloned());
+        rec.silenced = self.count_silence(&silent, &answered);
+        rec.quarantined.extend(rec.silenced.iter().cloned());
         Ok(rec)
+    }
+
+    /// Counts a round's silences: a client selected for a task that neither answered by the
+    /// phase's close nor sent anything else this round (a late answer counts as an answer: the
+    /// client is alive, only slow). `quarantine_after` silent rounds in a row quarantine it like
+    /// refused results would, and it is told why; returns the clients this quarantines.
+    pub fn count_silence(
+        &self,
+        silent: &std::collections::BTreeSet<String>,
+        answered: &std::collections::BTreeSet<String>,
+    ) -> Vec<String> {
+        let after = self.spec.updates.quarantine_after;
+        let mut counts = self.silence.lock().unwrap_or_else(|p| p.into_inner());
+        for c in answered {
+            counts.remove(c);
+        }
+        let mut newly = Vec::new();
+        for c in silent.difference(answered) {
+            let n = counts.entry(c.clone()).or_default();
+            *n += 1;
+            if after > 0 && *n == after && !self.is_quarantined(c) {
+                warn!(client = %c, rounds = *n, "client quarantined for the rest of the job: selected and silent");
+                self.registry.notify(
+                    c,
+                    &self.id,
+                    format!("left out of the rest of the job: you did not answer its tasks in {n} rounds in a row (updates.quarantine_after = {after})"),
+                );
+                newly.push(c.clone());
+            }
+        }
+        drop(counts);
+        self.quarantine(&newly);
+        newly
+    }
+
+    /// Quarantines `clients` for this job whatever their refusals (a resumed job replays the
+    /// silences its rounds recorded).
+    pub fn quarantine(&self, clients: &[String]) {
+        let after = self.spec.updates.quarantine_after;
+        let mut strikes = self.strikes.lock().unwrap_or_else(|p| p.into_inner());
+        for c in clients {
+            let s = strikes.entry(c.clone()).or_default();
+            *s = (*s).max(after);
+        }
     }
 
     /// Whether `client` is quarantined for this job.
@@ -840,6 +906,8 @@ impl JobCtx {
             unix_ms().saturating_add((policy.round_timeout_secs * 1000.0) as u64);
         let mut phase = Phase::default();
         let mut waiting = FuturesUnordered::new();
+        let mut pending = std::collections::BTreeSet::new();
+        let mut enough = false;
         let mut task_ids = Vec::with_capacity(clients.len());
         for &name in clients {
             // Unique per dispatch: a boosting round sends several histogram tasks to each client,
@@ -889,6 +957,7 @@ impl JobCtx {
                     phase.bytes_down += size as u64;
                     task_ids.push(task_id);
                     let name = name.to_string();
+                    pending.insert(name.clone());
                     waiting.push(async move { (name, slot.await) });
                 }
                 Err(e) => {
@@ -910,8 +979,10 @@ impl JobCtx {
                 }
                 _ = tokio::time::sleep_until(limit) => break,
                 Some((client, outcome)) = waiting.next() => {
+                    pending.remove(&client);
                     match outcome {
                         Ok(arrived) => {
+                            phase.answered.insert(client.clone());
                             phase.bytes_up += arrived.bytes;
                             let mismatch = arrived.result.job_id != self.id || arrived.result.round != round;
                             let verdict = if mismatch {
@@ -940,12 +1011,16 @@ impl JobCtx {
                         grace = Some(Instant::now() + secs(policy.wait_after_quorum_secs));
                     }
                     if target.is_some_and(|t| phase.accepted >= t) {
+                        enough = true;
                         break;
                     }
                 }
             }
         }
         phase.timed_out = waiting.len();
+        if !enough {
+            phase.silent = pending;
+        }
         if phase.timed_out > 0 {
             warn!(
                 round,
@@ -1110,6 +1185,7 @@ mod tests {
             rejected_by: Default::default(),
             late_by: Default::default(),
             quarantined: Vec::new(),
+            silenced: Vec::new(),
         };
         let back: RoundRecord =
             serde_json::from_str(&serde_json::to_string(&rec).unwrap()).unwrap();

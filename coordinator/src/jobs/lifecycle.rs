@@ -200,6 +200,7 @@ impl Coordinator {
             initial: None,
             data_dir: self.config.data_dir.clone().map(Arc::from),
             told: Default::default(),
+            silence: Default::default(),
         };
         let me = self.clone();
         let span = tracing::info_span!("job", job = %id);
@@ -219,6 +220,7 @@ impl Coordinator {
         if let Some(r) = &resume {
             for rec in &r.records {
                 ctx.strike(&rec.strikes());
+                ctx.quarantine(&rec.silenced);
             }
         }
         if let Err(e) = self.store.set_status(&id, JobStatus::Running, None) {

@@ -564,6 +564,7 @@ mod tests {
             rejected_by: Default::default(),
             late_by: Default::default(),
             quarantined: Vec::new(),
+            silenced: Vec::new(),
         }
     }
 

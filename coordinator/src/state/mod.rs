@@ -373,6 +373,7 @@ mod tests {
                 rejected_by: Default::default(),
                 late_by: Default::default(),
                 quarantined: Vec::new(),
+                silenced: Vec::new(),
             };
             s.record_round_with("a", &rec, Some("{\"state\":1}"))
                 .unwrap();
