@@ -15,6 +15,10 @@ use crate::error::Result;
 use crate::report::LogFormat;
 use crate::state::{JobRow, JobStatus, Store};
 
+/// Default [`CoordinatorConfig::max_announced_bytes`]: 256 MiB, four Hellos at the 64 MiB
+/// message limit, or thousands of clients with a few kilobytes of names each.
+pub const DEFAULT_MAX_ANNOUNCED_BYTES: usize = 256 * 1024 * 1024;
+
 /// Settings of a coordinator process.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -35,6 +39,9 @@ pub struct CoordinatorConfig {
     /// A client from which nothing arrives for this long is dropped.
     pub heartbeat_timeout: std::time::Duration,
     /// Most clients connected at once; more are refused until one leaves.
+    /// Most bytes of dataset descriptions (names of datasets, features and classes) all
+    /// connected clients' Hellos may hold together; a Hello past it is refused.
+    pub max_announced_bytes: usize,
     pub max_clients: usize,
     /// Largest model (in parameters) a job may train; a tensor on the wire is never decoded
     /// beyond its job's model size.
@@ -63,6 +70,7 @@ impl Default for CoordinatorConfig {
             heartbeat_interval: std::time::Duration::from_secs(5),
             heartbeat_timeout: std::time::Duration::from_secs(60),
             max_clients: 1000,
+            max_announced_bytes: DEFAULT_MAX_ANNOUNCED_BYTES,
             max_tensor_elements: 16 * 1024 * 1024,
             auth: crate::auth::AuthConfig::default(),
             tls: None,
@@ -111,7 +119,9 @@ impl Coordinator {
         config.auth.check()?;
         Ok(Arc::new(Coordinator {
             registry: Arc::new(
-                Registry::new(config.max_clients).with_stale_after(config.heartbeat_interval * 3),
+                Registry::new(config.max_clients)
+                    .with_stale_after(config.heartbeat_interval * 3)
+                    .with_announced_budget(config.max_announced_bytes),
             ),
             store: Arc::new(store),
             jobs: Mutex::new(HashMap::new()),

@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// Most clients connected at once.
     #[arg(long, env = "SHOAL_MAX_CLIENTS", default_value_t = 1000)]
     pub max_clients: usize,
+    /// Most bytes of dataset descriptions (dataset, feature and class names) the connected
+    /// clients' Hellos may hold together; a Hello past it is refused.
+    #[arg(long, env = "SHOAL_MAX_ANNOUNCED_BYTES", default_value_t = crate::coordinator::DEFAULT_MAX_ANNOUNCED_BYTES)]
+    pub max_announced_bytes: usize,
     /// Largest gRPC message received or sent, in bytes.
     #[arg(long, env = "SHOAL_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: usize,
@@ -140,6 +144,7 @@ pub(super) fn serve_config(a: &ServeArgs) -> anyhow::Result<CoordinatorConfig> {
         max_message_bytes: a.max_message_bytes,
         max_tensor_elements: a.max_tensor_elements,
         max_clients: a.max_clients,
+        max_announced_bytes: a.max_announced_bytes,
         hello_timeout: secs(a.hello_timeout_secs, "--hello-timeout-secs")?,
         heartbeat_timeout: secs(a.heartbeat_timeout_secs, "--heartbeat-timeout-secs")?,
         auth,

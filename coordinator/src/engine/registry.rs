@@ -99,6 +99,12 @@ pub enum RegisterError {
     Closed,
     #[error("the coordinator already serves its maximum of {max} clients (--max-clients)")]
     Full { max: usize },
+    #[error("the datasets the connected clients announced take {held} bytes and this Hello's {more}, over the coordinator's budget of {max} bytes for all Hellos together (--max-announced-bytes)")]
+    Budget {
+        held: usize,
+        more: usize,
+        max: usize,
+    },
     #[error("a client named `{name}` is already connected (from {addr:?}) and was heard from {quiet_ms} ms ago; pick another --name, or retry once that session has ended")]
     NameTaken {
         name: String,
@@ -111,6 +117,8 @@ pub enum RegisterError {
 struct Entry {
     session: u64,
     datasets: Arc<[DatasetInfo]>,
+    /// What `datasets` weigh against the registry's budget ([`announced_bytes`]).
+    bytes: usize,
     caps: Arc<Capabilities>,
     addr: Option<SocketAddr>,
     tx: Outbound,
@@ -144,6 +152,8 @@ struct Inner {
     expired_set: std::collections::HashSet<String>,
     next_session: u64,
     closed: bool,
+    /// Sum of the connected clients' [`announced_bytes`].
+    held_bytes: usize,
 }
 
 /// Connected clients and open tasks.
@@ -151,6 +161,8 @@ struct Inner {
 pub struct Registry {
     inner: Mutex<Inner>,
     max_clients: usize,
+    /// Most bytes of dataset descriptions all connected clients' Hellos may hold together.
+    max_announced_bytes: usize,
     /// A session silent this long may be replaced by a new Hello under its name (see
     /// [`Registry::register`]).
     stale_after: Duration,
@@ -171,6 +183,7 @@ impl Registry {
         Registry {
             inner: Mutex::new(Inner::default()),
             max_clients,
+            max_announced_bytes: usize::MAX,
             stale_after: Duration::MAX,
             changed: watch::channel(0).0,
         }
@@ -181,6 +194,14 @@ impl Registry {
     /// three intervals, the same silence after which a client itself gives its stream up.
     pub fn with_stale_after(mut self, stale_after: Duration) -> Self {
         self.stale_after = stale_after;
+        self
+    }
+
+    /// Refuses a Hello whose datasets would take the connected clients' descriptions past
+    /// `max` bytes in all: each client's description is kept once, so this bounds what all of
+    /// them cost the coordinator.
+    pub fn with_announced_budget(mut self, max: usize) -> Self {
+        self.max_announced_bytes = max;
         self
     }
 
@@ -232,6 +253,15 @@ impl Registry {
                     max: self.max_clients,
                 });
             }
+            let bytes = announced_bytes(&datasets);
+            if inner.held_bytes.saturating_add(bytes) > self.max_announced_bytes {
+                return Err(RegisterError::Budget {
+                    held: inner.held_bytes,
+                    more: bytes,
+                    max: self.max_announced_bytes,
+                });
+            }
+            inner.held_bytes += bytes;
             inner.next_session += 1;
             let session = inner.next_session;
             inner.clients.insert(
@@ -239,6 +269,7 @@ impl Registry {
                 Entry {
                     session,
                     datasets: datasets.into(),
+                    bytes,
                     caps: Arc::new(caps),
                     addr,
                     tx,
@@ -265,8 +296,8 @@ impl Registry {
         let removed = {
             let mut inner = self.lock();
             let current = inner.clients.get(name).map(|e| e.session) == Some(session);
-            if current {
-                inner.clients.remove(name);
+            if let Some(e) = current.then(|| inner.clients.remove(name)).flatten() {
+                inner.held_bytes -= e.bytes;
             }
             drop_pending_of(&mut inner, name, session);
             current
@@ -467,10 +498,24 @@ impl Registry {
             let mut inner = self.lock();
             inner.closed = true;
             inner.clients.clear();
+            inner.held_bytes = 0;
             inner.pending.clear();
         }
         self.bump();
     }
+}
+
+/// What a client's dataset descriptions cost the coordinator, roughly as held in memory: every
+/// string's bytes plus a fixed overhead per string and per dataset.
+pub fn announced_bytes(datasets: &[DatasetInfo]) -> usize {
+    const PER_STRING: usize = 24;
+    datasets
+        .iter()
+        .map(|d| {
+            let names = d.feature_names.iter().chain(&d.class_names);
+            64 + d.name.len() + names.map(|s| s.len() + PER_STRING).sum::<usize>()
+        })
+        .sum()
 }
 
 /// Removes `name`'s session, whichever it is, and its open tasks. Dropping the entry drops the
@@ -478,6 +523,7 @@ impl Registry {
 fn remove_client(inner: &mut Inner, name: &str) -> bool {
     match inner.clients.remove(name) {
         Some(e) => {
+            inner.held_bytes -= e.bytes;
             drop_pending_of(inner, name, e.session);
             true
         }
@@ -681,6 +727,33 @@ mod tests {
             r.register("b", ds("d"), Capabilities::builtin(), None),
             Err(RegisterError::NameTaken { .. })
         ));
+    }
+
+    #[test]
+    fn the_announced_budget_bounds_all_hellos_together() {
+        let one = announced_bytes(&ds("d"));
+        let r = Registry::default().with_announced_budget(2 * one);
+        let a = r
+            .register("a", ds("d"), Capabilities::builtin(), None)
+            .unwrap();
+        r.register("b", ds("d"), Capabilities::builtin(), None)
+            .unwrap();
+        let full = r.register("c", ds("d"), Capabilities::builtin(), None);
+        assert!(
+            matches!(full, Err(RegisterError::Budget { .. })),
+            "{full:?}"
+        );
+        assert!(full
+            .unwrap_err()
+            .to_string()
+            .contains("--max-announced-bytes"));
+        // A client that leaves gives its share back.
+        r.unregister("a", a.session);
+        r.register("c", ds("d"), Capabilities::builtin(), None)
+            .unwrap();
+        r.drop_client("b");
+        r.register("d", ds("d"), Capabilities::builtin(), None)
+            .unwrap();
     }
 
     #[tokio::test]

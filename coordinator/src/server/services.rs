@@ -125,7 +125,7 @@ impl Federation for FederationService {
         {
             Ok(reg) => reg,
             Err(RegisterError::Closed) => return Err(Error::ShuttingDown.into()),
-            Err(e @ RegisterError::Full { .. }) => {
+            Err(e @ (RegisterError::Full { .. } | RegisterError::Budget { .. })) => {
                 warn!(?peer, "{e}");
                 return Err(Error::Exhausted(e.to_string()).into());
             }
