@@ -6,7 +6,9 @@ a fifth client and fails. Prints the coordinator's VmHWM and VmRSS (MB, from /pr
     python python/scripts/bench_hello_memory.py target/debug/shoal-coordinator
 
 Measured on the 2-core dev machine: before views shared the Hello's datasets, 410 MB with the
-Hellos, 625 MB one second into the job, 839 MB peak; after, 412 MB peak throughout.
+Hellos, 625 MB one second into the job, 839 MB peak; after, 412 MB peak throughout, 209 MB once
+the clients are gone. The descriptions of all connected clients' Hellos together are also capped
+(serve --max-announced-bytes, 256 MiB: about five such Hellos).
 """
 import queue
 import socket
