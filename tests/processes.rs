@@ -501,6 +501,26 @@ fn crash_run(
         )
     };
     let mut server = serve();
+    // A watcher started before any kill follows the job across the restart (S10 #8: it used to
+    // exit 1 on "h2 protocol error" although the job resumed and finished).
+    let watched = tmp.path().join("watch.out");
+    let watcher = kill_after.map(|_| {
+        let id = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(rest) = text.split("submitted job ").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Proc(
+            Command::new(bin("shoal-coordinator"))
+                .args(["job", "watch", &id, "--coordinator", &url])
+                .stdout(std::fs::File::create(&watched).unwrap())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    });
     let mut clients = Vec::new();
     for i in client_order {
         clients.push(Proc(
@@ -593,6 +613,27 @@ fn crash_run(
         .skip(1)
         .map(|l| l.rsplit_once(',').unwrap().0.to_string())
         .collect();
+    if let Some(mut w) = watcher {
+        let status = loop {
+            if let Some(status) = w.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(260),
+                "the watcher did not end"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = std::fs::read_to_string(&watched).unwrap();
+        assert!(
+            status.success(),
+            "job watch across the restart: {status}\n{out}"
+        );
+        for r in 1..=ROUNDS {
+            let n = out.matches(&format!("round {r}/{ROUNDS} ")).count();
+            assert_eq!(n, 1, "round {r} shown {n} times by job watch:\n{out}");
+        }
+    }
     drop(clients);
     drop(server);
     (model["global"].clone(), rows)
@@ -820,4 +861,71 @@ fn mutual_tls_quick_start_runs_as_the_readme_says() {
         .args(admin_tls))
     .status
     .success());
+}
+
+/// S10 #5 and #8: a second `serve` on a state dir in use is refused with a message naming the
+/// holder (it used to resume the first one's job and rewrite its metrics); `job status` against a
+/// frozen (SIGSTOPped) coordinator ends with an error after `--timeout-secs` (it used to hang).
+#[test]
+fn a_state_dir_has_one_coordinator_and_a_frozen_one_gets_a_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let serve = |port: u16| {
+        let mut c = Command::new(bin("shoal-coordinator"));
+        c.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(tmp.path().join("state"))
+            .arg("--out")
+            .arg(tmp.path().join("runs"));
+        c
+    };
+    let first = Proc(
+        serve(port)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let healthy = || {
+        run(Command::new(bin("shoal-coordinator")).args(["health", "--coordinator", &url]))
+            .status
+            .success()
+    };
+    let start = Instant::now();
+    while !healthy() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "serve did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = run(&mut serve(free_port()));
+    let err = text(&second.stderr);
+    assert!(!second.status.success());
+    assert!(
+        err.contains("is in use by another coordinator")
+            && err.contains(&format!("pid {}", first.0.id())),
+        "{err}"
+    );
+
+    let pid = first.0.id().to_string();
+    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    let start = Instant::now();
+    let out = run(Command::new(bin("shoal-coordinator")).args([
+        "job",
+        "status",
+        "some-job",
+        "--coordinator",
+        &url,
+        "--timeout-secs",
+        "2",
+    ]));
+    let waited = start.elapsed();
+    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--timeout-secs"), "{err}");
+    assert!(waited < Duration::from_secs(20), "took {waited:?}");
+    drop(first);
 }

@@ -27,6 +27,10 @@ pub enum Error {
     /// A job cannot go on (quorum lost, no clients, bad data); the reason is shown to the user.
     #[error("{0}")]
     Job(String),
+    /// A round fell short of its quorum because selected clients left: a job that checkpoints
+    /// waits for clients and runs the round again.
+    #[error("{0}")]
+    QuorumLost(String),
     #[error("the job was cancelled")]
     Cancelled,
     #[error("the coordinator is shutting down")]
@@ -67,7 +71,11 @@ impl From<Error> for Status {
             Error::Config(_) => Code::InvalidArgument,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Exhausted(_) => Code::ResourceExhausted,
-            Error::Core(_) | Error::Store(_) | Error::Io { .. } | Error::Job(_) => Code::Internal,
+            Error::Core(_)
+            | Error::Store(_)
+            | Error::Io { .. }
+            | Error::Job(_)
+            | Error::QuorumLost(_) => Code::Internal,
         };
         Status::new(code, e.to_string())
     }

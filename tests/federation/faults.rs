@@ -241,3 +241,106 @@ async fn over_selection_asks_more_clients_and_keeps_the_first_updates() {
     }
     tc.stop().await;
 }
+
+/// A peer holding digits that answers every task plausibly (its update is the global model
+/// unchanged); with `drop_at`, it hangs up when that round's Fit task arrives (once) and says
+/// hello again half a second later.
+async fn echo_peer(url: String, drop_at: Option<u32>) {
+    let mut dropped = false;
+    loop {
+        let mut p =
+            RawPeer::connect(&url, "echo", shoal_proto::PROTOCOL_VERSION, Builtin::Digits).await;
+        while let Some(msg) = p.next().await {
+            let coordinator_message::Msg::Task(t) = msg else {
+                continue;
+            };
+            let outcome = match t.kind {
+                Some(task::Kind::Fit(_)) if !dropped && Some(t.round) == drop_at => {
+                    dropped = true;
+                    break;
+                }
+                Some(task::Kind::Fit(_)) => task_result::Outcome::Fit(v1::FitResult {
+                    parameters: t.parameters.clone(),
+                    num_examples: 100,
+                    train_loss: 1.0,
+                    control_delta: None,
+                    trees: None,
+                }),
+                _ => task_result::Outcome::Evaluate(v1::EvaluateResult {
+                    num_examples: 20,
+                    loss: 1.0,
+                    accuracy: 0.5,
+                    classes_present: 10,
+                    personalized_accuracy: None,
+                }),
+            };
+            p.send_result(v1::TaskResult {
+                task_id: t.task_id.clone(),
+                job_id: t.job_id.clone(),
+                round: t.round,
+                outcome: Some(outcome),
+            })
+            .await;
+        }
+        drop(p);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// S10 #1: when required clients left mid-round (all ten killed 50 ms into a round and back a
+/// second later), the round failed for good ("0 of the 5 required clients ... 10 left"), and a
+/// failed job is never resumed. Now the round waits for clients (`wait_for_clients_secs`) and
+/// runs again from the same seeds: every round is recorded once, and the job's figures equal
+/// those of the undisturbed run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_whose_clients_left_runs_again_once_they_are_back() {
+    let run = |drop_at: Option<u32>| async move {
+        let tc = TestCoordinator::start().await;
+        let clients: Vec<_> = (0..2)
+            .map(|i| start_client(&tc.url, Builtin::Digits, Partitioner::Iid, i, 2))
+            .collect();
+        let peer = tokio::spawn(echo_peer(tc.url.clone(), drop_at));
+        tc.wait_clients(3).await;
+        let mut jobs = tc.jobs().await;
+        let id = submit(
+            &mut jobs,
+            "kind = \"train\"\ndataset = \"digits\"\nrounds = 5\n\
+             [clients]\nmin_fit_clients = 3\nmin_available_clients = 3\nmin_evaluate_clients = 3\n\
+             wait_for_clients_secs = 30\n",
+        )
+        .await;
+        let (info, rounds) = finish(&mut jobs, &id, 60).await;
+        peer.abort();
+        for (stop, _) in clients {
+            stop.cancel();
+        }
+        tc.stop().await;
+        assert_eq!(
+            info.status,
+            v1::JobStatus::Finished as i32,
+            "{}",
+            info.error
+        );
+        rounds
+    };
+    let calm = run(None).await;
+    let disturbed = run(Some(3)).await;
+    let figures = |r: &[v1::RoundReport]| -> Vec<(u32, u32, f64, Option<f64>, Option<f64>)> {
+        r.iter()
+            .map(|r| {
+                (
+                    r.round,
+                    r.clients,
+                    r.train_loss,
+                    r.fed_accuracy,
+                    r.test_accuracy,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        disturbed.iter().map(|r| r.round).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    assert_eq!(figures(&disturbed), figures(&calm));
+}

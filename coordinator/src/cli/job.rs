@@ -17,6 +17,37 @@ pub struct Remote {
     /// SHOAL_ADMIN_TOKEN).
     #[arg(long, env = "SHOAL_ADMIN_TOKEN_FILE", value_name = "PATH")]
     pub admin_token_file: Option<PathBuf>,
+    /// Give up on a call (connecting included) after this many seconds without an answer: a
+    /// frozen coordinator gets an error, not a hang. `--watch` and `job watch` reconnect for as
+    /// long as `--reconnect-secs` instead.
+    #[arg(long, env = "SHOAL_TIMEOUT_SECS", default_value_t = 30)]
+    pub timeout_secs: u64,
+    /// How long `--watch` and `job watch` keep trying to reach a coordinator that went away (a
+    /// restart resumes the job: the watch picks it up again).
+    #[arg(long, env = "SHOAL_RECONNECT_SECS", default_value_t = 300)]
+    pub reconnect_secs: u64,
+}
+
+impl Remote {
+    fn limit(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout_secs.max(1))
+    }
+}
+
+/// Runs one call to the coordinator within `remote`'s time limit.
+async fn within<T>(
+    remote: &Remote,
+    what: &str,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(remote.limit(), call).await {
+        Ok(r) => Ok(r.map_err(rpc_error)?.into_inner()),
+        Err(_) => bail!(
+            "the coordinator at {} did not answer {what} within {} s (--timeout-secs)",
+            remote.coordinator,
+            remote.limit().as_secs()
+        ),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,7 +131,15 @@ pub(super) async fn connect_jobs(remote: &Remote) -> anyhow::Result<AdminJobs> {
         (None, Ok(t)) if !t.trim().is_empty() => Some(t),
         _ => None,
     };
-    connect_jobs_with(&remote.coordinator, tls.as_ref(), token.as_deref()).await
+    let connect = connect_jobs_with(&remote.coordinator, tls.as_ref(), token.as_deref());
+    match tokio::time::timeout(remote.limit(), connect).await {
+        Ok(c) => c,
+        Err(_) => bail!(
+            "cannot reach the coordinator at {} within {} s (--timeout-secs)",
+            remote.coordinator,
+            remote.limit().as_secs()
+        ),
+    }
 }
 
 pub(super) fn status_name(s: i32) -> &'static str {
@@ -161,42 +200,31 @@ pub(super) async fn job_cmd(cmd: JobCommand) -> anyhow::Result<i32> {
                 "toml"
             };
             let mut c = connect_jobs(&remote).await?;
-            let info = c
-                .submit(v1::SubmitRequest {
-                    spec: text,
-                    format: format.into(),
-                    initial_parameters: initial,
-                })
-                .await
-                .map_err(rpc_error)?
-                .into_inner();
+            let request = v1::SubmitRequest {
+                spec: text,
+                format: format.into(),
+                initial_parameters: initial,
+            };
+            let info = within(&remote, "the submission", c.submit(request)).await?;
             println!(
                 "submitted job {} (run folder {})",
                 info.job_id, info.run_dir
             );
             if watch {
-                return watch_job(&mut c, &info.job_id).await;
+                return follow_job(&remote, c, &info.job_id).await;
             }
             Ok(0)
         }
         JobCommand::Status { id, remote } => {
             let mut c = connect_jobs(&remote).await?;
-            let j = c
-                .get(v1::GetRequest { job_id: id })
-                .await
-                .map_err(rpc_error)?
-                .into_inner();
+            let j = within(&remote, "job status", c.get(v1::GetRequest { job_id: id })).await?;
             println!("{}", describe(&j));
             println!("run folder: {}", j.run_dir);
             Ok(0)
         }
         JobCommand::List { remote } => {
             let mut c = connect_jobs(&remote).await?;
-            let list = c
-                .list(v1::ListRequest {})
-                .await
-                .map_err(rpc_error)?
-                .into_inner();
+            let list = within(&remote, "job list", c.list(v1::ListRequest {})).await?;
             if list.jobs.is_empty() {
                 println!("no jobs");
             }
@@ -206,16 +234,17 @@ pub(super) async fn job_cmd(cmd: JobCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         JobCommand::Watch { id, remote } => {
-            let mut c = connect_jobs(&remote).await?;
-            watch_job(&mut c, &id).await
+            let c = connect_jobs(&remote).await?;
+            follow_job(&remote, c, &id).await
         }
         JobCommand::Cancel { id, remote } => {
             let mut c = connect_jobs(&remote).await?;
-            let j = c
-                .cancel(v1::CancelRequest { job_id: id })
-                .await
-                .map_err(rpc_error)?
-                .into_inner();
+            let j = within(
+                &remote,
+                "the cancel",
+                c.cancel(v1::CancelRequest { job_id: id }),
+            )
+            .await?;
             println!("cancelling {}", describe(&j));
             Ok(0)
         }
@@ -224,24 +253,89 @@ pub(super) async fn job_cmd(cmd: JobCommand) -> anyhow::Result<i32> {
 
 /// Prints round lines until the job ends; 0 when it finished.
 pub async fn watch_job(c: &mut AdminJobs, id: &str) -> anyhow::Result<i32> {
+    let mut printed = 0;
+    match watch_once(c, id, &mut printed).await {
+        Ok(Some(code)) => Ok(code),
+        Ok(None) => bail!("the coordinator closed the watch before job {id} ended"),
+        Err(s) => Err(rpc_error(s)),
+    }
+}
+
+/// [`watch_job`] that follows the job across a coordinator restart: when the stream breaks or
+/// ends early, it reconnects (for up to `--reconnect-secs`) and goes on after the rounds it has
+/// already printed (a restarted coordinator resumes the job and replays its rounds).
+async fn follow_job(remote: &Remote, mut c: AdminJobs, id: &str) -> anyhow::Result<i32> {
+    let mut printed = 0;
+    loop {
+        let why = match watch_once(&mut c, id, &mut printed).await {
+            Ok(Some(code)) => return Ok(code),
+            Ok(None) => "the watch ended before the job did".to_string(),
+            Err(s) if transient(&s) => s.message().to_string(),
+            Err(s) => return Err(rpc_error(s)),
+        };
+        eprintln!(
+            "lost the coordinator ({}); reconnecting for up to {} s (--reconnect-secs)",
+            shoal_shared::text::clip(&why, 200),
+            remote.reconnect_secs
+        );
+        let give_up =
+            tokio::time::Instant::now() + std::time::Duration::from_secs(remote.reconnect_secs);
+        let mut pause = std::time::Duration::from_millis(250);
+        c = loop {
+            tokio::time::sleep(pause).await;
+            match connect_jobs(remote).await {
+                Ok(c) => break c,
+                Err(e) if tokio::time::Instant::now() >= give_up => {
+                    bail!(
+                        "gave up following job {id} after {} s: {e:#}",
+                        remote.reconnect_secs
+                    )
+                }
+                Err(_) => pause = (pause * 2).min(std::time::Duration::from_secs(5)),
+            }
+        };
+    }
+}
+
+/// A failure a coordinator restart explains: the connection broke or the server went away.
+fn transient(s: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+    )
+}
+
+/// One watch stream: prints the job's round lines after the first `printed` ones; the exit code
+/// once the job ends, `None` when the stream ends before.
+async fn watch_once(
+    c: &mut AdminJobs,
+    id: &str,
+    printed: &mut usize,
+) -> Result<Option<i32>, tonic::Status> {
     let mut stream = c
         .watch(v1::WatchRequest {
             job_id: id.to_string(),
         })
-        .await
-        .map_err(rpc_error)?
+        .await?
         .into_inner();
-    while let Some(ev) = stream.message().await.map_err(rpc_error)? {
+    // The stream starts with the rounds stored so far, in order: skip those already shown.
+    let mut seen = 0;
+    while let Some(ev) = stream.message().await? {
         match ev.event {
             Some(v1::watch_event::Event::Round(r)) => {
-                println!("{}", round_line(&round_from_wire(&r)))
+                seen += 1;
+                if seen > *printed {
+                    println!("{}", round_line(&round_from_wire(&r)));
+                    *printed = seen;
+                }
             }
             Some(v1::watch_event::Event::Finished(j)) => {
                 println!("{}", describe(&j));
-                return Ok(i32::from(j.status != v1::JobStatus::Finished as i32));
+                return Ok(Some(i32::from(j.status != v1::JobStatus::Finished as i32)));
             }
             None => {}
         }
     }
-    bail!("the coordinator closed the watch before job {id} ended")
+    Ok(None)
 }

@@ -542,7 +542,7 @@ impl JobCtx {
         };
         let (fit_phase, accepted, train_loss) = self.train_phases(plan, state, &avail).await?;
         if accepted < quorum.max(1) {
-            return Err(Error::Job(format!(
+            let why = format!(
                 "round {round}: {} of the {quorum} required clients (clients.min_fit_clients) returned a valid update ({} selected, {} rejected, {} left, {} past the {}s deadline)",
                 accepted,
                 fit_clients.len(),
@@ -550,7 +550,16 @@ impl JobCtx {
                 fit_phase.failed,
                 fit_phase.timed_out,
                 policy.round_timeout_secs
-            )));
+            );
+            // Departures are an outage, not a verdict on the job: with the quorum back, the
+            // round can run again.
+            return Err(
+                if fit_phase.failed > 0 && accepted + fit_phase.failed >= quorum {
+                    Error::QuorumLost(why)
+                } else {
+                    Error::Job(why)
+                },
+            );
         }
 
         // Federated evaluation of the new global model.

@@ -3,11 +3,15 @@
 
 use shoal_proto::v1;
 use tokio::sync::broadcast;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::coordinator::Resume;
 use crate::engine::round::{JobCtx, RoundRecord};
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// How many times one round runs again after clients left it below its quorum (each time after
+/// waiting up to `clients.wait_for_clients_secs` for them): an outage, not a broken job.
+const MAX_ROUND_RETRIES: u32 = 3;
 use crate::report::{RunFolder, Summary};
 use crate::Coordinator;
 
@@ -71,7 +75,9 @@ impl Coordinator {
     ) -> Result<Vec<RoundRecord>> {
         let mut records = Vec::new();
         let mut first = 1;
+        let mut resume_checkpoint = None;
         if let Some(r) = resume {
+            resume_checkpoint = r.checkpoint.clone();
             if let Some(c) = &r.checkpoint {
                 state.global.restore(c)?;
             }
@@ -82,10 +88,31 @@ impl Coordinator {
                 ctx.id, r.round, ctx.spec.rounds
             )]);
         }
+        // What the round restarts from when its clients leave mid-round (none: round 1 starts
+        // from the model the job's seed makes).
+        let mut last = resume_checkpoint;
         for round in first..=ctx.spec.rounds {
-            let rec = ctx.run_round(round, state).await?;
+            let mut tries = 0;
+            let rec = loop {
+                match ctx.run_round(round, state).await {
+                    Err(Error::QuorumLost(why)) if tries < MAX_ROUND_RETRIES => {
+                        tries += 1;
+                        warn!(round, tries, "{why}: clients left; the round runs again from the same seeds once enough are back");
+                        self.print_text(&[format!(
+                            "[{}] {why}: clients left; running round {round} again once enough are back (clients.wait_for_clients_secs)",
+                            ctx.id
+                        )]);
+                        match &last {
+                            Some(c) => state.global.restore(c)?,
+                            None => *state = ctx.init_state(state.facts.clone())?,
+                        }
+                    }
+                    other => break other?,
+                }
+            };
             let checkpoint = state.global.checkpoint()?;
             self.record(ctx, run, events, &rec, &checkpoint, true)?;
+            last = Some(checkpoint);
             records.push(rec);
         }
         Ok(records)

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
+use shoal_shared::text::clip;
 
 use crate::engine::round::RoundRecord;
 use crate::error::{Error, Result};
@@ -68,6 +69,9 @@ pub struct JobRow {
 #[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
+    /// The state dir's lock (`shoal.lock`), held for as long as the store is open: a second
+    /// process on the same dir would resume and rewrite the jobs this one runs.
+    _lock: Option<std::fs::File>,
 }
 
 const SCHEMA: &str = "
@@ -102,15 +106,98 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 ";
 
+/// Takes `DIR/shoal.lock` for this process (an advisory lock the OS lets go when the process
+/// ends, however it ends) and writes who holds it; refuses, naming the holder, when another
+/// process has it.
+fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("shoal.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = clip(holder.trim(), 300);
+            return Err(Error::Config(format!(
+                "state dir {} is in use by another coordinator ({holder}); give each serve its own --state-dir, or stop that one first",
+                dir.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(Error::io(format!("cannot lock {}", path.display()), e))
+        }
+    }
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let me = format!(
+        "pid {} on {}, since unix time {since}",
+        std::process::id(),
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "this host".into())
+    );
+    // Who holds it is for the message above; failing to write it does not matter.
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = file.write_all(me.as_bytes());
+    Ok(file)
+}
+
 impl Store {
-    /// Opens (creating if needed) `DIR/shoal.db`.
+    /// Opens (creating if needed) `DIR/shoal.db`, after taking the dir's lock (one process per
+    /// state dir) and checking that an existing database is intact.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("cannot create state dir {}", dir.display()), e))?;
-        let conn = Connection::open(dir.join("shoal.db"))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        Self::init(conn)
+        let lock = lock_dir(dir)?;
+        let path = dir.join("shoal.db");
+        let damaged = |why: String| {
+            Error::Config(format!(
+                "state dir {}: shoal.db {why}; restore it from a backup, or move it away to start with no jobs",
+                dir.display()
+            ))
+        };
+        // SQLite takes an empty file for a new database: a truncated store would come back as a
+        // coordinator with no jobs, without a word.
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            return Err(damaged("is empty (0 bytes), so it was truncated".into()));
+        }
+        let conn = Connection::open(&path)?;
+        let check = (|| -> rusqlite::Result<Vec<String>> {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            let mut stmt = conn.prepare("PRAGMA quick_check")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect()
+        })();
+        match check {
+            Ok(lines) if lines.first().is_some_and(|l| l == "ok") => {}
+            Ok(lines) => {
+                let first = lines.first().cloned().unwrap_or_default();
+                return Err(damaged(format!(
+                    "is damaged (PRAGMA quick_check: {}{})",
+                    clip(&first, 200),
+                    if lines.len() > 1 {
+                        format!(", and {} more problems", lines.len() - 1)
+                    } else {
+                        String::new()
+                    }
+                )));
+            }
+            Err(e) => return Err(damaged(format!("cannot be read as a database ({e})"))),
+        }
+        let mut store = Self::init(conn)?;
+        store._lock = Some(lock);
+        Ok(store)
     }
 
     /// A store that lives only as long as the process (for `simulate`).
@@ -122,6 +209,7 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         Ok(Store {
             conn: Mutex::new(conn),
+            _lock: None,
         })
     }
 
@@ -334,6 +422,56 @@ fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// S10 #5: two `serve` processes shared a state dir; the second resumed the first's job and
+    /// rewrote its metrics. The dir is now locked while a store is open.
+    #[test]
+    fn a_state_dir_serves_one_process_at_a_time_and_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("is in use by another coordinator"), "{err}");
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        drop(first);
+        Store::open(dir.path()).unwrap();
+    }
+
+    /// S10 #9: a 0-byte `shoal.db` started an empty coordinator without a word, and 4 KB of
+    /// garbage in the middle passed start-up. Both are now refused when the store opens.
+    #[test]
+    fn a_damaged_or_truncated_store_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            for i in 0..200 {
+                let mut j = job(&format!("job-{i:04}"));
+                j.spec_toml = format!("# {}\nkind = \"train\"", "x".repeat(2000));
+                s.insert_job(&j).unwrap();
+            }
+        }
+        let db = dir.path().join("shoal.db");
+        let _ = std::fs::remove_file(dir.path().join("shoal.db-wal"));
+        let mut bytes = std::fs::read(&db).unwrap();
+        assert!(bytes.len() > 64 * 1024, "{}", bytes.len());
+        let mid = bytes.len() / 2 / 4096 * 4096;
+        for (i, b) in bytes[mid..mid + 4096].iter_mut().enumerate() {
+            *b = (i * 7 + 13) as u8;
+        }
+        std::fs::write(&db, &bytes).unwrap();
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("shoal.db is damaged") || err.contains("cannot be read"),
+            "{err}"
+        );
+        assert!(err.contains("restore it from a backup"), "{err}");
+
+        std::fs::write(&db, b"").unwrap();
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("is empty (0 bytes)"), "{err}");
+    }
 
     fn job(id: &str) -> JobRow {
         JobRow {
