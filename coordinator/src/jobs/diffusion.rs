@@ -44,7 +44,9 @@ impl Coordinator {
         events: &broadcast::Sender<v1::WatchEvent>,
         resume: Option<crate::coordinator::Resume>,
     ) -> Result<Summary> {
-        let clients = ctx.wait_available(1, None).await?;
+        // A resumed job waits for the round it goes on with (its log lines say so).
+        let next = resume.as_ref().map_or(1, |r| r.round + 1);
+        let clients = ctx.wait_available(next, None).await?;
         let mut facts = ctx.resolve_data(&clients).await?;
         // Judge generation against the bands this federation holds, not every band the built-in
         // dataset could hand out.

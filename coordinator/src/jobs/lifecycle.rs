@@ -8,7 +8,7 @@ use rand::Rng;
 use shoal_proto::v1::{self, watch_event};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, Instrument};
+use tracing::{error, info, warn, Instrument};
 
 use crate::coordinator::{job_to_wire, round_to_wire, Coordinator, JobHandle, Resume};
 use crate::engine::round::{unix_ms, JobCtx, RoundRecord};
@@ -235,7 +235,14 @@ impl Coordinator {
             tokio::spawn(
                 async move {
                     let mut run = run;
-                    crate::jobs::run(&me, &ctx, &mut run, &events, resume).await
+                    let out = crate::jobs::run(&me, &ctx, &mut run, &events, resume).await;
+                    if run.stale {
+                        match me.store.rounds(&ctx.id).and_then(|all| run.rewrite(&all)) {
+                            Ok(()) => info!(job = %ctx.id, "run folder rewritten from the state store"),
+                            Err(e) => error!(job = %ctx.id, "the run folder still cannot be written ({e}); every round is in the state store"),
+                        }
+                    }
+                    out
                 }
                 .in_current_span(),
             )
@@ -340,7 +347,19 @@ impl Coordinator {
         rec: &RoundRecord,
         print_line: bool,
     ) -> Result<()> {
-        run.append(rec)?;
+        // The store holds the round already: a run folder that cannot be written (a full disk)
+        // is reported and rewritten from the store later, never the end of the job.
+        let was_stale = run.stale;
+        match run.add(rec, || self.store.rounds(&ctx.id)) {
+            Ok(()) if was_stale => {
+                info!(job = %ctx.id, "run folder rewritten from the state store")
+            }
+            Ok(()) => {}
+            Err(e) if !was_stale => {
+                warn!(job = %ctx.id, round = rec.round, "{e}; the round is kept in the state store, and the run folder is rewritten from it once it can be written")
+            }
+            Err(_) => {}
+        }
         let job = self.config.prefix_job_id.then_some(ctx.id.as_str());
         if self.config.print_rounds && (print_line || self.config.log_format == LogFormat::Json) {
             print_round(self.config.log_format, job, rec);

@@ -24,7 +24,9 @@ impl Coordinator {
         events: &broadcast::Sender<v1::WatchEvent>,
         resume: Option<Resume>,
     ) -> Result<Summary> {
-        let clients = ctx.wait_available(1, None).await?;
+        // A resumed job waits for the round it goes on with (its log lines say so).
+        let next = resume.as_ref().map_or(1, |r| r.round + 1);
+        let clients = ctx.wait_available(next, None).await?;
         let facts = ctx.resolve_data(&clients).await?;
         // An external model may start from parameters a file or a client gave.
         let ctx = &self.with_initial(ctx, &facts).await?;

@@ -440,6 +440,9 @@ pub struct RunFolder {
     dir: PathBuf,
     csv: File,
     jsonl: File,
+    /// A write failed: the metric files miss rounds the state store holds, and are rewritten
+    /// from it at the next chance ([`RunFolder::rewrite`]).
+    pub stale: bool,
 }
 
 impl RunFolder {
@@ -463,7 +466,12 @@ impl RunFolder {
             .truncate(true)
             .open(dir.join("metrics.jsonl"))
             .map_err(|e| Error::io(ctx("metrics.jsonl"), e))?;
-        Ok(RunFolder { dir, csv, jsonl })
+        Ok(RunFolder {
+            dir,
+            csv,
+            jsonl,
+            stale: false,
+        })
     }
 
     /// Opens an existing run folder again (a resumed job): the metric files are rewritten from
@@ -480,6 +488,7 @@ impl RunFolder {
             dir: dir.to_path_buf(),
             csv,
             jsonl,
+            stale: false,
         };
         for r in rounds {
             run.append(r)?;
@@ -489,6 +498,33 @@ impl RunFolder {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Rewrites the metric files from `rounds` (all of the job's rounds, from the store) after a
+    /// failed write; the folder is in step again when this succeeds.
+    pub fn rewrite(&mut self, rounds: &[RoundRecord]) -> Result<()> {
+        *self = RunFolder::reopen(&self.dir, rounds)?;
+        Ok(())
+    }
+
+    /// Adds round `r`, which the store already holds: appended, or, after an earlier failed
+    /// write, the metric files rewritten from every stored round (`stored`). A failure marks the
+    /// folder stale (the next call rewrites it) and is returned for the log: it never loses a
+    /// round, since the store has them all.
+    pub fn add(
+        &mut self,
+        r: &RoundRecord,
+        stored: impl FnOnce() -> Result<Vec<RoundRecord>>,
+    ) -> Result<()> {
+        let written = if self.stale {
+            stored().and_then(|all| self.rewrite(&all))
+        } else {
+            self.append(r)
+        };
+        if written.is_err() {
+            self.stale = true;
+        }
+        written
     }
 
     /// Appends one round to `metrics.csv` and `metrics.jsonl`.
@@ -545,6 +581,33 @@ impl RunFolder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// S10 #4: a full `--out` at round 164 of 200 failed the job for good, although the store
+    /// held every round. A failed write now marks the folder stale, and the next round rewrites
+    /// it from the store, every round once.
+    #[test]
+    fn a_run_folder_that_cannot_be_written_is_rewritten_from_the_store_later() {
+        let root = tempfile::tempdir().unwrap();
+        let mut run = RunFolder::create(root.path(), "job", "kind = \"train\"").unwrap();
+        let all: Vec<RoundRecord> = (1..=3).map(|r| rec(r, Some(0.5))).collect();
+        run.add(&all[0], || unreachable!("not stale")).unwrap();
+        // The disk is full: writes fail with ENOSPC.
+        run.csv = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        assert!(run.add(&all[1], || unreachable!("not stale yet")).is_err());
+        assert!(run.stale);
+        // Space is back: the next round rewrites the folder from the store's rounds.
+        run.add(&all[2], || Ok(all.clone())).unwrap();
+        assert!(!run.stale);
+        let csv = std::fs::read_to_string(root.path().join("job/metrics.csv")).unwrap();
+        let rounds: Vec<&str> = csv
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap())
+            .collect();
+        assert_eq!(rounds, ["1", "2", "3"]);
+        let jsonl = std::fs::read_to_string(root.path().join("job/metrics.jsonl")).unwrap();
+        assert_eq!(jsonl.lines().count(), 3);
+    }
 
     fn rec(round: u32, test: Option<f64>) -> RoundRecord {
         RoundRecord {
