@@ -325,7 +325,8 @@ async fn a_round_whose_clients_left_runs_again_once_they_are_back() {
     };
     let calm = run(None).await;
     let disturbed = run(Some(3)).await;
-    let figures = |r: &[v1::RoundReport]| -> Vec<(u32, u32, f64, Option<f64>, Option<f64>)> {
+    type Figures = Vec<(u32, u32, f64, Option<f64>, Option<f64>)>;
+    let figures = |r: &[v1::RoundReport]| -> Figures {
         r.iter()
             .map(|r| {
                 (
