@@ -345,3 +345,47 @@ async fn a_round_whose_clients_left_runs_again_once_they_are_back() {
     );
     assert_eq!(figures(&disturbed), figures(&calm));
 }
+
+/// S10 #3: with the state store full ("database or disk is full") a job died, could not record
+/// its end, and stayed `running` forever, even after space was freed. A full store now pauses the
+/// job (one warning, a write tried again every 2 s); once there is room it goes on, and it finishes
+/// with every round recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_state_store_pauses_the_job_until_there_is_room() {
+    let tc = TestCoordinator::start().await;
+    let clients: Vec<_> = (0..2)
+        .map(|i| start_client(&tc.url, Builtin::Digits, Partitioner::Iid, i, 2))
+        .collect();
+    tc.wait_clients(2).await;
+    let store = tc.coord.store();
+    // No page more than now: the job's row fits in the pages there are, its first checkpoint not.
+    store
+        .limit_pages(Some(store.page_count().unwrap()))
+        .unwrap();
+    let mut jobs = tc.jobs().await;
+    let id = submit(&mut jobs, &digits_job(4, 2, "")).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let info = jobs
+        .get(v1::GetRequest { job_id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.status, v1::JobStatus::Running as i32, "{info:?}");
+    assert_eq!(info.rounds_done, 0, "{info:?}");
+    store.limit_pages(None).unwrap();
+    let (info, rounds) = finish(&mut jobs, &id, 60).await;
+    assert_eq!(
+        info.status,
+        v1::JobStatus::Finished as i32,
+        "{}",
+        info.error
+    );
+    assert_eq!(
+        rounds.iter().map(|r| r.round).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    for (stop, _) in clients {
+        stop.cancel();
+    }
+    tc.stop().await;
+}

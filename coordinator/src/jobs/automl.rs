@@ -340,7 +340,8 @@ impl Coordinator {
                 let checkpoint = serde_json::to_string(&p)
                     .map_err(|e| Error::Job(format!("cannot write the automl checkpoint: {e}")));
                 p.queue = queue;
-                self.record(ctx, run, events, &rec, &checkpoint?, false)?;
+                self.record(ctx, run, events, &rec, &checkpoint?, false)
+                    .await?;
                 records.push(rec);
             }
         }

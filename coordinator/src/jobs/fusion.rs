@@ -151,7 +151,8 @@ impl Coordinator {
                 }
                 let checkpoint = serde_json::to_string(&at)
                     .map_err(|e| Error::Job(format!("cannot write the fusion checkpoint: {e}")))?;
-                self.record(ctx, run, events, &rec, &checkpoint, true)?;
+                self.record(ctx, run, events, &rec, &checkpoint, true)
+                    .await?;
                 records.push(rec);
             }
         }

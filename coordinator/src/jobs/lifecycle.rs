@@ -17,6 +17,9 @@ use crate::report::{print_round, LogFormat, RunFolder, Summary};
 use crate::spec::CheckedSpec;
 use crate::state::{JobRow, JobStatus};
 
+/// How often a write the state store refused for lack of space or an I/O error is tried again.
+const STORE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Coordinator {
     /// Goes on with the jobs a previous coordinator process left queued or running. Every kind
     /// resumes after its last checkpoint: train and diffusion jobs after their last round (the
@@ -283,7 +286,15 @@ impl Coordinator {
                 None => info!("job {id} cancelled"),
             },
         }
-        if let Err(e) = self.store.set_status(&id, status, message.as_deref()) {
+        // The end is recorded before watchers hear of it, waiting out a full disk: a job the
+        // store still calls running would otherwise stay so forever.
+        let what = format!("job {id}: recording its end");
+        if let Err(e) = self
+            .until_stored(None, &what, || {
+                self.store.set_status(&id, status, message.as_deref())
+            })
+            .await
+        {
             error!("cannot record job end: {e}");
         }
         if let Err(e) = self.write_report(&id, status, message.as_deref(), outcome.as_ref().ok()) {
@@ -324,7 +335,7 @@ impl Coordinator {
     /// Records one round with the job's checkpoint after it, in one transaction, then the run
     /// folder, stdout and watchers. The round line is printed only when `print_line` (AutoML
     /// prints its own per-trial lines).
-    pub(crate) fn record(
+    pub(crate) async fn record(
         &self,
         ctx: &JobCtx,
         run: &mut RunFolder,
@@ -333,9 +344,55 @@ impl Coordinator {
         checkpoint: &str,
         print_line: bool,
     ) -> Result<()> {
-        self.store
-            .record_round_with(&ctx.id, rec, Some(checkpoint))?;
+        self.until_stored(
+            Some(&ctx.cancel),
+            &format!("job {}: recording round {}", ctx.id, rec.round),
+            || self.store.record_round_with(&ctx.id, rec, Some(checkpoint)),
+        )
+        .await?;
         self.announce(ctx, run, events, rec, print_line)
+    }
+
+    /// Runs a state-store write until it succeeds. A full disk or an I/O error is an outage of
+    /// the storage, not a verdict on the job: it is logged once and the write tried again every
+    /// [`STORE_RETRY`] until it goes through, the job is cancelled (`cancel`), or the coordinator
+    /// stops (the job, still `running` in the store, then resumes at the next start). Other
+    /// errors are returned at once.
+    pub(crate) async fn until_stored<T>(
+        &self,
+        cancel: Option<&tokio_util::sync::CancellationToken>,
+        what: &str,
+        mut write: impl FnMut() -> Result<T>,
+    ) -> Result<T> {
+        let mut warned = false;
+        loop {
+            match write() {
+                Ok(v) => {
+                    if warned {
+                        info!("{what}: the state store takes writes again");
+                    }
+                    return Ok(v);
+                }
+                Err(e) if crate::state::is_outage(&e) => {
+                    if !warned {
+                        warn!("{what}: {e}; waiting for the state store (trying again every {} s; free space and it goes on)", STORE_RETRY.as_secs());
+                        warned = true;
+                    }
+                    let cancelled = async {
+                        match cancel {
+                            Some(c) => c.cancelled().await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = tokio::time::sleep(STORE_RETRY) => {}
+                        _ = cancelled => return Err(Error::Cancelled),
+                        _ = self.shutdown.cancelled() => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// A recorded round's run-folder line, round line and watch event.

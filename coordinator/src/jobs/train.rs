@@ -113,7 +113,8 @@ impl Coordinator {
                 }
             };
             let checkpoint = state.global.checkpoint()?;
-            self.record(ctx, run, events, &rec, &checkpoint, true)?;
+            self.record(ctx, run, events, &rec, &checkpoint, true)
+                .await?;
             last = Some(checkpoint);
             records.push(rec);
         }

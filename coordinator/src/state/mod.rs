@@ -152,6 +152,19 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File> {
     Ok(file)
 }
 
+/// Whether `e` is an outage of the storage (a full disk, an I/O error, a busy database) that
+/// may pass, rather than a fault of what was written.
+pub fn is_outage(e: &Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    match e {
+        Error::Store(rusqlite::Error::SqliteFailure(f, _)) => matches!(
+            f.code,
+            C::DiskFull | C::SystemIoFailure | C::DatabaseBusy | C::DatabaseLocked | C::CannotOpen
+        ),
+        _ => false,
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) `DIR/shoal.db`, after taking the dir's lock (one process per
     /// state dir) and checking that an existing database is intact.
@@ -198,6 +211,23 @@ impl Store {
         let mut store = Self::init(conn)?;
         store._lock = Some(lock);
         Ok(store)
+    }
+
+    /// Caps the database at `pages` pages (SQLite's `max_page_count`; `None`: no cap beyond
+    /// SQLite's own): writes past it fail as on a full disk. Tests use it to fill the "disk".
+    #[doc(hidden)]
+    pub fn limit_pages(&self, pages: Option<u32>) -> Result<()> {
+        let n = pages.map_or(i64::from(u32::MAX) * 2, i64::from);
+        self.conn().pragma_update(None, "max_page_count", n)?;
+        Ok(())
+    }
+
+    /// Pages the database uses now.
+    #[doc(hidden)]
+    pub fn page_count(&self) -> Result<u32> {
+        Ok(self
+            .conn()
+            .pragma_query_value(None, "page_count", |r| r.get(0))?)
     }
 
     /// A store that lives only as long as the process (for `simulate`).
