@@ -251,19 +251,10 @@ pub(super) async fn job_cmd(cmd: JobCommand) -> anyhow::Result<i32> {
     }
 }
 
-/// Prints round lines until the job ends; 0 when it finished.
-pub async fn watch_job(c: &mut AdminJobs, id: &str) -> anyhow::Result<i32> {
-    let mut printed = 0;
-    match watch_once(c, id, &mut printed).await {
-        Ok(Some(code)) => Ok(code),
-        Ok(None) => bail!("the coordinator closed the watch before job {id} ended"),
-        Err(s) => Err(rpc_error(s)),
-    }
-}
-
-/// [`watch_job`] that follows the job across a coordinator restart: when the stream breaks or
-/// ends early, it reconnects (for up to `--reconnect-secs`) and goes on after the rounds it has
-/// already printed (a restarted coordinator resumes the job and replays its rounds).
+/// Prints round lines until the job ends (0 when it finished), following the job across a
+/// coordinator restart: when the stream breaks or ends early, it reconnects (for up to
+/// `--reconnect-secs`) and goes on after the rounds it has already printed (a restarted
+/// coordinator resumes the job and replays its rounds).
 async fn follow_job(remote: &Remote, mut c: AdminJobs, id: &str) -> anyhow::Result<i32> {
     let mut printed = 0;
     loop {

@@ -13,7 +13,7 @@ mod study;
 use health::health_cmd;
 pub use health::HealthArgs;
 use job::job_cmd;
-pub use job::{connect_jobs_with, watch_job, AdminJobs, AdminToken, JobCommand, Remote};
+pub use job::{connect_jobs_with, AdminJobs, AdminToken, JobCommand, Remote};
 use partition::partition_cmd;
 pub use partition::{partition_table, PartitionArgs};
 use serve::serve_cmd;

@@ -269,20 +269,31 @@ impl JobCtx {
             .collect()
     }
 
-    /// Tells each client that holds the job's dataset but does not fit its schema why it is left
-    /// out: once per job, on its stream and in the log.
-    fn tell_misfits(&self, facts: &DataFacts) {
-        for c in self.candidates(self.spec.model.kind().training_tasks()) {
-            let Some(why) = misfit(&c, &self.spec.dataset, facts) else {
-                continue;
-            };
-            let mut told = self.told.lock().unwrap_or_else(|p| p.into_inner());
-            if told.insert(c.name.clone()) {
-                info!(client = %c.name, "left out of the job: {why}");
-                self.registry
-                    .notify(&c.name, &self.id, format!("left out of the job: {why}"));
-            }
+    /// Whether `c` fits the job's schema; one that does not is told why it is left out, once
+    /// per job, on its stream and in the log.
+    fn fits(&self, c: &ClientView, facts: &DataFacts) -> bool {
+        let Some(why) = misfit(c, &self.spec.dataset, facts) else {
+            return true;
+        };
+        let mut told = self.told.lock().unwrap_or_else(|p| p.into_inner());
+        if told.insert(c.name.clone()) {
+            info!(client = %c.name, "left out of the job: {why}");
+            self.registry
+                .notify(&c.name, &self.id, format!("left out of the job: {why}"));
         }
+        false
+    }
+
+    /// A refused result: counted against its sender, logged, and told to it.
+    fn refuse(&self, phase: &mut Phase, client: &str, round: u32, why: &str) {
+        phase.rejected += 1;
+        *phase.rejected_by.entry(client.to_string()).or_default() += 1;
+        warn!(client, round, "result rejected: {why}");
+        self.registry.notify(
+            client,
+            &self.id,
+            format!("round {round}: your result was refused: {why}"),
+        );
     }
 
     /// Why clients holding the dataset do not count, when some do not run the job's kinds.
@@ -317,13 +328,10 @@ impl JobCtx {
         let mut changes = self.registry.subscribe();
         let mut told = false;
         loop {
-            if let Some(f) = facts {
-                self.tell_misfits(f);
-            }
             let avail: Vec<ClientView> = self
                 .candidates(self.spec.model.kind().training_tasks())
                 .into_iter()
-                .filter(|c| facts.is_none_or(|f| compatible(c, &self.spec.dataset, f)))
+                .filter(|c| facts.is_none_or(|f| self.fits(c, f)))
                 .collect();
             // Quarantined clients count as present (the federation is as big as it was) but
             // take no further part in the job.
@@ -775,14 +783,7 @@ impl JobCtx {
             let ask = match step {
                 Step::Done(r) => {
                     for (client, why) in &r.refused {
-                        warn!(client, round, "result rejected: {why}");
-                        self.registry.notify(
-                            client,
-                            &self.id,
-                            format!("round {round}: your result was refused: {why}"),
-                        );
-                        total.rejected += 1;
-                        *total.rejected_by.entry(client.clone()).or_default() += 1;
+                        self.refuse(&mut total, client, round, why);
                     }
                     return Ok((total, r.accepted, r.train_loss));
                 }
@@ -1002,12 +1003,9 @@ impl JobCtx {
                             match verdict {
                                 Ok(()) => phase.accepted += 1,
                                 Err(reason) => {
-                                    phase.rejected += 1;
-                                    *phase.rejected_by.entry(client.clone()).or_default() += 1;
                                     // A reason may quote what the client sent (tensor names).
                                     let why = clip(&reason.to_string(), 4 * TEXT_CHARS);
-                                    warn!(client, round, "result rejected: {why}");
-                                    self.registry.notify(&client, &self.id, format!("round {round}: your result was refused: {why}"));
+                                    self.refuse(&mut phase, &client, round, &why);
                                 }
                             }
                         }

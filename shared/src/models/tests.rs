@@ -316,18 +316,19 @@ fn capabilities_parse_and_decide_what_a_client_is_sent() {
     }
 }
 
-#[test]
-fn influence_limits_follow_the_rounds_medians() {
-    use super::phase::{FitReply, Influence, Payload};
+/// One round of a logreg server with `influence`: each reply moves the first weight of the
+/// global model by `distance` and reports `examples` and `loss`. Returns the round and how far
+/// the first weight moved.
+fn influenced_round(
+    influence: super::phase::Influence,
+    replies: &[(&str, f32, u64, f64)],
+) -> (RoundResult, f64) {
+    use super::phase::{FitReply, Payload};
     let spec = ModelSpec::default();
     let mut s = setup(4, 3, "fedavg");
-    s.influence = Influence {
-        weight_cap: Some(3.0),
-        adaptive_norm: Some(3.0),
-        refuse_norm: Some(20.0),
-    };
+    s.influence = influence;
     let mut server = spec.server(&s).unwrap();
-    let names: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
+    let names: Vec<String> = replies.iter().map(|r| r.0.to_string()).collect();
     let plan = RoundPlan {
         round: 1,
         selected: names.clone(),
@@ -335,7 +336,7 @@ fn influence_limits_follow_the_rounds_medians() {
         quorum: 3,
         min_clients: 3,
         target: None,
-        n_available: 5,
+        n_available: names.len(),
     };
     let Step::Ask(ask) = server.begin_round(plan).unwrap() else {
         panic!("a weights model asks for updates")
@@ -344,15 +345,7 @@ fn influence_limits_follow_the_rounds_medians() {
         panic!("the global weights go out")
     };
     let first = global.values().next().unwrap();
-    // Three honest updates one unit away, a liar about its size four times farther than the
-    // clip allows, and one far beyond the refusal bound.
-    for (name, distance, examples, loss) in [
-        ("a", 1.0, 100, 1.0),
-        ("b", 1.0, 100, 1.0),
-        ("c", 1.0, 100, 1.0),
-        ("d", 12.0, u64::MAX, 100.0),
-        ("e", 1000.0, 100, 1.0),
-    ] {
+    for &(name, distance, examples, loss) in replies {
         let mut w = (*global).clone();
         *w.values_mut().next().unwrap() += distance;
         let reply = Reply::Fit(FitReply {
@@ -365,12 +358,37 @@ fn influence_limits_follow_the_rounds_medians() {
         server.accept(name, reply, Some(u64::MAX)).unwrap();
     }
     let tally = PhaseTally {
-        accepted: 5,
+        accepted: replies.len(),
         ..PhaseTally::default()
     };
     let Step::Done(r) = server.close(tally).unwrap() else {
         panic!("one phase per round")
     };
+    let Payload::Weights(next) = server.payload() else {
+        panic!("weights")
+    };
+    let moved = f64::from(next.values().next().unwrap()) - f64::from(first);
+    (r, moved)
+}
+
+#[test]
+fn influence_limits_follow_the_rounds_medians() {
+    // Three honest updates one unit away, a liar about its size 12 units away (four times
+    // farther than the clip allows), and one far beyond the refusal bound.
+    let (r, moved) = influenced_round(
+        super::phase::Influence {
+            weight_cap: Some(3.0),
+            adaptive_norm: Some(3.0),
+            refuse_norm: Some(20.0),
+        },
+        &[
+            ("a", 1.0, 100, 1.0),
+            ("b", 1.0, 100, 1.0),
+            ("c", 1.0, 100, 1.0),
+            ("d", 12.0, u64::MAX, 100.0),
+            ("e", 1000.0, 100, 1.0),
+        ],
+    );
     assert_eq!(r.accepted, 4);
     assert_eq!(r.refused.len(), 1);
     assert_eq!(r.refused[0].0, "e");
@@ -381,12 +399,25 @@ fn influence_limits_follow_the_rounds_medians() {
     );
     // `d` counts 300 examples (3 x the median 100) and moved 3 units (3 x the median distance 1):
     // the first weight moves (3 x 100 x 1 + 300 x 3) / 600 = 2 units; the loss is weighted alike.
-    let Payload::Weights(next) = server.payload() else {
-        panic!("weights")
-    };
-    let moved = f64::from(next.values().next().unwrap()) - f64::from(first);
     assert!((moved - 2.0).abs() < 1e-5, "moved {moved}");
     assert!((r.train_loss - 50.5).abs() < 1e-9, "loss {}", r.train_loss);
+}
+
+#[test]
+fn the_refusal_bound_holds_without_the_clip() {
+    let (r, _) = influenced_round(
+        super::phase::Influence {
+            refuse_norm: Some(20.0),
+            ..Default::default()
+        },
+        &[
+            ("a", 1.0, 100, 1.0),
+            ("b", 1.0, 100, 1.0),
+            ("c", 1.0, 100, 1.0),
+            ("e", 1000.0, 100, 1.0),
+        ],
+    );
+    assert_eq!((r.accepted, r.refused.len()), (3, 1), "{:?}", r.refused);
 }
 
 #[test]

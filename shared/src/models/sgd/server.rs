@@ -196,7 +196,9 @@ impl ServerHalf for SgdServer {
                 }
                 norm.min(max)
             }
-            None if self.influence.adaptive_norm.is_some() => {
+            None if self.influence.adaptive_norm.is_some()
+                || self.influence.refuse_norm.is_some() =>
+            {
                 w.distance(current).map_err(Rejection::invalid)?
             }
             None => 0.0,
