@@ -59,7 +59,7 @@ async fn golden_text(toml: &str, dataset: Builtin, clients: usize, scheme: Parti
     // The summary without what differs between runs: the job id and every `seconds`.
     let mut summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-    strip(&mut summary, &["job_id", "seconds"]);
+    strip(&mut summary, &["job_id", "seconds", "round_seconds"]);
     text.push_str(&format!(
         "summary.json {}\n",
         sha256(summary.to_string().as_bytes())

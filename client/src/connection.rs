@@ -385,16 +385,10 @@ async fn serve_task(
         .await;
 }
 
-/// An error and its causes on one line (tonic's transport errors hide the useful part in sources).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
+/// An error and its causes on one line (tonic's transport errors hide the useful part in
+/// sources), each said once: [`shoal_shared::text::error_chain`].
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    shoal_shared::text::error_chain(e)
 }
 
 fn unix_ms() -> u64 {

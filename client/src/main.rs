@@ -170,8 +170,9 @@ async fn main() -> std::process::ExitCode {
     match run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the error and its causes.
-            eprintln!("error: {e:#}");
+            // One line: the error and its causes, each said once.
+            let line = shoal_shared::text::one_line(e.chain().map(|c| c.to_string()));
+            eprintln!("error: {line}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -110,6 +110,8 @@ pub struct Coordinator {
     pub(crate) shutdown: CancellationToken,
     /// Failed authentication attempts per peer address.
     pub(crate) failures: crate::auth::FailureBudget,
+    /// Held while a `Resume` request checks a job's state and starts it.
+    pub(crate) resuming: std::sync::Mutex<()>,
 }
 
 impl Coordinator {
@@ -128,6 +130,7 @@ impl Coordinator {
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             failures: crate::auth::FailureBudget::new(config.auth_failures_per_minute),
+            resuming: std::sync::Mutex::new(()),
             tokens: std::sync::RwLock::new(crate::auth::gate::Tokens {
                 client: config.auth.client_tokens.clone(),
                 admin: config.auth.admin_tokens.clone(),

@@ -12,6 +12,9 @@ pub enum Error {
     InvalidSpec(String),
     #[error("job `{}` has already ended", clip(.0, ID_CHARS))]
     JobEnded(String),
+    /// A request that does not fit the job's state (resuming a job that runs or finished).
+    #[error("{0}")]
+    JobState(String),
     #[error(transparent)]
     Core(#[from] shoal_shared::Error),
     #[error(transparent)]
@@ -65,7 +68,7 @@ impl From<Error> for Status {
             Error::InvalidSpec(_) | Error::Wire(_) => Code::InvalidArgument,
             Error::Core(shoal_shared::Error::Unknown { .. })
             | Error::Core(shoal_shared::Error::InvalidValue { .. }) => Code::InvalidArgument,
-            Error::JobEnded(_) => Code::FailedPrecondition,
+            Error::JobEnded(_) | Error::JobState(_) => Code::FailedPrecondition,
             Error::Cancelled => Code::Cancelled,
             Error::ShuttingDown => Code::Unavailable,
             Error::Config(_) => Code::InvalidArgument,

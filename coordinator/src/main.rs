@@ -30,8 +30,9 @@ async fn main() -> std::process::ExitCode {
     match run_cli(cli).await {
         Ok(code) => std::process::ExitCode::from(code as u8),
         Err(e) => {
-            // One line: the error and its causes.
-            eprintln!("error: {e:#}");
+            // One line: the error and its causes, each said once.
+            let line = shoal_shared::text::one_line(e.chain().map(|c| c.to_string()));
+            eprintln!("error: {line}");
             std::process::ExitCode::FAILURE
         }
     }

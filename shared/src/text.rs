@@ -20,6 +20,30 @@ pub fn clip(s: &str, max: usize) -> String {
     out
 }
 
+/// An error's text and its causes' on one line, `error: cause: cause`. A cause whose text the
+/// line already holds is left out: many errors quote their source in their own text, and
+/// tonic's transport errors nest levels with the same words, so a plain join says things twice
+/// ("tcp connect error: tcp connect error: ...").
+pub fn one_line(texts: impl IntoIterator<Item = String>) -> String {
+    let mut out = String::new();
+    for t in texts {
+        let t = t.trim();
+        if t.is_empty() || out.contains(t) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(t);
+    }
+    out
+}
+
+/// [`one_line`] over `e` and its chain of sources.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    one_line(std::iter::successors(Some(e), |e| e.source()).map(|e| e.to_string()))
+}
+
 /// How long an id (task, job) may be where it is quoted.
 pub const ID_CHARS: usize = 128;
 /// How long a peer's free text (an error result) may be where it is quoted.
@@ -28,6 +52,32 @@ pub const TEXT_CHARS: usize = 300;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// S10 #10: errors said their cause twice ("tcp connect error: tcp connect error: ...",
+    /// "Not a directory (os error 20): Not a directory (os error 20)").
+    #[test]
+    fn a_cause_already_said_is_not_said_again() {
+        let chain = |v: &[&str]| one_line(v.iter().map(|s| s.to_string()));
+        assert_eq!(
+            chain(&[
+                "transport error",
+                "tcp connect error",
+                "tcp connect error",
+                "Connection refused (os error 111)"
+            ]),
+            "transport error: tcp connect error: Connection refused (os error 111)"
+        );
+        assert_eq!(
+            chain(&[
+                "cannot create state dir /x: Not a directory (os error 20)",
+                "Not a directory (os error 20)"
+            ]),
+            "cannot create state dir /x: Not a directory (os error 20)"
+        );
+        assert_eq!(chain(&["a", "b"]), "a: b");
+        let io = std::io::Error::other("disk on fire");
+        assert_eq!(error_chain(&io), "disk on fire");
+    }
 
     #[test]
     fn control_characters_are_escaped_and_long_strings_cut() {

@@ -389,3 +389,78 @@ async fn a_full_state_store_pauses_the_job_until_there_is_room() {
     }
     tc.stop().await;
 }
+
+/// S10 #2: with 20 or 40 identical jobs submitted at once to one coordinator with 10 clients,
+/// jobs failed ("7 left") or ran rounds with 5 clients and ended with other models: a client's
+/// task queue (16 deep) overflowed in the burst and a full queue was taken for a dead client.
+/// Here the 40 jobs wait for their clients, so that all of them send round 1's tasks at the same
+/// moment. A busy client now takes its tasks in turn; every job ends with the model of the job
+/// run alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_concurrent_jobs_end_with_the_model_of_the_job_run_alone() {
+    const CLIENTS: usize = 10;
+    // Every client in every round: a round that ran without one would end with another model.
+    let spec = format!(
+        "kind = \"train\"\ndataset = \"digits\"\nrounds = 3\n\
+         [clients]\nmin_fit_clients = {CLIENTS}\nmin_evaluate_clients = {CLIENTS}\n\
+         min_available_clients = {CLIENTS}\nwait_for_clients_secs = 60\n\
+         [evaluation]\ncentralized_baseline = false\n"
+    );
+    let model = |info: &v1::JobInfo| -> serde_json::Value {
+        let text = std::fs::read_to_string(std::path::Path::new(&info.run_dir).join("model.json"))
+            .unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["global"].clone()
+    };
+    let start_clients = |url: &str| -> Vec<_> {
+        (0..CLIENTS)
+            .map(|i| start_client(url, Builtin::Digits, Partitioner::Iid, i, CLIENTS))
+            .collect()
+    };
+    let stop_clients = |clients: Vec<(tokio_util::sync::CancellationToken, _)>| {
+        for (stop, _) in clients {
+            stop.cancel();
+        }
+    };
+
+    let tc = TestCoordinator::start().await;
+    let clients = start_clients(&tc.url);
+    tc.wait_clients(CLIENTS).await;
+    let mut jobs = tc.jobs().await;
+    let alone = submit(&mut jobs, &spec).await;
+    let (info, alone_rounds) = finish(&mut jobs, &alone, 120).await;
+    assert_eq!(
+        info.status,
+        v1::JobStatus::Finished as i32,
+        "{}",
+        info.error
+    );
+    let want = model(&info);
+    stop_clients(clients);
+    tc.stop().await;
+
+    let tc = TestCoordinator::start().await;
+    let mut jobs = tc.jobs().await;
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        ids.push(submit(&mut jobs, &spec).await);
+    }
+    let clients = start_clients(&tc.url);
+    for id in &ids {
+        let (info, rounds) = finish(&mut jobs, id, 600).await;
+        assert_eq!(
+            info.status,
+            v1::JobStatus::Finished as i32,
+            "job {id}: {}",
+            info.error
+        );
+        assert!(
+            rounds.iter().all(|r| r.clients as usize == CLIENTS),
+            "job {id} ran rounds without every client: {:?}",
+            rounds.iter().map(|r| r.clients).collect::<Vec<_>>()
+        );
+        assert_eq!(rounds.len(), alone_rounds.len());
+        assert!(model(&info) == want, "job {id} ended with another model");
+    }
+    stop_clients(clients);
+    tc.stop().await;
+}

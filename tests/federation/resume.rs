@@ -155,3 +155,161 @@ async fn an_automl_job_resumes_with_the_trials_not_yet_finished() {
         );
     }
 }
+
+/// S10: a job that failed because every client was gone for longer than its wait (an outage of
+/// all clients) lost its checkpointed rounds for good: a failed job was never resumed. `Resume`
+/// now goes on from the last checkpoint once the clients are back, and the job ends as the
+/// undisturbed run does, every round once. A finished or running job is refused, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_failed_by_an_outage_of_all_clients_resumes_from_its_checkpoint() {
+    let spec = "kind = \"train\"\ndataset = \"digits\"\nrounds = 5\n\
+                [clients]\nmin_fit_clients = 2\nmin_available_clients = 2\nmin_evaluate_clients = 2\n\
+                wait_for_clients_secs = 1\n[evaluation]\ncentralized_baseline = false\n";
+    let tc = TestCoordinator::start().await;
+    let start = || {
+        (0..2)
+            .map(|i| start_client(&tc.url, Builtin::Digits, Partitioner::Iid, i, 2))
+            .collect::<Vec<_>>()
+    };
+    let stop = |clients: Vec<(tokio_util::sync::CancellationToken, _)>| async move {
+        for (s, h) in clients {
+            s.cancel();
+            let _ = h.await;
+        }
+    };
+    let mut jobs = tc.jobs().await;
+    let clients = start();
+    tc.wait_clients(2).await;
+    let calm = submit(&mut jobs, spec).await;
+    let (info, calm_rounds) = finish(&mut jobs, &calm, 60).await;
+    assert_eq!(
+        info.status,
+        v1::JobStatus::Finished as i32,
+        "{}",
+        info.error
+    );
+    let refused = jobs
+        .resume(v1::ResumeRequest {
+            job_id: calm.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("finished"),
+        "{}",
+        refused.message()
+    );
+
+    let id = submit(&mut jobs, spec).await;
+    while tc.coord.job_info(&id).unwrap().rounds_done < 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    stop(clients).await;
+    let (info, _) = finish(&mut jobs, &id, 60).await;
+    assert_eq!(info.status, v1::JobStatus::Failed as i32, "{info:?}");
+    let done = info.rounds_done;
+    assert!((2..5).contains(&done), "{info:?}");
+
+    let clients = start();
+    tc.wait_clients(2).await;
+    let resumed = jobs
+        .resume(v1::ResumeRequest { job_id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resumed.rounds_done, done);
+    assert!(resumed.error.is_empty(), "{resumed:?}");
+    let again = jobs
+        .resume(v1::ResumeRequest { job_id: id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again:?}");
+    let (info, rounds) = finish(&mut jobs, &id, 60).await;
+    assert_eq!(
+        info.status,
+        v1::JobStatus::Finished as i32,
+        "{}",
+        info.error
+    );
+    let figures = |r: &[v1::RoundReport]| -> Vec<(u32, u32, f64, Option<f64>)> {
+        r.iter()
+            .map(|r| (r.round, r.clients, r.train_loss, r.test_accuracy))
+            .collect()
+    };
+    assert_eq!(figures(&rounds), figures(&calm_rounds));
+    stop(clients).await;
+    tc.stop().await;
+}
+
+/// S10 #7: every coordinator restart in the end-of-job phase (client table, centralized
+/// baseline: 9 to 24 s) started it again. Its results are now kept in the state store as each
+/// step ends, and a job resumed in that phase reuses them: here a kept client table (marked, so
+/// it can be told from a new one) ends up in the summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_resumed_after_its_last_round_reuses_what_its_end_phase_kept() {
+    let (state, runs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut tc = TestCoordinator::start_persistent("127.0.0.1:0", state.path(), runs.path()).await;
+    let addr = tc.url.trim_start_matches("http://").to_string();
+    let clients: Vec<_> = (0..2)
+        .map(|i| start_client(&tc.url, Builtin::Digits, Partitioner::Iid, i, 2))
+        .collect();
+    tc.wait_clients(2).await;
+    let mut jobs = tc.jobs().await;
+    let id = submit(
+        &mut jobs,
+        &digits_job(2, 2, "[evaluation]\ncentralized_baseline = false\n"),
+    )
+    .await;
+    let (info, _) = finish(&mut jobs, &id, 60).await;
+    assert_eq!(
+        info.status,
+        v1::JobStatus::Finished as i32,
+        "{}",
+        info.error
+    );
+    let summary = |dir: &str| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(std::path::Path::new(dir).join("summary.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    let mut table = summary(&info.run_dir)["clients"].clone();
+    assert_eq!(table.as_array().unwrap().len(), 2, "{table}");
+    table[0]["client"] = "kept-before-the-restart".into();
+    // As if the coordinator had stopped after the end phase's first step.
+    let store = tc.coord.store().clone();
+    store
+        .save_end_result(&id, "client_table", &table.to_string())
+        .unwrap();
+    store
+        .set_status(&id, shoal_coordinator::state::JobStatus::Running, None)
+        .unwrap();
+    tc.stop().await;
+    drop(store);
+    tc = TestCoordinator::start_persistent(&addr, state.path(), runs.path()).await;
+    let mut jobs = tc.jobs().await;
+    let (info, rounds) = finish(&mut jobs, &id, 60).await;
+    assert_eq!(
+        info.status,
+        v1::JobStatus::Finished as i32,
+        "{}",
+        info.error
+    );
+    assert_eq!(
+        rounds.iter().map(|r| r.round).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(
+        summary(&info.run_dir)["clients"][0]["client"],
+        "kept-before-the-restart"
+    );
+    for (stop, _) in clients {
+        stop.cancel();
+    }
+    tc.stop().await;
+}

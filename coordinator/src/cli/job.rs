@@ -1,4 +1,4 @@
-//! `job ...`: the operators' Jobs API client (submit, status, list, watch, cancel) and its admin token.
+//! `job ...`: the operators' Jobs API client (submit, status, list, watch, cancel, resume) and its admin token.
 
 use super::*;
 
@@ -81,6 +81,16 @@ pub enum JobCommand {
     /// Cancel a job.
     Cancel {
         id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Resume a failed or cancelled job from its last checkpoint: its recorded rounds are kept,
+    /// and the round it was in runs again from the same seeds.
+    Resume {
+        id: String,
+        /// Follow the job's rounds until it ends.
+        #[arg(long)]
+        watch: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -246,6 +256,20 @@ pub(super) async fn job_cmd(cmd: JobCommand) -> anyhow::Result<i32> {
             )
             .await?;
             println!("cancelling {}", describe(&j));
+            Ok(0)
+        }
+        JobCommand::Resume { id, watch, remote } => {
+            let mut c = connect_jobs(&remote).await?;
+            let j = within(
+                &remote,
+                "the resume",
+                c.resume(v1::ResumeRequest { job_id: id }),
+            )
+            .await?;
+            println!("resuming {} after round {}", describe(&j), j.rounds_done);
+            if watch {
+                return follow_job(&remote, c, &j.job_id).await;
+            }
             Ok(0)
         }
     }

@@ -4,6 +4,10 @@
 //! dispatched by registering a one-shot slot under its task id and pushing it down that channel; the
 //! client's result fills the slot. When a client's stream ends, its slots are dropped, so whoever
 //! waits on them learns at once that the client is gone: a vanished client never hangs a round.
+//!
+//! A full channel is flow control, not failure: many jobs may send a client tasks at once (a burst
+//! larger than the channel), and a [`Delivery`] then waits its turn for room, first come, first
+//! served across jobs, until the client's stream takes it or its round gives up on it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -27,8 +31,13 @@ const MAX_EXPIRED: usize = 65_536;
 /// Longest job id kept for counting refused results.
 const MAX_NAME_CHARS: usize = 128;
 
-/// Depth of each client's outbound queue; tasks are few and large, so a small queue suffices.
+/// Depth of each client's outbound queue; tasks are few and large, so a small queue suffices:
+/// tasks beyond it wait for room in their [`Delivery`], not in the queue.
 const OUTBOUND_DEPTH: usize = 16;
+
+/// A dispatched task: waits for room on the client's stream when that is busy, then for the
+/// result. `None` when the client left (or its session was replaced) before answering.
+pub type Delivery = futures::future::BoxFuture<'static, Option<Arrived>>;
 
 /// A connected client as the round engine sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -351,14 +360,13 @@ impl Registry {
         self.changed.subscribe()
     }
 
-    /// Queues `task` on `client`'s stream and returns the slot its result will arrive in. Never
-    /// waits: a client whose queue is full (it stopped reading) counts as gone for this task, so
-    /// one stuck peer cannot stall a round.
-    pub fn dispatch(
-        &self,
-        client: &str,
-        task: Task,
-    ) -> Result<oneshot::Receiver<Arrived>, Undeliverable> {
+    /// Queues `task` on `client`'s stream and returns its [`Delivery`]. Pushes at once when the
+    /// stream has room; when it is full (a burst of tasks from many jobs, or a client busy
+    /// reading), the delivery waits for room in turn with the other waiting tasks. A busy client
+    /// is never taken for a gone one: only a closed stream is ([`Undeliverable::Gone`]), and a
+    /// client that never reads again holds up only the tasks sent to it, which their phase's
+    /// deadline ends like any straggler's.
+    pub fn dispatch(&self, client: &str, task: Task) -> Result<Delivery, Undeliverable> {
         let (slot, rx) = oneshot::channel();
         let task_id = task.task_id.clone();
         let task_model = task.model.as_ref().map(|m| m.kind.clone());
@@ -384,9 +392,13 @@ impl Registry {
             }
         }
         let session = entry.session;
-        if entry.tx.try_send(Ok(msg)).is_err() {
-            return Err(Undeliverable::Gone(client.to_string()));
-        }
+        let queued = match entry.tx.try_send(Ok(msg)) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(msg)) => Some((entry.tx.clone(), msg)),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(Undeliverable::Gone(client.to_string()))
+            }
+        };
         inner.pending.insert(
             task_id,
             Pending {
@@ -395,7 +407,23 @@ impl Registry {
                 slot,
             },
         );
-        Ok(rx)
+        Ok(Box::pin(async move {
+            let mut rx = rx;
+            if let Some((tx, msg)) = queued {
+                // Tokio's channel hands freed room to its waiters in the order they came, and a
+                // `try_send` cannot jump that queue: concurrent jobs share a busy client fairly.
+                // The slot is watched meanwhile: a session dropped or replaced ends the wait.
+                tokio::select! {
+                    biased;
+                    r = &mut rx => return r.ok(),
+                    room = tx.reserve() => match room {
+                        Ok(room) => room.send(msg),
+                        Err(_) => return None,
+                    },
+                }
+            }
+            rx.await.ok()
+        }))
     }
 
     /// Tells `client` something about `job` on its stream ([`v1::Notice`]); best effort: a client
@@ -633,7 +661,7 @@ mod tests {
             shoal_proto::v1::task::Kind::Sketch(Default::default()),
         );
         assert_eq!(
-            r.dispatch("a", sketch).unwrap_err(),
+            r.dispatch("a", sketch).err().unwrap(),
             Undeliverable::Unable {
                 client: "a".into(),
                 model: "gbdt".into(),
@@ -661,7 +689,7 @@ mod tests {
         let s = reg.session;
         let slot = r.dispatch("a", task("t1")).unwrap();
         r.unregister("a", s);
-        assert!(slot.await.is_err());
+        assert!(slot.await.is_none());
         assert!(r.dispatch("a", task("t2")).is_err());
         assert!(r.is_empty());
     }
@@ -704,7 +732,7 @@ mod tests {
         assert!(new.session > old.session);
         // The old stream ends, and its open task is let go (its round stops waiting for it).
         assert!(old.rx.recv().await.is_none());
-        assert!(slot.await.is_err());
+        assert!(slot.await.is_none());
         // The old session's reader ending later must not remove the new one.
         r.unregister("a", old.session);
         assert_eq!(r.len(), 1);
@@ -756,18 +784,60 @@ mod tests {
             .unwrap();
     }
 
+    /// S10 #2: with 20 to 40 jobs sending a client tasks at once, the 17th found the queue full
+    /// and the client was taken for gone ("7 left"), although it was only busy. Tasks beyond the
+    /// queue now wait their turn and all arrive, in the order they were dispatched.
     #[tokio::test]
-    async fn a_client_that_stops_reading_fails_dispatch_instead_of_blocking() {
+    async fn a_burst_beyond_the_queue_waits_its_turn_instead_of_dropping_the_client() {
         let r = Registry::default();
-        let _reg = r
-            .register("slow", ds("d"), Capabilities::builtin(), None)
+        let mut reg = r
+            .register("busy", ds("d"), Capabilities::builtin(), None)
             .unwrap();
-        let mut sent = 0;
-        while r.dispatch("slow", task(&format!("t{sent}"))).is_ok() {
-            sent += 1;
-            assert!(sent <= OUTBOUND_DEPTH, "queue never filled");
+        let n = 3 * OUTBOUND_DEPTH;
+        let deliveries: Vec<_> = (0..n)
+            .map(|i| {
+                tokio::spawn(
+                    r.dispatch("busy", task(&format!("t{i:03}")))
+                        .expect("a busy client still takes tasks"),
+                )
+            })
+            .collect();
+        let mut got = Vec::new();
+        for _ in 0..n {
+            match reg.rx.recv().await.unwrap().unwrap().msg {
+                Some(coordinator_message::Msg::Task(t)) => got.push(t.task_id),
+                other => panic!("{other:?}"),
+            }
         }
-        assert_eq!(sent, OUTBOUND_DEPTH);
+        let want: Vec<_> = (0..n).map(|i| format!("t{i:03}")).collect();
+        assert_eq!(got, want);
+        // Each delivery still waits for its result: answered, it resolves.
+        for (i, d) in deliveries.into_iter().enumerate() {
+            let res = TaskResult {
+                task_id: format!("t{i:03}"),
+                ..Default::default()
+            };
+            r.complete("busy", reg.session, res, 1).unwrap();
+            assert!(d.await.unwrap().is_some());
+        }
+    }
+
+    /// A session that ends while its tasks wait for room fails them at once (no deadline wait).
+    #[tokio::test]
+    async fn tasks_waiting_for_room_fail_when_the_session_ends() {
+        let r = Registry::default();
+        let reg = r
+            .register("gone", ds("d"), Capabilities::builtin(), None)
+            .unwrap();
+        let waiting: Vec<_> = (0..OUTBOUND_DEPTH + 2)
+            .map(|i| tokio::spawn(r.dispatch("gone", task(&format!("t{i}"))).unwrap()))
+            .collect();
+        tokio::task::yield_now().await;
+        r.unregister("gone", reg.session);
+        drop(reg);
+        for w in waiting {
+            assert!(w.await.unwrap().is_none());
+        }
     }
 
     #[test]

@@ -156,6 +156,8 @@ pub struct JobCtx {
     /// Selections in a row each client let pass without any answer (since this process took
     /// the job over); see [`JobCtx::count_silence`].
     pub silence: Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
+    /// When the job was submitted (Unix ms): its wall time, across restarts, counts from here.
+    pub created_ms: u64,
 }
 
 /// Scores the global model on `data`, off the async threads; `None` when the coordinator cannot
@@ -963,12 +965,12 @@ impl JobCtx {
                 )));
             }
             match self.registry.dispatch(name, task) {
-                Ok(slot) => {
+                Ok(delivery) => {
                     phase.bytes_down += size as u64;
                     task_ids.push(task_id);
                     let name = name.to_string();
                     pending.insert(name.clone());
-                    waiting.push(async move { (name, slot.await) });
+                    waiting.push(async move { (name, delivery.await) });
                 }
                 Err(e) => {
                     warn!(client = %name, "{e}");
@@ -991,7 +993,7 @@ impl JobCtx {
                 Some((client, outcome)) = waiting.next() => {
                     pending.remove(&client);
                     match outcome {
-                        Ok(arrived) => {
+                        Some(arrived) => {
                             phase.answered.insert(client.clone());
                             phase.bytes_up += arrived.bytes;
                             let mismatch = arrived.result.job_id != self.id || arrived.result.round != round;
@@ -1009,7 +1011,7 @@ impl JobCtx {
                                 }
                             }
                         }
-                        Err(_) => {
+                        None => {
                             phase.failed += 1;
                             warn!(client, round, "client left before answering");
                         }

@@ -399,6 +399,7 @@ impl Coordinator {
                 "global": best_state.global.to_json(),
             }),
         )?;
+        summary.ended(ctx.created_ms);
         run.write_json("summary.json", &summary)?;
         Ok(summary)
     }

@@ -120,6 +120,7 @@ impl Coordinator {
                 "global": state.global.to_json(),
             }),
         )?;
+        summary.ended(ctx.created_ms);
         run.write_json("summary.json", &summary)?;
         Ok(summary)
     }

@@ -159,6 +159,7 @@ impl Coordinator {
         let mut summary = Summary::from_rounds(&ctx.id, &ctx.spec, &records);
         summary.variants = at.results;
         write_fusion_outputs(run, &summary.variants)?;
+        summary.ended(ctx.created_ms);
         run.write_json("summary.json", &summary)?;
         Ok(summary)
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use rand::Rng;
 use shoal_proto::v1::{self, watch_event};
+use shoal_shared::text::{clip, ID_CHARS};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
@@ -19,6 +20,10 @@ use crate::state::{JobRow, JobStatus};
 
 /// How often a write the state store refused for lack of space or an I/O error is tried again.
 const STORE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// An end-of-job step that takes longer than this says what it is doing (and, when done, how
+/// long it took); quicker ones stay silent.
+const SLOW_STEP: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Coordinator {
     /// Goes on with the jobs a previous coordinator process left queued or running. Every kind
@@ -64,7 +69,7 @@ impl Coordinator {
             checkpoint: checkpoint.map(|c| c.1),
             records,
         };
-        self.start(row.id, spec, run, Some(resume))?;
+        self.start(row.id, row.created_ms, spec, run, Some(resume))?;
         Ok(round)
     }
 
@@ -148,7 +153,7 @@ impl Coordinator {
             self.handles().remove(&id);
             return Err(e);
         }
-        self.spawn_job(id.clone(), spec, cancel, events, run, None);
+        self.spawn_job(id.clone(), row.created_ms, spec, cancel, events, run, None);
         info!(job = %id, "job submitted");
         Ok(row)
     }
@@ -171,18 +176,21 @@ impl Coordinator {
     fn start(
         self: &Arc<Self>,
         id: String,
+        created_ms: u64,
         spec: CheckedSpec,
         run: RunFolder,
         resume: Option<Resume>,
     ) -> Result<()> {
         let (cancel, events) = self.handle(&id);
-        self.spawn_job(id, spec, cancel, events, run, resume);
+        self.spawn_job(id, created_ms, spec, cancel, events, run, resume);
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn spawn_job(
         self: &Arc<Self>,
         id: String,
+        created_ms: u64,
         spec: CheckedSpec,
         cancel: CancellationToken,
         events: broadcast::Sender<v1::WatchEvent>,
@@ -204,6 +212,7 @@ impl Coordinator {
             data_dir: self.config.data_dir.clone().map(Arc::from),
             told: Default::default(),
             silence: Default::default(),
+            created_ms,
         };
         let me = self.clone();
         let span = tracing::info_span!("job", job = %id);
@@ -353,6 +362,55 @@ impl Coordinator {
         self.announce(ctx, run, events, rec, print_line)
     }
 
+    /// One step of a job's end-of-job phase (after its last round), named `name` in the state
+    /// store. Its result is kept there, so a coordinator restart in this phase reuses it instead
+    /// of working it out again (a centralized baseline takes seconds to minutes). A step still
+    /// running after [`SLOW_STEP`] prints what it does, `what`, and then how long it took.
+    pub(crate) async fn end_step<T>(
+        &self,
+        ctx: &JobCtx,
+        name: &str,
+        what: &str,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        let saved = self.store.end_result(&ctx.id, name)?;
+        if let Some(v) = saved.and_then(|s| serde_json::from_str(&s).ok()) {
+            info!(
+                step = name,
+                "end-of-job step done before the restart; its result is reused"
+            );
+            return Ok(v);
+        }
+        info!(step = name, "{what}");
+        let started = std::time::Instant::now();
+        tokio::pin!(work);
+        let value = tokio::select! {
+            v = &mut work => v?,
+            _ = tokio::time::sleep(SLOW_STEP) => {
+                self.print_text(&[format!("[{}] after the last round: {what} ...", ctx.id)]);
+                let v = work.await?;
+                self.print_text(&[format!(
+                    "[{}] {what}: done in {:.1} s",
+                    ctx.id,
+                    started.elapsed().as_secs_f64()
+                )]);
+                v
+            }
+        };
+        let text = serde_json::to_string(&value)
+            .map_err(|e| Error::Job(format!("cannot keep the result of {what}: {e}")))?;
+        self.until_stored(
+            Some(&ctx.cancel),
+            &format!("job {}: keeping the result of {what}", ctx.id),
+            || self.store.save_end_result(&ctx.id, name, &text),
+        )
+        .await?;
+        Ok(value)
+    }
+
     /// Runs a state-store write until it succeeds. A full disk or an I/O error is an outage of
     /// the storage, not a verdict on the job: it is logged once and the write tried again every
     /// [`STORE_RETRY`] until it goes through, the job is cancelled (`cancel`), or the coordinator
@@ -468,6 +526,56 @@ impl Coordinator {
             h.cancel.cancel();
         }
         self.job_info(id)
+    }
+
+    /// Goes on with a failed or cancelled job from its last checkpoint, as a restart goes on with
+    /// an interrupted one: a job that failed for a cause since removed (its clients all gone for
+    /// longer than the wait, a full disk) loses none of its recorded rounds. Refused for a job
+    /// that finished or still runs (or is still recording its end).
+    pub fn resume_job(self: &Arc<Self>, id: &str) -> Result<v1::JobInfo> {
+        // One resume at a time: two concurrent ones must not both start the job.
+        let _one = self.resuming.lock().unwrap_or_else(|p| p.into_inner());
+        let row = self.store.job(id)?;
+        let id = row.id.clone();
+        match row.status {
+            JobStatus::Failed | JobStatus::Cancelled => {}
+            JobStatus::Finished => {
+                return Err(Error::JobState(format!(
+                    "job `{}` finished; there is nothing to resume (submit it again for a new run)",
+                    clip(&id, ID_CHARS)
+                )))
+            }
+            JobStatus::Queued | JobStatus::Running => {
+                return Err(Error::JobState(format!(
+                    "job `{}` is still {}; only a failed or cancelled job can be resumed",
+                    clip(&id, ID_CHARS),
+                    row.status.as_str()
+                )))
+            }
+        }
+        if self.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        if self.handles().contains_key(&id) {
+            return Err(Error::JobState(format!(
+                "job `{}` is still recording its end; try again in a moment",
+                clip(&id, ID_CHARS)
+            )));
+        }
+        self.store.set_status(&id, JobStatus::Queued, None)?;
+        let round = match self.resume(row) {
+            Ok(round) => round,
+            Err(e) => {
+                let why = format!("cannot resume: {e}");
+                self.store.set_status(&id, JobStatus::Failed, Some(&why))?;
+                return Err(Error::JobState(format!(
+                    "job `{}` {why}",
+                    clip(&id, ID_CHARS)
+                )));
+            }
+        };
+        info!(job = %id, round, "job resumed on request");
+        self.job_info(&id)
     }
 
     /// Round history of a job plus a receiver for what comes next (`None` when it has ended).

@@ -41,14 +41,28 @@ impl Coordinator {
         let records = self
             .checkpointed_rounds(ctx, run, events, &mut state, resume)
             .await?;
-        let table = ctx.client_table(&state).await?;
+        let table = self
+            .end_step(
+                ctx,
+                "client_table",
+                "scoring the final model on each client (client table)",
+                ctx.client_table(&state),
+            )
+            .await?;
         let mut summary = Summary::from_rounds(&ctx.id, &ctx.spec, &records);
         summary.clients = table;
         if let (Some(b), true) = (
             state.facts.builtin,
             ctx.spec.evaluation.centralized_baseline,
         ) {
-            summary.centralized_test_accuracy = centralized_baseline(ctx, b, &state).await;
+            summary.centralized_test_accuracy = self
+                .end_step(
+                    ctx,
+                    "centralized_baseline",
+                    "training the same model centrally on the pooled train rows (evaluation.centralized_baseline)",
+                    async { Ok(centralized_baseline(ctx, b, &state).await) },
+                )
+                .await?;
         }
         run.write_json(
             "model.json",
@@ -59,6 +73,7 @@ impl Coordinator {
                 "global": state.global.to_json(),
             }),
         )?;
+        summary.ended(ctx.created_ms);
         run.write_json("summary.json", &summary)?;
         run.write_client_table(&summary.clients)?;
         Ok(summary)

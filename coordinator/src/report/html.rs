@@ -159,7 +159,10 @@ pub fn write_report(
                     human_bytes(s.bytes_down)
                 ),
             ),
-            ("seconds", format!("{:.2}", s.seconds)),
+            (
+                "seconds (in rounds)",
+                format!("{:.2} ({:.2})", s.seconds, s.round_seconds),
+            ),
         ] {
             let _ = writeln!(h, "<tr><th>{}</th><td>{}</td></tr>", escape(k), escape(&v));
         }

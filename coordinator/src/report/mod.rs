@@ -142,7 +142,12 @@ pub struct Summary {
     pub centralized_test_accuracy: Option<f64>,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// The job's wall time: from submission to its end, waits, restarts and the end-of-job
+    /// phase (client table, baseline) included.
     pub seconds: f64,
+    /// The time its rounds took, summed (each round's `seconds` in `metrics.csv`).
+    #[serde(default)]
+    pub round_seconds: f64,
     /// The final global model as each client sees it.
     pub clients: Vec<ClientRow>,
     /// Fusion jobs: each variant's test accuracy.
@@ -294,6 +299,7 @@ impl Summary {
             bytes_up: rounds.iter().map(|r| r.bytes_up).sum(),
             bytes_down: rounds.iter().map(|r| r.bytes_down).sum(),
             seconds: rounds.iter().map(|r| r.seconds).sum(),
+            round_seconds: rounds.iter().map(|r| r.seconds).sum(),
             clients: Vec::new(),
             variants: Vec::new(),
             diffusion: None,
@@ -301,16 +307,26 @@ impl Summary {
         }
     }
 
+    /// Sets the job's wall time, from its submission at `created_ms` (Unix ms) until now: called
+    /// as the job ends, once its end-of-job phase is done.
+    pub fn ended(&mut self, created_ms: u64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.seconds = now.saturating_sub(created_ms) as f64 / 1000.0;
+    }
+
     /// The human summary lines.
     pub fn lines(&self) -> Vec<String> {
         let mut out = vec![format!(
-            "summary  job {}  {} on {} with {}  {} rounds  {:.2} s  up {}  down {}",
+            "summary  job {}  {} on {} with {}  {} rounds  {:.2} s ({:.2} s in rounds)  up {}  down {}",
             self.job_id,
             self.model,
             self.dataset,
             self.strategy,
             self.rounds,
             self.seconds,
+            self.round_seconds,
             human_bytes(self.bytes_up),
             human_bytes(self.bytes_down)
         )];

@@ -423,6 +423,16 @@ impl Jobs for JobsService {
         ))
     }
 
+    async fn resume(
+        &self,
+        request: Request<v1::ResumeRequest>,
+    ) -> Result<Response<v1::JobInfo>, Status> {
+        self.coord.authorize_admin(&request)?;
+        Ok(Response::new(
+            self.coord.resume_job(&request.into_inner().job_id)?,
+        ))
+    }
+
     type WatchStream = BoxStream<v1::WatchEvent>;
 
     async fn watch(

@@ -104,6 +104,14 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     round INTEGER NOT NULL,
     state TEXT NOT NULL
 );
+-- What a job's end-of-job phase worked out (the client table, the centralized baseline), as
+-- JSON by name: a restart in that phase reuses them instead of working them out again.
+CREATE TABLE IF NOT EXISTS end_results (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (job_id, name)
+);
 ";
 
 /// Takes `DIR/shoal.lock` for this process (an advisory lock the OS lets go when the process
@@ -369,14 +377,40 @@ impl Store {
             .optional()?)
     }
 
+    /// Keeps a result of job `id`'s end-of-job phase under `name` (JSON).
+    pub fn save_end_result(&self, id: &str, name: &str, value: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO end_results (job_id, name, value) VALUES (?1, ?2, ?3)",
+            params![id, name, value],
+        )?;
+        Ok(())
+    }
+
+    /// A result of job `id`'s end-of-job phase saved under `name`.
+    pub fn end_result(&self, id: &str, name: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT value FROM end_results WHERE job_id = ?1 AND name = ?2",
+                params![id, name],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// Drops the rounds after `round` (work a crash interrupted after its checkpoint).
     pub fn truncate_rounds(&self, id: &str, round: u32) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute(
+        let dropped = tx.execute(
             "DELETE FROM rounds WHERE job_id = ?1 AND round > ?2",
             params![id, round],
         )?;
+        // Rounds run again may end with another model: what the end-of-job phase worked out
+        // from the old one no longer holds.
+        if dropped > 0 {
+            tx.execute("DELETE FROM end_results WHERE job_id = ?1", params![id])?;
+        }
         tx.execute(
             "UPDATE jobs SET rounds_done = ?2 WHERE id = ?1",
             params![id, round],

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from shoal.v1 import common_pb2 as shoal_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13shoal/v1/jobs.proto\x12\x08shoal.v1\x1a\x15shoal/v1/common.proto\"_\n\rSubmitRequest\x12\x0c\n\x04spec\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x30\n\x12initial_parameters\x18\x03 \x01(\x0b\x32\x14.shoal.v1.Parameters\"\x1c\n\nGetRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\r\n\x0bListRequest\"/\n\x0cListResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.shoal.v1.JobInfo\"\x1f\n\rCancelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1e\n\x0cWatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xfd\x01\n\x07JobInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12#\n\x06status\x18\x03 \x01(\x0e\x32\x13.shoal.v1.JobStatus\x12\x14\n\x0crounds_total\x18\x04 \x01(\r\x12\x13\n\x0brounds_done\x18\x05 \x01(\r\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x0c\n\x04spec\x18\x07 \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\x08 \x01(\x04\x12.\n\nlast_round\x18\t \x01(\x0b\x32\x15.shoal.v1.RoundReportH\x00\x88\x01\x01\x12\x0f\n\x07run_dir\x18\n \x01(\tB\r\n\x0b_last_round\"\xd5\x04\n\x0bRoundReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x14\n\x0crounds_total\x18\x03 \x01(\r\x12\x0f\n\x07\x63lients\x18\x04 \x01(\r\x12\x18\n\x10\x63lients_selected\x18\x05 \x01(\r\x12\x12\n\ntrain_loss\x18\x06 \x01(\x01\x12\x15\n\x08\x66\x65\x64_loss\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0c\x66\x65\x64_accuracy\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x1a\n\rtest_accuracy\x18\t \x01(\x01H\x02\x88\x01\x01\x12\x10\n\x08\x62ytes_up\x18\n \x01(\x04\x12\x12\n\nbytes_down\x18\x0b \x01(\x04\x12\x0f\n\x07seconds\x18\x0c \x01(\x01\x12\x10\n\x08rejected\x18\r \x01(\r\x12\x16\n\ttest_loss\x18\x0e \x01(\x01H\x03\x88\x01\x01\x12:\n\x0brejected_by\x18\x0f \x03(\x0b\x32%.shoal.v1.RoundReport.RejectedByEntry\x12\x13\n\x0bquarantined\x18\x10 \x03(\t\x12\x32\n\x07late_by\x18\x11 \x03(\x0b\x32!.shoal.v1.RoundReport.LateByEntry\x1a\x31\n\x0fRejectedByEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x1a-\n\x0bLateByEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x42\x0b\n\t_fed_lossB\x0f\n\r_fed_accuracyB\x10\n\x0e_test_accuracyB\x0c\n\n_test_loss\"d\n\nWatchEvent\x12&\n\x05round\x18\x01 \x01(\x0b\x32\x15.shoal.v1.RoundReportH\x00\x12%\n\x08\x66inished\x18\x02 \x01(\x0b\x32\x11.shoal.v1.JobInfoH\x00\x42\x07\n\x05\x65vent*\xa0\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATUS_QUEUED\x10\x01\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x02\x12\x17\n\x13JOB_STATUS_FINISHED\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x18\n\x14JOB_STATUS_CANCELLED\x10\x05\x32\x92\x02\n\x04Jobs\x12\x34\n\x06Submit\x12\x17.shoal.v1.SubmitRequest\x1a\x11.shoal.v1.JobInfo\x12.\n\x03Get\x12\x14.shoal.v1.GetRequest\x1a\x11.shoal.v1.JobInfo\x12\x35\n\x04List\x12\x15.shoal.v1.ListRequest\x1a\x16.shoal.v1.ListResponse\x12\x34\n\x06\x43\x61ncel\x12\x17.shoal.v1.CancelRequest\x1a\x11.shoal.v1.JobInfo\x12\x37\n\x05Watch\x12\x16.shoal.v1.WatchRequest\x1a\x14.shoal.v1.WatchEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13shoal/v1/jobs.proto\x12\x08shoal.v1\x1a\x15shoal/v1/common.proto\"_\n\rSubmitRequest\x12\x0c\n\x04spec\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x30\n\x12initial_parameters\x18\x03 \x01(\x0b\x32\x14.shoal.v1.Parameters\"\x1c\n\nGetRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\r\n\x0bListRequest\"/\n\x0cListResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.shoal.v1.JobInfo\"\x1f\n\rCancelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1f\n\rResumeRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1e\n\x0cWatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xfd\x01\n\x07JobInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12#\n\x06status\x18\x03 \x01(\x0e\x32\x13.shoal.v1.JobStatus\x12\x14\n\x0crounds_total\x18\x04 \x01(\r\x12\x13\n\x0brounds_done\x18\x05 \x01(\r\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x0c\n\x04spec\x18\x07 \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\x08 \x01(\x04\x12.\n\nlast_round\x18\t \x01(\x0b\x32\x15.shoal.v1.RoundReportH\x00\x88\x01\x01\x12\x0f\n\x07run_dir\x18\n \x01(\tB\r\n\x0b_last_round\"\xd5\x04\n\x0bRoundReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x14\n\x0crounds_total\x18\x03 \x01(\r\x12\x0f\n\x07\x63lients\x18\x04 \x01(\r\x12\x18\n\x10\x63lients_selected\x18\x05 \x01(\r\x12\x12\n\ntrain_loss\x18\x06 \x01(\x01\x12\x15\n\x08\x66\x65\x64_loss\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0c\x66\x65\x64_accuracy\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x1a\n\rtest_accuracy\x18\t \x01(\x01H\x02\x88\x01\x01\x12\x10\n\x08\x62ytes_up\x18\n \x01(\x04\x12\x12\n\nbytes_down\x18\x0b \x01(\x04\x12\x0f\n\x07seconds\x18\x0c \x01(\x01\x12\x10\n\x08rejected\x18\r \x01(\r\x12\x16\n\ttest_loss\x18\x0e \x01(\x01H\x03\x88\x01\x01\x12:\n\x0brejected_by\x18\x0f \x03(\x0b\x32%.shoal.v1.RoundReport.RejectedByEntry\x12\x13\n\x0bquarantined\x18\x10 \x03(\t\x12\x32\n\x07late_by\x18\x11 \x03(\x0b\x32!.shoal.v1.RoundReport.LateByEntry\x1a\x31\n\x0fRejectedByEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x1a-\n\x0bLateByEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x42\x0b\n\t_fed_lossB\x0f\n\r_fed_accuracyB\x10\n\x0e_test_accuracyB\x0c\n\n_test_loss\"d\n\nWatchEvent\x12&\n\x05round\x18\x01 \x01(\x0b\x32\x15.shoal.v1.RoundReportH\x00\x12%\n\x08\x66inished\x18\x02 \x01(\x0b\x32\x11.shoal.v1.JobInfoH\x00\x42\x07\n\x05\x65vent*\xa0\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATUS_QUEUED\x10\x01\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x02\x12\x17\n\x13JOB_STATUS_FINISHED\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x18\n\x14JOB_STATUS_CANCELLED\x10\x05\x32\xc8\x02\n\x04Jobs\x12\x34\n\x06Submit\x12\x17.shoal.v1.SubmitRequest\x1a\x11.shoal.v1.JobInfo\x12.\n\x03Get\x12\x14.shoal.v1.GetRequest\x1a\x11.shoal.v1.JobInfo\x12\x35\n\x04List\x12\x15.shoal.v1.ListRequest\x1a\x16.shoal.v1.ListResponse\x12\x34\n\x06\x43\x61ncel\x12\x17.shoal.v1.CancelRequest\x1a\x11.shoal.v1.JobInfo\x12\x34\n\x06Resume\x12\x17.shoal.v1.ResumeRequest\x1a\x11.shoal.v1.JobInfo\x12\x37\n\x05Watch\x12\x16.shoal.v1.WatchRequest\x1a\x14.shoal.v1.WatchEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUNDREPORT_REJECTEDBYENTRY']._serialized_options = b'8\001'
   _globals['_ROUNDREPORT_LATEBYENTRY']._loaded_options = None
   _globals['_ROUNDREPORT_LATEBYENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATUS']._serialized_start=1271
-  _globals['_JOBSTATUS']._serialized_end=1431
+  _globals['_JOBSTATUS']._serialized_start=1304
+  _globals['_JOBSTATUS']._serialized_end=1464
   _globals['_SUBMITREQUEST']._serialized_start=56
   _globals['_SUBMITREQUEST']._serialized_end=151
   _globals['_GETREQUEST']._serialized_start=153
@@ -48,18 +48,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTRESPONSE']._serialized_end=245
   _globals['_CANCELREQUEST']._serialized_start=247
   _globals['_CANCELREQUEST']._serialized_end=278
-  _globals['_WATCHREQUEST']._serialized_start=280
-  _globals['_WATCHREQUEST']._serialized_end=310
-  _globals['_JOBINFO']._serialized_start=313
-  _globals['_JOBINFO']._serialized_end=566
-  _globals['_ROUNDREPORT']._serialized_start=569
-  _globals['_ROUNDREPORT']._serialized_end=1166
-  _globals['_ROUNDREPORT_REJECTEDBYENTRY']._serialized_start=1008
-  _globals['_ROUNDREPORT_REJECTEDBYENTRY']._serialized_end=1057
-  _globals['_ROUNDREPORT_LATEBYENTRY']._serialized_start=1059
-  _globals['_ROUNDREPORT_LATEBYENTRY']._serialized_end=1104
-  _globals['_WATCHEVENT']._serialized_start=1168
-  _globals['_WATCHEVENT']._serialized_end=1268
-  _globals['_JOBS']._serialized_start=1434
-  _globals['_JOBS']._serialized_end=1708
+  _globals['_RESUMEREQUEST']._serialized_start=280
+  _globals['_RESUMEREQUEST']._serialized_end=311
+  _globals['_WATCHREQUEST']._serialized_start=313
+  _globals['_WATCHREQUEST']._serialized_end=343
+  _globals['_JOBINFO']._serialized_start=346
+  _globals['_JOBINFO']._serialized_end=599
+  _globals['_ROUNDREPORT']._serialized_start=602
+  _globals['_ROUNDREPORT']._serialized_end=1199
+  _globals['_ROUNDREPORT_REJECTEDBYENTRY']._serialized_start=1041
+  _globals['_ROUNDREPORT_REJECTEDBYENTRY']._serialized_end=1090
+  _globals['_ROUNDREPORT_LATEBYENTRY']._serialized_start=1092
+  _globals['_ROUNDREPORT_LATEBYENTRY']._serialized_end=1137
+  _globals['_WATCHEVENT']._serialized_start=1201
+  _globals['_WATCHEVENT']._serialized_end=1301
+  _globals['_JOBS']._serialized_start=1467
+  _globals['_JOBS']._serialized_end=1795
 # @@protoc_insertion_point(module_scope)

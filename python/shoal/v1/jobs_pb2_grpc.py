@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class JobsStub:
-    """Job management for operators: submit, inspect, cancel and watch jobs.
+    """Job management for operators: submit, inspect, cancel, resume and watch jobs.
     """
 
     def __init__(self, channel):
@@ -55,6 +55,11 @@ class JobsStub:
                 request_serializer=shoal_dot_v1_dot_jobs__pb2.CancelRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_jobs__pb2.JobInfo.FromString,
                 _registered_method=True)
+        self.Resume = channel.unary_unary(
+                '/shoal.v1.Jobs/Resume',
+                request_serializer=shoal_dot_v1_dot_jobs__pb2.ResumeRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_jobs__pb2.JobInfo.FromString,
+                _registered_method=True)
         self.Watch = channel.unary_stream(
                 '/shoal.v1.Jobs/Watch',
                 request_serializer=shoal_dot_v1_dot_jobs__pb2.WatchRequest.SerializeToString,
@@ -63,7 +68,7 @@ class JobsStub:
 
 
 class JobsServicer:
-    """Job management for operators: submit, inspect, cancel and watch jobs.
+    """Job management for operators: submit, inspect, cancel, resume and watch jobs.
     """
 
     def Submit(self, request, context):
@@ -86,6 +91,15 @@ class JobsServicer:
 
     def Cancel(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resume(self, request, context):
+        """A failed or cancelled job goes on from its last checkpoint (the rounds it recorded are kept;
+        the round it was in runs again from the same seeds). FAILED_PRECONDITION for a job that
+        finished or still runs.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -121,6 +135,11 @@ def add_JobsServicer_to_server(servicer, server):
                     request_deserializer=shoal_dot_v1_dot_jobs__pb2.CancelRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_jobs__pb2.JobInfo.SerializeToString,
             ),
+            'Resume': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=shoal_dot_v1_dot_jobs__pb2.ResumeRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_jobs__pb2.JobInfo.SerializeToString,
+            ),
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
                     request_deserializer=shoal_dot_v1_dot_jobs__pb2.WatchRequest.FromString,
@@ -135,7 +154,7 @@ def add_JobsServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Jobs:
-    """Job management for operators: submit, inspect, cancel and watch jobs.
+    """Job management for operators: submit, inspect, cancel, resume and watch jobs.
     """
 
     @staticmethod
@@ -235,6 +254,33 @@ class Jobs:
             target,
             '/shoal.v1.Jobs/Cancel',
             shoal_dot_v1_dot_jobs__pb2.CancelRequest.SerializeToString,
+            shoal_dot_v1_dot_jobs__pb2.JobInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Jobs/Resume',
+            shoal_dot_v1_dot_jobs__pb2.ResumeRequest.SerializeToString,
             shoal_dot_v1_dot_jobs__pb2.JobInfo.FromString,
             options,
             channel_credentials,
