@@ -30,12 +30,15 @@ cd "$(dirname "$0")/.."
 scenarios=("$@")
 [[ ${#scenarios[@]} -eq 0 ]] && scenarios=(kill straggler disconnect restart chaos)
 
+SERVICES=(coordinator client-0 client-1 client-2 client-3 client-4)
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+
 # On failure, the end of every service's log goes with the reason, so a CI log says what happened.
 fail() {
     echo "FAIL [$name]: $*" >&2
-    for svc in coordinator client-0 client-1 client-2 client-3 client-4; do
-        c="$(compose ps -q "$svc" 2>/dev/null)" || continue
-        [[ -n "$c" ]] && docker logs --tail 12 "$c" 2>&1 | sed "s/^/$svc | /" >&2
+    for svc in "${SERVICES[@]}"; do
+        [[ -n "${CIDS[$svc]:-}" ]] && docker logs --tail 12 "${CIDS[$svc]}" 2>&1 | sed "s/^/$svc | /" >&2
     done
     exit 1
 }
@@ -57,38 +60,49 @@ set_job() {
     ROUND_LINE="round [0-9]*/$ROUNDS "
 }
 
-# Logs are read with the docker CLI from the container id, never through compose: compose (v1
-# above all) takes seconds per call on a loaded machine, and a reader that stops early (grep -q,
-# grep -m, awk's exit) makes the writer fail with EPIPE, which `set -o pipefail` turns into a
-# failed check. So a log is first copied whole into a file, and only then searched.
-log_of() { # service -> file holding its whole log (stdout and stderr) so far
-    local f
-    f="$(mktemp)"
-    docker logs "$(cid "$1")" >"$f" 2>&1 || fail "cannot read the log of $1"
-    echo "$f"
-}
+# Every service's container id, looked up once after `compose up` (the same container across a
+# kill and a start). Everything after goes to docker directly: compose (v1 above all) takes
+# seconds per call on a loaded machine, and faults must land quickly. Helpers that can fail run
+# in this shell, never in a $(...) subshell, where `fail` would end only the subshell.
 declare -A CIDS
-cid() { # service -> container id (the same container across a kill and a start; cached, as
-    # compose takes seconds per call and faults must land quickly)
-    if [[ -z "${CIDS[$1]:-}" ]]; then
-        local c
-        c="$(compose ps -q "$1")" && [[ -n "$c" ]] || fail "no container for $1"
-        CIDS[$1]=$c
-    fi
-    echo "${CIDS[$1]}"
+find_containers() {
+    CIDS=()
+    local svc id
+    while read -r svc id; do
+        CIDS[$svc]=$id
+    done < <(docker ps -a --filter "label=com.docker.compose.project=shoal-$name" \
+        --format '{{.Label "com.docker.compose.service"}} {{.ID}}')
+    for svc in "${SERVICES[@]}"; do
+        [[ -n "${CIDS[$svc]:-}" ]] || fail "no container for $svc after compose up"
+    done
 }
-state_of() { docker inspect -f "{{.State.$2}}" "$(cid "$1")"; }
+state_of() { docker inspect -f "{{.State.$2}}" "${CIDS[$1]}"; }
 
-# Rounds the coordinator has logged so far.
-rounds_done() { grep -c "$ROUND_LINE" "$(log_of coordinator)" || true; }
+# Copies a service's whole log (stdout and stderr) so far into $TMP/SERVICE.log. Logs are read
+# whole and only then searched: a reader that stops early (grep -q, grep -m, awk's exit) makes the
+# writer fail with EPIPE, which `set -o pipefail` turns into a failed check.
+snap() { docker logs "${CIDS[$1]}" >"$TMP/$1.log" 2>&1 || fail "cannot read the log of $1"; }
 
-# Returns as soon as the coordinator has logged `want` rounds, following its log as a stream
-# (polling could miss a whole fast job). The reader stops early on purpose, so the pipeline's
-# status is not used: the count is.
+# AT: the rounds the coordinator has logged so far.
+count_rounds() {
+    snap coordinator
+    AT="$(grep -c "$ROUND_LINE" "$TMP/coordinator.log" || true)"
+}
+
+# Returns as soon as the coordinator has logged `want` rounds: it follows the log into a file
+# (polling `docker logs` could miss a whole fast job) and counts there every 0.1 s.
 wait_rounds() {
-    local want=$1 seen
-    seen="$( (timeout 180 docker logs -f "$(cid coordinator)" 2>&1 || true) | (grep -c -m "$want" "$ROUND_LINE" || true))"
-    [[ ${seen:-0} -ge $want ]] || fail "fewer than $want rounds after 180 s (saw ${seen:-0})"
+    local want=$1 seen=0 pid deadline=$((SECONDS + 180))
+    docker logs -f "${CIDS[coordinator]}" >"$TMP/follow.log" 2>&1 &
+    pid=$!
+    while :; do
+        seen="$(grep -c "$ROUND_LINE" "$TMP/follow.log" || true)"
+        [[ $seen -ge $want || $SECONDS -ge $deadline ]] && break
+        sleep 0.1
+    done
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    [[ $seen -ge $want ]] || fail "fewer than $want rounds after 180 s (saw $seen)"
 }
 
 # Runs a docker command that injects a fault; its error is the scenario's failure, not noise.
@@ -99,22 +113,23 @@ inject() {
 
 # A fault must land while the job runs, with rounds left to show its effect.
 mid_job() { # rounds done when the fault landed, rounds it needs after it
+    [[ $1 =~ ^[0-9]+$ ]] || fail "cannot tell how many rounds were done ($1)"
     [[ $(($1 + $2)) -le $ROUNDS ]] ||
         fail "the fault landed after round $1 of $ROUNDS, too late to show its effect (the job ran faster than the scenario)"
 }
 
-# Waits for the coordinator to exit, then copies its run folder out; prints the folder.
+# Waits for the coordinator to exit, then copies its run folder out into DIR.
 collect() {
-    local deadline=$((SECONDS + 300)) id out
+    local deadline=$((SECONDS + 300)) id
     while [[ "$(state_of coordinator Running)" == "true" ]]; do
         [[ $SECONDS -lt $deadline ]] || fail "the job did not end within 300 s"
         sleep 1
     done
-    out="$(mktemp -d)"
-    docker cp "$(cid coordinator):/state/runs" "$out/" >/dev/null
-    id="$(ls "$out/runs")"
+    rm -rf "$TMP/runs"
+    docker cp "${CIDS[coordinator]}:/state/runs" "$TMP/" >/dev/null || fail "cannot copy the run folder out"
+    id="$(ls "$TMP/runs")"
     [[ -n "$id" && "$id" != *$'\n'* ]] || fail "expected one run folder, found: ${id:-none}"
-    echo "$out/runs/$id"
+    DIR="$TMP/runs/$id"
 }
 
 # metrics.csv columns: round,clients,train_loss,fed_loss,fed_accuracy,test_accuracy,bytes_up,bytes_down,seconds
@@ -132,14 +147,15 @@ for name in "${scenarios[@]}"; do
     CIDS=()
     compose down -v >/dev/null 2>&1 || true
     out="$(compose up -d 2>&1)" || { echo "$out" >&2; fail "compose up failed"; }
+    find_containers
     case "$name" in
     kill)
         wait_rounds 2
-        inject docker kill -s KILL "$(cid client-3)"
-        at="$(rounds_done)"
+        inject docker kill -s KILL "${CIDS[client-3]}"
+        count_rounds && at=$AT
         mid_job "$at" 2
         [[ "$(state_of client-3 Running)" == "false" ]] || fail "client-3 still runs after SIGKILL"
-        dir="$(collect)"
+        collect && dir=$DIR
         check_complete "$dir"
         fours="$(tail -n +2 "$dir/metrics.csv" | awk -F, -v at="$at" '$1 > at && $2 == 4' | wc -l)"
         [[ $fours -ge 1 ]] || fail "no round after the kill (round $at) completed with the 4 remaining clients"
@@ -147,15 +163,15 @@ for name in "${scenarios[@]}"; do
         ;;
     straggler)
         wait_rounds 2
-        inject docker pause "$(cid client-1)"
+        inject docker pause "${CIDS[client-1]}"
         [[ "$(state_of client-1 Paused)" == "true" ]] || fail "client-1 is not paused after docker pause"
         # Count from when the pause is in force, as for the disconnect below: rounds can be shorter
         # than the docker command, and a pause lifted before the next round starts holds up nothing.
-        at="$(rounds_done)"
+        count_rounds && at=$AT
         mid_job "$at" 4
         wait_rounds $((at + 2))
-        inject docker unpause "$(cid client-1)"
-        dir="$(collect)"
+        inject docker unpause "${CIDS[client-1]}"
+        collect && dir=$DIR
         check_complete "$dir"
         at_deadline="$(tail -n +2 "$dir/metrics.csv" | awk -F, -v at="$at" '$1 > at && $2 == 4 && $9 >= 7.5' | wc -l)"
         [[ $at_deadline -ge 1 ]] || fail "no 4-client round after the pause (round $at) ended at the 8 s deadline"
@@ -166,49 +182,51 @@ for name in "${scenarios[@]}"; do
     disconnect)
         wait_rounds 2
         net="shoal-${name}_federation"
-        inject docker network disconnect "$net" "$(cid client-2)"
-        [[ "$(docker inspect -f "{{if index .NetworkSettings.Networks \"$net\"}}on{{else}}off{{end}}" "$(cid client-2)")" == "off" ]] ||
+        inject docker network disconnect "$net" "${CIDS[client-2]}"
+        [[ "$(docker inspect -f "{{if index .NetworkSettings.Networks \"$net\"}}on{{else}}off{{end}}" "${CIDS[client-2]}")" == "off" ]] ||
             fail "client-2 is still on $net after docker network disconnect"
         # Count from when the cut is in force, not from round 2: rounds can be shorter than the
         # docker command, and a cut that ends before the next round starts is no cut at all.
-        at="$(rounds_done)"
+        count_rounds && at=$AT
         mid_job "$at" 6
         wait_rounds $((at + 2))
-        inject docker network connect "$net" "$(cid client-2)"
-        dir="$(collect)"
+        inject docker network connect "$net" "${CIDS[client-2]}"
+        collect && dir=$DIR
         check_complete "$dir"
         fours="$(tail -n +2 "$dir/metrics.csv" | awk -F, -v at="$at" '$1 > at && $2 == 4' | wc -l)"
         [[ $fours -ge 1 ]] || fail "no round after the cut (round $at) ran without the disconnected client"
         last="$(tail -1 "$dir/metrics.csv" | cut -d, -f2)"
         [[ $last -eq 5 ]] || fail "client-2 did not take part again after reconnecting (last round: $last clients)"
         # How client-2 got back, for the log: its connection attempts from the cut to its return.
-        awk '/nothing from the coordinator/ { on = 1 } on && /connected|connection failed/ { print "    " $0 } on && / connected / { exit }' "$(log_of client-2)"
+        snap client-2
+        awk '/nothing from the coordinator/ { on = 1 } on && /connected|connection failed/ { print "    " $0 } on && / connected / { exit }' "$TMP/client-2.log"
         back="$(tail -n +2 "$dir/metrics.csv" | awk -F, '$2 < 5 { n = 0; next } { n++ } END { print n }')"
         echo "ok: client-2 cut off after round $at ($fours rounds at quorum), then took part again (the last $back of $ROUNDS rounds)"
         ;;
     restart)
         wait_rounds 3
-        inject docker kill -s KILL "$(cid coordinator)"
-        at="$(rounds_done)"
+        inject docker kill -s KILL "${CIDS[coordinator]}"
+        count_rounds && at=$AT
         mid_job "$at" 1
         [[ "$(state_of coordinator Running)" == "false" ]] || fail "the coordinator still runs after SIGKILL"
-        inject docker start "$(cid coordinator)"
-        dir="$(collect)"
+        inject docker start "${CIDS[coordinator]}"
+        collect && dir=$DIR
         check_complete "$dir"
-        resumed="$(sed -n 's/.*resuming after round \([0-9]*\) of.*/\1/p' "$(log_of coordinator)")"
+        snap coordinator
+        resumed="$(sed -n 's/.*resuming after round \([0-9]*\) of.*/\1/p' "$TMP/coordinator.log")"
         [[ -n "$resumed" ]] || fail "no resume line in the log (killed after round $at)"
         # A round is stored before its line is printed: the kill may fall between the two.
         [[ $resumed -ge 3 && $resumed -le $((at + 1)) ]] || fail "resumed after round $resumed, but killed after round $at"
         echo "ok: coordinator killed after round $at, resumed after round $resumed from its state volume; every round once; job finished"
         ;;
     chaos)
-        ref="$(collect)"
-        check_complete "$ref"
-        want="$(tail -1 "$ref/metrics.csv" | cut -d, -f6)"
+        collect && check_complete "$DIR"
+        want="$(tail -1 "$DIR/metrics.csv" | cut -d, -f6)"
         echo "   undisturbed: final test accuracy $want"
         CIDS=()
         compose down -v >/dev/null 2>&1 || true
         out="$(compose up -d 2>&1)" || { echo "$out" >&2; fail "compose up failed"; }
+        find_containers
         RANDOM=${CHAOS_SEED:-7}
         faults=(client client client coordinator coordinator outage)
         for ((i = ${#faults[@]} - 1; i > 0; i--)); do # Fisher-Yates
@@ -219,33 +237,33 @@ for name in "${scenarios[@]}"; do
         for f in "${faults[@]}"; do
             next=$((next + 2 + RANDOM % 3))
             wait_rounds "$next"
-            at="$(rounds_done)"
+            count_rounds && at=$AT
             mid_job "$at" 2
             case "$f" in
             client)
                 c="client-$((RANDOM % 5))"
-                inject docker kill -s KILL "$(cid "$c")"
+                inject docker kill -s KILL "${CIDS[$c]}"
                 [[ "$(state_of "$c" Running)" == "false" ]] || fail "$c still runs after SIGKILL"
                 sleep "0.$((RANDOM % 10))"
-                inject docker start "$(cid "$c")"
+                inject docker start "${CIDS[$c]}"
                 f="$c killed"
                 ;;
             coordinator)
-                inject docker kill -s KILL "$(cid coordinator)"
+                inject docker kill -s KILL "${CIDS[coordinator]}"
                 [[ "$(state_of coordinator Running)" == "false" ]] || fail "the coordinator still runs after SIGKILL"
-                inject docker start "$(cid coordinator)"
+                inject docker start "${CIDS[coordinator]}"
                 f="coordinator killed"
                 ;;
             outage)
                 for c in client-0 client-1 client-2 client-3 client-4; do
-                    inject docker kill -s KILL "$(cid "$c")"
+                    inject docker kill -s KILL "${CIDS[$c]}"
                 done
                 for c in client-0 client-1 client-2 client-3 client-4; do
                     [[ "$(state_of "$c" Running)" == "false" ]] || fail "$c still runs after SIGKILL"
                 done
                 sleep 1
                 for c in client-0 client-1 client-2 client-3 client-4; do
-                    inject docker start "$(cid "$c")"
+                    inject docker start "${CIDS[$c]}"
                 done
                 f="all clients killed for 1 s"
                 ;;
@@ -254,7 +272,7 @@ for name in "${scenarios[@]}"; do
             done_faults+=("$f after round $at")
             next=$at
         done
-        dir="$(collect)"
+        collect && dir=$DIR
         check_complete "$dir"
         got="$(tail -1 "$dir/metrics.csv" | cut -d, -f6)"
         awk -v a="$got" -v b="$want" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 0.01) }' ||

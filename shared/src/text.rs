@@ -20,15 +20,15 @@ pub fn clip(s: &str, max: usize) -> String {
     out
 }
 
-/// An error's text and its causes' on one line, `error: cause: cause`. A cause whose text the
-/// line already holds is left out: many errors quote their source in their own text, and
+/// An error's text and its causes' on one line, `error: cause: cause`. A cause the line already
+/// ends with is left out: many errors quote their source at the end of their own text, and
 /// tonic's transport errors nest levels with the same words, so a plain join says things twice
 /// ("tcp connect error: tcp connect error: ...").
 pub fn one_line(texts: impl IntoIterator<Item = String>) -> String {
     let mut out = String::new();
     for t in texts {
         let t = t.trim();
-        if t.is_empty() || out.contains(t) {
+        if t.is_empty() || out.ends_with(t) {
             continue;
         }
         if !out.is_empty() {

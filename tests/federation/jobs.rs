@@ -497,3 +497,47 @@ async fn a_hello_can_neither_fail_a_job_nor_widen_its_schema() {
         "{heard:?}"
     );
 }
+
+/// S10 #10: `summary.json`'s `seconds` was the sum of the round times, not the job's wall time:
+/// a job that waited for its clients (or a long end-of-job phase) looked quick. It is now the
+/// time from submission to the end, with the rounds' sum beside it (`round_seconds`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_seconds_are_its_wall_time_and_its_rounds_are_counted_apart() {
+    let tc = TestCoordinator::start().await;
+    let mut jobs = tc.jobs().await;
+    let id = submit(
+        &mut jobs,
+        &digits_job(2, 2, "[evaluation]\ncentralized_baseline = false\n"),
+    )
+    .await;
+    // The job waits for its clients for a second and a half: that is part of its wall time.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let clients: Vec<_> = (0..2)
+        .map(|i| start_client(&tc.url, Builtin::Digits, Partitioner::Iid, i, 2))
+        .collect();
+    let (info, rounds) = finish(&mut jobs, &id, 60).await;
+    assert_eq!(
+        info.status,
+        v1::JobStatus::Finished as i32,
+        "{}",
+        info.error
+    );
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(std::path::Path::new(&info.run_dir).join("summary.json")).unwrap(),
+    )
+    .unwrap();
+    let (wall, in_rounds) = (
+        summary["seconds"].as_f64().unwrap(),
+        summary["round_seconds"].as_f64().unwrap(),
+    );
+    let sum: f64 = rounds.iter().map(|r| r.seconds).sum();
+    assert!((in_rounds - sum).abs() < 1e-9, "{in_rounds} vs {sum}");
+    assert!(
+        wall >= 1.5 && wall > in_rounds,
+        "wall {wall} s, rounds {in_rounds} s"
+    );
+    for (stop, _) in clients {
+        stop.cancel();
+    }
+    tc.stop().await;
+}

@@ -36,8 +36,38 @@ const MAX_NAME_CHARS: usize = 128;
 const OUTBOUND_DEPTH: usize = 16;
 
 /// A dispatched task: waits for room on the client's stream when that is busy, then for the
-/// result. `None` when the client left (or its session was replaced) before answering.
-pub type Delivery = futures::future::BoxFuture<'static, Option<Arrived>>;
+/// result. Resolves to `None` when the client left (or its session was replaced) before
+/// answering.
+pub struct Delivery {
+    sent: Arc<std::sync::atomic::AtomicBool>,
+    wait: futures::future::BoxFuture<'static, Option<Arrived>>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Delivery {
+    /// Whether the task has gone onto the client's stream (a task still waiting for room when
+    /// its phase closes was never sent: its client was busy, not silent).
+    pub fn sent(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.sent.clone()
+    }
+}
+
+impl std::future::Future for Delivery {
+    type Output = Option<Arrived>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.wait.as_mut().poll(cx)
+    }
+}
 
 /// A connected client as the round engine sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -407,23 +437,30 @@ impl Registry {
                 slot,
             },
         );
-        Ok(Box::pin(async move {
+        let sent = Arc::new(std::sync::atomic::AtomicBool::new(queued.is_none()));
+        let flag = sent.clone();
+        let wait = Box::pin(async move {
             let mut rx = rx;
             if let Some((tx, msg)) = queued {
-                // Tokio's channel hands freed room to its waiters in the order they came, and a
-                // `try_send` cannot jump that queue: concurrent jobs share a busy client fairly.
-                // The slot is watched meanwhile: a session dropped or replaced ends the wait.
+                // Tokio's channel hands freed room to its waiters in the order they started
+                // waiting, and a `try_send` cannot take room a waiter is owed: concurrent jobs
+                // share a busy client in turn. The slot is watched meanwhile: a session dropped
+                // or replaced ends the wait.
                 tokio::select! {
                     biased;
                     r = &mut rx => return r.ok(),
                     room = tx.reserve() => match room {
-                        Ok(room) => room.send(msg),
+                        Ok(room) => {
+                            room.send(msg);
+                            flag.store(true, std::sync::atomic::Ordering::Release);
+                        }
                         Err(_) => return None,
                     },
                 }
             }
             rx.await.ok()
-        }))
+        });
+        Ok(Delivery { sent, wait })
     }
 
     /// Tells `client` something about `job` on its stream ([`v1::Notice`]); best effort: a client
@@ -820,6 +857,36 @@ mod tests {
             r.complete("busy", reg.session, res, 1).unwrap();
             assert!(d.await.unwrap().is_some());
         }
+    }
+
+    /// A task waiting for room is not yet sent (its phase must not call the client silent if it
+    /// closes then); it is once the stream takes it.
+    #[tokio::test]
+    async fn a_task_counts_as_sent_only_once_it_is_on_the_stream() {
+        let r = Registry::default();
+        let mut reg = r
+            .register("busy", ds("d"), Capabilities::builtin(), None)
+            .unwrap();
+        let first: Vec<_> = (0..OUTBOUND_DEPTH)
+            .map(|i| r.dispatch("busy", task(&format!("t{i}"))).unwrap())
+            .collect();
+        assert!(first
+            .iter()
+            .all(|d| d.sent().load(std::sync::atomic::Ordering::Acquire)));
+        let extra = r.dispatch("busy", task("extra")).unwrap();
+        let sent = extra.sent();
+        let waiting = tokio::spawn(extra);
+        tokio::task::yield_now().await;
+        assert!(!sent.load(std::sync::atomic::Ordering::Acquire));
+        reg.rx.recv().await.unwrap().unwrap();
+        for _ in 0..100 {
+            if sent.load(std::sync::atomic::Ordering::Acquire) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(sent.load(std::sync::atomic::Ordering::Acquire));
+        waiting.abort();
     }
 
     /// A session that ends while its tasks wait for room fails them at once (no deadline wait).

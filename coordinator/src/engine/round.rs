@@ -921,6 +921,9 @@ impl JobCtx {
         let mut pending = std::collections::BTreeSet::new();
         let mut enough = false;
         let mut task_ids = Vec::with_capacity(clients.len());
+        // Per client: whether its task went onto its stream (a busy client's may still wait for
+        // room when the phase closes), and the task's size.
+        let mut sent = BTreeMap::new();
         for &name in clients {
             // Unique per dispatch: a boosting round sends several histogram tasks to each client,
             // and a late answer to an earlier one must never pass for a later one.
@@ -966,10 +969,10 @@ impl JobCtx {
             }
             match self.registry.dispatch(name, task) {
                 Ok(delivery) => {
-                    phase.bytes_down += size as u64;
                     task_ids.push(task_id);
                     let name = name.to_string();
                     pending.insert(name.clone());
+                    sent.insert(name.clone(), (delivery.sent(), size as u64));
                     waiting.push(async move { (name, delivery.await) });
                 }
                 Err(e) => {
@@ -1027,8 +1030,21 @@ impl JobCtx {
             }
         }
         phase.timed_out = waiting.len();
+        let went = |name: &String| {
+            sent.get(name)
+                .is_some_and(|(s, _): &(Arc<std::sync::atomic::AtomicBool>, u64)| {
+                    s.load(std::sync::atomic::Ordering::Acquire)
+                })
+        };
+        phase.bytes_down += sent
+            .iter()
+            .filter(|(name, _)| went(name))
+            .map(|(_, (_, size))| size)
+            .sum::<u64>();
         if !enough {
-            phase.silent = pending;
+            // Silent: sent a task and never answered. A client whose task still waited for room
+            // on its stream was busy with other jobs' tasks, which is no sign of a dead peer.
+            phase.silent = pending.into_iter().filter(|name| went(name)).collect();
         }
         if phase.timed_out > 0 {
             warn!(

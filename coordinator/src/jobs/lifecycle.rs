@@ -56,6 +56,21 @@ impl Coordinator {
 
     /// Restarts one interrupted job from its checkpoint; returns the last completed round.
     fn resume(self: &Arc<Self>, row: JobRow) -> Result<u32> {
+        let id = row.id.clone();
+        let (cancel, events) = self.handle(&id);
+        self.resume_with(row, cancel, events).inspect_err(|_| {
+            self.handles().remove(&id);
+        })
+    }
+
+    /// [`Self::resume`] with the job's handle made already (a `Resume` request makes it before
+    /// the job leaves its failed state, so a cancel or a watch never finds it live without one).
+    fn resume_with(
+        self: &Arc<Self>,
+        row: JobRow,
+        cancel: CancellationToken,
+        events: broadcast::Sender<v1::WatchEvent>,
+    ) -> Result<u32> {
         let spec = CheckedSpec::from_toml(&row.spec_toml)?;
         let checkpoint = self.store.checkpoint(&row.id)?;
         let round = checkpoint.as_ref().map_or(0, |c| c.0);
@@ -69,7 +84,15 @@ impl Coordinator {
             checkpoint: checkpoint.map(|c| c.1),
             records,
         };
-        self.start(row.id, row.created_ms, spec, run, Some(resume))?;
+        self.spawn_job(
+            row.id,
+            row.created_ms,
+            spec,
+            cancel,
+            events,
+            run,
+            Some(resume),
+        );
         Ok(round)
     }
 
@@ -170,20 +193,6 @@ impl Coordinator {
             },
         );
         (cancel, events)
-    }
-
-    /// Starts a job whose row exists already (a resumed one).
-    fn start(
-        self: &Arc<Self>,
-        id: String,
-        created_ms: u64,
-        spec: CheckedSpec,
-        run: RunFolder,
-        resume: Option<Resume>,
-    ) -> Result<()> {
-        let (cancel, events) = self.handle(&id);
-        self.spawn_job(id, created_ms, spec, cancel, events, run, resume);
-        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -365,13 +374,16 @@ impl Coordinator {
     /// One step of a job's end-of-job phase (after its last round), named `name` in the state
     /// store. Its result is kept there, so a coordinator restart in this phase reuses it instead
     /// of working it out again (a centralized baseline takes seconds to minutes). A step still
-    /// running after [`SLOW_STEP`] prints what it does, `what`, and then how long it took.
+    /// running after [`SLOW_STEP`] prints what it does, `what`, and then how long it took. Only
+    /// a result `complete` calls so is kept: one a passing failure left short (a baseline that
+    /// failed, a table without clients) is worked out again next time.
     pub(crate) async fn end_step<T>(
         &self,
         ctx: &JobCtx,
         name: &str,
         what: &str,
         work: impl std::future::Future<Output = Result<T>>,
+        complete: impl Fn(&T) -> bool,
     ) -> Result<T>
     where
         T: serde::Serialize + serde::de::DeserializeOwned,
@@ -400,6 +412,9 @@ impl Coordinator {
                 v
             }
         };
+        if !complete(&value) {
+            return Ok(value);
+        }
         let text = serde_json::to_string(&value)
             .map_err(|e| Error::Job(format!("cannot keep the result of {what}: {e}")))?;
         self.until_stored(
@@ -562,10 +577,15 @@ impl Coordinator {
                 clip(&id, ID_CHARS)
             )));
         }
-        self.store.set_status(&id, JobStatus::Queued, None)?;
-        let round = match self.resume(row) {
+        let (cancel, events) = self.handle(&id);
+        if let Err(e) = self.store.set_status(&id, JobStatus::Queued, None) {
+            self.handles().remove(&id);
+            return Err(e);
+        }
+        let round = match self.resume_with(row, cancel, events) {
             Ok(round) => round,
             Err(e) => {
+                self.handles().remove(&id);
                 let why = format!("cannot resume: {e}");
                 self.store.set_status(&id, JobStatus::Failed, Some(&why))?;
                 return Err(Error::JobState(format!(

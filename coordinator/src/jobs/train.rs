@@ -47,6 +47,7 @@ impl Coordinator {
                 "client_table",
                 "scoring the final model on each client (client table)",
                 ctx.client_table(&state),
+                |table| !table.is_empty(),
             )
             .await?;
         let mut summary = Summary::from_rounds(&ctx.id, &ctx.spec, &records);
@@ -61,6 +62,7 @@ impl Coordinator {
                     "centralized_baseline",
                     "training the same model centrally on the pooled train rows (evaluation.centralized_baseline)",
                     async { Ok(centralized_baseline(ctx, b, &state).await) },
+                    Option::is_some,
                 )
                 .await?;
         }
