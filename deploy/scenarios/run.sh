@@ -32,7 +32,9 @@ scenarios=("$@")
 
 SERVICES=(coordinator client-0 client-1 client-2 client-3 client-4)
 TMP="$(mktemp -d)"
-trap 'rm -rf "$TMP"' EXIT
+# Only the script's own shell cleans up: a forked child (a background `docker logs -f` killed
+# before it has exec'd) inherits the trap and would remove the folder under the script.
+trap '[[ $BASHPID == "$$" ]] && rm -rf "$TMP"' EXIT
 
 # On failure, the end of every service's log goes with the reason, so a CI log says what happened.
 fail() {
