@@ -95,7 +95,10 @@ count_rounds() {
 # (polling `docker logs` could miss a whole fast job) and counts there every 0.1 s.
 wait_rounds() {
     local want=$1 seen=0 pid deadline=$((SECONDS + 180))
-    docker logs -f "${CIDS[coordinator]}" >"$TMP/follow.log" 2>&1 &
+    # Emptied here, not by the child's redirection: the first count below may run before the
+    # child has opened the file, and must not count the previous scenario's rounds.
+    : >"$TMP/follow.log"
+    docker logs -f "${CIDS[coordinator]}" >>"$TMP/follow.log" 2>&1 &
     pid=$!
     while :; do
         seen="$(grep -c "$ROUND_LINE" "$TMP/follow.log" || true)"
