@@ -929,3 +929,127 @@ fn a_state_dir_has_one_coordinator_and_a_frozen_one_gets_a_timeout() {
     assert!(waited < Duration::from_secs(20), "took {waited:?}");
     drop(first);
 }
+
+/// The operator's side of `job resume`, with real processes: every client of a running job is
+/// killed and stays away longer than its wait, so the job fails (`job watch` exits 1); once the
+/// clients are back, `job resume ID --watch` goes on after the recorded rounds and exits 0 when
+/// the job finishes, every round in `metrics.csv` once. A second resume of the finished job is
+/// refused, saying why.
+#[test]
+fn job_resume_goes_on_with_a_job_that_failed_while_its_clients_were_away() {
+    const ROUNDS: usize = 60;
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let job = tmp.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "kind = \"train\"\ndataset = \"digits\"\nrounds = {ROUNDS}\n[model]\nkind = \"mlp\"\nhidden = [64]\n\
+             [clients]\nmin_fit_clients = 2\nmin_available_clients = 2\nmin_evaluate_clients = 2\n\
+             wait_for_clients_secs = 1\n[evaluation]\ncentralized_baseline = false\n"
+        ),
+    )
+    .unwrap();
+    let runs = tmp.path().join("runs");
+    let _server = Proc(
+        Command::new(bin("shoal-coordinator"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(tmp.path().join("state"))
+            .arg("--out")
+            .arg(&runs)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let clients = || -> Vec<Proc> {
+        (0..2)
+            .map(|i| {
+                Proc(
+                    Command::new(bin("shoal-client"))
+                        .args(["--coordinator", &url, "--name", &format!("c{i}")])
+                        .args(["--builtin", "digits", "--shard", &format!("{i}/2")])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .unwrap(),
+                )
+            })
+            .collect()
+    };
+    let job_cmd = |args: &[&str]| {
+        run(Command::new(bin("shoal-coordinator"))
+            .arg("job")
+            .args(args)
+            .args(["--coordinator", &url]))
+    };
+    let start = Instant::now();
+    while !run(Command::new(bin("shoal-coordinator")).args(["health", "--coordinator", &url]))
+        .status
+        .success()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "serve never answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let first = clients();
+    let out = job_cmd(&["submit", job.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout)
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .to_string();
+    let metrics = runs.join(&id).join("metrics.csv");
+    let rows = || {
+        std::fs::read_to_string(&metrics)
+            .map(|t| t.lines().count().saturating_sub(1))
+            .unwrap_or(0)
+    };
+    while rows() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    drop(first);
+    let watched = job_cmd(&["watch", &id]);
+    assert_eq!(watched.status.code(), Some(1), "{}", text(&watched.stdout));
+    let kept = rows();
+    assert!(kept < ROUNDS, "the job ended before its clients left");
+    assert!(
+        text(&watched.stdout).contains("failed"),
+        "{}",
+        text(&watched.stdout)
+    );
+
+    let _back = clients();
+    let resumed = job_cmd(&["resume", &id, "--watch"]);
+    let shown = text(&resumed.stdout);
+    assert!(
+        resumed.status.success(),
+        "{shown}\n{}",
+        text(&resumed.stderr)
+    );
+    assert!(shown.starts_with(&format!("resuming {id}")), "{shown}");
+    let csv = std::fs::read_to_string(&metrics).unwrap();
+    let recorded: Vec<usize> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        recorded,
+        (1..=ROUNDS).collect::<Vec<_>>(),
+        "every round once"
+    );
+    let again = job_cmd(&["resume", &id]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains("finished; there is nothing to resume"),
+        "{}",
+        text(&again.stderr)
+    );
+}

@@ -266,7 +266,8 @@ pub(super) async fn job_cmd(cmd: JobCommand) -> anyhow::Result<i32> {
                 c.resume(v1::ResumeRequest { job_id: id }),
             )
             .await?;
-            println!("resuming {} after round {}", describe(&j), j.rounds_done);
+            // `describe` names the rounds kept (`rounds 18/300`): the job goes on after them.
+            println!("resuming {}", describe(&j));
             if watch {
                 return follow_job(&remote, c, &j.job_id).await;
             }
