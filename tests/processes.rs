@@ -459,6 +459,36 @@ fn bench_gbdt_prints_its_figures() {
     );
 }
 
+#[test]
+fn bench_aggregate_prints_its_figures() {
+    let out = run(Command::new(bin("shoal-coordinator")).args([
+        "bench",
+        "aggregate",
+        "--hidden",
+        "256,256",
+        "--clients",
+        "3",
+        "--repeats",
+        "1",
+    ]));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains("mlp(256,256) over 64 features: 85002 parameters")
+            && stdout.contains("% of memcpy bandwidth")
+            && stdout.contains("x the aggregation"),
+        "{stdout}"
+    );
+    let out =
+        run(Command::new(bin("shoal-coordinator")).args(["bench", "aggregate", "--hidden", "8,x"]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--hidden"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 /// A 3-client digits job over real processes with `--state-dir`; with `kill_after`, the
 /// coordinator is SIGKILLed once that many rounds are recorded and started again on the same
 /// state dir and port. Returns the final model (`model.json`'s `global`) and `metrics.csv`'s rows

@@ -84,13 +84,19 @@ pub async fn simulate(mut o: SimulateOptions) -> anyhow::Result<SimOutcome> {
     // Only to refuse a bad spec before any client starts: the Jobs service checks what it is sent.
     o.spec.clone().check()?;
 
-    // Each client derives its own shard, as it would on its own machine.
+    // The shards a client on its own machine derives with `--shard i/N` (`Builtin::shard`), all
+    // partitioned at once: partitioning once per client would cost N passes over the pool.
     let (dataset, scheme, seed, count) = (o.dataset, o.scheme, o.spec.seed, o.clients);
     let catalogs = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Catalog>> {
-        (0..count)
-            .map(|i| {
+        let shards = dataset
+            .shards(&scheme, count, seed)
+            .with_context(|| format!("partitioning {} for {count} clients", dataset.name()))?;
+        shards
+            .into_iter()
+            .enumerate()
+            .map(|(i, rows)| {
                 let mut c = Catalog::new();
-                c.add_builtin(dataset, &scheme, i, count, seed)
+                c.insert(dataset.name(), rows, seed)
                     .with_context(|| format!("client {i}"))?;
                 Ok(c)
             })
@@ -108,6 +114,8 @@ pub async fn simulate(mut o: SimulateOptions) -> anyhow::Result<SimOutcome> {
             log_format: o.log_format,
             prefix_job_id: false,
             print_rounds: !o.quiet,
+            // Every simulated client connects; `serve` keeps its own `--max-clients`.
+            max_clients: o.clients.max(CoordinatorConfig::default().max_clients),
             ..CoordinatorConfig::default()
         },
         store,

@@ -53,6 +53,7 @@ pub mod fusion;
 pub mod models;
 pub mod plot;
 pub mod seed;
+pub mod spool;
 pub mod strategy;
 pub mod tensor;
 pub mod text;

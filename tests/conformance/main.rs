@@ -606,6 +606,7 @@ fn solo_round(hello: &v1::Hello, spec: &ModelSpec) -> Result<(Server, Step)> {
         bound: None,
         influence: Default::default(),
         initial: None,
+        spool: Default::default(),
     })?;
     let name = hello.client_name.clone();
     let step = server.begin_round(RoundPlan {
@@ -616,6 +617,7 @@ fn solo_round(hello: &v1::Hello, spec: &ModelSpec) -> Result<(Server, Step)> {
         min_clients: 1,
         target: None,
         n_available: 1,
+        announced: vec![hello.datasets.iter().map(|d| d.train_examples).sum()],
     })?;
     Ok((server, step))
 }

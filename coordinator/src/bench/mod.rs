@@ -1,11 +1,13 @@
-//! `bench gbdt`: figures for federated gradient boosting, each against a baseline measured in
-//! the same run.
+//! Benchmarks that print figures, each against a baseline measured in the same run:
+//! `bench aggregate` ([`aggregate::aggregate`]) and `bench gbdt` ([`gbdt`]), below.
 //!
 //! 1. Histogram building on one client's rows: rows × features per second, as a ratio to a plain
 //!    pass that only reads the same binned matrix (the memory-bound floor).
 //! 2. A federated boosting job over 10 digits clients on loopback gRPC: seconds per round and per
 //!    tree, with the bytes exchanged.
 
+/// `bench aggregate`: aggregation against memcpy, and the checkpoint beside it.
+pub mod aggregate;
 /// The non-IID and seed-forest studies.
 pub mod study;
 

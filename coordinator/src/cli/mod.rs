@@ -162,6 +162,18 @@ pub async fn run_cli(cli: Cli) -> anyhow::Result<i32> {
         Command::Partition(a) => partition_cmd(&a).map(|_| 0),
         Command::Job(j) => job_cmd(j).await,
         Command::Study(s) => study_cmd(s).await.map(|_| 0),
+        Command::Bench(BenchCommand::Aggregate {
+            hidden,
+            clients,
+            repeats,
+        }) => {
+            let hidden =
+                shoal_shared::models::ModelSpec::parse_hidden(&hidden).context("--hidden")?;
+            if clients == 0 || repeats == 0 || hidden.contains(&0) {
+                bail!("--clients, --repeats and every --hidden width must be at least 1");
+            }
+            crate::bench::aggregate::aggregate(&hidden, clients, repeats).map(|_| 0)
+        }
         Command::Bench(BenchCommand::Gbdt { rounds, repeats }) => {
             if rounds == 0 || repeats == 0 {
                 bail!("--rounds and --repeats must be at least 1");

@@ -92,6 +92,19 @@ pub(super) async fn study_cmd(cmd: StudyCommand) -> anyhow::Result<()> {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// A round's aggregation (fedavg) against a memcpy of the same bytes, and the round's
+    /// checkpoint beside it.
+    Aggregate {
+        /// Hidden layer widths of the MLP (over digits' 64 features, 10 classes).
+        #[arg(long, default_value = "2048,2048")]
+        hidden: String,
+        /// Client updates per round.
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        /// Repetitions; the best is reported.
+        #[arg(long, default_value_t = 3)]
+        repeats: u32,
+    },
     /// Histogram building throughput, and a federated boosting job's time per round and per tree.
     Gbdt {
         /// Rounds of the federated job.

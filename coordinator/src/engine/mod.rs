@@ -6,3 +6,4 @@
 pub mod initial;
 pub mod registry;
 pub mod round;
+pub mod spool;

@@ -158,6 +158,8 @@ pub struct JobCtx {
     pub silence: Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
     /// When the job was submitted (Unix ms): its wall time, across restarts, counts from here.
     pub created_ms: u64,
+    /// Where the round's updates are spooled for the influence limits (`None`: in memory).
+    pub spool_dir: Option<Arc<std::path::Path>>,
 }
 
 /// Scores the global model on `data`, off the async threads; `None` when the coordinator cannot
@@ -505,6 +507,10 @@ impl JobCtx {
             }),
             initial: self.initial.clone(),
             influence: self.influence(),
+            spool: match &self.spool_dir {
+                Some(dir) => super::spool::FileSpool::maker(dir),
+                None => Default::default(),
+            },
         };
         let global = self.spec.model.server(&setup)?;
         Ok(TrainState { facts, global })
@@ -541,8 +547,13 @@ impl JobCtx {
         }
         tracing::debug!(selected = fit_clients.len(), available = avail.len(), "fit");
 
+        let announced = self.announced(&avail, false);
         let plan = RoundPlan {
             round,
+            announced: fit_clients
+                .iter()
+                .map(|c| announced.get(&c.name).copied().unwrap_or(0))
+                .collect(),
             selected: fit_clients.iter().map(|c| c.name.clone()).collect(),
             available: avail.iter().map(|c| c.name.clone()).collect(),
             quorum,

@@ -222,6 +222,7 @@ impl Coordinator {
             told: Default::default(),
             silence: Default::default(),
             created_ms,
+            spool_dir: Some(Arc::from(self.config.runs_dir.as_path())),
         };
         let me = self.clone();
         let span = tracing::info_span!("job", job = %id);

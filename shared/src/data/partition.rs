@@ -297,9 +297,13 @@ fn dirichlet(
             return Ok(parts);
         }
     }
+    let short = sizes.iter().filter(|&&s| s < min).count();
+    let smallest = sizes.iter().min().copied().unwrap_or(0);
+    let n = labels.len();
     Err(Error::Data(format!(
         "dirichlet:{alpha} could not give each of {n_clients} clients at least {min} rows in \
-         {MAX_SAMPLING_ATTEMPTS} draws (last sizes {sizes:?}); use a larger alpha or fewer clients"
+         {MAX_SAMPLING_ATTEMPTS} draws ({n} rows in all; in the last draw {short} clients had \
+         fewer, the smallest {smallest}); use a larger alpha or fewer clients"
     )))
 }
 
@@ -410,6 +414,23 @@ mod tests {
         let mut labels: Vec<usize> = (0..2000).map(|i| (i * i + i / 7) % N_CLASSES).collect();
         labels.shuffle(&mut ChaCha8Rng::seed_from_u64(123));
         labels
+    }
+
+    /// Too many clients for Dirichlet sampling: one short line that says how many and what to
+    /// do, not every shard's size.
+    #[test]
+    fn an_impossible_dirichlet_split_is_told_in_one_short_line() {
+        let e = Partitioner::Dirichlet { alpha: 0.5 }
+            .partition(&labels(), N_CLASSES, 1000, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("1000 clients")
+                && e.contains("2000 rows in all")
+                && e.contains("fewer clients"),
+            "{e}"
+        );
+        assert!(e.len() < 300 && !e.contains('\n'), "{} bytes: {e}", e.len());
     }
 
     fn schemes() -> Vec<Partitioner> {

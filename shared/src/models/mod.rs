@@ -245,4 +245,6 @@ pub struct ServerSetup {
     /// Initial weights given to the job instead of drawn from `init_seed` (an external model
     /// with `init = "file"` or `"client"`); the kind checks them against its layout.
     pub initial: Option<std::sync::Arc<crate::tensor::Weights>>,
+    /// Where a weights model keeps the updates its influence limits may correct at close.
+    pub spool: crate::spool::SpoolMaker,
 }

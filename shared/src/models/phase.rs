@@ -44,6 +44,10 @@ pub struct RoundPlan {
     /// Clients available when the round started, quarantined ones included (FedAvgM and
     /// SCAFFOLD weigh their server step by the fraction that took part).
     pub n_available: usize,
+    /// The examples each selected client announced for the split it trains on, in `selected`'s
+    /// order (0 where it announced none). No reply may count more, so their sum bounds the
+    /// round's (the weights models size their exact sums by it).
+    pub announced: Vec<u64>,
 }
 
 /// What a phase asks its clients to do. The driver adds what every task carries (job, round,

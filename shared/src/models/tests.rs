@@ -44,6 +44,7 @@ fn setup(n_features: usize, n_classes: usize, strategy: &str) -> ServerSetup {
         bound: None,
         influence: Default::default(),
         initial: None,
+        spool: Default::default(),
     }
 }
 
@@ -66,6 +67,7 @@ fn drive_round(
         min_clients: names.len(),
         target: None,
         n_available: names.len(),
+        announced: peers.iter().map(|p| p.rows.n_rows() as u64).collect(),
     };
     let mut step = server.begin_round(plan).unwrap();
     loop {
@@ -221,6 +223,7 @@ fn bad_replies_are_refused_with_a_typed_reason_and_change_nothing() {
         min_clients: 1,
         target: None,
         n_available: 3,
+        announced: peers.iter().map(|p| p.rows.n_rows() as u64).collect(),
     };
     let Step::Ask(ask) = server.begin_round(plan).unwrap() else {
         panic!("a round starts with a phase")
@@ -323,6 +326,19 @@ fn influenced_round(
     influence: super::phase::Influence,
     replies: &[(&str, f32, u64, f64)],
 ) -> (RoundResult, f64) {
+    let announced = replies.iter().map(|r| r.2).collect();
+    let (r, first, next) = influenced_weights(influence, replies, announced);
+    let moved = f64::from(next.values().next().unwrap()) - f64::from(first);
+    (r, moved)
+}
+
+/// [`influenced_round`]'s round with the announced counts given, the replies arriving in the
+/// order given; returns the first global weight before and the next model.
+fn influenced_weights(
+    influence: super::phase::Influence,
+    replies: &[(&str, f32, u64, f64)],
+    announced: Vec<u64>,
+) -> (RoundResult, f32, crate::tensor::Weights) {
     use super::phase::{FitReply, Payload};
     let spec = ModelSpec::default();
     let mut s = setup(4, 3, "fedavg");
@@ -337,6 +353,7 @@ fn influenced_round(
         min_clients: 3,
         target: None,
         n_available: names.len(),
+        announced,
     };
     let Step::Ask(ask) = server.begin_round(plan).unwrap() else {
         panic!("a weights model asks for updates")
@@ -367,8 +384,60 @@ fn influenced_round(
     let Payload::Weights(next) = server.payload() else {
         panic!("weights")
     };
-    let moved = f64::from(next.values().next().unwrap()) - f64::from(first);
-    (r, moved)
+    (r, first, (*next).clone())
+}
+
+/// The limits correct summed updates exactly: whatever order the replies come in, including
+/// one out of the grid's range until the clip brings it back, the next model has the same bits.
+#[test]
+fn limited_rounds_give_the_same_bits_in_any_arrival_order() {
+    let influence = super::phase::Influence {
+        weight_cap: Some(3.0),
+        adaptive_norm: Some(3.0),
+        refuse_norm: Some(5000.0),
+    };
+    let replies = [
+        ("a", 1.0, 100, 1.0),
+        ("b", 0.5, 80, 1.0),
+        ("c", 1.5, 120, 1.0),
+        ("d", 12.0, 1000, 100.0),
+        // 2000 units off: beyond the grid's range (1024) until scaled back to 3 x the median.
+        ("e", 2000.0, 90, 1.0),
+    ];
+    let announced: Vec<u64> = replies.iter().map(|r| r.2).collect();
+    let (r, _, forward) = influenced_weights(influence, &replies, announced.clone());
+    assert_eq!((r.accepted, r.refused.len()), (5, 0), "{:?}", r.refused);
+    let bits = |w: &crate::tensor::Weights| w.values().map(f32::to_bits).collect::<Vec<_>>();
+    for order in [[4, 3, 2, 1, 0], [2, 4, 0, 3, 1], [3, 0, 4, 1, 2]] {
+        let shuffled: Vec<_> = order.iter().map(|&i| replies[i]).collect();
+        let ann: Vec<u64> = order.iter().map(|&i| announced[i]).collect();
+        let (_, _, next) = influenced_weights(influence, &shuffled, ann);
+        assert_eq!(bits(&next), bits(&forward), "{order:?}");
+    }
+}
+
+/// Counts that outgrow what the round's sums were sized for (announcements far below the
+/// replies) are summed again from the spool: the same model as sums sized right, to f32.
+#[test]
+fn a_round_whose_counts_outgrow_its_sums_is_summed_again() {
+    let influence = super::phase::Influence {
+        weight_cap: Some(3.0),
+        ..Default::default()
+    };
+    let replies = [
+        ("a", 1.0, 100, 1.0),
+        ("b", 0.5, 80, 1.0),
+        ("c", 1.5, 120, 1.0),
+    ];
+    let (_, first, right) = influenced_weights(influence, &replies, vec![100, 80, 120]);
+    let (r, _, small) = influenced_weights(influence, &replies, vec![1, 1, 1]);
+    assert_eq!(r.accepted, 3);
+    for (a, b) in right.values().zip(small.values()) {
+        assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{a} vs {b}");
+    }
+    // (100 x 1 + 80 x 0.5 + 120 x 1.5) / 300 = 1.066..
+    let moved = f64::from(right.values().next().unwrap()) - f64::from(first);
+    assert!((moved - 320.0 / 300.0).abs() < 1e-5, "{moved}");
 }
 
 #[test]

@@ -5,8 +5,9 @@
 //!   Flower's names and defaults), validated by [`StrategySpec::check`].
 //! - [`Strategy`]: a spec plus its cross-round [`StrategyState`] (server momentum, adaptive moments,
 //!   SCAFFOLD's control variate); serialisable so it can be checkpointed.
-//! - [`Aggregator`]: one round's accumulated client updates, either a streaming [`WeightedMean`] or,
-//!   for the robust rules that must compare clients, a [`Buffer`] of all updates.
+//! - [`Aggregator`]: one round's accumulated client updates, either a streaming [`WeightedMean`]
+//!   (exact fixed-point sums: the same bits in any arrival order, one `i64` per parameter) or, for
+//!   the robust rules that must compare clients, a [`Buffer`] of all updates.
 //!
 //! A round has two steps. [`Strategy::aggregator`] opens an [`Aggregator`] for the round; the
 //! coordinator feeds it each validated client update as it arrives ([`Aggregator::add`]), then drops
@@ -37,12 +38,14 @@
 //!
 //! # Example
 //! ```
-//! use shoal_shared::strategy::StrategySpec;
+//! use shoal_shared::strategy::{CountBudget, StrategySpec};
 //! use shoal_shared::tensor::{Tensor, Weights};
 //!
 //! let global = Weights::new(vec![Tensor::new("w", vec![2], vec![0.0, 0.0]).unwrap()]);
 //! let mut strategy = StrategySpec::from_name("fedavg").unwrap().build();
-//! let mut agg = strategy.aggregator(&global);
+//! // The round's counts: at most 4 in all, at most 3 for one client (what they announced).
+//! let budget = CountBudget { total: 4, largest: 3 };
+//! let mut agg = strategy.aggregator(&global, budget);
 //! agg.add(&Weights::new(vec![Tensor::new("w", vec![2], vec![1.0, 2.0]).unwrap()]), 1, None).unwrap();
 //! agg.add(&Weights::new(vec![Tensor::new("w", vec![2], vec![3.0, 2.0]).unwrap()]), 3, None).unwrap();
 //! let next = strategy.finish(1, &global, agg, 2).unwrap();
@@ -53,7 +56,7 @@ mod mean;
 mod opt;
 mod robust;
 
-pub use mean::WeightedMean;
+pub use mean::{CountBudget, WeightedMean};
 pub use robust::Buffer;
 
 use serde::{Deserialize, Serialize};
@@ -383,16 +386,24 @@ pub struct StrategyState {
 }
 
 impl Strategy {
-    /// Opens this round's aggregator over updates shaped like `global`: a streaming example-weighted
-    /// mean (f64 running sums, never N copies of the model) for the mean-based strategies (SCAFFOLD
-    /// also sums control-variate deltas, unweighted), a buffer of all updates for fedmedian,
-    /// fedtrimmedavg, krum and multikrum.
-    pub fn aggregator(&self, global: &Weights) -> Aggregator {
+    /// Opens this round's aggregator over updates shaped like `global` whose example counts stay
+    /// within `budget`: a streaming example-weighted mean (exact fixed-point sums, never N
+    /// copies of the model) for the mean-based strategies (SCAFFOLD also sums control-variate
+    /// deltas, unweighted), a buffer of all updates for fedmedian, fedtrimmedavg, krum and
+    /// multikrum.
+    pub fn aggregator(&self, global: &Weights, budget: CountBudget) -> Aggregator {
         if self.spec.buffers() {
             Aggregator::Buffer(Buffer::new(global))
         } else {
-            Aggregator::Mean(WeightedMean::new(global, self.spec.uses_control_variates()))
+            let control = self.server_control(global);
+            Aggregator::Mean(WeightedMean::new(global, budget, control.as_ref()))
         }
+    }
+
+    /// Whether this strategy's aggregate streams ([`WeightedMean`]) rather than holding every
+    /// update of the round ([`Buffer`]).
+    pub fn streams(&self) -> bool {
+        !self.spec.buffers()
     }
 
     /// SCAFFOLD's server control variate `c`, to send to clients with each Fit task (zeros like
@@ -422,9 +433,17 @@ impl Strategy {
         total_clients: usize,
     ) -> Result<Weights> {
         self.spec.check()?;
-        global.check_same_layout(agg.layout())?;
+        agg.check_layout(global)?;
         if agg.count() == 0 {
             return Err(Error::Data("no client updates to aggregate".into()));
+        }
+        if let (StrategySpec::FedAvg | StrategySpec::FedProx { .. }, Aggregator::Mean(m)) =
+            (&self.spec, &agg)
+        {
+            // The mean is the next model: straight from the sums, no flat f64 copies.
+            let next = m.mean_weights()?;
+            next.check_finite()?;
+            return Ok(next);
         }
         let g: Vec<f64> = global.values().map(f64::from).collect();
         let (next, state) = match self.spec {
@@ -617,6 +636,31 @@ impl Aggregator {
         }
     }
 
+    /// Takes back an update added before with the same values and count, exactly (the
+    /// streaming mean only: a buffer is never corrected, it is filled once at close).
+    pub fn remove(
+        &mut self,
+        update: &Weights,
+        num_examples: u64,
+        control_delta: Option<&Weights>,
+    ) -> Result<()> {
+        match self {
+            Aggregator::Mean(m) => m.remove(update, num_examples, control_delta),
+            Aggregator::Buffer(_) => Err(Error::invalid(
+                "aggregator",
+                "a buffer of updates takes none back",
+            )),
+        }
+    }
+
+    /// Whether an update counting `num_examples` can be added exactly (a buffer takes any).
+    pub fn admits(&self, num_examples: u64) -> bool {
+        match self {
+            Aggregator::Mean(m) => m.admits(num_examples),
+            Aggregator::Buffer(_) => true,
+        }
+    }
+
     /// Updates added so far.
     pub fn count(&self) -> usize {
         match self {
@@ -625,10 +669,10 @@ impl Aggregator {
         }
     }
 
-    fn layout(&self) -> &Weights {
+    fn check_layout(&self, global: &Weights) -> Result<()> {
         match self {
-            Aggregator::Mean(m) => m.layout(),
-            Aggregator::Buffer(b) => b.layout(),
+            Aggregator::Mean(m) => m.check_layout(global),
+            Aggregator::Buffer(b) => global.check_same_layout(b.layout()),
         }
     }
 

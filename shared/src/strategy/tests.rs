@@ -4,6 +4,12 @@
 use super::*;
 use crate::tensor::Tensor;
 
+/// Room for the few small counts these tests add.
+const BUDGET: CountBudget = CountBudget {
+    total: 100,
+    largest: 10,
+};
+
 fn w(vals: &[f32]) -> Weights {
     Weights::new(vec![
         Tensor::new("w", vec![vals.len()], vals.to_vec()).unwrap()
@@ -26,7 +32,7 @@ fn round(
     updates: &[(&[f32], u64)],
     total: usize,
 ) -> Result<Weights> {
-    let mut agg = s.aggregator(global);
+    let mut agg = s.aggregator(global, CountBudget::of(updates.iter().map(|u| u.1)));
     for (u, n) in updates {
         agg.add(&w(u), *n, None)?;
     }
@@ -194,7 +200,7 @@ fn robust_strategies_dispatch() {
         1e-6,
     );
     // A running mean cannot give a median.
-    let mut agg = Aggregator::Mean(WeightedMean::new(&global, false));
+    let mut agg = Aggregator::Mean(WeightedMean::new(&global, BUDGET, None));
     agg.add(&global, 1, None).unwrap();
     assert!(median.finish(2, &global, agg, 1).is_err());
 }
@@ -214,7 +220,7 @@ fn scaffold_updates_weights_and_control() {
     // Round 1, |S| = 2: y1 = (3, 1) x1 example, y2 = (1, 5) x3 examples;
     // fedavg = ((3 + 3)/4, (1 + 15)/4) = (1.5, 4); next = (1,1) + 0.5 * (0.5, 3) = (1.25, 2.5).
     // dc1 = (1, -2), dc2 = (3, 4): unweighted mean (2, 1); c = 0 + 2/4 * (2, 1) = (1, 0.5).
-    let mut agg = s.aggregator(&global);
+    let mut agg = s.aggregator(&global, BUDGET);
     agg.add(&w(&[3.0, 1.0]), 1, Some(&w(&[1.0, -2.0]))).unwrap();
     // Without a control delta the update is refused.
     assert!(agg.add(&w(&[3.0, 1.0]), 1, None).is_err());
@@ -224,14 +230,14 @@ fn scaffold_updates_weights_and_control() {
     assert_close(&s.server_control(&g1).unwrap(), &[1.0, 0.5], 1e-6);
 
     // Round 2, |S| = 1: dc = (2, 2); c = (1, 0.5) + 1/4 * (2, 2) = (1.5, 1).
-    let mut agg = s.aggregator(&g1);
+    let mut agg = s.aggregator(&g1, BUDGET);
     agg.add(&w(&[1.25, 2.5]), 1, Some(&w(&[2.0, 2.0]))).unwrap();
     let g2 = s.finish(2, &g1, agg, 4).unwrap();
     assert_close(&g2, &[1.25, 2.5], 1e-6);
     assert_close(s.state.control.as_ref().unwrap(), &[1.5, 1.0], 1e-6);
 
     // |S| > N is clamped to 1: c = (1.5, 1) + 1 * (1, 1).
-    let mut agg = s.aggregator(&g2);
+    let mut agg = s.aggregator(&g2, BUDGET);
     agg.add(&g2, 1, Some(&w(&[0.0, 0.0]))).unwrap();
     agg.add(&g2, 1, Some(&w(&[2.0, 2.0]))).unwrap();
     s.finish(3, &g2, agg, 1).unwrap();
@@ -239,7 +245,7 @@ fn scaffold_updates_weights_and_control() {
 
     // N = 0 is an error and changes nothing.
     let before = s.clone();
-    let mut agg = s.aggregator(&g2);
+    let mut agg = s.aggregator(&g2, BUDGET);
     agg.add(&g2, 1, Some(&w(&[2.0, 2.0]))).unwrap();
     assert!(s.finish(4, &g2, agg, 0).is_err());
     assert_eq!(s, before);
@@ -251,7 +257,7 @@ fn an_empty_round_is_an_error() {
     for name in StrategySpec::NAMES.split(", ") {
         let mut s = StrategySpec::from_name(name).unwrap().build();
         let global = w(&[1.0]);
-        let agg = s.aggregator(&global);
+        let agg = s.aggregator(&global, BUDGET);
         let err = s.finish(1, &global, agg, 3).unwrap_err();
         assert!(matches!(err, Error::Data(_)), "{name}: {err}");
         assert_eq!(s.state, StrategyState::default(), "{name}");
@@ -264,7 +270,7 @@ fn misshapen_updates_are_refused() {
     let global = w(&[0.0, 0.0]);
     for name in ["fedavg", "fedmedian"] {
         let mut s = StrategySpec::from_name(name).unwrap().build();
-        let mut agg = s.aggregator(&global);
+        let mut agg = s.aggregator(&global, BUDGET);
         agg.add(&w(&[2.0, 4.0]), 1, None).unwrap();
         assert!(agg.add(&w(&[1.0, 1.0, 1.0]), 5, None).is_err());
         assert!(agg.add(&w(&[1.0, 1.0]), 0, None).is_err());
@@ -422,7 +428,7 @@ fn check_refuses_bad_hyperparameters_naming_the_field() {
         // finish refuses an unchecked spec instead of producing NaN weights.
         let mut s = spec.build();
         let global = w(&[0.0]);
-        let mut agg = s.aggregator(&global);
+        let mut agg = s.aggregator(&global, BUDGET);
         agg.add(&global, 1, Some(&global)).unwrap();
         assert!(s.finish(1, &global, agg, 1).is_err(), "{spec:?}");
     }
@@ -459,7 +465,7 @@ fn strategy_state_round_trips_through_serde() {
     assert_eq!(restored, s);
 
     let mut scaffold = StrategySpec::from_name("scaffold").unwrap().build();
-    let mut agg = scaffold.aggregator(&global);
+    let mut agg = scaffold.aggregator(&global, BUDGET);
     agg.add(&global, 1, Some(&w(&[1.0, 2.0, 3.0]))).unwrap();
     scaffold.finish(1, &global, agg, 2).unwrap();
     let back: Strategy = serde_json::from_str(&serde_json::to_string(&scaffold).unwrap()).unwrap();

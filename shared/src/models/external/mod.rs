@@ -407,6 +407,7 @@ mod tests {
             bound: None,
             influence: Default::default(),
             initial: None,
+            spool: Default::default(),
         };
         let err = huge.server(&setup).err().unwrap().to_string();
         assert!(

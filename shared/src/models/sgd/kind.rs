@@ -97,6 +97,7 @@ pub fn weights_server(model: Box<dyn Model>, setup: &ServerSetup) -> Result<Serv
         setup.strategy.build(),
         setup.bound,
         setup.influence,
+        setup.spool.make(),
     )))
 }
 

@@ -11,7 +11,8 @@ use crate::models::phase::{
     Baseline, BaselineSettings, DecodeBounds, Evaluator, Influence, OrderedMean, Payload,
     PhaseTally, Rejection, Reply, Request, RoundPlan, RoundResult, ServerHalf, Step,
 };
-use crate::strategy::Strategy;
+use crate::spool::Spool;
+use crate::strategy::{Aggregator, CountBudget, Strategy};
 use crate::tensor::Weights;
 use crate::{Error, Result};
 
@@ -34,14 +35,44 @@ pub struct SgdServer {
     bound: Option<NormBound>,
     influence: Influence,
     plan: Option<RoundPlan>,
-    /// Valid updates of the open round. They enter the aggregate in client-name order once the
-    /// phase is over: a seeded job then gives bit-identical models whatever order updates arrive
-    /// in (and the influence limits need the round's medians).
-    updates: Vec<Update>,
+    /// The open round's updates, summed or held.
+    open: Open,
+    /// Keeps the updates the influence limits may correct at close (streaming strategies).
+    spool: Box<dyn Spool>,
     loss: OrderedMean,
 }
 
-/// One accepted update, kept until the phase closes.
+/// How the open round's updates are gathered.
+#[derive(Debug)]
+enum Open {
+    /// No round is open.
+    Idle,
+    /// The averaging strategies: each update enters the exact fixed-point sums as it arrives
+    /// (the same bits in any arrival order, see [`crate::strategy::WeightedMean`]) and is let go;
+    /// what the influence limits need is kept per client.
+    Summed {
+        agg: Aggregator,
+        entries: Vec<Entry>,
+    },
+    /// Median, trimmed mean and Krum compare clients, so every update is held until the phase
+    /// ends and enters in client-name order.
+    Held(Vec<Update>),
+}
+
+/// What the round keeps of one summed update.
+#[derive(Debug)]
+struct Entry {
+    client: String,
+    examples: u64,
+    /// L2 distance from the global model (after the fixed bound's clipping).
+    distance: f64,
+    /// Whether it is in the sums now (an update out of the grid's range waits for its correction).
+    added: bool,
+    /// The distance the adaptive bound scaled it back to, once it did.
+    clipped_to: Option<f64>,
+}
+
+/// One accepted update, held until the phase closes.
 #[derive(Debug)]
 struct Update {
     client: String,
@@ -69,6 +100,7 @@ impl SgdServer {
         strategy: Strategy,
         bound: Option<NormBound>,
         influence: Influence,
+        spool: Box<dyn Spool>,
     ) -> Self {
         SgdServer {
             model,
@@ -77,9 +109,28 @@ impl SgdServer {
             bound,
             influence,
             plan: None,
-            updates: Vec::new(),
+            open: Open::Idle,
+            spool,
             loss: OrderedMean::default(),
         }
+    }
+
+    /// Whether a limit depends on the round's medians (and updates must be kept to correct).
+    fn limits_need_the_round(&self) -> bool {
+        let i = &self.influence;
+        i.weight_cap.is_some() || i.adaptive_norm.is_some() || i.refuse_norm.is_some()
+    }
+
+    /// The most examples the round's sums are sized for. Every count is at most what its client
+    /// announced, so the announced total bounds them all; with a weight cap, a client that
+    /// announces far more than the others only counts what the cap lets through, so its claim
+    /// does not coarsen the grid for everyone (were the accepted counts to add up to more after
+    /// all, the round is summed again from the spool at close).
+    fn budget(&self, announced: &[u64]) -> CountBudget {
+        let limit = self
+            .influence
+            .weight_limit(&announced.iter().map(|&a| a as f64).collect::<Vec<f64>>());
+        CountBudget::of(announced.iter().map(|&a| capped_count(a, limit).max(1)))
     }
 }
 
@@ -135,42 +186,115 @@ impl SgdServer {
         self.loss.cap_weights(weight_limit);
         Ok(refused)
     }
-}
 
-impl ServerHalf for SgdServer {
-    /// The round's one phase: every selected client trains from the global weights.
-    fn begin_round(&mut self, plan: RoundPlan) -> Result<Step> {
-        self.updates.clear();
-        self.loss = OrderedMean::default();
-        let ask = Ask {
-            round: plan.round,
-            clients: plan.selected.clone(),
-            request: Request::Fit {
-                control: self.strategy.server_control(&self.weights),
-            },
-            payload: Payload::Weights(Arc::clone(&self.weights)),
-            quorum: plan.quorum,
-            target: plan.target,
-        };
-        self.plan = Some(plan);
-        Ok(Step::Ask(ask))
-    }
-
-    fn decode_bounds(&self) -> DecodeBounds {
-        DecodeBounds {
-            max_elements: Some(self.weights.num_params()),
-            control: self.strategy.spec.uses_control_variates(),
-        }
-    }
-
-    /// Checks one update against the global model and the job's bound; keeps it for the
-    /// aggregate.
-    fn accept(
+    /// The same limits as [`Self::limit_influence`], on summed updates: the medians come from the
+    /// entries, and each update a limit changes is read back from the spool, taken out of the sums
+    /// exactly and added again as the limit left it. The sums are then bit for bit those of the
+    /// limited updates added in any order. Returns the refused clients with why.
+    fn limit_summed(
         &mut self,
+        round: u32,
+        agg: &mut Aggregator,
+        entries: &mut Vec<Entry>,
+    ) -> Result<Vec<(String, String)>> {
+        let distances: Vec<f64> = entries.iter().map(|e| e.distance).collect();
+        let median = lower_median(&distances).unwrap_or(0.0);
+        let mut refused = Vec::new();
+        if let Some(times) = self.influence.refuse_norm {
+            for e in entries.iter_mut().filter(|e| e.distance > times * median) {
+                if e.added {
+                    let (w, c) = self.spool.get(&e.client, &self.weights)?;
+                    agg.remove(&w, e.examples, c.as_ref())?;
+                    e.added = false;
+                }
+                let why = Rejection::Far {
+                    distance: e.distance,
+                    times,
+                    median,
+                };
+                refused.push((e.client.clone(), why.to_string()));
+            }
+            entries.retain(|e| !refused.iter().any(|(c, _)| *c == e.client));
+        }
+        let norm_limit = self.influence.adaptive_norm.map(|k| k * median);
+        let counts: Vec<f64> = entries.iter().map(|e| e.examples as f64).collect();
+        let weight_limit = self.influence.weight_limit(&counts);
+        for e in entries.iter_mut() {
+            let clip = norm_limit.filter(|&limit| e.distance > limit);
+            let counted = capped_count(e.examples, weight_limit);
+            if clip.is_none() && counted == e.examples && e.added {
+                continue;
+            }
+            let (mut w, c) = self.spool.get(&e.client, &self.weights)?;
+            if e.added {
+                agg.remove(&w, e.examples, c.as_ref())?;
+                e.added = false;
+            }
+            if let Some(limit) = clip {
+                tracing::info!(round, client = %e.client, distance = e.distance, limit,
+                    "update scaled back (updates.adaptive_norm)");
+                w.clip_toward(&self.weights, limit)?;
+                e.distance = limit;
+                e.clipped_to = Some(limit);
+            }
+            if counted < e.examples {
+                tracing::info!(round, client = %e.client, reported = e.examples, counted,
+                    "example count capped (updates.weight_cap)");
+                e.examples = counted;
+            }
+            if !agg.admits(e.examples) {
+                // More than the sums were sized for: `close` sums the round again.
+                continue;
+            }
+            match agg.add(&w, e.examples, c.as_ref()) {
+                Ok(()) => e.added = true,
+                Err(err) => refused.push((e.client.clone(), Rejection::invalid(err).to_string())),
+            }
+        }
+        entries.retain(|e| !refused.iter().any(|(c, _)| *c == e.client));
+        self.loss
+            .retain(|client| !refused.iter().any(|(c, _)| c == client));
+        self.loss.cap_weights(weight_limit);
+        Ok(refused)
+    }
+
+    /// The round summed again from the spool, in client-name order, on grids sized for the
+    /// counts as they came (the rare round whose limited counts outgrew the budget). An update
+    /// still out of range is refused, with why.
+    fn sum_again(
+        &mut self,
+        entries: &mut Vec<Entry>,
+        refused: &mut Vec<(String, String)>,
+    ) -> Result<Aggregator> {
+        let budget = CountBudget::of(entries.iter().map(|e| e.examples));
+        let mut agg = self.strategy.aggregator(&self.weights, budget);
+        for e in entries.iter_mut() {
+            let (mut w, c) = self.spool.get(&e.client, &self.weights)?;
+            if let Some(limit) = e.clipped_to {
+                w.clip_toward(&self.weights, limit)?;
+            }
+            match agg.add(&w, e.examples, c.as_ref()) {
+                Ok(()) => e.added = true,
+                Err(err) => {
+                    e.added = false;
+                    refused.push((e.client.clone(), Rejection::invalid(err).to_string()));
+                }
+            }
+        }
+        entries.retain(|e| e.added);
+        self.loss
+            .retain(|client| !refused.iter().any(|(c, _)| c == client));
+        Ok(agg)
+    }
+
+    /// Checks one update against the global model and the job's bound: the update (clipped to the
+    /// bound where the job says so), its distance and its control delta.
+    fn check_update(
+        &self,
         client: &str,
         reply: Reply,
         announced: Option<u64>,
-    ) -> Result<(), Rejection> {
+    ) -> Result<(Weights, u64, f64, f64, Option<Weights>), Rejection> {
         let Reply::Fit(fit) = reply else {
             return Err(Rejection::WrongKind("a fit result"));
         };
@@ -223,29 +347,133 @@ impl ServerHalf for SgdServer {
             }
             (_, false) => None,
         };
-        self.loss
-            .push(client, fit.train_loss, fit.num_examples as f64);
-        self.updates.push(Update {
-            client: client.to_string(),
-            weights: w,
-            examples: fit.num_examples,
-            distance,
-            control: control_delta,
-        });
-        tracing::debug!(client, examples = fit.num_examples, "update accepted");
+        Ok((w, fit.num_examples, fit.train_loss, distance, control_delta))
+    }
+}
+
+impl ServerHalf for SgdServer {
+    /// The round's one phase: every selected client trains from the global weights.
+    fn begin_round(&mut self, plan: RoundPlan) -> Result<Step> {
+        self.loss = OrderedMean::default();
+        self.spool.clear();
+        self.open = if self.strategy.streams() {
+            Open::Summed {
+                agg: self
+                    .strategy
+                    .aggregator(&self.weights, self.budget(&plan.announced)),
+                entries: Vec::new(),
+            }
+        } else {
+            Open::Held(Vec::new())
+        };
+        let ask = Ask {
+            round: plan.round,
+            clients: plan.selected.clone(),
+            request: Request::Fit {
+                control: self.strategy.server_control(&self.weights),
+            },
+            payload: Payload::Weights(Arc::clone(&self.weights)),
+            quorum: plan.quorum,
+            target: plan.target,
+        };
+        self.plan = Some(plan);
+        Ok(Step::Ask(ask))
+    }
+
+    fn decode_bounds(&self) -> DecodeBounds {
+        DecodeBounds {
+            max_elements: Some(self.weights.num_params()),
+            control: self.strategy.spec.uses_control_variates(),
+        }
+    }
+
+    /// Checks one update against the global model and the job's bound; adds it to the round's
+    /// sums (or holds it, for the strategies that compare clients).
+    fn accept(
+        &mut self,
+        client: &str,
+        reply: Reply,
+        announced: Option<u64>,
+    ) -> Result<(), Rejection> {
+        let (w, examples, loss, distance, control) = self.check_update(client, reply, announced)?;
+        let keep = self.limits_need_the_round();
+        match &mut self.open {
+            Open::Idle => return Err(Rejection::Missing("an open round for this update")),
+            Open::Summed { agg, entries } => {
+                let added = match agg.add(&w, examples, control.as_ref()) {
+                    Ok(()) => true,
+                    // Out of the grid's range: the limits may yet bring it back in.
+                    Err(e) if keep => {
+                        tracing::debug!(client, error = %e, "update waits for the round's limits");
+                        false
+                    }
+                    Err(e) => return Err(Rejection::invalid(e)),
+                };
+                if keep {
+                    self.spool.put(client, &w, control.as_ref());
+                }
+                entries.push(Entry {
+                    client: client.to_string(),
+                    examples,
+                    distance,
+                    added,
+                    clipped_to: None,
+                });
+            }
+            Open::Held(updates) => updates.push(Update {
+                client: client.to_string(),
+                weights: w,
+                examples,
+                distance,
+                control,
+            }),
+        }
+        self.loss.push(client, loss, examples as f64);
+        tracing::debug!(client, examples, "update accepted");
         Ok(())
     }
 
     /// With a quorum of updates, the strategy makes the next global model.
     fn close(&mut self, tally: PhaseTally) -> Result<Step> {
         let plan = RoundPlan::of_open_round(&mut self.plan)?;
-        let mut updates = std::mem::take(&mut self.updates);
+        let open = std::mem::replace(&mut self.open, Open::Idle);
         if let Some(short) = tally.short_of(plan.quorum) {
+            self.spool.clear();
             return Ok(short);
         }
-        updates.sort_by(|a, b| a.client.cmp(&b.client));
-        let refused = self.limit_influence(plan.round, &mut updates)?;
-        let accepted = updates.len();
+        let (agg, accepted, refused) = match open {
+            Open::Idle => return Err(Error::Data("a phase closed before its round began".into())),
+            Open::Summed {
+                mut agg,
+                mut entries,
+            } => {
+                entries.sort_by(|a, b| a.client.cmp(&b.client));
+                let mut refused = self.limit_summed(plan.round, &mut agg, &mut entries)?;
+                let outgrown = match &agg {
+                    Aggregator::Mean(m) => !m.fits() || entries.iter().any(|e| !e.added),
+                    Aggregator::Buffer(_) => false,
+                };
+                if outgrown {
+                    tracing::debug!(
+                        round = plan.round,
+                        "the round's counts outgrew its sums; summing again"
+                    );
+                    agg = self.sum_again(&mut entries, &mut refused)?;
+                }
+                self.spool.clear();
+                (agg, entries.len(), refused)
+            }
+            Open::Held(mut updates) => {
+                updates.sort_by(|a, b| a.client.cmp(&b.client));
+                let refused = self.limit_influence(plan.round, &mut updates)?;
+                let budget = CountBudget::of(updates.iter().map(|u| u.examples));
+                let mut agg = self.strategy.aggregator(&self.weights, budget);
+                for u in &updates {
+                    agg.add(&u.weights, u.examples, u.control.as_ref())?;
+                }
+                (agg, updates.len(), refused)
+            }
+        };
         if accepted < plan.quorum.max(1) {
             return Ok(Step::Done(RoundResult {
                 accepted,
@@ -253,11 +481,6 @@ impl ServerHalf for SgdServer {
                 refused,
             }));
         }
-        let mut agg = self.strategy.aggregator(&self.weights);
-        for u in &updates {
-            agg.add(&u.weights, u.examples, u.control.as_ref())?;
-        }
-        drop(updates);
         match self
             .strategy
             .finish(plan.round, &self.weights, agg, plan.n_available)

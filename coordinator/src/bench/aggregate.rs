@@ -1,0 +1,135 @@
+//! `bench aggregate`: a round's aggregation against a memcpy of the same bytes, and what the
+//! round's checkpoint costs beside it, on an MLP over digits' 64 features.
+
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use shoal_shared::models::sgd::{Mlp, Model};
+use shoal_shared::strategy::{CountBudget, StrategySpec};
+use shoal_shared::tensor::Weights;
+
+/// Figures of one run, for the printout and tests.
+#[derive(Debug, Clone)]
+pub struct AggregateFigures {
+    pub params: usize,
+    pub clients: usize,
+    /// Seconds to copy every update's bytes once (best of the repeats).
+    pub memcpy_secs: f64,
+    /// Seconds to aggregate every update and make the next model (best of the repeats).
+    pub aggregate_secs: f64,
+    /// Seconds for the round's checkpoint as the store keeps it (best of the repeats).
+    pub checkpoint_secs: f64,
+    pub checkpoint_bytes: usize,
+}
+
+/// Measures and prints. `hidden`: the MLP's hidden widths (2048 gives 4.3M parameters).
+pub fn aggregate(
+    hidden: &[usize],
+    clients: usize,
+    repeats: u32,
+) -> anyhow::Result<AggregateFigures> {
+    let mlp = Mlp::new(64, hidden, 10);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let global = mlp.init(&mut rng);
+    let params = global.num_params();
+    // Each client's update: the global model moved a little, as after local training.
+    let updates: Vec<(Weights, u64)> = (0..clients)
+        .map(|i| {
+            let mut w = global.clone();
+            for v in w.values_mut() {
+                *v += rng.gen_range(-0.01f32..0.01);
+            }
+            (w, 100 + 10 * i as u64)
+        })
+        .collect();
+    let budget = CountBudget::of(updates.iter().map(|u| u.1));
+    let strategy = StrategySpec::FedAvg.build();
+
+    let mut dst = global.zeros_like();
+    let mut memcpy_secs = f64::INFINITY;
+    let mut aggregate_secs = f64::INFINITY;
+    let mut checksum = 0f32;
+    for _ in 0..repeats {
+        let started = Instant::now();
+        for (u, _) in &updates {
+            for (d, s) in dst.tensors.iter_mut().zip(&u.tensors) {
+                d.data.copy_from_slice(&s.data);
+            }
+            checksum += std::hint::black_box(&dst).tensors[0].data[0];
+        }
+        memcpy_secs = memcpy_secs.min(started.elapsed().as_secs_f64());
+
+        let started = Instant::now();
+        let mut s = strategy.clone();
+        let mut agg = s.aggregator(&global, budget);
+        for (u, n) in &updates {
+            agg.add(u, *n, None)?;
+        }
+        let next = s.finish(1, &global, agg, clients)?;
+        aggregate_secs = aggregate_secs.min(started.elapsed().as_secs_f64());
+        checksum += std::hint::black_box(&next).tensors[0].data[0];
+    }
+
+    // The checkpoint the store keeps each round: the server half's own.
+    let spec = shoal_shared::models::ModelSpec::Mlp(shoal_shared::models::sgd::MlpSpec {
+        hidden: hidden.to_vec(),
+    });
+    let server = spec.server(&shoal_shared::models::ServerSetup {
+        n_features: 64,
+        n_classes: 10,
+        init_seed: 7,
+        max_params: usize::MAX,
+        strategy: StrategySpec::FedAvg,
+        bound: None,
+        influence: Default::default(),
+        initial: None,
+        spool: Default::default(),
+    })?;
+    let mut checkpoint_secs = f64::INFINITY;
+    let mut checkpoint_bytes = 0;
+    for _ in 0..repeats {
+        let started = Instant::now();
+        let c = server.checkpoint()?;
+        checkpoint_secs = checkpoint_secs.min(started.elapsed().as_secs_f64());
+        checkpoint_bytes = c.len();
+    }
+    if checksum.is_nan() {
+        println!("-");
+    }
+
+    let bytes = (params * 4 * clients) as f64;
+    let label = hidden
+        .iter()
+        .map(|h| h.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    println!(
+        "aggregation, fedavg, mlp({label}) over 64 features: {params} parameters ({}), {clients} updates, best of {repeats}:",
+        crate::report::human_bytes(params as u64 * 4)
+    );
+    println!(
+        "  memcpy of the updates       {:>7.2} GB/s  {:>8.1} ms  (baseline)",
+        bytes / memcpy_secs / 1e9,
+        memcpy_secs * 1e3
+    );
+    println!(
+        "  exact fixed-point mean      {:>7.2} GB/s  {:>8.1} ms  ({:.0}% of memcpy bandwidth)",
+        bytes / aggregate_secs / 1e9,
+        aggregate_secs * 1e3,
+        100.0 * memcpy_secs / aggregate_secs
+    );
+    println!(
+        "  checkpoint of the round     {:>7} {:>10.1} ms  ({:.1}x the aggregation)",
+        crate::report::human_bytes(checkpoint_bytes as u64),
+        checkpoint_secs * 1e3,
+        checkpoint_secs / aggregate_secs
+    );
+    Ok(AggregateFigures {
+        params,
+        clients,
+        memcpy_secs,
+        aggregate_secs,
+        checkpoint_secs,
+        checkpoint_bytes,
+    })
+}
