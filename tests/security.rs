@@ -121,6 +121,7 @@ async fn baseline() -> f64 {
 fn hello(name: &str, token: &str) -> v1::Hello {
     let data = Builtin::Digits.holdout().unwrap();
     v1::Hello {
+        max_message_bytes: 0,
         protocol_version: shoal_proto::PROTOCOL_VERSION,
         client_name: name.into(),
         token: token.into(),

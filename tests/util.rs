@@ -222,6 +222,7 @@ impl RawPeer {
     pub async fn connect(url: &str, name: &str, version: u32, dataset: Builtin) -> Self {
         let data = dataset.holdout().unwrap();
         let hello = Hello {
+            max_message_bytes: 0,
             protocol_version: version,
             client_name: name.into(),
             token: String::new(),

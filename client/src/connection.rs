@@ -265,6 +265,7 @@ async fn session(
             .iter()
             .map(|k| k.as_str().to_string())
             .collect(),
+        max_message_bytes: config.max_message_bytes as u64,
     };
     tx.send(ClientMessage {
         msg: Some(client_message::Msg::Hello(hello)),

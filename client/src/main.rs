@@ -63,6 +63,10 @@ struct Args {
         default_value_t = 10.0
     )]
     max_backoff_secs: f64,
+    /// Largest gRPC message received or sent, in bytes. The Hello says it: a job whose model does
+    /// not fit is not sent here, and this client is told why.
+    #[arg(long, env = "SHOAL_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    max_message_bytes: usize,
     #[command(flatten)]
     tls: shoal_client::TlsFiles,
     /// A file holding this client's token (for a coordinator started with --client-tokens).
@@ -160,6 +164,13 @@ fn build(args: &Args) -> anyhow::Result<ClientConfig> {
                 args.max_backoff_secs
             )
         })?;
+    if args.max_message_bytes < 1024 * 1024 {
+        anyhow::bail!(
+            "--max-message-bytes {}: expected at least 1048576 (1 MiB)",
+            args.max_message_bytes
+        );
+    }
+    config.max_message_bytes = args.max_message_bytes;
     config.tls = tls;
     config.token = token;
     Ok(config)

@@ -31,6 +31,10 @@ pub struct SimulateOptions {
     pub attack: Option<shoal_client::Attack>,
     /// Print nothing (for studies that run many simulations).
     pub quiet: bool,
+    /// Largest gRPC message either side sends or takes (`--max-message-bytes`).
+    pub max_message_bytes: usize,
+    /// Largest model the job may train, in parameters (`--max-tensor-elements`).
+    pub max_tensor_elements: usize,
 }
 
 impl SimulateOptions {
@@ -47,6 +51,8 @@ impl SimulateOptions {
             attackers: 0,
             attack: None,
             quiet: false,
+            max_message_bytes: CoordinatorConfig::default().max_message_bytes,
+            max_tensor_elements: CoordinatorConfig::default().max_tensor_elements,
         }
     }
 }
@@ -116,6 +122,8 @@ pub async fn simulate(mut o: SimulateOptions) -> anyhow::Result<SimOutcome> {
             print_rounds: !o.quiet,
             // Every simulated client connects; `serve` keeps its own `--max-clients`.
             max_clients: o.clients.max(CoordinatorConfig::default().max_clients),
+            max_message_bytes: o.max_message_bytes,
+            max_tensor_elements: o.max_tensor_elements,
             ..CoordinatorConfig::default()
         },
         store,
@@ -131,6 +139,7 @@ pub async fn simulate(mut o: SimulateOptions) -> anyhow::Result<SimOutcome> {
     let mut clients = Vec::with_capacity(o.clients);
     for (i, catalog) in catalogs.into_iter().enumerate() {
         let mut config = ClientConfig::new(url.clone(), format!("client-{i:03}"), catalog);
+        config.max_message_bytes = o.max_message_bytes;
         if i < o.attackers {
             config.attack = o.attack;
         }

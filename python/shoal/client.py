@@ -318,7 +318,8 @@ def _run_task(client: Client, task: federation_pb2.Task,
 
 
 def _hello(name: str, datasets: Sequence[DatasetInfo], token: str,
-           model_kinds: Sequence[str] = ("external",), offers_parameters: bool = False) -> federation_pb2.ClientMessage:
+           model_kinds: Sequence[str] = ("external",), offers_parameters: bool = False,
+           max_bytes: int = 0) -> federation_pb2.ClientMessage:
     return federation_pb2.ClientMessage(
         hello=federation_pb2.Hello(
             protocol_version=PROTOCOL_VERSION,
@@ -336,6 +337,8 @@ def _hello(name: str, datasets: Sequence[DatasetInfo], token: str,
             ],
             model_kinds=list(model_kinds),
             task_kinds=["fit", "evaluate"] + (["parameters"] if offers_parameters else []),
+            # The channel's limit: a job whose model does not fit is not sent here.
+            max_message_bytes=max_bytes,
         )
     )
 
@@ -380,7 +383,7 @@ def _session(address: str, name: str, client: Client, datasets: Sequence[Dataset
              model_kinds: Sequence[str]) -> bool:
     """One stream: returns True if it was welcomed (so the backoff resets); raises Rejected."""
     outbox: "queue.Queue[Optional[federation_pb2.ClientMessage]]" = queue.Queue()
-    outbox.put(_hello(name, datasets, token, model_kinds, _offers_parameters(client)))
+    outbox.put(_hello(name, datasets, token, model_kinds, _offers_parameters(client), max_bytes))
     done = threading.Event()
     reason = ["the stream ended"]
 

@@ -72,6 +72,7 @@ async fn files_named_in_a_job_resolve_only_under_the_data_dir_and_are_never_echo
     let _peer = RawPeer::with_first(
         &tc.url,
         v1::client_message::Msg::Hello(v1::Hello {
+            max_message_bytes: 0,
             protocol_version: shoal_proto::PROTOCOL_VERSION,
             client_name: "holder".into(),
             token: String::new(),
@@ -328,6 +329,7 @@ async fn misfit_peer(
     let p = RawPeer::with_first(
         &url,
         v1::client_message::Msg::Hello(v1::Hello {
+            max_message_bytes: 0,
             protocol_version: shoal_proto::PROTOCOL_VERSION,
             client_name: name.into(),
             token: String::new(),
@@ -538,6 +540,69 @@ async fn a_jobs_seconds_are_its_wall_time_and_its_rounds_are_counted_apart() {
     );
     for (stop, _) in clients {
         stop.cancel();
+    }
+    tc.stop().await;
+}
+
+/// Message limits are checked from the model's size before any task goes out, and each error
+/// names the limit and the flag that raises it: a model over the coordinator's limit fails the
+/// job at once; a client that announced a smaller limit is left out, told why, and the job's
+/// error says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_over_a_message_limit_is_refused_naming_the_flag() {
+    use crate::util::spawn_client;
+    use shoal_client::{Catalog, ClientConfig};
+    // mlp(64, 2048, 10) on digits: 153,610 parameters, about 680 kB in a task.
+    let toml = "kind = \"train\"\ndataset = \"digits\"\nrounds = 1\n[model]\nkind = \"mlp\"\nhidden = [2048]\n[clients]\nmin_available_clients = 2\nmin_fit_clients = 2\nwait_for_clients_secs = 2\n";
+    let tc = TestCoordinator::start_with(shoal_coordinator::CoordinatorConfig {
+        max_message_bytes: 512 * 1024,
+        ..Default::default()
+    })
+    .await;
+    let mut jobs = tc.jobs().await;
+    let (stops, _handles): (Vec<_>, Vec<_>) = (0..2)
+        .map(|i| start_client(&tc.url, Builtin::Digits, Partitioner::Iid, i, 2))
+        .unzip();
+    let id = submit(&mut jobs, toml).await;
+    let (info, rounds) = finish(&mut jobs, &id, 60).await;
+    assert_eq!(info.status, v1::JobStatus::Failed as i32);
+    assert!(rounds.is_empty());
+    assert!(
+        info.error
+            .contains("over the coordinator's message limit of 524288 bytes (--max-message-bytes)"),
+        "{}",
+        info.error
+    );
+    for s in stops {
+        s.cancel();
+    }
+    tc.stop().await;
+
+    // The coordinator takes it; of the two clients one announced 1 MiB (enough), the other
+    // 600 kB (too little).
+    let tc = TestCoordinator::start().await;
+    let mut jobs = tc.jobs().await;
+    let mut stops = Vec::new();
+    for (i, limit) in [(0, 1024 * 1024), (1, 600 * 1000)] {
+        let mut catalog = Catalog::new();
+        catalog
+            .add_builtin(Builtin::Digits, &Partitioner::Iid, i, 2, 42)
+            .unwrap();
+        let mut config = ClientConfig::new(&tc.url, format!("client-{i}"), catalog);
+        config.max_message_bytes = limit;
+        stops.push(spawn_client(config).0);
+    }
+    let id = submit(&mut jobs, toml).await;
+    let (info, _) = finish(&mut jobs, &id, 60).await;
+    assert_eq!(info.status, v1::JobStatus::Failed as i32);
+    assert!(
+        info.error.contains("saw 1 after waiting 2s; 1 more do not fit the job (client-1: it accepts messages of up to 600000 bytes")
+            && info.error.contains("start the client with --max-message-bytes"),
+        "{}",
+        info.error
+    );
+    for s in stops {
+        s.cancel();
     }
     tc.stop().await;
 }

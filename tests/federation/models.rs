@@ -53,6 +53,17 @@ async fn three_clients_accuracy_rises_over_five_rounds() {
     ] {
         assert!(dir.join(f).exists(), "{f} missing");
     }
+    // The final tensors in safetensors, the same as model.json's.
+    let st = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let from_st = shoal_shared::tensor::Weights::from_safetensors(&st, usize::MAX).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("model.json")).unwrap()).unwrap();
+    let from_json: shoal_shared::tensor::Weights =
+        serde_json::from_value(json["global"]["weights"].clone()).unwrap();
+    assert_eq!(from_st.num_params(), from_json.num_params());
+    for t in &from_json.tensors {
+        assert_eq!(from_st.get(&t.name).unwrap(), t, "tensor `{}`", t.name);
+    }
     // The report: charts inline, the rounds, the clients, the spec.
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
     for needle in [

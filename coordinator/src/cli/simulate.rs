@@ -49,6 +49,12 @@ pub struct SimulateArgs {
     /// Format of the round lines on stdout.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Largest gRPC message between the coordinator and its simulated clients, in bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Largest model the job may train, in parameters (tensor elements).
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub max_tensor_elements: usize,
 }
 
 pub(super) async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {
@@ -111,6 +117,8 @@ pub(super) async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {
         out: a.out,
         state_dir: a.state_dir,
         log_format: a.log_format,
+        max_message_bytes: a.max_message_bytes,
+        max_tensor_elements: a.max_tensor_elements,
         attackers: a.attackers,
         attack,
         quiet: false,

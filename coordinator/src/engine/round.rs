@@ -123,6 +123,16 @@ pub struct DataFacts {
     /// The coordinator's centralized test set, labels indexed into `class_names`.
     pub holdout: Option<Arc<Dataset>>,
     pub builtin: Option<Builtin>,
+    /// About the largest message a task or reply of the job takes (a weights model's tensors;
+    /// 0 until the model is known, and for trees, whose size is not known ahead).
+    pub message_bytes: u64,
+}
+
+/// About the bytes a task or reply carrying `params` `f32` tensors (twice for SCAFFOLD's control)
+/// takes on the wire: the values plus room for names, shapes and the task's other fields.
+pub fn message_bytes(params: usize, with_control: bool) -> u64 {
+    let values = 4 * params as u64 * if with_control { 2 } else { 1 };
+    values + values / 100 + 64 * 1024
 }
 
 /// Everything a running job needs from the coordinator.
@@ -181,6 +191,55 @@ pub struct TrainState {
     pub facts: DataFacts,
     /// The model's server half: the global model and what trains it.
     pub global: Server,
+    /// The global model as tasks carry it, encoded once per version.
+    pub encoded: EncodedModel,
+}
+
+impl TrainState {
+    pub fn new(facts: DataFacts, global: Server) -> Self {
+        TrainState {
+            facts,
+            global,
+            encoded: EncodedModel::default(),
+        }
+    }
+
+    /// The global model as the next tasks carry it.
+    pub fn task_payload(&self) -> TaskPayload {
+        self.encoded.payload(self.global.payload())
+    }
+}
+
+/// The last global weights encoded for tasks, and their encoding.
+#[derive(Debug, Default)]
+pub struct EncodedModel(
+    std::sync::Mutex<Option<(Arc<shoal_shared::tensor::Weights>, v1::Parameters)>>,
+);
+
+impl EncodedModel {
+    /// `payload` as tasks carry it. A weights model's tensors are encoded once per version of
+    /// the model, and every task that carries that version shares the encoding (its bytes are
+    /// reference-counted): a round's evaluation and the next round's training send the same
+    /// model, encoded once. The cache holds the weights it encoded, so a pointer match is that
+    /// version and no other.
+    pub fn payload(&self, payload: shoal_shared::models::phase::Payload) -> TaskPayload {
+        let shoal_shared::models::phase::Payload::Weights(w) = &payload else {
+            return TaskPayload::from(payload);
+        };
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let parameters = match &*cache {
+            Some((held, p)) if Arc::ptr_eq(held, w) => p.clone(),
+            _ => {
+                let p = shoal_proto::weights_to_wire(w);
+                *cache = Some((Arc::clone(w), p.clone()));
+                p
+            }
+        };
+        TaskPayload {
+            parameters: Some(parameters),
+            ..TaskPayload::default()
+        }
+    }
 }
 
 /// One client's line in the end-of-job table.
@@ -320,6 +379,24 @@ impl JobCtx {
         )
     }
 
+    /// Why clients that run the job's kinds do not count, when some do not fit it: how many,
+    /// and the first one's reason.
+    fn misfit_note(&self, facts: &DataFacts) -> String {
+        let misfits: Vec<(String, String)> = self
+            .candidates(self.spec.model.kind().training_tasks())
+            .iter()
+            .filter_map(|c| misfit(c, &self.spec.dataset, facts).map(|why| (c.name.clone(), why)))
+            .collect();
+        match misfits.first() {
+            None => String::new(),
+            Some((name, why)) => format!(
+                "; {} more do not fit the job ({}: {why})",
+                misfits.len(),
+                clip(name, ID_CHARS)
+            ),
+        }
+    }
+
     /// Waits until at least `min_available_clients` compatible clients hold the dataset; fails
     /// after `wait_for_clients_secs` with how many were needed and seen.
     pub async fn wait_available(
@@ -355,7 +432,7 @@ impl JobCtx {
                     return Err(Error::Job(format!(
                         "round {round}: needed {need} connected clients holding dataset `{}` (clients.min_available_clients), saw {} after waiting {}s{}",
                         self.spec.dataset, avail.len(), self.policy().wait_for_clients_secs,
-                        self.unable_note()
+                        self.unable_note() + &facts.map(|f| self.misfit_note(f)).unwrap_or_default()
                     )));
                 }
                 changed = changes.changed() => if changed.is_err() { return Err(Error::ShuttingDown) },
@@ -378,6 +455,7 @@ impl JobCtx {
                 class_names: holdout.class_names.clone(),
                 holdout: Some(Arc::new(holdout)),
                 builtin: Some(b),
+                message_bytes: 0,
             });
         }
         // A dataset the clients registered. Its schema comes from what the operator gave (the
@@ -456,6 +534,7 @@ impl JobCtx {
             class_names: classes,
             holdout,
             builtin: None,
+            message_bytes: 0,
         })
     }
 
@@ -488,6 +567,7 @@ impl JobCtx {
                 class_names: facts.class_names.clone(),
                 holdout,
                 builtin: facts.builtin,
+                message_bytes: 0,
             },
         ))
     }
@@ -513,7 +593,20 @@ impl JobCtx {
             },
         };
         let global = self.spec.model.server(&setup)?;
-        Ok(TrainState { facts, global })
+        let mut facts = facts;
+        if let Some(w) = global.weights() {
+            let scaffold = self.spec.strategy.uses_control_variates();
+            facts.message_bytes = message_bytes(w.num_params(), scaffold);
+            let max = self.max_message_bytes as u64;
+            if facts.message_bytes > max {
+                return Err(Error::Job(format!(
+                    "the model's {} parameters take about {} bytes in a task or update, over the coordinator's message limit of {max} bytes (--max-message-bytes)",
+                    w.num_params(),
+                    facts.message_bytes
+                )));
+            }
+        }
+        Ok(TrainState::new(facts, global))
     }
 
     /// Runs round `round` and returns its record; `state.global` becomes the new global model.
@@ -602,7 +695,7 @@ impl JobCtx {
                 seed::derive(self.spec.seed, &[round.into(), SEED_SAMPLE_EVAL]),
             );
             let quorum = (policy.min_evaluate_clients as usize).min(eval_clients.len());
-            let payload = TaskPayload::from(state.global.payload());
+            let payload = state.task_payload();
             let announced = self.announced(&eval_clients, true);
             let (mut l, mut a) = (OrderedMean::default(), OrderedMean::default());
             let classifies = state.global.classifies();
@@ -789,7 +882,11 @@ impl JobCtx {
     ) -> Result<(Phase, usize, f64)> {
         let round = plan.round;
         let announced = self.announced(avail, false);
-        let TrainState { facts, global } = state;
+        let TrainState {
+            facts,
+            global,
+            encoded,
+        } = state;
         let mut total = Phase::default();
         let mut step = global.begin_round(plan)?;
         loop {
@@ -805,7 +902,7 @@ impl JobCtx {
             let clients: Vec<&str> = ask.clients.iter().map(String::as_str).collect();
             let expected = tasks::expected_reply(&ask.request);
             let kind = tasks::request_to_wire(ask.request, self.local_training(round));
-            let payload = TaskPayload::from(ask.payload);
+            let payload = encoded.payload(ask.payload);
             let bounds = global.decode_bounds();
             let phase = self
                 .phase_until(
@@ -851,7 +948,7 @@ impl JobCtx {
             .into_iter()
             .filter(|c| compatible(c, &self.spec.dataset, &state.facts))
             .collect();
-        let payload = TaskPayload::from(state.global.payload());
+        let payload = state.task_payload();
         let announced = self.announced(&clients, true);
         // Personalising means local training from the global model: weights models only.
         let personalize = if state.global.trains_from_global() {
@@ -1121,6 +1218,13 @@ fn compatible(c: &ClientView, dataset: &str, facts: &DataFacts) -> bool {
 /// Why a client's copy of `dataset` does not fit the job's schema, or `None` when it fits: the
 /// same number of features, and only classes the job knows.
 pub fn misfit(c: &ClientView, dataset: &str, facts: &DataFacts) -> Option<String> {
+    let limit = c.caps.message_limit();
+    if facts.message_bytes > limit {
+        return Some(format!(
+            "it accepts messages of up to {limit} bytes and this job's model takes about {}; start the client with --max-message-bytes {} or more",
+            facts.message_bytes, facts.message_bytes
+        ));
+    }
     let Some(d) = c.dataset(dataset) else {
         return Some(format!("it does not hold dataset `{dataset}`"));
     };
@@ -1191,6 +1295,30 @@ pub(crate) fn unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One version of the model is encoded once: every task that carries it shares the bytes;
+    /// the next version is encoded anew.
+    #[test]
+    fn the_global_model_is_encoded_once_per_version() {
+        use shoal_shared::models::phase::Payload;
+        use shoal_shared::tensor::{Tensor, Weights};
+        let w = |v: f32| {
+            Arc::new(Weights::new(vec![
+                Tensor::new("w", vec![3], vec![v; 3]).unwrap()
+            ]))
+        };
+        let bytes = |p: &TaskPayload| p.parameters.as_ref().unwrap().tensors[0].data.clone();
+        let cache = EncodedModel::default();
+        let first = w(1.0);
+        let a = bytes(&cache.payload(Payload::Weights(Arc::clone(&first))));
+        let b = bytes(&cache.payload(Payload::Weights(Arc::clone(&first))));
+        assert_eq!(a.as_ptr(), b.as_ptr());
+        // Equal values but another version (the next round's model): encoded again.
+        let next = bytes(&cache.payload(Payload::Weights(w(1.0))));
+        assert_eq!(next, a);
+        assert_ne!(next.as_ptr(), a.as_ptr());
+        assert_eq!(cache.payload(Payload::None), TaskPayload::default());
+    }
 
     fn views(n: usize) -> Vec<ClientView> {
         (0..n)

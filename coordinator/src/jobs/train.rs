@@ -75,6 +75,9 @@ impl Coordinator {
                 "global": state.global.to_json(),
             }),
         )?;
+        if let Some(w) = state.global.weights() {
+            run.write_safetensors(w)?;
+        }
         summary.ended(ctx.created_ms);
         run.write_json("summary.json", &summary)?;
         run.write_client_table(&summary.clients)?;

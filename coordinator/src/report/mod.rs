@@ -585,6 +585,18 @@ impl RunFolder {
             .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
     }
 
+    /// Writes a weights model's final tensors as `model.safetensors` (the safetensors format,
+    /// which PyTorch, JAX and numpy read through Hugging Face's `safetensors` package; names and
+    /// shapes as in `model.json`, whose metadata sits beside it).
+    pub fn write_safetensors(&self, weights: &shoal_shared::tensor::Weights) -> Result<()> {
+        let bytes = weights
+            .to_safetensors()
+            .map_err(|e| Error::Job(format!("cannot encode model.safetensors: {e}")))?;
+        let path = self.dir.join("model.safetensors");
+        std::fs::write(&path, bytes)
+            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+    }
+
     /// Writes a JSON document into the folder.
     pub fn write_json(&self, name: &str, value: &impl Serialize) -> Result<()> {
         let text = serde_json::to_string_pretty(value)

@@ -91,7 +91,10 @@ impl Federation for FederationService {
             return Ok(reject(reason));
         }
         let caps = match Capabilities::parse(&hello.model_kinds, &hello.task_kinds) {
-            Ok(caps) => caps,
+            Ok(caps) => Capabilities {
+                max_message_bytes: hello.max_message_bytes,
+                ..caps
+            },
             Err(e) => {
                 let reason = e.to_string();
                 self.coord

@@ -476,7 +476,13 @@ impl std::fmt::Display for TaskKind {
 pub struct Capabilities {
     pub model_kinds: std::collections::BTreeSet<String>,
     pub task_kinds: std::collections::BTreeSet<TaskKind>,
+    /// The largest message the client receives and sends, as its Hello said (0: not said).
+    pub max_message_bytes: u64,
 }
+
+/// What a client that does not say its message limit is taken to accept: gRPC's limit in Shoal's
+/// clients before they said it.
+pub const DEFAULT_MESSAGE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Most model kinds a Hello may list.
 pub const MAX_MODEL_KINDS: usize = 16;
@@ -509,6 +515,15 @@ impl Capabilities {
                 .into_iter()
                 .filter(|t| *t != TaskKind::Parameters)
                 .collect(),
+            max_message_bytes: 0,
+        }
+    }
+
+    /// The largest message the client takes ([`DEFAULT_MESSAGE_BYTES`] when it did not say).
+    pub fn message_limit(&self) -> u64 {
+        match self.max_message_bytes {
+            0 => DEFAULT_MESSAGE_BYTES,
+            n => n,
         }
     }
 
