@@ -135,28 +135,23 @@ impl Weights {
 
     /// Checks that `other` has exactly this layout: same tensor names and shapes, in order.
     pub fn check_same_layout(&self, other: &Weights) -> Result<()> {
-        if self.tensors.len() != other.tensors.len() {
-            return Err(Error::Shape {
-                what: "weights".into(),
-                expected: format!("{} tensors {:?}", self.tensors.len(), self.names()),
-                found: format!("{} tensors {:?}", other.tensors.len(), other.names()),
-            });
+        check_layout(
+            self.tensors
+                .iter()
+                .map(|t| (t.name.as_str(), t.shape.as_slice(), t.data.len())),
+            other,
+        )
+    }
+
+    /// The names and shapes of the tensors, without their values.
+    pub fn layout(&self) -> Layout {
+        Layout {
+            tensors: self
+                .tensors
+                .iter()
+                .map(|t| (t.name.clone(), t.shape.clone(), t.data.len()))
+                .collect(),
         }
-        for (a, b) in self.tensors.iter().zip(&other.tensors) {
-            if a.name != b.name || a.shape != b.shape || b.data.len() != a.data.len() {
-                return Err(Error::Shape {
-                    what: format!("tensor `{}`", a.name),
-                    expected: format!("`{}` with shape {:?}", a.name, a.shape),
-                    found: format!(
-                        "`{}` with shape {:?} ({} values)",
-                        b.name,
-                        b.shape,
-                        b.data.len()
-                    ),
-                });
-            }
-        }
-        Ok(())
     }
 
     /// Fails on the first NaN or infinity, naming the tensor and index.
@@ -226,6 +221,61 @@ impl Weights {
             .sum::<f64>()
             .sqrt()
     }
+}
+
+/// A model's layout without its values: tensor names, shapes and lengths, in order. What an
+/// aggregate keeps to check updates against, instead of a zeroed copy of the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    /// `(name, shape, number of values)` per tensor.
+    pub(crate) tensors: Vec<(String, Vec<usize>, usize)>,
+}
+
+impl Layout {
+    /// Total number of scalar parameters.
+    pub fn num_params(&self) -> usize {
+        self.tensors.iter().map(|t| t.2).sum()
+    }
+
+    /// Checks that `other` has exactly this layout (as [`Weights::check_same_layout`]).
+    pub fn check(&self, other: &Weights) -> Result<()> {
+        check_layout(
+            self.tensors
+                .iter()
+                .map(|(name, shape, len)| (name.as_str(), shape.as_slice(), *len)),
+            other,
+        )
+    }
+}
+
+/// `other` against the expected `(name, shape, len)` of each tensor, naming the first mismatch.
+fn check_layout<'a>(
+    expected: impl ExactSizeIterator<Item = (&'a str, &'a [usize], usize)> + Clone,
+    other: &Weights,
+) -> Result<()> {
+    if expected.len() != other.tensors.len() {
+        let names: Vec<&str> = expected.clone().map(|t| t.0).collect();
+        return Err(Error::Shape {
+            what: "weights".into(),
+            expected: format!("{} tensors {names:?}", names.len()),
+            found: format!("{} tensors {:?}", other.tensors.len(), other.names()),
+        });
+    }
+    for ((name, shape, len), b) in expected.zip(&other.tensors) {
+        if name != b.name || shape != b.shape.as_slice() || b.data.len() != len {
+            return Err(Error::Shape {
+                what: format!("tensor `{name}`"),
+                expected: format!("`{name}` with shape {shape:?}"),
+                found: format!(
+                    "`{}` with shape {:?} ({} values)",
+                    b.name,
+                    b.shape,
+                    b.data.len()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Tensor files in the safetensors format (what Hugging Face's `safetensors` package writes from

@@ -22,7 +22,7 @@
 //! must fit, which the bounds guarantee ([`WeightedMean::fits`] and [`WeightedMean::admits`] tell a
 //! caller whose counts outgrew them, who then sums again with a larger budget).
 
-use crate::tensor::Weights;
+use crate::tensor::{Layout, Weights};
 use crate::{Error, Result};
 
 /// How many binary orders of magnitude an update's values may exceed the global tensor's largest
@@ -122,51 +122,6 @@ fn exponent(x: f64) -> i32 {
     e
 }
 
-/// Names and shapes of the tensors, without their values.
-#[derive(Debug, Clone, PartialEq)]
-struct Layout {
-    tensors: Vec<(String, Vec<usize>, usize)>,
-}
-
-impl Layout {
-    fn of(w: &Weights) -> Layout {
-        Layout {
-            tensors: w
-                .tensors
-                .iter()
-                .map(|t| (t.name.clone(), t.shape.clone(), t.data.len()))
-                .collect(),
-        }
-    }
-
-    /// The same check, and message, as [`Weights::check_same_layout`].
-    fn check(&self, other: &Weights) -> Result<()> {
-        let names = || -> Vec<&str> { self.tensors.iter().map(|t| t.0.as_str()).collect() };
-        if self.tensors.len() != other.tensors.len() {
-            return Err(Error::Shape {
-                what: "weights".into(),
-                expected: format!("{} tensors {:?}", self.tensors.len(), names()),
-                found: format!("{} tensors {:?}", other.tensors.len(), other.names()),
-            });
-        }
-        for ((name, shape, len), b) in self.tensors.iter().zip(&other.tensors) {
-            if *name != b.name || *shape != b.shape || b.data.len() != *len {
-                return Err(Error::Shape {
-                    what: format!("tensor `{name}`"),
-                    expected: format!("`{name}` with shape {shape:?}"),
-                    found: format!(
-                        "`{}` with shape {:?} ({} values)",
-                        b.name,
-                        b.shape,
-                        b.data.len()
-                    ),
-                });
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Exact fixed-point sums of one kind of vector (weights or control deltas), per tensor grid.
 #[derive(Debug, Clone)]
 struct Sums {
@@ -257,7 +212,7 @@ impl WeightedMean {
     /// delta of the same shape (SCAFFOLD).
     pub fn new(global: &Weights, budget: CountBudget, control: Option<&Weights>) -> Self {
         WeightedMean {
-            layout: Layout::of(global),
+            layout: global.layout(),
             sums: Sums::new(global, budget),
             budget,
             total_weight: 0,

@@ -672,7 +672,7 @@ impl Aggregator {
     fn check_layout(&self, global: &Weights) -> Result<()> {
         match self {
             Aggregator::Mean(m) => m.check_layout(global),
-            Aggregator::Buffer(b) => global.check_same_layout(b.layout()),
+            Aggregator::Buffer(b) => b.layout().check(global),
         }
     }
 

@@ -4,7 +4,7 @@
 //! These rules compare clients with each other, per coordinate or per update, so unlike the mean
 //! they cannot stream: [`Buffer`] keeps every update of the round (N flat copies of the model).
 
-use crate::tensor::Weights;
+use crate::tensor::{Layout, Weights};
 use crate::{Error, Result};
 
 /// All of one round's updates, flattened, with their example counts.
@@ -13,8 +13,8 @@ use crate::{Error, Result};
 /// `updates` is `n × P`: one `Vec<f32>` of the model's `P` scalar parameters (layout order) per client.
 #[derive(Debug, Clone)]
 pub struct Buffer {
-    /// The global model's layout (values all zero); every update must match it.
-    layout: Weights,
+    /// The global model's layout; every update must match it.
+    layout: Layout,
     updates: Vec<Vec<f32>>,
     examples: Vec<u64>,
 }
@@ -23,7 +23,7 @@ impl Buffer {
     /// An empty buffer for updates shaped like `layout`.
     pub fn new(layout: &Weights) -> Self {
         Buffer {
-            layout: layout.zeros_like(),
+            layout: layout.layout(),
             updates: Vec::new(),
             examples: Vec::new(),
         }
@@ -31,7 +31,7 @@ impl Buffer {
 
     /// Stores one client's weights; refused (buffer unchanged) on a layout mismatch or 0 examples.
     pub fn add(&mut self, update: &Weights, num_examples: u64) -> Result<()> {
-        self.layout.check_same_layout(update)?;
+        self.layout.check(update)?;
         if num_examples == 0 {
             return Err(Error::invalid("update", "reports 0 training examples"));
         }
@@ -45,7 +45,7 @@ impl Buffer {
         self.updates.len()
     }
 
-    pub(crate) fn layout(&self) -> &Weights {
+    pub(crate) fn layout(&self) -> &Layout {
         &self.layout
     }
 
