@@ -85,7 +85,7 @@ impl Default for CoordinatorConfig {
 pub(crate) struct Resume {
     /// The last round completed and checkpointed (0: none).
     pub(crate) round: u32,
-    pub(crate) checkpoint: Option<String>,
+    pub(crate) checkpoint: Option<Vec<u8>>,
     /// The rounds recorded up to it.
     pub(crate) records: Vec<RoundRecord>,
 }

@@ -331,24 +331,82 @@ impl Weights {
 
     /// These tensors as a safetensors file (float32, little-endian; the format sorts them by name).
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
-        let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
-            .tensors
-            .iter()
-            .map(|t| {
-                let data = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-                (t.name.clone(), data, t.shape.clone())
-            })
-            .collect();
-        let mut views = Vec::with_capacity(bytes.len());
-        for (name, data, shape) in &bytes {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
-                    .map_err(|e| Error::Data(format!("tensor `{name}`: {e}")))?;
-            views.push((name.clone(), view));
-        }
-        safetensors::serialize(views, None)
-            .map_err(|e| Error::Data(format!("cannot write safetensors: {e}")))
+        safetensors_of(&[("", self)], None)
     }
+}
+
+/// Several weight sets in one safetensors file, each tensor named `group/name` (just `name` for
+/// the group `""`), with `metadata` in the file's `__metadata__` header.
+pub fn safetensors_of(
+    groups: &[(&str, &Weights)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let named: Vec<(String, Vec<u8>, Vec<usize>)> = groups
+        .iter()
+        .flat_map(|(group, w)| {
+            w.tensors.iter().map(move |t| {
+                let name = if group.is_empty() {
+                    t.name.clone()
+                } else {
+                    format!("{group}/{}", t.name)
+                };
+                let mut data = Vec::with_capacity(4 * t.data.len());
+                for v in &t.data {
+                    data.extend_from_slice(&v.to_le_bytes());
+                }
+                (name, data, t.shape.clone())
+            })
+        })
+        .collect();
+    let mut views = Vec::with_capacity(named.len());
+    for (name, data, shape) in &named {
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                .map_err(|e| Error::Data(format!("tensor `{name}`: {e}")))?;
+        views.push((name.clone(), view));
+    }
+    safetensors::serialize(views, metadata)
+        .map_err(|e| Error::Data(format!("cannot write safetensors: {e}")))
+}
+
+/// One group of [`safetensors_of`] read back in `layout`'s order and shapes; `None` when the
+/// file holds no tensor of the group.
+pub fn safetensors_group(
+    file: &safetensors::SafeTensors<'_>,
+    group: &str,
+    layout: &Weights,
+) -> Result<Option<Weights>> {
+    let name = |t: &str| {
+        if group.is_empty() {
+            t.to_string()
+        } else {
+            format!("{group}/{t}")
+        }
+    };
+    let Some(first) = layout.tensors.first() else {
+        return Ok(None);
+    };
+    if file.tensor(&name(&first.name)).is_err() {
+        return Ok(None);
+    }
+    let mut out = layout.clone();
+    for t in &mut out.tensors {
+        let n = name(&t.name);
+        let view = file
+            .tensor(&n)
+            .map_err(|e| Error::Data(format!("tensor `{n}`: {e}")))?;
+        if view.dtype() != safetensors::Dtype::F32 || view.shape() != t.shape.as_slice() {
+            return Err(Error::Shape {
+                what: format!("tensor `{n}`"),
+                expected: format!("float32 with shape {:?}", t.shape),
+                found: format!("{:?} with shape {:?}", view.dtype(), view.shape()),
+            });
+        }
+        for (v, c) in t.data.iter_mut().zip(view.data().chunks_exact(4)) {
+            *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+    }
+    Ok(Some(out))
 }
 
 #[cfg(test)]

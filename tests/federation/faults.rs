@@ -358,12 +358,17 @@ async fn a_full_state_store_pauses_the_job_until_there_is_room() {
         .collect();
     tc.wait_clients(2).await;
     let store = tc.coord.store();
-    // No page more than now: the job's row fits in the pages there are, its first checkpoint not.
+    // No page more than now: the job's row fits in the pages there are, its first checkpoint not
+    // (an MLP's: 19,210 parameters, 77 kB in binary; a logreg's 2.6 kB would fit in free pages).
     store
         .limit_pages(Some(store.page_count().unwrap()))
         .unwrap();
     let mut jobs = tc.jobs().await;
-    let id = submit(&mut jobs, &digits_job(4, 2, "")).await;
+    let id = submit(
+        &mut jobs,
+        &digits_job(4, 2, "[model]\nkind = \"mlp\"\nhidden = [256]\n"),
+    )
+    .await;
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let info = jobs
         .get(v1::GetRequest { job_id: id.clone() })

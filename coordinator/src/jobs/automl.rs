@@ -32,6 +32,7 @@ use crate::engine::round::{DataFacts, JobCtx, RoundRecord, TrainState};
 use crate::error::{Error, Result};
 use crate::report::{AutomlResult, RunFolder, Summary, TrialRow};
 use crate::spec::AutomlOptions;
+use crate::state::nested;
 use crate::Coordinator;
 
 /// Purpose of the search's own draws (random configurations, TPE candidates).
@@ -70,7 +71,8 @@ struct Progress {
     rows: Vec<TrialRow>,
     /// Finished search trials and their scores, for TPE.
     history: Vec<(Config, f64)>,
-    /// The best full-budget search trial: score, trial, configuration, its model's checkpoint.
+    /// The best full-budget search trial: score, trial, configuration, its model's checkpoint
+    /// (see [`nested`]).
     best: Option<(f64, u32, Config, String)>,
     /// The default configuration's score and model checkpoint.
     default: Option<(Option<f64>, String)>,
@@ -141,7 +143,7 @@ impl Coordinator {
         let mut default_state: Option<TrainState> = None;
         let mut p = match resume.as_ref().and_then(|r| r.checkpoint.as_deref()) {
             Some(c) => {
-                let p: Progress = serde_json::from_str(c).map_err(|e| {
+                let p: Progress = serde_json::from_slice(c).map_err(|e| {
                     Error::Job(format!("the automl checkpoint cannot be read: {e}"))
                 })?;
                 let pos = p.rng_word_pos.parse::<u128>().map_err(|e| {
@@ -242,7 +244,8 @@ impl Coordinator {
                     let score = out.score;
                     match &planned.config {
                         None => {
-                            p.default = Some((score, out.state.global.checkpoint()?));
+                            p.default =
+                                Some((score, nested::encode(&out.state.global.checkpoint()?)));
                             default_state = Some(out.state);
                         }
                         Some(c) => {
@@ -257,7 +260,7 @@ impl Coordinator {
                                         s,
                                         planned.trial,
                                         c.clone(),
-                                        out.state.global.checkpoint()?,
+                                        nested::encode(&out.state.global.checkpoint()?),
                                     ));
                                     best_state = Some(out.state);
                                 }
@@ -337,7 +340,7 @@ impl Coordinator {
                     .chain(queue.iter().cloned())
                     .collect();
                 p.queue.sort_by_key(|t| t.trial);
-                let checkpoint = serde_json::to_string(&p)
+                let checkpoint = serde_json::to_vec(&p)
                     .map_err(|e| Error::Job(format!("cannot write the automl checkpoint: {e}")));
                 p.queue = queue;
                 self.record(ctx, run, events, &rec, &checkpoint?, false)
@@ -414,7 +417,7 @@ impl Coordinator {
     ) -> Result<TrainState> {
         let tctx = trial_ctx(ctx, config, 0, ctx.spec.rounds)?;
         let mut state = tctx.init_state(facts.clone())?;
-        state.global.restore(checkpoint)?;
+        state.global.restore(&nested::decode(checkpoint)?)?;
         Ok(state)
     }
 

@@ -72,7 +72,7 @@ impl Coordinator {
         let mut records: Vec<RoundRecord> = Vec::new();
         if let Some(r) = resume {
             if let Some(c) = &r.checkpoint {
-                at = serde_json::from_str(c).map_err(|e| {
+                at = serde_json::from_slice(c).map_err(|e| {
                     Error::Job(format!("the fusion checkpoint cannot be read: {e}"))
                 })?;
             }
@@ -101,7 +101,7 @@ impl Coordinator {
             let mut state = vctx.init_state(vfacts)?;
             let first = if index == at.variant {
                 if let Some(c) = &at.state {
-                    state.global.restore(c)?;
+                    state.global.restore(&crate::state::nested::decode(c)?)?;
                 }
                 at.round + 1
             } else {
@@ -147,9 +147,9 @@ impl Coordinator {
                 } else {
                     at.variant = index;
                     at.round = round;
-                    at.state = Some(state.global.checkpoint()?);
+                    at.state = Some(crate::state::nested::encode(&state.global.checkpoint()?));
                 }
-                let checkpoint = serde_json::to_string(&at)
+                let checkpoint = serde_json::to_vec(&at)
                     .map_err(|e| Error::Job(format!("cannot write the fusion checkpoint: {e}")))?;
                 self.record(ctx, run, events, &rec, &checkpoint, true)
                     .await?;
@@ -173,7 +173,8 @@ struct FusionCheckpoint {
     variant: usize,
     /// Rounds of that variant done.
     round: u32,
-    /// Its global model's checkpoint after `round` (none when it has not started).
+    /// Its global model's checkpoint after `round` (none when it has not started; see
+    /// [`crate::state::nested`]).
     state: Option<String>,
     results: Vec<crate::report::VariantResult>,
     /// The single-modality models, for late and learned late fusion.

@@ -360,7 +360,7 @@ impl Coordinator {
         run: &mut RunFolder,
         events: &broadcast::Sender<v1::WatchEvent>,
         rec: &RoundRecord,
-        checkpoint: &str,
+        checkpoint: &[u8],
         print_line: bool,
     ) -> Result<()> {
         self.until_stored(

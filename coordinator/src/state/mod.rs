@@ -12,6 +12,30 @@ use shoal_shared::text::clip;
 use crate::engine::round::RoundRecord;
 use crate::error::{Error, Result};
 
+/// A model's checkpoint inside a job's own JSON checkpoint (fusion's variant, AutoML's best and
+/// default trials): base64 text, or, as Shoal wrote before weights checkpoints were binary, the
+/// model's JSON checkpoint itself (base64 never starts with `{`).
+pub mod nested {
+    use base64::Engine;
+
+    pub fn encode(checkpoint: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(checkpoint)
+    }
+
+    pub fn decode(text: &str) -> crate::error::Result<Vec<u8>> {
+        if text.starts_with('{') {
+            return Ok(text.as_bytes().to_vec());
+        }
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| {
+                crate::error::Error::Job(format!(
+                    "a model checkpoint inside the job's is not base64: {e}"
+                ))
+            })
+    }
+}
+
 /// Lifecycle of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobStatus {
@@ -341,7 +365,7 @@ impl Store {
         &self,
         id: &str,
         record: &RoundRecord,
-        checkpoint: Option<&str>,
+        checkpoint: Option<&[u8]>,
     ) -> Result<()> {
         let metrics = serde_json::to_string(record)
             .map_err(|e| Error::Job(format!("cannot encode round metrics: {e}")))?;
@@ -365,14 +389,29 @@ impl Store {
         Ok(())
     }
 
-    /// The last checkpoint of a job: its round and state.
-    pub fn checkpoint(&self, id: &str) -> Result<Option<(u32, String)>> {
+    /// The last checkpoint of a job: its round and state. States are BLOBs; stores written
+    /// before weights checkpoints were binary hold JSON text, read as its bytes.
+    pub fn checkpoint(&self, id: &str) -> Result<Option<(u32, Vec<u8>)>> {
         Ok(self
             .conn()
             .query_row(
                 "SELECT round, state FROM checkpoints WHERE job_id = ?1",
                 params![id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| {
+                    let state = match r.get_ref(1)? {
+                        rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                            t.to_vec()
+                        }
+                        other => {
+                            return Err(rusqlite::Error::FromSqlConversionFailure(
+                                1,
+                                other.data_type(),
+                                "a checkpoint is text or bytes".into(),
+                            ))
+                        }
+                    };
+                    Ok((r.get(0)?, state))
+                },
             )
             .optional()?)
     }
@@ -577,7 +616,7 @@ mod tests {
                 quarantined: Vec::new(),
                 silenced: Vec::new(),
             };
-            s.record_round_with("a", &rec, Some("{\"state\":1}"))
+            s.record_round_with("a", &rec, Some(b"{\"state\":1}"))
                 .unwrap();
             assert_eq!(s.rounds("a").unwrap(), vec![rec.clone()]);
             // A round recorded without its checkpoint (as after a crash mid-write) is dropped
@@ -592,7 +631,18 @@ mod tests {
         assert_eq!(interrupted, vec!["a".to_string()]);
         assert_eq!(
             s.checkpoint("a").unwrap(),
-            Some((1, "{\"state\":1}".to_string()))
+            Some((1, b"{\"state\":1}".to_vec()))
+        );
+        // A store written before checkpoints were bytes holds them as TEXT: read as its bytes.
+        s.conn()
+            .execute(
+                "UPDATE checkpoints SET state = ?1 WHERE job_id = 'a'",
+                params!["{\"old\":1}"],
+            )
+            .unwrap();
+        assert_eq!(
+            s.checkpoint("a").unwrap(),
+            Some((1, b"{\"old\":1}".to_vec()))
         );
         s.truncate_rounds("a", 1).unwrap();
         assert_eq!(s.rounds("a").unwrap().len(), 1);

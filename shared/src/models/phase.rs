@@ -792,11 +792,12 @@ pub trait ServerHalf: Send + Sync + std::fmt::Debug {
     /// The final model as JSON for the run folder.
     fn to_json(&self) -> serde_json::Value;
 
-    /// The checkpoint of the model, as JSON tagged with its `kind`.
-    fn checkpoint(&self) -> crate::Result<String>;
+    /// The checkpoint of the model: JSON tagged with its `kind` (trees), or a safetensors file
+    /// with that JSON in its metadata (weights models).
+    fn checkpoint(&self) -> crate::Result<Vec<u8>>;
 
     /// Puts back the model a checkpoint holds, checked against this (freshly initialised) one.
-    fn restore(&mut self, json: &str) -> crate::Result<()>;
+    fn restore(&mut self, checkpoint: &[u8]) -> crate::Result<()>;
 
     /// The global weights, for a weights model (fusion stacks them, diffusion generates from
     /// them).
@@ -810,9 +811,9 @@ pub trait ServerHalf: Send + Sync + std::fmt::Debug {
 
 /// A checkpoint's JSON and the `kind` tag it carries, checked against `expected`; the messages
 /// are the ones a restore reports.
-pub fn checkpoint_body(json: &str, expected: &str) -> crate::Result<serde_json::Value> {
+pub fn checkpoint_body(json: &[u8], expected: &str) -> crate::Result<serde_json::Value> {
     let bad = |e: String| crate::Error::Data(format!("the checkpoint cannot be restored: {e}"));
-    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
     match value.get("kind").and_then(|k| k.as_str()) {
         Some(k) if k == expected => Ok(value),
         Some(_) => Err(bad("it was written for another kind of model".into())),

@@ -209,6 +209,89 @@ fn every_kind_gives_the_same_model_whatever_order_replies_arrive_in() {
     }
 }
 
+/// A weights model's checkpoint is a safetensors file any reader opens: the global tensors under
+/// `global/`, the strategy's state beside them, the spec in the metadata. The JSON checkpoints
+/// Shoal wrote before still restore.
+#[test]
+fn weights_checkpoints_are_safetensors_and_old_json_ones_still_restore() {
+    let spec = ModelSpec::Mlp(super::sgd::MlpSpec { hidden: vec![8] });
+    let a = run(&spec, "fedadam", Builtin::Iris, 2, false);
+    let bytes = a.checkpoint().unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let global = a.weights().unwrap();
+    for t in &global.tensors {
+        let view = file.tensor(&format!("global/{}", t.name)).unwrap();
+        assert_eq!(view.shape(), t.shape.as_slice());
+        let first = f32::from_le_bytes(view.data()[..4].try_into().unwrap());
+        assert_eq!(first, t.data[0]);
+        // FedAdam's moments travel too.
+        assert!(file.tensor(&format!("m/{}", t.name)).is_ok());
+        assert!(file.tensor(&format!("v/{}", t.name)).is_ok());
+    }
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let md: serde_json::Value =
+        serde_json::from_str(&meta.metadata().clone().unwrap()["shoal"]).unwrap();
+    assert_eq!(md["kind"], "params");
+    assert_eq!(md["strategy"]["name"], "fedadam");
+
+    let fresh = || {
+        let (peers, classes) = peers(Builtin::Iris, 3);
+        spec.server(&setup(peers[0].rows.n_features(), classes.len(), "fedadam"))
+            .unwrap()
+    };
+    let mut back = fresh();
+    back.restore(&bytes).unwrap();
+    assert!(
+        back.checkpoint().unwrap() == bytes,
+        "restored and written again: other bytes"
+    );
+
+    // What a store written before binary checkpoints holds for the same model.
+    let old = serde_json::json!({
+        "kind": "params",
+        "weights": global,
+        "strategy": { "spec": md["strategy"], "state": fresh_state(&file, global) },
+    });
+    let mut from_json = fresh();
+    from_json
+        .restore(serde_json::to_string(&old).unwrap().as_bytes())
+        .unwrap();
+    assert!(
+        from_json.checkpoint().unwrap() == bytes,
+        "the JSON checkpoint restored otherwise"
+    );
+
+    // Another kind's checkpoint, or bytes that are neither, are refused with why.
+    let mut other = fresh();
+    let e = other
+        .restore(b"\x07\x00\x00\x00\x00\x00\x00\x00{}")
+        .unwrap_err();
+    assert!(e.to_string().contains("cannot be restored"), "{e}");
+    let forest = run(
+        &ModelSpec::Forest(Default::default()),
+        "fedavg",
+        Builtin::SeedFl,
+        2,
+        false,
+    );
+    let e = other.restore(&forest.checkpoint().unwrap()).unwrap_err();
+    assert!(e.to_string().contains("another kind of model"), "{e}");
+}
+
+/// The strategy state a safetensors checkpoint holds, as the JSON checkpoints kept it.
+fn fresh_state(
+    file: &safetensors::SafeTensors<'_>,
+    layout: &crate::tensor::Weights,
+) -> crate::strategy::StrategyState {
+    let group = |g| crate::tensor::safetensors_group(file, g, layout).unwrap();
+    crate::strategy::StrategyState {
+        momentum: group("momentum"),
+        m: group("m"),
+        v: group("v"),
+        control: group("control"),
+    }
+}
+
 #[test]
 fn bad_replies_are_refused_with_a_typed_reason_and_change_nothing() {
     let (peers, classes) = peers(Builtin::Iris, 3);

@@ -142,14 +142,14 @@ impl ServerHalf for ForestServer {
         serde_json::json!({ "forest": self.forest.as_ref() })
     }
 
-    fn checkpoint(&self) -> Result<String> {
+    fn checkpoint(&self) -> Result<Vec<u8>> {
         let blob = String::from_utf8(self.forest.to_blob())
             .map_err(|e| Error::Data(format!("a forest blob is not text: {e}")))?;
-        serde_json::to_string(&ForestCheckpoint::Forest { blob })
+        serde_json::to_vec(&ForestCheckpoint::Forest { blob })
             .map_err(|e| Error::Data(format!("cannot encode a checkpoint: {e}")))
     }
 
-    fn restore(&mut self, json: &str) -> Result<()> {
+    fn restore(&mut self, json: &[u8]) -> Result<()> {
         let value = checkpoint_body(json, "forest")?;
         let ForestCheckpoint::Forest { blob } =
             serde_json::from_value(value).map_err(restore_error)?;

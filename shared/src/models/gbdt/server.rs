@@ -397,7 +397,7 @@ impl ServerHalf for GbdtServer {
         serde_json::json!({ "gbdt": self.ensemble.as_deref() })
     }
 
-    fn checkpoint(&self) -> Result<String> {
+    fn checkpoint(&self) -> Result<Vec<u8>> {
         let blob = match &self.ensemble {
             Some(e) => Some(
                 String::from_utf8(e.to_blob())
@@ -405,11 +405,11 @@ impl ServerHalf for GbdtServer {
             ),
             None => None,
         };
-        serde_json::to_string(&GbdtCheckpoint::Gbdt { blob })
+        serde_json::to_vec(&GbdtCheckpoint::Gbdt { blob })
             .map_err(|e| Error::Data(format!("cannot encode a checkpoint: {e}")))
     }
 
-    fn restore(&mut self, json: &str) -> Result<()> {
+    fn restore(&mut self, json: &[u8]) -> Result<()> {
         let value = checkpoint_body(json, "gbdt")?;
         let GbdtCheckpoint::Gbdt { blob } = serde_json::from_value(value).map_err(restore_error)?;
         self.ensemble = match blob {

@@ -93,7 +93,47 @@ enum SgdCheckpoint {
     },
 }
 
+/// The strategy's state vectors and their group names in a checkpoint.
+fn state_groups(s: &crate::strategy::StrategyState) -> [(&'static str, Option<&Weights>); 4] {
+    [
+        ("momentum", s.momentum.as_ref()),
+        ("m", s.m.as_ref()),
+        ("v", s.v.as_ref()),
+        ("control", s.control.as_ref()),
+    ]
+}
+
 impl SgdServer {
+    /// The weights and strategy of a safetensors checkpoint (see `checkpoint`), shaped like
+    /// this model.
+    fn read_binary_checkpoint(&self, bytes: &[u8]) -> Result<(Weights, Strategy)> {
+        use safetensors::SafeTensors;
+        let (_, meta) = SafeTensors::read_metadata(bytes).map_err(restore_error)?;
+        let shoal = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("shoal"))
+            .ok_or_else(|| restore_error("it has no `shoal` metadata"))?;
+        let value = checkpoint_body(shoal.as_bytes(), "params")?;
+        let spec = value
+            .get("strategy")
+            .cloned()
+            .ok_or_else(|| restore_error("missing field `strategy`"))?;
+        let spec = serde_json::from_value(spec).map_err(restore_error)?;
+        let file = SafeTensors::deserialize(bytes).map_err(restore_error)?;
+        let group = |name: &str| {
+            crate::tensor::safetensors_group(&file, name, &self.weights).map_err(restore_error)
+        };
+        let weights = group("global")?.ok_or_else(|| restore_error("no `global/` tensors"))?;
+        let state = crate::strategy::StrategyState {
+            momentum: group("momentum")?,
+            m: group("m")?,
+            v: group("v")?,
+            control: group("control")?,
+        };
+        Ok((weights, Strategy { spec, state }))
+    }
+
     pub fn new(
         model: Arc<dyn Model>,
         weights: Weights,
@@ -531,21 +571,36 @@ impl ServerHalf for SgdServer {
         serde_json::json!({ "weights": *self.weights })
     }
 
-    fn checkpoint(&self) -> Result<String> {
-        let c = SgdCheckpoint::Params {
-            weights: Weights::clone(&self.weights),
-            strategy: self.strategy.clone(),
-        };
-        serde_json::to_string(&c)
-            .map_err(|e| Error::Data(format!("cannot encode a checkpoint: {e}")))
+    /// A safetensors file: the global weights as `global/<tensor>`, the strategy's state vectors
+    /// as `momentum/`, `m/`, `v/` and `control/<tensor>` where it has them, and in the metadata
+    /// one key, `shoal`: `{"kind": "params", "strategy": {...}}` as JSON (one key, because the
+    /// format keeps metadata in a hash map whose order would change the bytes from run to run).
+    /// Any safetensors reader opens it.
+    fn checkpoint(&self) -> Result<Vec<u8>> {
+        let meta = serde_json::json!({ "kind": "params", "strategy": self.strategy.spec });
+        let metadata = std::iter::once(("shoal".to_string(), meta.to_string())).collect();
+        let state = &self.strategy.state;
+        let mut groups: Vec<(&str, &Weights)> = vec![("global", &self.weights)];
+        for (group, slot) in state_groups(state) {
+            if let Some(w) = slot {
+                groups.push((group, w));
+            }
+        }
+        crate::tensor::safetensors_of(&groups, Some(metadata))
     }
 
     /// Puts back a checkpoint's weights and strategy state, checked against this (freshly
-    /// initialised) model.
-    fn restore(&mut self, json: &str) -> Result<()> {
-        let value = checkpoint_body(json, "params")?;
-        let SgdCheckpoint::Params { weights, strategy } =
-            serde_json::from_value(value).map_err(restore_error)?;
+    /// initialised) model. Takes the JSON checkpoints Shoal wrote before too.
+    fn restore(&mut self, checkpoint: &[u8]) -> Result<()> {
+        let (weights, strategy) = match serde_json::from_slice::<serde_json::Value>(checkpoint) {
+            Ok(_) => {
+                let value = checkpoint_body(checkpoint, "params")?;
+                let SgdCheckpoint::Params { weights, strategy } =
+                    serde_json::from_value(value).map_err(restore_error)?;
+                (weights, strategy)
+            }
+            Err(_) => self.read_binary_checkpoint(checkpoint)?,
+        };
         self.weights
             .check_same_layout(&weights)
             .map_err(restore_error)?;
