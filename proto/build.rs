@@ -20,6 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // clone of `Bytes` shares the buffer instead of copying the model N times.
         .bytes(".shoal.v1.Tensor.data")
         .bytes(".shoal.v1.Task.feature_view")
+        // Chunks are slices of one shared buffer on the way out and pieces of one on the way in.
+        .bytes(".shoal.v1.Chunk.data")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -22,7 +22,13 @@ use shoal_shared::data::builtin::Builtin;
 use shoal_shared::data::partition::Partitioner;
 
 /// Run-folder files whose bytes are part of the golden text (those that exist for a case).
-const HASHED: &[&str] = &["model.json", "clients.csv", "generated.csv", "fusion.md"];
+const HASHED: &[&str] = &[
+    "model.json",
+    "model.safetensors",
+    "clients.csv",
+    "generated.csv",
+    "fusion.md",
+];
 
 fn fixture(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -491,13 +491,13 @@ fn bench_aggregate_prints_its_figures() {
 
 /// A 3-client digits job over real processes with `--state-dir`; with `kill_after`, the
 /// coordinator is SIGKILLed once that many rounds are recorded and started again on the same
-/// state dir and port. Returns the final model (`model.json`'s `global`) and `metrics.csv`'s rows
+/// state dir and port. Returns the final model (`model.safetensors`) and `metrics.csv`'s rows
 /// without the `seconds` column.
 fn crash_run(
     kill_after: Option<usize>,
     graceful: bool,
     client_order: [usize; 3],
-) -> (serde_json::Value, Vec<String>) {
+) -> (Vec<u8>, Vec<String>) {
     const ROUNDS: usize = 25;
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -666,7 +666,13 @@ fn crash_run(
     }
     drop(clients);
     drop(server);
-    (model["global"].clone(), rows)
+    assert_eq!(
+        model["global"]["weights"]["file"], "model.safetensors",
+        "model.json names the tensors' file"
+    );
+    let tensors = std::fs::read(dir.join("model.safetensors")).unwrap();
+    assert!(tensors.len() > 1000, "model.safetensors holds no model");
+    (tensors, rows)
 }
 
 /// A coordinator SIGKILLed mid-job and restarted on its state dir resumes after its last

@@ -122,6 +122,7 @@ fn hello(name: &str, token: &str) -> v1::Hello {
     let data = Builtin::Digits.holdout().unwrap();
     v1::Hello {
         max_message_bytes: 0,
+        max_transfer_bytes: 0,
         protocol_version: shoal_proto::PROTOCOL_VERSION,
         client_name: name.into(),
         token: token.into(),
@@ -1080,4 +1081,60 @@ async fn a_selected_peer_that_never_answers_is_quarantined_and_told() {
         "{told:?}"
     );
     fed.stop().await;
+}
+
+/// A peer may send in chunks only a result it owes, no larger than that task's model: a chunked
+/// message it does not owe (here a terabyte, then 100 bytes) ends its stream at the first chunk,
+/// before anything is allocated, and the coordinator serves the next peer as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunked_messages_a_peer_does_not_owe_end_its_stream() {
+    let tc = TestCoordinator::start().await;
+    for total in [1u64 << 40, 100] {
+        let mut peer = RawPeer::connect(
+            &tc.url,
+            "chunker",
+            shoal_proto::PROTOCOL_VERSION,
+            Builtin::Iris,
+        )
+        .await;
+        match peer.next().await {
+            Some(coordinator_message::Msg::Welcome(w)) => assert!(w.max_transfer_bytes > 0),
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+        let _ = peer
+            .tx
+            .send(v1::ClientMessage {
+                msg: Some(client_message::Msg::Chunk(v1::Chunk {
+                    total_bytes: total,
+                    offset: 0,
+                    data: vec![0u8; 10].into(),
+                })),
+            })
+            .await;
+        // Heartbeats may come first; the stream then ends.
+        let ended = async {
+            loop {
+                match peer.next().await {
+                    Some(coordinator_message::Msg::Heartbeat(_)) => continue,
+                    None => break,
+                    other => panic!("expected the stream to end, got {other:?}"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), ended)
+            .await
+            .unwrap_or_else(|_| panic!("a chunked message of {total} bytes left the stream open"));
+    }
+    let mut peer = RawPeer::connect(
+        &tc.url,
+        "after",
+        shoal_proto::PROTOCOL_VERSION,
+        Builtin::Iris,
+    )
+    .await;
+    assert!(matches!(
+        peer.next().await,
+        Some(coordinator_message::Msg::Welcome(_))
+    ));
+    tc.stop().await;
 }

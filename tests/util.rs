@@ -223,6 +223,7 @@ impl RawPeer {
         let data = dataset.holdout().unwrap();
         let hello = Hello {
             max_message_bytes: 0,
+            max_transfer_bytes: 0,
             protocol_version: version,
             client_name: name.into(),
             token: String::new(),

@@ -5,10 +5,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use rand::Rng;
 use shoal_proto::v1::{
     client_message, coordinator_message, federation_client::FederationClient, ClientMessage,
-    DatasetInfo, Heartbeat, Hello,
+    CoordinatorMessage, DatasetInfo, Heartbeat, Hello,
 };
 use shoal_proto::PROTOCOL_VERSION;
 use shoal_shared::models::phase::{Capabilities, TaskKind};
@@ -37,6 +38,11 @@ pub struct ClientConfig {
     /// Give up after this long without a working connection (`None`: never).
     pub give_up_after: Option<Duration>,
     pub max_message_bytes: usize,
+    /// Largest task it reassembles from chunks (a model over the message limit); 0: it takes
+    /// no chunks.
+    pub max_transfer_bytes: u64,
+    /// Data per chunk of its results ([`shoal_proto::chunk::CHUNK_BYTES`]; tests make it small).
+    pub chunk_bytes: usize,
     /// TLS to the coordinator (`None`: plaintext).
     pub tls: Option<crate::tls::ClientTls>,
     /// This client's token, sent in its Hello (coordinators with `--client-tokens`).
@@ -59,6 +65,8 @@ impl ClientConfig {
             max_backoff: Duration::from_secs(10),
             give_up_after: None,
             max_message_bytes: 64 * 1024 * 1024,
+            max_transfer_bytes: DEFAULT_MAX_TRANSFER_BYTES,
+            chunk_bytes: shoal_proto::chunk::CHUNK_BYTES,
             tls: None,
             token: None,
             trainer: None,
@@ -110,6 +118,10 @@ impl ClientConfig {
         caps
     }
 }
+
+/// The largest task a client reassembles from chunks unless told otherwise
+/// (`--max-transfer-bytes`): a model of a billion parameters in f32.
+pub const DEFAULT_MAX_TRANSFER_BYTES: u64 = 4 << 30;
 
 /// Longest a connection attempt may take, name lookup and TLS included. A lookup begun while the
 /// network is down can otherwise hang for the resolver's whole retry schedule (10 s with glibc's
@@ -266,15 +278,30 @@ async fn session(
             .map(|k| k.as_str().to_string())
             .collect(),
         max_message_bytes: config.max_message_bytes as u64,
+        max_transfer_bytes: config.max_transfer_bytes,
     };
     tx.send(ClientMessage {
         msg: Some(client_message::Msg::Hello(hello)),
     })
     .await
     .map_err(|_| lost(false, "outbound stream closed"))?;
+    // Results over a chunk go in chunks once the Welcome says the coordinator takes them; each
+    // result's chunks follow each other, nothing of the queue between them.
+    let chunk = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let outbound = {
+        let chunk = chunk.clone();
+        ReceiverStream::new(rx).flat_map(move |m| {
+            let size = chunk.load(std::sync::atomic::Ordering::Acquire);
+            futures::stream::iter(if size == 0 {
+                vec![m]
+            } else {
+                shoal_proto::chunk::split_client(m, size)
+            })
+        })
+    };
     let handshake = async {
         let mut inbound = client
-            .connect(ReceiverStream::new(rx))
+            .connect(outbound)
             .await
             .map_err(|s| lost(false, s.message().to_string()))?
             .into_inner();
@@ -293,6 +320,17 @@ async fn session(
         Ok(Some(msg)) => match msg.msg {
             Some(coordinator_message::Msg::Welcome(w)) => {
                 info!(coordinator = %config.coordinator, "connected");
+                if w.max_transfer_bytes > 0 {
+                    let theirs = match w.max_message_bytes {
+                        0 => shoal_shared::models::phase::DEFAULT_MESSAGE_BYTES,
+                        n => n,
+                    };
+                    let size = shoal_proto::chunk::chunk_size(
+                        config.chunk_bytes,
+                        theirs.min(config.max_message_bytes as u64),
+                    );
+                    chunk.store(size, std::sync::atomic::Ordering::Release);
+                }
                 Duration::from_millis(u64::from(w.heartbeat_interval_ms.max(500)))
             }
             Some(coordinator_message::Msg::Reject(r)) => return Err(Session::Rejected(r.reason)),
@@ -301,6 +339,7 @@ async fn session(
         Ok(None) => return Err(lost(false, "stream closed before Welcome")),
         Err(s) => return Err(lost(false, s.message().to_string())),
     };
+    let mut chunks = shoal_proto::chunk::Assembler::default();
     let mut ticker = tokio::time::interval(heartbeat_every);
     ticker.tick().await;
     // The coordinator beats too: silence for three intervals means it is gone.
@@ -326,7 +365,22 @@ async fn session(
             msg = inbound.message() => {
                 idle.as_mut().reset(tokio::time::Instant::now() + silence);
                 match msg {
-                    Ok(Some(m)) => match m.msg {
+                    Ok(Some(m)) => {
+                        let m = match m.msg {
+                            Some(coordinator_message::Msg::Chunk(c)) => {
+                                match chunks.push(c, config.max_transfer_bytes, "this client's --max-transfer-bytes") {
+                                    Ok(None) => continue,
+                                    Ok(Some(whole)) => match shoal_proto::chunk::decode_coordinator(whole) {
+                                        Ok(m) => m,
+                                        Err(e) => return Err(lost(true, e.to_string())),
+                                    },
+                                    Err(e) => return Err(lost(true, e.to_string())),
+                                }
+                            }
+                            _ if chunks.is_open() => return Err(lost(true, shoal_proto::chunk::ChunkError::Interleaved.to_string())),
+                            other => CoordinatorMessage { msg: other },
+                        };
+                        match m.msg {
                         Some(coordinator_message::Msg::Task(task)) => {
                             debug!(task = %task.task_id, "task received");
                             tokio::spawn(serve_task(task, executor.clone(), tx.clone(), slots.clone()));
@@ -336,8 +390,9 @@ async fn session(
                             let clip = shoal_shared::text::clip;
                             warn!(job = %clip(&n.job_id, shoal_shared::text::ID_CHARS), "coordinator: {}", clip(&n.message, 4 * shoal_shared::text::TEXT_CHARS));
                         }
-                        Some(coordinator_message::Msg::Heartbeat(_)) | Some(coordinator_message::Msg::Welcome(_)) | None => {}
-                    },
+                        Some(coordinator_message::Msg::Heartbeat(_)) | Some(coordinator_message::Msg::Welcome(_)) | Some(coordinator_message::Msg::Chunk(_)) | None => {}
+                        }
+                    }
                     Ok(None) => return Ok(()),
                     Err(s) => return Err(lost(true, s.message().to_string())),
                 }

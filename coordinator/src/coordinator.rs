@@ -19,6 +19,10 @@ use crate::state::{JobRow, JobStatus, Store};
 /// message limit, or thousands of clients with a few kilobytes of names each.
 pub const DEFAULT_MAX_ANNOUNCED_BYTES: usize = 256 * 1024 * 1024;
 
+/// The largest task or result that travels in chunks, unless `--max-transfer-bytes` says
+/// otherwise: a model of a billion parameters in f32.
+pub const DEFAULT_MAX_TRANSFER_BYTES: u64 = 4 << 30;
+
 /// Settings of a coordinator process.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -32,6 +36,12 @@ pub struct CoordinatorConfig {
     pub print_rounds: bool,
     /// Largest gRPC message accepted or sent.
     pub max_message_bytes: usize,
+    /// Largest task or result that travels in chunks (a model over the message limit); a job
+    /// whose model is larger fails at its start, naming `--max-transfer-bytes`.
+    pub max_transfer_bytes: u64,
+    /// Data per chunk ([`shoal_proto::chunk::CHUNK_BYTES`]; tests make it small so that small
+    /// models travel chunked too).
+    pub chunk_bytes: usize,
     /// How long a new stream may take to send its `Hello`.
     pub hello_timeout: std::time::Duration,
     /// Heartbeat interval announced to clients (the coordinator beats at the same pace).
@@ -66,6 +76,8 @@ impl Default for CoordinatorConfig {
             prefix_job_id: true,
             print_rounds: true,
             max_message_bytes: 64 * 1024 * 1024,
+            max_transfer_bytes: DEFAULT_MAX_TRANSFER_BYTES,
+            chunk_bytes: shoal_proto::chunk::CHUNK_BYTES,
             hello_timeout: std::time::Duration::from_secs(10),
             heartbeat_interval: std::time::Duration::from_secs(5),
             heartbeat_timeout: std::time::Duration::from_secs(60),

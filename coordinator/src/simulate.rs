@@ -33,6 +33,8 @@ pub struct SimulateOptions {
     pub quiet: bool,
     /// Largest gRPC message either side sends or takes (`--max-message-bytes`).
     pub max_message_bytes: usize,
+    /// Largest task or update that travels in chunks (`--max-transfer-bytes`).
+    pub max_transfer_bytes: u64,
     /// Largest model the job may train, in parameters (`--max-tensor-elements`).
     pub max_tensor_elements: usize,
 }
@@ -52,6 +54,7 @@ impl SimulateOptions {
             attack: None,
             quiet: false,
             max_message_bytes: CoordinatorConfig::default().max_message_bytes,
+            max_transfer_bytes: CoordinatorConfig::default().max_transfer_bytes,
             max_tensor_elements: CoordinatorConfig::default().max_tensor_elements,
         }
     }
@@ -123,6 +126,7 @@ pub async fn simulate(mut o: SimulateOptions) -> anyhow::Result<SimOutcome> {
             // Every simulated client connects; `serve` keeps its own `--max-clients`.
             max_clients: o.clients.max(CoordinatorConfig::default().max_clients),
             max_message_bytes: o.max_message_bytes,
+            max_transfer_bytes: o.max_transfer_bytes,
             max_tensor_elements: o.max_tensor_elements,
             ..CoordinatorConfig::default()
         },
@@ -140,6 +144,7 @@ pub async fn simulate(mut o: SimulateOptions) -> anyhow::Result<SimOutcome> {
     for (i, catalog) in catalogs.into_iter().enumerate() {
         let mut config = ClientConfig::new(url.clone(), format!("client-{i:03}"), catalog);
         config.max_message_bytes = o.max_message_bytes;
+        config.max_transfer_bytes = o.max_transfer_bytes;
         if i < o.attackers {
             config.attack = o.attack;
         }

@@ -22,6 +22,7 @@ use shoal_shared::models::sgd::LocalConfig;
 use shoal_shared::models::ModelSpec;
 use shoal_shared::tensor::{Tensor, Weights};
 
+pub mod chunk;
 pub mod tasks;
 pub mod trees;
 

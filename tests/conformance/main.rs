@@ -264,6 +264,9 @@ async fn welcome(conn: Conn, name: &str) -> Result<Session> {
         client_id: name.to_string(),
         protocol_version: PROTOCOL_VERSION,
         heartbeat_interval_ms: BEAT_MS,
+        // This harness reads whole messages only.
+        max_transfer_bytes: 0,
+        max_message_bytes: 0,
     }))
     .await?;
     Ok(s)

@@ -149,6 +149,7 @@ async fn a_hello_must_say_what_the_client_runs() {
     let hello = |model_kinds: Vec<String>, task_kinds: Vec<String>| {
         v1::client_message::Msg::Hello(v1::Hello {
             max_message_bytes: 0,
+            max_transfer_bytes: 0,
             protocol_version: shoal_proto::PROTOCOL_VERSION,
             client_name: "caps".into(),
             token: String::new(),

@@ -411,10 +411,12 @@ async fn forty_concurrent_jobs_end_with_the_model_of_the_job_run_alone() {
          min_available_clients = {CLIENTS}\nwait_for_clients_secs = 60\n\
          [evaluation]\ncentralized_baseline = false\n"
     );
-    let model = |info: &v1::JobInfo| -> serde_json::Value {
-        let text = std::fs::read_to_string(std::path::Path::new(&info.run_dir).join("model.json"))
-            .unwrap();
-        serde_json::from_str::<serde_json::Value>(&text).unwrap()["global"].clone()
+    // The final tensors, as the run folder keeps them.
+    let model = |info: &v1::JobInfo| -> Vec<u8> {
+        let bytes =
+            std::fs::read(std::path::Path::new(&info.run_dir).join("model.safetensors")).unwrap();
+        assert!(bytes.len() > 1000, "model.safetensors holds no model");
+        bytes
     };
     let start_clients = |url: &str| -> Vec<_> {
         (0..CLIENTS)

@@ -73,6 +73,7 @@ async fn files_named_in_a_job_resolve_only_under_the_data_dir_and_are_never_echo
         &tc.url,
         v1::client_message::Msg::Hello(v1::Hello {
             max_message_bytes: 0,
+            max_transfer_bytes: 0,
             protocol_version: shoal_proto::PROTOCOL_VERSION,
             client_name: "holder".into(),
             token: String::new(),
@@ -330,6 +331,7 @@ async fn misfit_peer(
         &url,
         v1::client_message::Msg::Hello(v1::Hello {
             max_message_bytes: 0,
+            max_transfer_bytes: 0,
             protocol_version: shoal_proto::PROTOCOL_VERSION,
             client_name: name.into(),
             token: String::new(),
@@ -544,65 +546,169 @@ async fn a_jobs_seconds_are_its_wall_time_and_its_rounds_are_counted_apart() {
     tc.stop().await;
 }
 
-/// Message limits are checked from the model's size before any task goes out, and each error
-/// names the limit and the flag that raises it: a model over the coordinator's limit fails the
-/// job at once; a client that announced a smaller limit is left out, told why, and the job's
-/// error says so.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_model_over_a_message_limit_is_refused_naming_the_flag() {
+/// mlp(64, 2048, 10) on digits: 153,610 parameters, about 615 kB in a task or update.
+const MLP_2048: &str = "kind = \"train\"\ndataset = \"digits\"\nrounds = 2\nseed = 7\n[model]\nkind = \"mlp\"\nhidden = [2048]\n[clients]\nmin_available_clients = 2\nmin_fit_clients = 2\nwait_for_clients_secs = 2\n";
+
+/// Runs `MLP_2048` on a coordinator with `config` and two digits clients set up by `client`;
+/// returns the job's end and rounds.
+async fn run_mlp_2048(
+    config: shoal_coordinator::CoordinatorConfig,
+    client: impl Fn(&mut shoal_client::ClientConfig),
+) -> (v1::JobInfo, Vec<v1::RoundReport>) {
     use crate::util::spawn_client;
     use shoal_client::{Catalog, ClientConfig};
-    // mlp(64, 2048, 10) on digits: 153,610 parameters, about 680 kB in a task.
-    let toml = "kind = \"train\"\ndataset = \"digits\"\nrounds = 1\n[model]\nkind = \"mlp\"\nhidden = [2048]\n[clients]\nmin_available_clients = 2\nmin_fit_clients = 2\nwait_for_clients_secs = 2\n";
-    let tc = TestCoordinator::start_with(shoal_coordinator::CoordinatorConfig {
-        max_message_bytes: 512 * 1024,
-        ..Default::default()
-    })
-    .await;
-    let mut jobs = tc.jobs().await;
-    let (stops, _handles): (Vec<_>, Vec<_>) = (0..2)
-        .map(|i| start_client(&tc.url, Builtin::Digits, Partitioner::Iid, i, 2))
-        .unzip();
-    let id = submit(&mut jobs, toml).await;
-    let (info, rounds) = finish(&mut jobs, &id, 60).await;
-    assert_eq!(info.status, v1::JobStatus::Failed as i32);
-    assert!(rounds.is_empty());
-    assert!(
-        info.error
-            .contains("over the coordinator's message limit of 524288 bytes (--max-message-bytes)"),
-        "{}",
-        info.error
-    );
-    for s in stops {
-        s.cancel();
-    }
-    tc.stop().await;
-
-    // The coordinator takes it; of the two clients one announced 1 MiB (enough), the other
-    // 600 kB (too little).
-    let tc = TestCoordinator::start().await;
+    let tc = TestCoordinator::start_with(config).await;
     let mut jobs = tc.jobs().await;
     let mut stops = Vec::new();
-    for (i, limit) in [(0, 1024 * 1024), (1, 600 * 1000)] {
+    for i in 0..2 {
         let mut catalog = Catalog::new();
         catalog
             .add_builtin(Builtin::Digits, &Partitioner::Iid, i, 2, 42)
             .unwrap();
         let mut config = ClientConfig::new(&tc.url, format!("client-{i}"), catalog);
-        config.max_message_bytes = limit;
+        client(&mut config);
         stops.push(spawn_client(config).0);
     }
-    let id = submit(&mut jobs, toml).await;
-    let (info, _) = finish(&mut jobs, &id, 60).await;
-    assert_eq!(info.status, v1::JobStatus::Failed as i32);
-    assert!(
-        info.error.contains("saw 1 after waiting 2s; 1 more do not fit the job (client-1: it accepts messages of up to 600000 bytes")
-            && info.error.contains("start the client with --max-message-bytes"),
-        "{}",
-        info.error
-    );
+    let id = submit(&mut jobs, MLP_2048).await;
+    let out = finish(&mut jobs, &id, 120).await;
     for s in stops {
         s.cancel();
     }
     tc.stop().await;
+    out
+}
+
+/// What two seeded runs of one job must share to have trained the same models.
+fn figures(rounds: &[v1::RoundReport]) -> Vec<(u64, u64, Option<u64>)> {
+    rounds
+        .iter()
+        .map(|r| {
+            (
+                r.train_loss.to_bits(),
+                r.fed_loss.unwrap_or(f64::NAN).to_bits(),
+                r.test_accuracy.map(f64::to_bits),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_over_the_message_limit_travels_in_chunks_and_trains_the_same() {
+    use shoal_coordinator::CoordinatorConfig;
+    // Whole messages: 615 kB is under the 4 MiB chunk.
+    let (info, whole) = run_mlp_2048(CoordinatorConfig::default(), |_| {}).await;
+    assert_eq!(
+        info.status,
+        v1::JobStatus::Finished as i32,
+        "{}",
+        info.error
+    );
+    assert_eq!(whole.len(), 2);
+    // 64 KiB chunks both ways: every task and update is cut into about ten.
+    let (info, chunked) = run_mlp_2048(
+        CoordinatorConfig {
+            chunk_bytes: 64 * 1024,
+            ..Default::default()
+        },
+        |c| c.chunk_bytes = 64 * 1024,
+    )
+    .await;
+    assert_eq!(
+        info.status,
+        v1::JobStatus::Finished as i32,
+        "{}",
+        info.error
+    );
+    assert_eq!(
+        figures(&chunked),
+        figures(&whole),
+        "chunking changed what was trained"
+    );
+    for (c, w) in chunked.iter().zip(&whole) {
+        // The same bytes travel, give or take a few bytes of field keys per update.
+        assert!(
+            c.bytes_up.abs_diff(w.bytes_up) < 100,
+            "{} vs {}",
+            c.bytes_up,
+            w.bytes_up
+        );
+        assert!(c.bytes_down.abs_diff(w.bytes_down) < 100);
+    }
+    // A coordinator that takes 512 KiB messages and clients that take 600 kB: the model goes
+    // both ways in chunks under each side's limit.
+    let (info, limited) = run_mlp_2048(
+        CoordinatorConfig {
+            max_message_bytes: 512 * 1024,
+            ..Default::default()
+        },
+        |c| c.max_message_bytes = 600 * 1000,
+    )
+    .await;
+    assert_eq!(
+        info.status,
+        v1::JobStatus::Finished as i32,
+        "{}",
+        info.error
+    );
+    assert_eq!(figures(&limited), figures(&whole));
+}
+
+/// Size limits are checked from the model's size before any task goes out, and each error names
+/// the limit and the flag that raises it: a model over the coordinator's transfer limit fails the
+/// job at once; a client that cannot take it is left out, told why, and the job's error says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_over_a_transfer_limit_is_refused_naming_the_flag() {
+    use shoal_coordinator::CoordinatorConfig;
+    // Over the coordinator's own limit: the job fails at once.
+    let (info, rounds) = run_mlp_2048(
+        CoordinatorConfig {
+            max_message_bytes: 512 * 1024,
+            max_transfer_bytes: 600 * 1000,
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    assert_eq!(info.status, v1::JobStatus::Failed as i32);
+    assert!(rounds.is_empty());
+    assert!(
+        info.error.contains(
+            "over the coordinator's transfer limit of 600000 bytes (--max-transfer-bytes)"
+        ),
+        "{}",
+        info.error
+    );
+    // A client that takes no chunks and 600 kB messages is left out, told the flag.
+    let (info, _) = run_mlp_2048(CoordinatorConfig::default(), |c| {
+        if c.name == "client-1" {
+            c.max_message_bytes = 600 * 1000;
+            c.max_transfer_bytes = 0;
+        }
+    })
+    .await;
+    assert_eq!(info.status, v1::JobStatus::Failed as i32);
+    assert!(
+        info.error.contains("saw 1 after waiting 2s; 1 more do not fit the job (client-1: it accepts messages of up to 600000 bytes and no chunked transfers")
+            && info.error.contains("start the client with --max-message-bytes"),
+        "{}",
+        info.error
+    );
+    // One that takes chunks of up to 600 kB in all is told the other flag.
+    let (info, _) = run_mlp_2048(CoordinatorConfig::default(), |c| {
+        if c.name == "client-1" {
+            c.max_message_bytes = 600 * 1000;
+            c.max_transfer_bytes = 600 * 1000;
+        }
+    })
+    .await;
+    assert_eq!(info.status, v1::JobStatus::Failed as i32);
+    assert!(
+        info.error
+            .contains("(client-1: it accepts chunked transfers of up to 600000 bytes")
+            && info
+                .error
+                .contains("start the client with --max-transfer-bytes"),
+        "{}",
+        info.error
+    );
 }

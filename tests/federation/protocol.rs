@@ -54,6 +54,7 @@ async fn a_second_client_with_a_taken_name_is_told_to_retry_and_bad_hellos_are_r
     let hello = |name: &str, classes: usize| {
         v1::client_message::Msg::Hello(v1::Hello {
             max_message_bytes: 0,
+            max_transfer_bytes: 0,
             protocol_version: shoal_proto::PROTOCOL_VERSION,
             client_name: name.into(),
             token: String::new(),

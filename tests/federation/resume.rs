@@ -24,7 +24,9 @@ async fn a_diffusion_job_resumes_after_a_coordinator_restart() {
         serde_json::from_str::<serde_json::Value>(&r.files[0]).unwrap()["global"].clone()
     };
     assert!(
-        model(&resumed) == model(&plain),
+        model(&resumed) == model(&plain)
+            && plain.tensors.is_some()
+            && resumed.tensors == plain.tensors,
         "the resumed job's model differs"
     );
     assert_eq!(resumed.files[1], plain.files[1]);
@@ -36,6 +38,8 @@ struct Restarted {
     rounds: Vec<u32>,
     metrics: Vec<v1::RoundReport>,
     files: Vec<String>,
+    /// `model.safetensors`: a weights model's final tensors.
+    tensors: Option<Vec<u8>>,
 }
 
 /// Runs `spec` on a persistent coordinator with `n` clients of `dataset`; with `restart_after`
@@ -77,11 +81,13 @@ async fn run_with_restart(
         .iter()
         .map(|f| std::fs::read_to_string(dir.join(f)).unwrap())
         .collect();
+    let tensors = std::fs::read(dir.join("model.safetensors")).ok();
     for (stop, _) in clients {
         stop.cancel();
     }
     tc.stop().await;
     Restarted {
+        tensors,
         rounds: rounds.iter().map(|r| r.round).collect(),
         metrics: rounds
             .into_iter()
@@ -150,7 +156,9 @@ async fn an_automl_job_resumes_with_the_trials_not_yet_finished() {
         let model =
             |r: &Restarted| -> serde_json::Value { serde_json::from_str(&r.files[1]).unwrap() };
         assert!(
-            model(&resumed) == model(&plain),
+            model(&resumed) == model(&plain)
+                && plain.tensors.is_some()
+                && resumed.tensors == plain.tensors,
             "{search}: best model differs"
         );
     }

@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// Largest gRPC message received or sent, in bytes.
     #[arg(long, env = "SHOAL_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: usize,
+    /// Largest task or result that travels in chunks, in bytes: a model over the message limit
+    /// is cut into 4 MiB chunks, up to this size.
+    #[arg(long, env = "SHOAL_MAX_TRANSFER_BYTES", default_value_t = crate::coordinator::DEFAULT_MAX_TRANSFER_BYTES)]
+    pub max_transfer_bytes: u64,
     /// Largest model a job may train, in parameters (tensor elements).
     #[arg(long, env = "SHOAL_MAX_TENSOR_ELEMENTS", default_value_t = 16 * 1024 * 1024)]
     pub max_tensor_elements: usize,
@@ -142,6 +146,7 @@ pub(super) fn serve_config(a: &ServeArgs) -> anyhow::Result<CoordinatorConfig> {
         runs_dir: a.out.clone(),
         log_format: a.log_format,
         max_message_bytes: a.max_message_bytes,
+        max_transfer_bytes: a.max_transfer_bytes,
         max_tensor_elements: a.max_tensor_elements,
         max_clients: a.max_clients,
         max_announced_bytes: a.max_announced_bytes,

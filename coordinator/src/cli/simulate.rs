@@ -52,6 +52,10 @@ pub struct SimulateArgs {
     /// Largest gRPC message between the coordinator and its simulated clients, in bytes.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: usize,
+    /// Largest task or update that travels in 4 MiB chunks (a model over the message limit), in
+    /// bytes.
+    #[arg(long, default_value_t = crate::coordinator::DEFAULT_MAX_TRANSFER_BYTES)]
+    pub max_transfer_bytes: u64,
     /// Largest model the job may train, in parameters (tensor elements).
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub max_tensor_elements: usize,
@@ -118,6 +122,7 @@ pub(super) async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {
         state_dir: a.state_dir,
         log_format: a.log_format,
         max_message_bytes: a.max_message_bytes,
+        max_transfer_bytes: a.max_transfer_bytes,
         max_tensor_elements: a.max_tensor_elements,
         attackers: a.attackers,
         attack,

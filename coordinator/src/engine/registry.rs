@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prost::Message;
 use shoal_proto::v1::{
     self, coordinator_message, CoordinatorMessage, DatasetInfo, Task, TaskResult,
 };
@@ -91,6 +92,9 @@ impl ClientView {
 pub struct Arrived {
     pub result: TaskResult,
     pub bytes: u64,
+    /// A chunked result's place in the intake ([`Registry::intake`]), given back when the
+    /// result is dropped: once its round has taken it in.
+    pub hold: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// A newly registered session.
@@ -116,6 +120,13 @@ pub enum ResultRejected {
     Late(String),
 }
 
+/// Chunked results received or taken in at once: one arriving while another is added to the
+/// round's sums.
+pub const INTAKE: usize = 2;
+
+/// What a result may carry beyond its task's model (loss, counts, ids, a small forest).
+const RESULT_SLACK_BYTES: u64 = 1 << 20;
+
 /// Why a task could not be dispatched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Undeliverable {
@@ -129,6 +140,10 @@ pub enum Undeliverable {
         model: String,
         task: &'static str,
     },
+    /// The task is over the client's message limit and it takes no chunks, or over its
+    /// transfer limit (a session that replaced the one selection saw may say less).
+    #[error("client `{client}`: {why}")]
+    TooLarge { client: String, why: String },
 }
 
 /// Why a client could not register.
@@ -170,6 +185,9 @@ struct Pending {
     client: String,
     session: u64,
     slot: oneshot::Sender<Arrived>,
+    /// The largest result this task may bring back in chunks: about as large as the model the
+    /// task carried.
+    result_bytes: u64,
 }
 
 /// Most jobs whose refused results are counted at once: the job id of a refused result comes
@@ -207,6 +225,8 @@ pub struct Registry {
     stale_after: Duration,
     /// Bumped on every connect and disconnect, so waiters wake without polling.
     changed: watch::Sender<u64>,
+    /// Places for chunked results being received or taken in (see [`Registry::intake`]).
+    intake: Arc<tokio::sync::Semaphore>,
 }
 
 impl Default for Registry {
@@ -225,7 +245,16 @@ impl Registry {
             max_announced_bytes: usize::MAX,
             stale_after: Duration::MAX,
             changed: watch::channel(0).0,
+            intake: Arc::new(tokio::sync::Semaphore::new(INTAKE)),
         }
+    }
+
+    /// Places for chunked (large) results: a session takes one at a result's first chunk and its
+    /// round gives it back once it has taken the result in. Other sessions' chunks wait unread
+    /// meanwhile (HTTP/2 flow control holds them at the sender), so however many clients answer
+    /// at once, the coordinator holds at most [`INTAKE`] large results in transit.
+    pub fn intake(&self) -> Arc<tokio::sync::Semaphore> {
+        self.intake.clone()
     }
 
     /// Lets a new Hello replace a session that has sent nothing for `stale_after`. A live client
@@ -401,6 +430,19 @@ impl Registry {
         let task_id = task.task_id.clone();
         let task_model = task.model.as_ref().map(|m| m.kind.clone());
         let task_kind = task.kind.as_ref().map(shoal_proto::tasks::task_kind);
+        let size = task.encoded_len() as u64;
+        // An update is the model it came from, give or take its small fields.
+        let model_bytes = task
+            .parameters
+            .as_ref()
+            .map_or(0, |p| p.encoded_len() as u64)
+            + match &task.kind {
+                Some(v1::task::Kind::Fit(f)) => {
+                    f.control.as_ref().map_or(0, |c| c.encoded_len() as u64)
+                }
+                _ => 0,
+            };
+        let result_bytes = model_bytes + model_bytes / 100 + RESULT_SLACK_BYTES;
         let msg = CoordinatorMessage {
             msg: Some(coordinator_message::Msg::Task(task)),
         };
@@ -421,6 +463,12 @@ impl Registry {
                 });
             }
         }
+        if let Some(why) = entry.caps.misfit_size(size) {
+            return Err(Undeliverable::TooLarge {
+                client: client.to_string(),
+                why,
+            });
+        }
         let session = entry.session;
         let queued = match entry.tx.try_send(Ok(msg)) {
             Ok(()) => None,
@@ -435,6 +483,7 @@ impl Registry {
                 client: client.to_string(),
                 session,
                 slot,
+                result_bytes,
             },
         );
         let sent = Arc::new(std::sync::atomic::AtomicBool::new(queued.is_none()));
@@ -483,6 +532,19 @@ impl Registry {
         let _ = entry.tx.try_send(Ok(msg));
     }
 
+    /// The largest chunked result `client`'s session may send now: that of the largest task it
+    /// owes a result for (0: it owes none, so it may send no chunks).
+    pub fn result_bound(&self, client: &str, session: u64) -> u64 {
+        let inner = self.lock();
+        inner
+            .pending
+            .values()
+            .filter(|p| p.client == client && p.session == session)
+            .map(|p| p.result_bytes)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Delivers a result from `client`'s session to whoever waits for it.
     pub fn complete(
         &self,
@@ -490,6 +552,19 @@ impl Registry {
         session: u64,
         result: TaskResult,
         bytes: u64,
+    ) -> Result<(), ResultRejected> {
+        self.complete_holding(client, session, result, bytes, None)
+    }
+
+    /// [`Registry::complete`] for a result that holds a place in the intake until its round
+    /// drops it.
+    pub fn complete_holding(
+        &self,
+        client: &str,
+        session: u64,
+        result: TaskResult,
+        bytes: u64,
+        hold: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<(), ResultRejected> {
         let mut inner = self.lock();
         let task = result.task_id.clone();
@@ -527,7 +602,11 @@ impl Registry {
         }
         if let Some(p) = inner.pending.remove(&task) {
             // The waiter may have given up (deadline); then the result is simply dropped.
-            let _ = p.slot.send(Arrived { result, bytes });
+            let _ = p.slot.send(Arrived {
+                result,
+                bytes,
+                hold,
+            });
         }
         Ok(())
     }

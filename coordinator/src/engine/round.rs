@@ -144,6 +144,8 @@ pub struct JobCtx {
     pub cancel: CancellationToken,
     /// Largest message the coordinator sends; a task that would exceed it fails the job clearly.
     pub max_message_bytes: usize,
+    /// Largest task or result in chunks (`--max-transfer-bytes`).
+    pub max_transfer_bytes: u64,
     /// Largest model, in parameters, the job may train.
     pub max_tensor_elements: usize,
     /// Numbers the job's tasks.
@@ -597,10 +599,11 @@ impl JobCtx {
         if let Some(w) = global.weights() {
             let scaffold = self.spec.strategy.uses_control_variates();
             facts.message_bytes = message_bytes(w.num_params(), scaffold);
-            let max = self.max_message_bytes as u64;
+            // Over the message limit a model travels in chunks, up to the transfer limit.
+            let max = self.max_transfer_bytes.max(self.max_message_bytes as u64);
             if facts.message_bytes > max {
                 return Err(Error::Job(format!(
-                    "the model's {} parameters take about {} bytes in a task or update, over the coordinator's message limit of {max} bytes (--max-message-bytes)",
+                    "the model's {} parameters take about {} bytes in a task or update, over the coordinator's transfer limit of {max} bytes (--max-transfer-bytes)",
                     w.num_params(),
                     facts.message_bytes
                 )));
@@ -1068,11 +1071,11 @@ impl JobCtx {
                 kind: Some(kind.clone()),
             };
             let size = prost::Message::encoded_len(&task);
-            if size > self.max_message_bytes {
+            let max = self.max_transfer_bytes.max(self.max_message_bytes as u64);
+            if size as u64 > max {
                 self.registry.forget(&task_ids);
                 return Err(Error::Job(format!(
-                    "a task for round {round} would be {size} bytes, over the maximum message size of {} bytes",
-                    self.max_message_bytes
+                    "a task for round {round} would be {size} bytes, over the coordinator's transfer limit of {max} bytes (--max-transfer-bytes)"
                 )));
             }
             match self.registry.dispatch(name, task) {
@@ -1218,12 +1221,8 @@ fn compatible(c: &ClientView, dataset: &str, facts: &DataFacts) -> bool {
 /// Why a client's copy of `dataset` does not fit the job's schema, or `None` when it fits: the
 /// same number of features, and only classes the job knows.
 pub fn misfit(c: &ClientView, dataset: &str, facts: &DataFacts) -> Option<String> {
-    let limit = c.caps.message_limit();
-    if facts.message_bytes > limit {
-        return Some(format!(
-            "it accepts messages of up to {limit} bytes and this job's model takes about {}; start the client with --max-message-bytes {} or more",
-            facts.message_bytes, facts.message_bytes
-        ));
+    if let Some(why) = c.caps.misfit_size(facts.message_bytes) {
+        return Some(why);
     }
     let Some(d) = c.dataset(dataset) else {
         return Some(format!("it does not hold dataset `{dataset}`"));

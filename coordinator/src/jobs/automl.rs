@@ -394,13 +394,13 @@ impl Coordinator {
         summary.final_test_accuracy = best_test;
         summary.automl = Some(result);
         let best_spec = ctx.spec.trial_spec(&best_config)?;
-        run.write_json(
-            "model.json",
+        run.write_model(
             &serde_json::json!({
                 "config": best_config,
                 "spec": &*best_spec,
                 "global": best_state.global.to_json(),
             }),
+            best_state.global.weights(),
         )?;
         summary.ended(ctx.created_ms);
         run.write_json("summary.json", &summary)?;

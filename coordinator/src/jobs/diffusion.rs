@@ -113,12 +113,12 @@ impl Coordinator {
             real_nearest_distance: generated.real_distance,
         });
         write_outputs(run, &generated, summary.diffusion.as_ref())?;
-        run.write_json(
-            "model.json",
+        run.write_model(
             &serde_json::json!({
                 "model": ctx.spec.model,
                 "global": state.global.to_json(),
             }),
+            state.global.weights(),
         )?;
         summary.ended(ctx.created_ms);
         run.write_json("summary.json", &summary)?;

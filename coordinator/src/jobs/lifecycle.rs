@@ -212,6 +212,7 @@ impl Coordinator {
             registry: self.registry.clone(),
             cancel,
             max_message_bytes: self.config.max_message_bytes,
+            max_transfer_bytes: self.config.max_transfer_bytes,
             max_tensor_elements: self.config.max_tensor_elements,
             task_seq: Default::default(),
             view: Default::default(),

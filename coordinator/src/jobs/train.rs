@@ -66,18 +66,15 @@ impl Coordinator {
                 )
                 .await?;
         }
-        run.write_json(
-            "model.json",
+        run.write_model(
             &serde_json::json!({
                 "model": ctx.spec.model,
                 "feature_names": state.facts.feature_names,
                 "class_names": state.facts.class_names,
                 "global": state.global.to_json(),
             }),
+            state.global.weights(),
         )?;
-        if let Some(w) = state.global.weights() {
-            run.write_safetensors(w)?;
-        }
         summary.ended(ctx.created_ms);
         run.write_json("summary.json", &summary)?;
         run.write_client_table(&summary.clients)?;

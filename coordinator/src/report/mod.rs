@@ -585,16 +585,27 @@ impl RunFolder {
             .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
     }
 
-    /// Writes a weights model's final tensors as `model.safetensors` (the safetensors format,
-    /// which PyTorch, JAX and numpy read through Hugging Face's `safetensors` package; names and
-    /// shapes as in `model.json`, whose metadata sits beside it).
-    pub fn write_safetensors(&self, weights: &shoal_shared::tensor::Weights) -> Result<()> {
-        let bytes = weights
-            .to_safetensors()
-            .map_err(|e| Error::Job(format!("cannot encode model.safetensors: {e}")))?;
-        let path = self.dir.join("model.safetensors");
-        std::fs::write(&path, bytes)
-            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+    /// Writes the final model: a weights model's tensors as `model.safetensors` (the
+    /// safetensors format, which numpy, PyTorch and the Hugging Face tools read), then
+    /// `model.json`: `doc`, whose `global` names that file and lists the tensors' shapes (or
+    /// holds the trees of a tree model).
+    pub fn write_model(
+        &self,
+        doc: &serde_json::Value,
+        weights: Option<&shoal_shared::tensor::Weights>,
+    ) -> Result<()> {
+        if let Some(w) = weights {
+            let bytes = w.to_safetensors().map_err(|e| {
+                Error::Job(format!(
+                    "cannot encode {}: {e}",
+                    shoal_shared::models::sgd::MODEL_FILE
+                ))
+            })?;
+            let path = self.dir.join(shoal_shared::models::sgd::MODEL_FILE);
+            std::fs::write(&path, bytes)
+                .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+        }
+        self.write_json("model.json", doc)
     }
 
     /// Writes a JSON document into the folder.

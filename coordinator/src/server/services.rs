@@ -93,6 +93,7 @@ impl Federation for FederationService {
         let caps = match Capabilities::parse(&hello.model_kinds, &hello.task_kinds) {
             Ok(caps) => Capabilities {
                 max_message_bytes: hello.max_message_bytes,
+                max_transfer_bytes: hello.max_transfer_bytes,
                 ..caps
             },
             Err(e) => {
@@ -121,6 +122,14 @@ impl Federation for FederationService {
             ..Default::default()
         };
         let datasets: Vec<String> = hello.datasets.iter().map(|d| d.name.clone()).collect();
+        // Tasks over this size go in chunks, to a client that takes them.
+        let chunk = (caps.max_transfer_bytes > 0).then(|| {
+            shoal_proto::chunk::chunk_size(
+                self.coord.config.chunk_bytes,
+                caps.message_limit()
+                    .min(self.coord.config.max_message_bytes as u64),
+            )
+        });
         let reg = match self
             .coord
             .registry
@@ -155,34 +164,117 @@ impl Federation for FederationService {
 
         // Reader: results and heartbeats until the stream ends; then the client is gone.
         let registry = self.coord.registry.clone();
+        let transfer_cap = self
+            .coord
+            .config
+            .max_transfer_bytes
+            .max(self.coord.config.max_message_bytes as u64);
         let span = tracing::info_span!("client", client = %name);
         let reader_name = name.clone();
         tokio::spawn(
             async move {
                 let mut refusals = RefusalLog::new();
+                let mut chunks = shoal_proto::chunk::Assembler::default();
+                let intake = registry.intake();
+                // A chunked result holds a place in the intake from its first chunk until its
+                // round has taken it in, and must arrive in time (see `transfer_time`).
+                let mut hold = None;
+                let mut transfer_due: Option<tokio::time::Instant> = None;
                 loop {
+                    let wait = transfer_due.map_or(idle_limit, |d| {
+                        d.saturating_duration_since(tokio::time::Instant::now())
+                            .min(idle_limit)
+                    });
                     let next = tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        next = tokio::time::timeout(idle_limit, inbound.message()) => next,
+                        next = tokio::time::timeout(wait, inbound.message()) => next,
                     };
                     let Ok(next) = next else {
-                        warn!("nothing received for {idle_limit:?}; dropping the client");
+                        if transfer_due.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                            warn!("a chunked result did not arrive in time; dropping the client");
+                        } else {
+                            warn!("nothing received for {idle_limit:?}; dropping the client");
+                        }
                         break;
                     };
                     match next {
                         Ok(Some(msg)) => {
                             registry.seen(&reader_name, session);
-                            let bytes = msg.encoded_len() as u64;
+                            let mut bytes = msg.encoded_len() as u64;
+                            let msg = match msg.msg {
+                                Some(client_message::Msg::Chunk(c)) => {
+                                    // A client may send in chunks only a result it owes, and
+                                    // no larger than that task's model.
+                                    let first = !chunks.is_open();
+                                    let total = c.total_bytes;
+                                    let limit = if first {
+                                        registry
+                                            .result_bound(&reader_name, session)
+                                            .min(transfer_cap)
+                                    } else {
+                                        u64::MAX
+                                    };
+                                    match chunks.push(
+                                        c,
+                                        limit,
+                                        "the largest result this client owes",
+                                    ) {
+                                        Ok(None) => {
+                                            if first {
+                                                let permit = tokio::select! {
+                                                    _ = shutdown.cancelled() => break,
+                                                    p = intake.clone().acquire_owned() => p,
+                                                };
+                                                hold = permit.ok();
+                                                transfer_due = Some(
+                                                    tokio::time::Instant::now()
+                                                        + transfer_time(total),
+                                                );
+                                            }
+                                            continue;
+                                        }
+                                        Ok(Some(whole)) => {
+                                            transfer_due = None;
+                                            bytes = whole.len() as u64;
+                                            match shoal_proto::chunk::decode_client(whole) {
+                                                Ok(m) => m,
+                                                Err(e) => {
+                                                    warn!("{e}; dropping the client");
+                                                    break;
+                                                }
+                                            }
+                                        }
+                                        Err(e) => {
+                                            warn!("{e}; dropping the client");
+                                            break;
+                                        }
+                                    }
+                                }
+                                _ if chunks.is_open() => {
+                                    warn!(
+                                        "{}; dropping the client",
+                                        shoal_proto::chunk::ChunkError::Interleaved
+                                    );
+                                    break;
+                                }
+                                other => ClientMessage { msg: other },
+                            };
                             match msg.msg {
                                 Some(client_message::Msg::Result(r)) => {
-                                    if let Err(e) =
-                                        registry.complete(&reader_name, session, r, bytes)
-                                    {
+                                    if let Err(e) = registry.complete_holding(
+                                        &reader_name,
+                                        session,
+                                        r,
+                                        bytes,
+                                        hold.take(),
+                                    ) {
                                         refusals.note(&e);
                                     }
                                 }
                                 Some(client_message::Msg::Heartbeat(_)) => {}
-                                Some(client_message::Msg::Hello(_)) | None => {
+                                Some(client_message::Msg::Hello(_))
+                                | Some(client_message::Msg::Chunk(_))
+                                | None => {
                                     warn!("unexpected message after Hello; ignored")
                                 }
                             }
@@ -206,14 +298,33 @@ impl Federation for FederationService {
                 client_id: name,
                 protocol_version: PROTOCOL_VERSION,
                 heartbeat_interval_ms: self.coord.config.heartbeat_interval.as_millis() as u32,
+                max_transfer_bytes: self.coord.config.max_transfer_bytes,
+                max_message_bytes: self.coord.config.max_message_bytes as u64,
             })),
         };
         let shutdown = self.coord.shutdown_token().clone().cancelled_owned();
+        // Each message's chunks follow each other: nothing of the queue comes between them.
+        let outbound = ReceiverStream::new(rx).flat_map(move |m| {
+            futures::stream::iter(match (m, chunk) {
+                (Ok(msg), Some(size)) => shoal_proto::chunk::split_coordinator(msg, size)
+                    .into_iter()
+                    .map(Ok)
+                    .collect(),
+                (m, _) => vec![m],
+            })
+        });
         let out = futures::stream::iter([Ok(welcome)])
-            .chain(ReceiverStream::new(rx))
+            .chain(outbound)
             .take_until(shutdown);
         Ok(Response::new(Box::pin(out)))
     }
+}
+
+/// How long a chunked result of `bytes` may take to arrive once its first chunk is in: 30 s, and
+/// a second per MiB (a slow link), so that a peer that stops half way gives its place in the
+/// intake back.
+fn transfer_time(bytes: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(30 + bytes / (1 << 20))
 }
 
 /// The name in the peer's TLS client certificate, when it presented one.

@@ -26,7 +26,7 @@ from shoal.v1 import common_pb2 as shoal_dot_v1_dot_common__pb2
 from shoal.v1 import trees_pb2 as shoal_dot_v1_dot_trees__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shoal/v1/federation.proto\x12\x08shoal.v1\x1a\x15shoal/v1/common.proto\x1a\x14shoal/v1/trees.proto\"\x8a\x01\n\rClientMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.shoal.v1.HelloH\x00\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x14.shoal.v1.TaskResultH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.shoal.v1.HeartbeatH\x00\x42\x05\n\x03msg\"\xd3\x01\n\x12\x43oordinatorMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.shoal.v1.WelcomeH\x00\x12\"\n\x06reject\x18\x02 \x01(\x0b\x32\x10.shoal.v1.RejectH\x00\x12\x1e\n\x04task\x18\x03 \x01(\x0b\x32\x0e.shoal.v1.TaskH\x00\x12(\n\theartbeat\x18\x04 \x01(\x0b\x32\x13.shoal.v1.HeartbeatH\x00\x12\"\n\x06notice\x18\x05 \x01(\x0b\x32\x10.shoal.v1.NoticeH\x00\x42\x05\n\x03msg\"\xb2\x01\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x0b\x63lient_name\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\'\n\x08\x64\x61tasets\x18\x04 \x03(\x0b\x32\x15.shoal.v1.DatasetInfo\x12\x13\n\x0bmodel_kinds\x18\x05 \x03(\t\x12\x12\n\ntask_kinds\x18\x06 \x03(\t\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\x04\"v\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0etrain_examples\x18\x02 \x01(\x04\x12\x15\n\rtest_examples\x18\x03 \x01(\x04\x12\x15\n\rfeature_names\x18\x04 \x03(\t\x12\x13\n\x0b\x63lass_names\x18\x05 \x03(\t\"U\n\x07Welcome\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\">\n\x06Reject\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12$\n\x1c\x63oordinator_protocol_version\x18\x02 \x01(\r\"\x1c\n\tHeartbeat\x12\x0f\n\x07unix_ms\x18\x01 \x01(\x04\")\n\x06Notice\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xb6\x04\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x05 \x03(\t\x12\"\n\x05model\x18\x06 \x01(\x0b\x32\x13.shoal.v1.ModelSpec\x12(\n\nparameters\x18\x07 \x01(\x0b\x32\x14.shoal.v1.Parameters\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x08 \x01(\x04\x12\x0c\n\x04seed\x18\t \x01(\x04\x12 \n\x03\x66it\x18\n \x01(\x0b\x32\x11.shoal.v1.FitTaskH\x00\x12*\n\x08\x65valuate\x18\x0b \x01(\x0b\x32\x16.shoal.v1.EvaluateTaskH\x00\x12&\n\x06sketch\x18\r \x01(\x0b\x32\x14.shoal.v1.SketchTaskH\x00\x12,\n\thistogram\x18\x0e \x01(\x0b\x32\x17.shoal.v1.HistogramTaskH\x00\x12\x32\n\x0eget_parameters\x18\x13 \x01(\x0b\x32\x18.shoal.v1.ParametersTaskH\x00\x12 \n\x06\x66orest\x18\x11 \x01(\x0b\x32\x10.shoal.v1.Forest\x12$\n\x08\x65nsemble\x18\x12 \x01(\x0b\x32\x12.shoal.v1.Ensemble\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x0f \x01(\x0c\x12\x12\n\nvalidation\x18\x10 \x01(\x08\x42\x06\n\x04kindJ\x04\x08\x0c\x10\rR\nmodel_blob\"i\n\x07\x46itTask\x12&\n\x05local\x18\x01 \x01(\x0b\x32\x17.shoal.v1.LocalTraining\x12*\n\x07\x63ontrol\x18\x02 \x01(\x0b\x32\x14.shoal.v1.ParametersH\x00\x88\x01\x01\x42\n\n\x08_control\"R\n\x0c\x45valuateTask\x12\x1a\n\x12personalize_epochs\x18\x01 \x01(\r\x12&\n\x05local\x18\x02 \x01(\x0b\x32\x17.shoal.v1.LocalTraining\"\x0c\n\nSketchTask\"\x10\n\x0eParametersTask\"<\n\x10ParametersResult\x12(\n\nparameters\x18\x01 \x01(\x0b\x32\x14.shoal.v1.Parameters\"t\n\rHistogramTask\x12\x0e\n\x06output\x18\x01 \x01(\r\x12)\n\x0cpartial_tree\x18\x05 \x01(\x0b\x32\x13.shoal.v1.BoostTree\x12\r\n\x05nodes\x18\x03 \x03(\r\x12\x13\n\x0b\x66irst_level\x18\x04 \x01(\x08J\x04\x08\x02\x10\x03\"\xb6\x02\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\"\n\x03\x66it\x18\x04 \x01(\x0b\x32\x13.shoal.v1.FitResultH\x00\x12,\n\x08\x65valuate\x18\x05 \x01(\x0b\x32\x18.shoal.v1.EvaluateResultH\x00\x12\x0f\n\x05\x65rror\x18\x06 \x01(\tH\x00\x12(\n\x06sketch\x18\x07 \x01(\x0b\x32\x16.shoal.v1.SketchResultH\x00\x12.\n\thistogram\x18\x08 \x01(\x0b\x32\x19.shoal.v1.HistogramResultH\x00\x12\x30\n\nparameters\x18\t \x01(\x0b\x32\x1a.shoal.v1.ParametersResultH\x00\x42\t\n\x07outcome\"T\n\x0cSketchResult\x12(\n\x06sketch\x18\x03 \x01(\x0b\x32\x18.shoal.v1.QuantileSketch\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x04J\x04\x08\x01\x10\x02\"n\n\x0fHistogramResult\x12+\n\nhistograms\x18\x04 \x03(\x0b\x32\x17.shoal.v1.NodeHistogram\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x04\x12\x12\n\ntrain_loss\x18\x03 \x01(\x01J\x04\x08\x01\x10\x02\"\xd6\x01\n\tFitResult\x12(\n\nparameters\x18\x01 \x01(\x0b\x32\x14.shoal.v1.Parameters\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x04\x12\x12\n\ntrain_loss\x18\x03 \x01(\x01\x12\x30\n\rcontrol_delta\x18\x04 \x01(\x0b\x32\x14.shoal.v1.ParametersH\x00\x88\x01\x01\x12\x1f\n\x05trees\x18\x06 \x01(\x0b\x32\x10.shoal.v1.ForestB\x10\n\x0e_control_deltaJ\x04\x08\x05\x10\x06R\nmodel_blob\"\x9d\x01\n\x0e\x45valuateResult\x12\x14\n\x0cnum_examples\x18\x01 \x01(\x04\x12\x0c\n\x04loss\x18\x02 \x01(\x01\x12\x10\n\x08\x61\x63\x63uracy\x18\x03 \x01(\x01\x12\x17\n\x0f\x63lasses_present\x18\x04 \x01(\r\x12\"\n\x15personalized_accuracy\x18\x05 \x01(\x01H\x00\x88\x01\x01\x42\x18\n\x16_personalized_accuracy2R\n\nFederation\x12\x44\n\x07\x43onnect\x12\x17.shoal.v1.ClientMessage\x1a\x1c.shoal.v1.CoordinatorMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shoal/v1/federation.proto\x12\x08shoal.v1\x1a\x15shoal/v1/common.proto\x1a\x14shoal/v1/trees.proto\"\xac\x01\n\rClientMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.shoal.v1.HelloH\x00\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x14.shoal.v1.TaskResultH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.shoal.v1.HeartbeatH\x00\x12 \n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x0f.shoal.v1.ChunkH\x00\x42\x05\n\x03msg\"\xf5\x01\n\x12\x43oordinatorMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.shoal.v1.WelcomeH\x00\x12\"\n\x06reject\x18\x02 \x01(\x0b\x32\x10.shoal.v1.RejectH\x00\x12\x1e\n\x04task\x18\x03 \x01(\x0b\x32\x0e.shoal.v1.TaskH\x00\x12(\n\theartbeat\x18\x04 \x01(\x0b\x32\x13.shoal.v1.HeartbeatH\x00\x12\"\n\x06notice\x18\x05 \x01(\x0b\x32\x10.shoal.v1.NoticeH\x00\x12 \n\x05\x63hunk\x18\x06 \x01(\x0b\x32\x0f.shoal.v1.ChunkH\x00\x42\x05\n\x03msg\":\n\x05\x43hunk\x12\x13\n\x0btotal_bytes\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xce\x01\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x0b\x63lient_name\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\'\n\x08\x64\x61tasets\x18\x04 \x03(\x0b\x32\x15.shoal.v1.DatasetInfo\x12\x13\n\x0bmodel_kinds\x18\x05 \x03(\t\x12\x12\n\ntask_kinds\x18\x06 \x03(\t\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\x04\x12\x1a\n\x12max_transfer_bytes\x18\x08 \x01(\x04\"v\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0etrain_examples\x18\x02 \x01(\x04\x12\x15\n\rtest_examples\x18\x03 \x01(\x04\x12\x15\n\rfeature_names\x18\x04 \x03(\t\x12\x13\n\x0b\x63lass_names\x18\x05 \x03(\t\"\x8c\x01\n\x07Welcome\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\x12\x1a\n\x12max_transfer_bytes\x18\x04 \x01(\x04\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x04\">\n\x06Reject\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12$\n\x1c\x63oordinator_protocol_version\x18\x02 \x01(\r\"\x1c\n\tHeartbeat\x12\x0f\n\x07unix_ms\x18\x01 \x01(\x04\")\n\x06Notice\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xb6\x04\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x05 \x03(\t\x12\"\n\x05model\x18\x06 \x01(\x0b\x32\x13.shoal.v1.ModelSpec\x12(\n\nparameters\x18\x07 \x01(\x0b\x32\x14.shoal.v1.Parameters\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x08 \x01(\x04\x12\x0c\n\x04seed\x18\t \x01(\x04\x12 \n\x03\x66it\x18\n \x01(\x0b\x32\x11.shoal.v1.FitTaskH\x00\x12*\n\x08\x65valuate\x18\x0b \x01(\x0b\x32\x16.shoal.v1.EvaluateTaskH\x00\x12&\n\x06sketch\x18\r \x01(\x0b\x32\x14.shoal.v1.SketchTaskH\x00\x12,\n\thistogram\x18\x0e \x01(\x0b\x32\x17.shoal.v1.HistogramTaskH\x00\x12\x32\n\x0eget_parameters\x18\x13 \x01(\x0b\x32\x18.shoal.v1.ParametersTaskH\x00\x12 \n\x06\x66orest\x18\x11 \x01(\x0b\x32\x10.shoal.v1.Forest\x12$\n\x08\x65nsemble\x18\x12 \x01(\x0b\x32\x12.shoal.v1.Ensemble\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x0f \x01(\x0c\x12\x12\n\nvalidation\x18\x10 \x01(\x08\x42\x06\n\x04kindJ\x04\x08\x0c\x10\rR\nmodel_blob\"i\n\x07\x46itTask\x12&\n\x05local\x18\x01 \x01(\x0b\x32\x17.shoal.v1.LocalTraining\x12*\n\x07\x63ontrol\x18\x02 \x01(\x0b\x32\x14.shoal.v1.ParametersH\x00\x88\x01\x01\x42\n\n\x08_control\"R\n\x0c\x45valuateTask\x12\x1a\n\x12personalize_epochs\x18\x01 \x01(\r\x12&\n\x05local\x18\x02 \x01(\x0b\x32\x17.shoal.v1.LocalTraining\"\x0c\n\nSketchTask\"\x10\n\x0eParametersTask\"<\n\x10ParametersResult\x12(\n\nparameters\x18\x01 \x01(\x0b\x32\x14.shoal.v1.Parameters\"t\n\rHistogramTask\x12\x0e\n\x06output\x18\x01 \x01(\r\x12)\n\x0cpartial_tree\x18\x05 \x01(\x0b\x32\x13.shoal.v1.BoostTree\x12\r\n\x05nodes\x18\x03 \x03(\r\x12\x13\n\x0b\x66irst_level\x18\x04 \x01(\x08J\x04\x08\x02\x10\x03\"\xb6\x02\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\"\n\x03\x66it\x18\x04 \x01(\x0b\x32\x13.shoal.v1.FitResultH\x00\x12,\n\x08\x65valuate\x18\x05 \x01(\x0b\x32\x18.shoal.v1.EvaluateResultH\x00\x12\x0f\n\x05\x65rror\x18\x06 \x01(\tH\x00\x12(\n\x06sketch\x18\x07 \x01(\x0b\x32\x16.shoal.v1.SketchResultH\x00\x12.\n\thistogram\x18\x08 \x01(\x0b\x32\x19.shoal.v1.HistogramResultH\x00\x12\x30\n\nparameters\x18\t \x01(\x0b\x32\x1a.shoal.v1.ParametersResultH\x00\x42\t\n\x07outcome\"T\n\x0cSketchResult\x12(\n\x06sketch\x18\x03 \x01(\x0b\x32\x18.shoal.v1.QuantileSketch\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x04J\x04\x08\x01\x10\x02\"n\n\x0fHistogramResult\x12+\n\nhistograms\x18\x04 \x03(\x0b\x32\x17.shoal.v1.NodeHistogram\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x04\x12\x12\n\ntrain_loss\x18\x03 \x01(\x01J\x04\x08\x01\x10\x02\"\xd6\x01\n\tFitResult\x12(\n\nparameters\x18\x01 \x01(\x0b\x32\x14.shoal.v1.Parameters\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x04\x12\x12\n\ntrain_loss\x18\x03 \x01(\x01\x12\x30\n\rcontrol_delta\x18\x04 \x01(\x0b\x32\x14.shoal.v1.ParametersH\x00\x88\x01\x01\x12\x1f\n\x05trees\x18\x06 \x01(\x0b\x32\x10.shoal.v1.ForestB\x10\n\x0e_control_deltaJ\x04\x08\x05\x10\x06R\nmodel_blob\"\x9d\x01\n\x0e\x45valuateResult\x12\x14\n\x0cnum_examples\x18\x01 \x01(\x04\x12\x0c\n\x04loss\x18\x02 \x01(\x01\x12\x10\n\x08\x61\x63\x63uracy\x18\x03 \x01(\x01\x12\x17\n\x0f\x63lasses_present\x18\x04 \x01(\r\x12\"\n\x15personalized_accuracy\x18\x05 \x01(\x01H\x00\x88\x01\x01\x42\x18\n\x16_personalized_accuracy2R\n\nFederation\x12\x44\n\x07\x43onnect\x12\x17.shoal.v1.ClientMessage\x1a\x1c.shoal.v1.CoordinatorMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,45 +34,47 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shoal.v1.federation_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CLIENTMESSAGE']._serialized_start=85
-  _globals['_CLIENTMESSAGE']._serialized_end=223
-  _globals['_COORDINATORMESSAGE']._serialized_start=226
-  _globals['_COORDINATORMESSAGE']._serialized_end=437
-  _globals['_HELLO']._serialized_start=440
-  _globals['_HELLO']._serialized_end=618
-  _globals['_DATASETINFO']._serialized_start=620
-  _globals['_DATASETINFO']._serialized_end=738
-  _globals['_WELCOME']._serialized_start=740
-  _globals['_WELCOME']._serialized_end=825
-  _globals['_REJECT']._serialized_start=827
-  _globals['_REJECT']._serialized_end=889
-  _globals['_HEARTBEAT']._serialized_start=891
-  _globals['_HEARTBEAT']._serialized_end=919
-  _globals['_NOTICE']._serialized_start=921
-  _globals['_NOTICE']._serialized_end=962
-  _globals['_TASK']._serialized_start=965
-  _globals['_TASK']._serialized_end=1531
-  _globals['_FITTASK']._serialized_start=1533
-  _globals['_FITTASK']._serialized_end=1638
-  _globals['_EVALUATETASK']._serialized_start=1640
-  _globals['_EVALUATETASK']._serialized_end=1722
-  _globals['_SKETCHTASK']._serialized_start=1724
-  _globals['_SKETCHTASK']._serialized_end=1736
-  _globals['_PARAMETERSTASK']._serialized_start=1738
-  _globals['_PARAMETERSTASK']._serialized_end=1754
-  _globals['_PARAMETERSRESULT']._serialized_start=1756
-  _globals['_PARAMETERSRESULT']._serialized_end=1816
-  _globals['_HISTOGRAMTASK']._serialized_start=1818
-  _globals['_HISTOGRAMTASK']._serialized_end=1934
-  _globals['_TASKRESULT']._serialized_start=1937
-  _globals['_TASKRESULT']._serialized_end=2247
-  _globals['_SKETCHRESULT']._serialized_start=2249
-  _globals['_SKETCHRESULT']._serialized_end=2333
-  _globals['_HISTOGRAMRESULT']._serialized_start=2335
-  _globals['_HISTOGRAMRESULT']._serialized_end=2445
-  _globals['_FITRESULT']._serialized_start=2448
-  _globals['_FITRESULT']._serialized_end=2662
-  _globals['_EVALUATERESULT']._serialized_start=2665
-  _globals['_EVALUATERESULT']._serialized_end=2822
-  _globals['_FEDERATION']._serialized_start=2824
-  _globals['_FEDERATION']._serialized_end=2906
+  _globals['_CLIENTMESSAGE']._serialized_end=257
+  _globals['_COORDINATORMESSAGE']._serialized_start=260
+  _globals['_COORDINATORMESSAGE']._serialized_end=505
+  _globals['_CHUNK']._serialized_start=507
+  _globals['_CHUNK']._serialized_end=565
+  _globals['_HELLO']._serialized_start=568
+  _globals['_HELLO']._serialized_end=774
+  _globals['_DATASETINFO']._serialized_start=776
+  _globals['_DATASETINFO']._serialized_end=894
+  _globals['_WELCOME']._serialized_start=897
+  _globals['_WELCOME']._serialized_end=1037
+  _globals['_REJECT']._serialized_start=1039
+  _globals['_REJECT']._serialized_end=1101
+  _globals['_HEARTBEAT']._serialized_start=1103
+  _globals['_HEARTBEAT']._serialized_end=1131
+  _globals['_NOTICE']._serialized_start=1133
+  _globals['_NOTICE']._serialized_end=1174
+  _globals['_TASK']._serialized_start=1177
+  _globals['_TASK']._serialized_end=1743
+  _globals['_FITTASK']._serialized_start=1745
+  _globals['_FITTASK']._serialized_end=1850
+  _globals['_EVALUATETASK']._serialized_start=1852
+  _globals['_EVALUATETASK']._serialized_end=1934
+  _globals['_SKETCHTASK']._serialized_start=1936
+  _globals['_SKETCHTASK']._serialized_end=1948
+  _globals['_PARAMETERSTASK']._serialized_start=1950
+  _globals['_PARAMETERSTASK']._serialized_end=1966
+  _globals['_PARAMETERSRESULT']._serialized_start=1968
+  _globals['_PARAMETERSRESULT']._serialized_end=2028
+  _globals['_HISTOGRAMTASK']._serialized_start=2030
+  _globals['_HISTOGRAMTASK']._serialized_end=2146
+  _globals['_TASKRESULT']._serialized_start=2149
+  _globals['_TASKRESULT']._serialized_end=2459
+  _globals['_SKETCHRESULT']._serialized_start=2461
+  _globals['_SKETCHRESULT']._serialized_end=2545
+  _globals['_HISTOGRAMRESULT']._serialized_start=2547
+  _globals['_HISTOGRAMRESULT']._serialized_end=2657
+  _globals['_FITRESULT']._serialized_start=2660
+  _globals['_FITRESULT']._serialized_end=2874
+  _globals['_EVALUATERESULT']._serialized_start=2877
+  _globals['_EVALUATERESULT']._serialized_end=3034
+  _globals['_FEDERATION']._serialized_start=3036
+  _globals['_FEDERATION']._serialized_end=3118
 # @@protoc_insertion_point(module_scope)

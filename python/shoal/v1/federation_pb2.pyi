@@ -9,31 +9,45 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClientMessage(_message.Message):
-    __slots__ = ("hello", "result", "heartbeat")
+    __slots__ = ("hello", "result", "heartbeat", "chunk")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     result: TaskResult
     heartbeat: Heartbeat
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    chunk: Chunk
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("welcome", "reject", "task", "heartbeat", "notice")
+    __slots__ = ("welcome", "reject", "task", "heartbeat", "notice", "chunk")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     REJECT_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     NOTICE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     reject: Reject
     task: Task
     heartbeat: Heartbeat
     notice: Notice
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ...) -> None: ...
+    chunk: Chunk
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
+
+class Chunk(_message.Message):
+    __slots__ = ("total_bytes", "offset", "data")
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    total_bytes: int
+    offset: int
+    data: bytes
+    def __init__(self, total_bytes: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "client_name", "token", "datasets", "model_kinds", "task_kinds", "max_message_bytes")
+    __slots__ = ("protocol_version", "client_name", "token", "datasets", "model_kinds", "task_kinds", "max_message_bytes", "max_transfer_bytes")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +55,7 @@ class Hello(_message.Message):
     MODEL_KINDS_FIELD_NUMBER: _ClassVar[int]
     TASK_KINDS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_TRANSFER_BYTES_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     client_name: str
     token: str
@@ -48,7 +63,8 @@ class Hello(_message.Message):
     model_kinds: _containers.RepeatedScalarFieldContainer[str]
     task_kinds: _containers.RepeatedScalarFieldContainer[str]
     max_message_bytes: int
-    def __init__(self, protocol_version: _Optional[int] = ..., client_name: _Optional[str] = ..., token: _Optional[str] = ..., datasets: _Optional[_Iterable[_Union[DatasetInfo, _Mapping]]] = ..., model_kinds: _Optional[_Iterable[str]] = ..., task_kinds: _Optional[_Iterable[str]] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    max_transfer_bytes: int
+    def __init__(self, protocol_version: _Optional[int] = ..., client_name: _Optional[str] = ..., token: _Optional[str] = ..., datasets: _Optional[_Iterable[_Union[DatasetInfo, _Mapping]]] = ..., model_kinds: _Optional[_Iterable[str]] = ..., task_kinds: _Optional[_Iterable[str]] = ..., max_message_bytes: _Optional[int] = ..., max_transfer_bytes: _Optional[int] = ...) -> None: ...
 
 class DatasetInfo(_message.Message):
     __slots__ = ("name", "train_examples", "test_examples", "feature_names", "class_names")
@@ -65,14 +81,18 @@ class DatasetInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., train_examples: _Optional[int] = ..., test_examples: _Optional[int] = ..., feature_names: _Optional[_Iterable[str]] = ..., class_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("client_id", "protocol_version", "heartbeat_interval_ms")
+    __slots__ = ("client_id", "protocol_version", "heartbeat_interval_ms", "max_transfer_bytes", "max_message_bytes")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TRANSFER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     protocol_version: int
     heartbeat_interval_ms: int
-    def __init__(self, client_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
+    max_transfer_bytes: int
+    max_message_bytes: int
+    def __init__(self, client_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., max_transfer_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class Reject(_message.Message):
     __slots__ = ("reason", "coordinator_protocol_version")

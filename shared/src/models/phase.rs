@@ -478,6 +478,8 @@ pub struct Capabilities {
     pub task_kinds: std::collections::BTreeSet<TaskKind>,
     /// The largest message the client receives and sends, as its Hello said (0: not said).
     pub max_message_bytes: u64,
+    /// The largest message it reassembles from chunks, as its Hello said (0: it takes none).
+    pub max_transfer_bytes: u64,
 }
 
 /// What a client that does not say its message limit is taken to accept: gRPC's limit in Shoal's
@@ -516,6 +518,7 @@ impl Capabilities {
                 .filter(|t| *t != TaskKind::Parameters)
                 .collect(),
             max_message_bytes: 0,
+            max_transfer_bytes: 0,
         }
     }
 
@@ -525,6 +528,26 @@ impl Capabilities {
             0 => DEFAULT_MESSAGE_BYTES,
             n => n,
         }
+    }
+
+    /// Why a task or update of about `bytes` bytes cannot travel to and from this client, or
+    /// `None` when it can: in one message within its message limit, or in chunks within its
+    /// transfer limit. The reason names the client flag that would let it through.
+    pub fn misfit_size(&self, bytes: u64) -> Option<String> {
+        let limit = self.message_limit();
+        if bytes <= limit || bytes <= self.max_transfer_bytes {
+            return None;
+        }
+        Some(if self.max_transfer_bytes == 0 {
+            format!(
+                "it accepts messages of up to {limit} bytes and no chunked transfers, and this job's model takes about {bytes}; start the client with --max-message-bytes {bytes} or more, or use a client that takes chunks (Hello.max_transfer_bytes)"
+            )
+        } else {
+            format!(
+                "it accepts chunked transfers of up to {} bytes and this job's model takes about {bytes}; start the client with --max-transfer-bytes {bytes} or more",
+                self.max_transfer_bytes
+            )
+        })
     }
 
     /// Reads a Hello's lists: 1 to [`MAX_MODEL_KINDS`] model kinds this version knows, 1 to 4

@@ -18,6 +18,7 @@ pub mod server;
 pub use kind::{LogregSpec, MlpSpec};
 pub use logreg::LogReg;
 pub use mlp::Mlp;
+pub use server::MODEL_FILE;
 
 use ndarray::{Array2, ArrayView2, Axis};
 use rand::seq::SliceRandom;
