@@ -460,6 +460,27 @@ fn bench_gbdt_prints_its_figures() {
 }
 
 #[test]
+fn bench_transfer_prints_its_figures() {
+    // 2,000,000 parameters: an 8 MB message, three chunks each way.
+    let out = run(Command::new(bin("shoal-coordinator")).args([
+        "bench",
+        "transfer",
+        "--params",
+        "2000000",
+        "--repeats",
+        "1",
+    ]));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains("2000000 parameters (8.0 MB a message)")
+            && stdout.contains("raw TCP (baseline)")
+            && stdout.contains("% of raw TCP"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn bench_aggregate_prints_its_figures() {
     let out = run(Command::new(bin("shoal-coordinator")).args([
         "bench",

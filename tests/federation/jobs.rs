@@ -673,7 +673,7 @@ async fn a_model_over_a_transfer_limit_is_refused_naming_the_flag() {
     assert!(rounds.is_empty());
     assert!(
         info.error.contains(
-            "over the coordinator's transfer limit of 600000 bytes (--max-transfer-bytes)"
+            "over the coordinator's transfer limit of 600000 bytes (--max-transfer-bytes, now 600000; a model over the message limit, --max-message-bytes 524288, travels in chunks up to it)"
         ),
         "{}",
         info.error

@@ -1,5 +1,6 @@
 //! Benchmarks that print figures, each against a baseline measured in the same run:
-//! `bench aggregate` ([`aggregate::aggregate`]) and `bench gbdt` ([`gbdt`]), below.
+//! `bench aggregate` ([`aggregate::aggregate`]), `bench transfer` ([`transfer::transfer`]) and
+//! `bench gbdt` ([`gbdt`]), below.
 //!
 //! 1. Histogram building on one client's rows: rows × features per second, as a ratio to a plain
 //!    pass that only reads the same binned matrix (the memory-bound floor).
@@ -10,6 +11,8 @@
 pub mod aggregate;
 /// The non-IID and seed-forest studies.
 pub mod study;
+/// `bench transfer`: a large model's gRPC round trip against raw TCP.
+pub mod transfer;
 
 use std::time::Instant;
 

@@ -162,6 +162,14 @@ pub async fn run_cli(cli: Cli) -> anyhow::Result<i32> {
         Command::Partition(a) => partition_cmd(&a).map(|_| 0),
         Command::Job(j) => job_cmd(j).await,
         Command::Study(s) => study_cmd(s).await.map(|_| 0),
+        Command::Bench(BenchCommand::Transfer { params, repeats }) => {
+            if params == 0 || repeats == 0 || params > 1 << 30 {
+                bail!("--params must be 1 to 1073741824 and --repeats at least 1");
+            }
+            crate::bench::transfer::transfer(params, repeats)
+                .await
+                .map(|_| 0)
+        }
         Command::Bench(BenchCommand::Aggregate {
             hidden,
             clients,

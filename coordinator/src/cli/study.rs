@@ -105,6 +105,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         repeats: u32,
     },
+    /// A large model's round trip over loopback gRPC (a task down and an update back, in 4 MiB
+    /// chunks, decoded at each end) against raw loopback TCP moving the same bytes.
+    Transfer {
+        /// The model's size, in f32 parameters (25,000,000: 100 MB a message).
+        #[arg(long, default_value_t = 25_000_000)]
+        params: usize,
+        /// Repetitions; the best is reported.
+        #[arg(long, default_value_t = 3)]
+        repeats: u32,
+    },
     /// Histogram building throughput, and a federated boosting job's time per round and per tree.
     Gbdt {
         /// Rounds of the federated job.

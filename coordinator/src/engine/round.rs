@@ -603,9 +603,11 @@ impl JobCtx {
             let max = self.max_transfer_bytes.max(self.max_message_bytes as u64);
             if facts.message_bytes > max {
                 return Err(Error::Job(format!(
-                    "the model's {} parameters take about {} bytes in a task or update, over the coordinator's transfer limit of {max} bytes (--max-transfer-bytes)",
+                    "the model's {} parameters take about {} bytes in a task or update, over the coordinator's transfer limit of {max} bytes (--max-transfer-bytes, now {}; a model over the message limit, --max-message-bytes {}, travels in chunks up to it)",
                     w.num_params(),
-                    facts.message_bytes
+                    facts.message_bytes,
+                    self.max_transfer_bytes,
+                    self.max_message_bytes
                 )));
             }
         }
