@@ -7,6 +7,7 @@ Subclass :class:`Client` (``fit`` and ``evaluate`` on named numpy arrays), descr
 
 from shoal.client import (
     MAX_MESSAGE_BYTES,
+    MAX_TRANSFER_BYTES,
     PROTOCOL_VERSION,
     SDK_MODEL_KINDS,
     Client,
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
+    "MAX_TRANSFER_BYTES",
     "PROTOCOL_VERSION",
     "SDK_MODEL_KINDS",
     "Client",

@@ -29,6 +29,13 @@ from shoal.v1 import common_pb2, federation_pb2, federation_pb2_grpc
 PROTOCOL_VERSION = 2
 #: Largest message sent or received; the coordinator's default is the same.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: Largest task taken in chunks (a model over the message limit, PROTOCOL §1.5); the Rust
+#: client's default is the same.
+MAX_TRANSFER_BYTES = 4 << 30
+#: Data per chunk of a large result.
+CHUNK_BYTES = 4 << 20
+#: What a chunk message adds around its data, with room to spare.
+_CHUNK_OVERHEAD = 64
 #: How long a connection may take to be answered with Welcome or Reject.
 WELCOME_TIMEOUT = 15.0
 #: Model kinds whose tasks are Fit and Evaluate on named tensors, which the SDK can run: the
@@ -319,7 +326,7 @@ def _run_task(client: Client, task: federation_pb2.Task,
 
 def _hello(name: str, datasets: Sequence[DatasetInfo], token: str,
            model_kinds: Sequence[str] = ("external",), offers_parameters: bool = False,
-           max_bytes: int = 0) -> federation_pb2.ClientMessage:
+           max_bytes: int = 0, max_transfer: int = 0) -> federation_pb2.ClientMessage:
     return federation_pb2.ClientMessage(
         hello=federation_pb2.Hello(
             protocol_version=PROTOCOL_VERSION,
@@ -339,8 +346,54 @@ def _hello(name: str, datasets: Sequence[DatasetInfo], token: str,
             task_kinds=["fit", "evaluate"] + (["parameters"] if offers_parameters else []),
             # The channel's limit: a job whose model does not fit is not sent here.
             max_message_bytes=max_bytes,
+            # Tasks over the message limit may come in chunks up to this size (0: none).
+            max_transfer_bytes=max_transfer,
         )
     )
+
+
+class _Assembler:
+    """Takes in one stream's chunks, one message at a time (PROTOCOL §1.5)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.total = 0
+        self.buf: Optional[bytearray] = None
+
+    @property
+    def open(self) -> bool:
+        return self.buf is not None
+
+    def push(self, chunk: federation_pb2.Chunk) -> Optional[bytes]:
+        """Adds a chunk; returns the whole message once complete; raises ShoalError on a
+        transfer the protocol does not allow."""
+        if self.buf is None:
+            if chunk.total_bytes > self.limit:
+                raise ShoalError(
+                    f"a chunked message of {chunk.total_bytes} bytes is over this client's "
+                    f"max_transfer_bytes ({self.limit})")
+            self.buf, self.total = bytearray(), chunk.total_bytes
+        if chunk.total_bytes != self.total or chunk.offset != len(self.buf) or not chunk.data \
+                or len(self.buf) + len(chunk.data) > self.total:
+            self.buf = None
+            raise ShoalError("a chunk out of order, empty, or past its message's end")
+        self.buf += chunk.data
+        if len(self.buf) < self.total:
+            return None
+        whole, self.buf = bytes(self.buf), None
+        return whole
+
+
+def _split(msg: federation_pb2.ClientMessage, size: int) -> List[federation_pb2.ClientMessage]:
+    """``msg`` as the messages that carry it: itself, or chunks of at most ``size`` bytes."""
+    data = msg.SerializeToString()
+    if len(data) <= size:
+        return [msg]
+    return [
+        federation_pb2.ClientMessage(
+            chunk=federation_pb2.Chunk(total_bytes=len(data), offset=at, data=data[at:at + size]))
+        for at in range(0, len(data), size)
+    ]
 
 
 def _read_tls(ca: Optional[str], cert: Optional[str], key: Optional[str]) -> Optional[Tuple[Optional[bytes], Optional[bytes], Optional[bytes]]]:
@@ -380,19 +433,23 @@ def _channel(address: str, tls: Optional[Tuple[Optional[bytes], Optional[bytes],
 
 def _session(address: str, name: str, client: Client, datasets: Sequence[DatasetInfo], token: str,
              tls, max_bytes: int, stop: threading.Event, pool: concurrent.futures.Executor,
-             model_kinds: Sequence[str]) -> bool:
+             model_kinds: Sequence[str], max_transfer: int = MAX_TRANSFER_BYTES,
+             chunk_bytes: int = CHUNK_BYTES) -> bool:
     """One stream: returns True if it was welcomed (so the backoff resets); raises Rejected."""
-    outbox: "queue.Queue[Optional[federation_pb2.ClientMessage]]" = queue.Queue()
-    outbox.put(_hello(name, datasets, token, model_kinds, _offers_parameters(client), max_bytes))
+    # Items are lists: a large result's chunks go in as one item, so no heartbeat comes between.
+    outbox: "queue.Queue[Optional[List[federation_pb2.ClientMessage]]]" = queue.Queue()
+    outbox.put([_hello(name, datasets, token, model_kinds, _offers_parameters(client), max_bytes, max_transfer)])
     done = threading.Event()
     reason = ["the stream ended"]
+    # Chunk size for results: 0 until a Welcome says the coordinator takes chunks.
+    chunk = [0]
 
     def requests() -> Iterator[federation_pb2.ClientMessage]:
         while True:
             m = outbox.get()
             if m is None:
                 return
-            yield m
+            yield from m
 
     def run(task: federation_pb2.Task) -> None:
         # Skipped when the session is over (the coordinator re-sends what it still wants) or the
@@ -401,7 +458,8 @@ def _session(address: str, name: str, client: Client, datasets: Sequence[Dataset
             return
         result = _run_task(client, task, model_kinds)
         if not done.is_set():
-            outbox.put(federation_pb2.ClientMessage(result=result))
+            msg = federation_pb2.ClientMessage(result=result)
+            outbox.put(_split(msg, chunk[0]) if chunk[0] else [msg])
 
     with _channel(address, tls, max_bytes) as channel:
         stub = federation_pb2_grpc.FederationStub(channel)
@@ -439,7 +497,7 @@ def _session(address: str, name: str, client: Client, datasets: Sequence[Dataset
                     reason[0] = f"nothing from the coordinator for {3 * every[0]:.0f} s"
                     call.cancel()
                     return
-                outbox.put(federation_pb2.ClientMessage(heartbeat=federation_pb2.Heartbeat(unix_ms=int(time.time() * 1000))))
+                outbox.put([federation_pb2.ClientMessage(heartbeat=federation_pb2.Heartbeat(unix_ms=int(time.time() * 1000)))])
 
         threading.Thread(target=watch, daemon=True).start()
         try:
@@ -449,17 +507,35 @@ def _session(address: str, name: str, client: Client, datasets: Sequence[Dataset
             if first.WhichOneof("msg") != "welcome":
                 raise ShoalError(f"expected Welcome or Reject, got {first.WhichOneof('msg')}")
             every[0] = max(first.welcome.heartbeat_interval_ms, 500) / 1000.0
+            if first.welcome.max_transfer_bytes > 0:
+                theirs = first.welcome.max_message_bytes or MAX_MESSAGE_BYTES
+                chunk[0] = max(1, min(chunk_bytes, theirs - _CHUNK_OVERHEAD, max_bytes - _CHUNK_OVERHEAD))
             last_heard[0] = time.monotonic()
             welcomed.set()
             log.info("connected to %s as %s", address, first.welcome.client_id)
+            chunks = _Assembler(max_transfer)
             for msg in call:
                 last_heard[0] = time.monotonic()
                 kind = msg.WhichOneof("msg")
+                if kind == "chunk":
+                    whole = chunks.push(msg.chunk)
+                    if whole is None:
+                        continue
+                    msg = federation_pb2.CoordinatorMessage.FromString(whole)
+                    kind = msg.WhichOneof("msg")
+                    if kind == "chunk":
+                        raise ShoalError("a chunk inside a chunked message")
+                elif chunks.open:
+                    raise ShoalError("a message between the chunks of another")
                 if kind == "task":
                     pool.submit(run, msg.task)
                 elif kind == "notice":
                     # Why this client is left out of a job or one of its results was refused.
                     log.warning("coordinator (job %s): %s", msg.notice.job_id[:128], msg.notice.message[:1200])
+        except ShoalError:
+            # A transfer the protocol does not allow: end this stream; run_client reconnects.
+            call.cancel()
+            raise
         except grpc.RpcError as e:
             if not stop.is_set():
                 if e.code() == grpc.StatusCode.CANCELLED:
@@ -484,6 +560,7 @@ def run_client(
     token: Optional[str] = None,
     token_file: Optional[str] = None,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    max_transfer_bytes: int = MAX_TRANSFER_BYTES,
     max_backoff: float = 10.0,
     stop: Optional[threading.Event] = None,
     model_kinds: Sequence[str] = ("external",),
@@ -495,6 +572,10 @@ def run_client(
     certificate (mutual TLS). ``token`` or ``token_file`` is sent for coordinators with
     ``--client-tokens``. Broken streams are re-opened with exponential backoff and jitter;
     a Reject raises :class:`Rejected`.
+
+    A task or result larger than 4 MiB (or than ``max_message_bytes``) travels in chunks, up to
+    ``max_transfer_bytes`` (0: this client takes no chunks, so a job whose model is over
+    ``max_message_bytes`` leaves it out, saying why).
 
     ``model_kinds`` are the model kinds announced in the Hello (see :data:`SDK_MODEL_KINDS`);
     the coordinator sends this client tasks of those kinds only. Announce a built-in kind only if
@@ -529,7 +610,7 @@ def run_client(
         while not stop.is_set():
             try:
                 if _session(coordinator, name, client, datasets, token or "", tls, max_message_bytes, stop, pool,
-                            model_kinds):
+                            model_kinds, max_transfer_bytes):
                     backoff = 0.2
             except Rejected:
                 raise

@@ -4,6 +4,7 @@ to use another binary)."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import socket
@@ -444,3 +445,83 @@ def test_a_client_left_out_of_a_job_is_told_why(tmp_path: Path, caplog):
     t.join(timeout=15)
     told = [r.getMessage() for r in caplog.records if "left out of the job" in r.getMessage()]
     assert told and 'class "zzz"' in told[0], (told, out[-2000:])
+
+
+class Padded(numpy_logreg.NumpyLogReg):
+    """The numpy client with a large extra tensor that it hands back untouched, so that its tasks
+    and updates are over a 1 MiB message limit."""
+
+    def fit(self, parameters, config):
+        pad = parameters["pad"]
+        out, n, metrics = super().fit(parameters, config)
+        return {**out, "pad": pad + 1.0}, n, metrics
+
+
+def test_a_model_over_the_message_limit_travels_in_chunks_both_ways(tmp_path: Path):
+    # 400,000 extra parameters: 1.6 MB a task or update, over the clients' 1 MiB limit. The
+    # coordinator sends each task in chunks and the SDK sends each update in chunks.
+    job = (REPO / "examples" / "python" / "numpy-digits.toml").read_text().replace("rounds = 30", "rounds = 3")
+    job = job.replace('  { name = "bias", shape = [10] },', '  { name = "bias", shape = [10] },\n  { name = "pad", shape = [400000] },')
+    assert "pad" in job
+    port = free_port()
+    proc = serve(tmp_path, job, port)
+    stop = threading.Event()
+    threads = []
+    for i in range(3):
+        base, datasets = numpy_logreg.make_client(i, 3)
+        client = Padded(base.x_train, base.y_train, base.x_test, base.y_test)
+        t = threading.Thread(
+            target=shoal.run_client,
+            args=(f"127.0.0.1:{port}", f"py-{i}", client, datasets),
+            kwargs={"stop": stop, "max_message_bytes": 1 << 20},
+            daemon=True,
+        )
+        t.start()
+        threads.append(t)
+    try:
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    [run] = list((tmp_path / "runs").iterdir())
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert len(rows) == 3 and all(int(r["clients"]) == 3 for r in rows), rows
+    assert float(rows[-1]["fed_accuracy"]) > 0.8, rows[-1]
+    # Each round's updates carried the pad back: about 1.6 MB from each of 3 clients.
+    assert int(rows[-1]["bytes_up"]) > 3 * 1_600_000, rows[-1]
+    # The model came back through every round's chunks: 3 rounds of +1.
+    # (model.safetensors read by hand: an 8-byte header size, a JSON header, the data.)
+    raw = (run / "model.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    start, end = json.loads(raw[8:8 + n])["pad"]["data_offsets"]
+    pad = np.frombuffer(raw[8 + n + start:8 + n + end], dtype="<f4")
+    assert pad.shape == (400000,) and np.allclose(pad, 3.0), pad[:5]
+
+
+def test_a_client_that_takes_no_chunks_is_left_out_of_a_model_over_its_limit(tmp_path: Path, caplog):
+    job = (REPO / "examples" / "python" / "numpy-digits.toml").read_text()
+    job = re.sub(r"min_(fit|evaluate|available)_clients = 3", r"min_\1_clients = 1", job)
+    job = job.replace("[clients]", "[clients]\nwait_for_clients_secs = 4", 1)
+    job = job.replace('  { name = "bias", shape = [10] },', '  { name = "bias", shape = [10] },\n  { name = "pad", shape = [400000] },')
+    port = free_port()
+    proc = serve(tmp_path, job, port)
+    base, datasets = numpy_logreg.make_client(0, 3)
+    stop = threading.Event()
+    t = threading.Thread(
+        target=shoal.run_client, args=(f"127.0.0.1:{port}", "small", Padded(base.x_train, base.y_train, base.x_test, base.y_test), datasets),
+        kwargs={"stop": stop, "max_message_bytes": 1 << 20, "max_transfer_bytes": 0}, daemon=True,
+    )
+    caplog.set_level("WARNING")
+    t.start()
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+    t.join(timeout=15)
+    assert proc.returncode != 0
+    told = [r.getMessage() for r in caplog.records if "no chunked transfers" in r.getMessage()]
+    assert told and "--max-message-bytes" in told[0], (told, out[-2000:])
