@@ -1138,3 +1138,101 @@ async fn chunked_messages_a_peer_does_not_owe_end_its_stream() {
     ));
     tc.stop().await;
 }
+
+/// Large updates enter the coordinator two at a time (the intake). Two peers that start a
+/// chunked update and stop after its first chunk would hold both places for good; each must
+/// finish within its grace (1 s here, 30 s by default) plus a second per MiB, or it is dropped and
+/// its place freed, so the honest clients' chunked updates still make the round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peers_that_stall_half_way_through_an_update_do_not_hold_up_the_round() {
+    use shoal_client::Catalog;
+    let tc = TestCoordinator::start_with(CoordinatorConfig {
+        chunk_bytes: 64 * 1024,
+        transfer_grace: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let mut stops = Vec::new();
+    for i in 0..2 {
+        let mut catalog = Catalog::new();
+        catalog
+            .add_builtin(Builtin::Digits, &Partitioner::Iid, i, 2, 42)
+            .unwrap();
+        let mut config = ClientConfig::new(&tc.url, format!("honest-{i}"), catalog);
+        config.chunk_bytes = 64 * 1024;
+        stops.push(crate::util::spawn_client(config).0);
+    }
+    let mut stallers = Vec::new();
+    for i in 0..2 {
+        let mut peer = RawPeer::connect(
+            &tc.url,
+            &format!("staller-{i}"),
+            shoal_proto::PROTOCOL_VERSION,
+            Builtin::Digits,
+        )
+        .await;
+        assert!(matches!(
+            peer.next().await,
+            Some(coordinator_message::Msg::Welcome(_))
+        ));
+        stallers.push(peer);
+    }
+    tc.wait_clients(4).await;
+    let mut jobs = tc.jobs().await;
+    // mlp(64, 2048, 10): 615 kB an update, ten 64 KiB chunks.
+    let id = submit(
+        &mut jobs,
+        "kind = \"train\"\ndataset = \"digits\"\nrounds = 1\n[model]\nkind = \"mlp\"\nhidden = [2048]\n\
+         [clients]\nmin_available_clients = 4\nmin_fit_clients = 2\nmin_evaluate_clients = 2\n\
+         wait_after_quorum_secs = 1\nround_timeout_secs = 30\n\
+         [evaluation]\ncentralized_baseline = false\n",
+    )
+    .await;
+    // Each staller takes its task and starts a 600 kB update: one chunk, then nothing.
+    for peer in &mut stallers {
+        loop {
+            match peer.next().await {
+                Some(coordinator_message::Msg::Task(_)) => break,
+                Some(_) => continue,
+                None => panic!("the staller's stream ended before its task"),
+            }
+        }
+        peer.tx
+            .send(v1::ClientMessage {
+                msg: Some(client_message::Msg::Chunk(v1::Chunk {
+                    total_bytes: 600_000,
+                    offset: 0,
+                    data: vec![0u8; 1000].into(),
+                })),
+            })
+            .await
+            .unwrap();
+    }
+    let (info, rounds) = finish(&mut jobs, &id, 25).await;
+    assert_eq!(
+        info.status,
+        v1::JobStatus::Finished as i32,
+        "{}",
+        info.error
+    );
+    assert_eq!(rounds.len(), 1);
+    assert_eq!(rounds[0].clients, 2, "{:?}", rounds[0]);
+    // The stallers were dropped.
+    for peer in &mut stallers {
+        let ended = async {
+            while let Some(m) = peer.next().await {
+                assert!(
+                    !matches!(m, coordinator_message::Msg::Task(_)),
+                    "a staller was sent another task"
+                );
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), ended)
+            .await
+            .expect("a staller's stream stayed open");
+    }
+    for s in stops {
+        s.cancel();
+    }
+    tc.stop().await;
+}

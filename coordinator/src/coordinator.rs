@@ -42,6 +42,9 @@ pub struct CoordinatorConfig {
     /// Data per chunk ([`shoal_proto::chunk::CHUNK_BYTES`]; tests make it small so that small
     /// models travel chunked too).
     pub chunk_bytes: usize,
+    /// How long a chunked result may take beyond a second per MiB once its first chunk is in;
+    /// a client that takes longer is dropped and gives its place in the intake back.
+    pub transfer_grace: std::time::Duration,
     /// How long a new stream may take to send its `Hello`.
     pub hello_timeout: std::time::Duration,
     /// Heartbeat interval announced to clients (the coordinator beats at the same pace).
@@ -78,6 +81,7 @@ impl Default for CoordinatorConfig {
             max_message_bytes: 64 * 1024 * 1024,
             max_transfer_bytes: DEFAULT_MAX_TRANSFER_BYTES,
             chunk_bytes: shoal_proto::chunk::CHUNK_BYTES,
+            transfer_grace: std::time::Duration::from_secs(30),
             hello_timeout: std::time::Duration::from_secs(10),
             heartbeat_interval: std::time::Duration::from_secs(5),
             heartbeat_timeout: std::time::Duration::from_secs(60),

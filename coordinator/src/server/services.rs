@@ -169,6 +169,7 @@ impl Federation for FederationService {
             .config
             .max_transfer_bytes
             .max(self.coord.config.max_message_bytes as u64);
+        let transfer_grace = self.coord.config.transfer_grace;
         let span = tracing::info_span!("client", client = %name);
         let reader_name = name.clone();
         tokio::spawn(
@@ -228,7 +229,7 @@ impl Federation for FederationService {
                                                 hold = permit.ok();
                                                 transfer_due = Some(
                                                     tokio::time::Instant::now()
-                                                        + transfer_time(total),
+                                                        + transfer_time(total, transfer_grace),
                                                 );
                                             }
                                             continue;
@@ -320,11 +321,11 @@ impl Federation for FederationService {
     }
 }
 
-/// How long a chunked result of `bytes` may take to arrive once its first chunk is in: 30 s, and
-/// a second per MiB (a slow link), so that a peer that stops half way gives its place in the
-/// intake back.
-fn transfer_time(bytes: u64) -> std::time::Duration {
-    std::time::Duration::from_secs(30 + bytes / (1 << 20))
+/// How long a chunked result of `bytes` may take to arrive once its first chunk is in: `grace`
+/// (30 s unless a test says otherwise) and a second per MiB (a slow link), so that a peer that
+/// stops half way gives its place in the intake back.
+fn transfer_time(bytes: u64, grace: std::time::Duration) -> std::time::Duration {
+    grace + std::time::Duration::from_secs(bytes / (1 << 20))
 }
 
 /// The name in the peer's TLS client certificate, when it presented one.
