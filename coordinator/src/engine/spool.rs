@@ -4,12 +4,15 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use shoal_shared::spool::{MemorySpool, Spool, SpoolMaker};
 use shoal_shared::tensor::Weights;
 use shoal_shared::{Error, Result};
+
+/// Values converted and written (or read) at a time.
+const BLOCK: usize = 1 << 14;
 
 /// Updates as raw little-endian `f32`, one after the other, in a file that the system deletes
 /// when it is closed (or the process dies). What cannot be written is kept in memory instead.
@@ -49,15 +52,20 @@ impl FileSpool {
         }
         let file = self.file.as_mut().expect("opened above");
         file.seek(SeekFrom::Start(self.end))?;
-        let mut out = BufWriter::with_capacity(1 << 20, &mut *file);
+        // Converted a block at a time: one write per 64 KiB, not one call per value.
+        let mut block = vec![0u8; BLOCK * 4];
         let mut bytes = 0u64;
         for w in std::iter::once(update).chain(control) {
-            for v in w.values() {
-                out.write_all(&v.to_le_bytes())?;
+            for t in &w.tensors {
+                for values in t.data.chunks(BLOCK) {
+                    for (b, v) in block.chunks_exact_mut(4).zip(values) {
+                        b.copy_from_slice(&v.to_le_bytes());
+                    }
+                    file.write_all(&block[..4 * values.len()])?;
+                }
             }
             bytes += 4 * w.num_params() as u64;
         }
-        out.flush()?;
         let start = self.end;
         self.end += bytes;
         Ok(start)
@@ -97,12 +105,16 @@ impl Spool for FileSpool {
             ))
         };
         file.seek(SeekFrom::Start(start)).map_err(io)?;
-        let mut reader = std::io::BufReader::with_capacity(1 << 20, &mut *file);
+        let mut block = vec![0u8; BLOCK * 4];
         let mut read = |into: &mut Weights| -> std::io::Result<()> {
-            let mut b = [0u8; 4];
-            for v in into.values_mut() {
-                reader.read_exact(&mut b)?;
-                *v = f32::from_le_bytes(b);
+            for t in &mut into.tensors {
+                for values in t.data.chunks_mut(BLOCK) {
+                    let bytes = &mut block[..4 * values.len()];
+                    file.read_exact(bytes)?;
+                    for (v, b) in values.iter_mut().zip(bytes.chunks_exact(4)) {
+                        *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    }
+                }
             }
             Ok(())
         };
