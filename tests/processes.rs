@@ -481,6 +481,32 @@ fn bench_transfer_prints_its_figures() {
 }
 
 #[test]
+fn bench_scale_prints_its_figures() {
+    let out = run(Command::new(bin("shoal-coordinator")).args([
+        "bench",
+        "scale",
+        "--clients",
+        "2,4",
+        "--rounds",
+        "1",
+    ]));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains("vs 2 clients") && stdout.contains("baseline") && stdout.contains("2x, "),
+        "{stdout}"
+    );
+    let out =
+        run(Command::new(bin("shoal-coordinator")).args(["bench", "scale", "--clients", "1,x"]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--clients 1,x"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn bench_aggregate_prints_its_figures() {
     let out = run(Command::new(bin("shoal-coordinator")).args([
         "bench",

@@ -50,6 +50,11 @@ pub struct ClientConfig {
     /// Your own model's training and evaluation: with it, the client also runs jobs whose model
     /// kind is `external` (see [`crate::trainer`]).
     pub trainer: Option<Arc<dyn crate::trainer::Trainer>>,
+    /// A channel shared with other clients (`connect_lazy`; it reconnects on its own): many
+    /// clients in one process then open their streams over a few HTTP/2 connections instead of
+    /// one TCP connection each (`simulate` with thousands of clients, load tests). `None`: this
+    /// client connects on its own.
+    pub channel: Option<Channel>,
 }
 
 impl ClientConfig {
@@ -70,6 +75,7 @@ impl ClientConfig {
             tls: None,
             token: None,
             trainer: None,
+            channel: None,
         }
     }
 
@@ -252,15 +258,18 @@ async fn session(
     endpoint: &Endpoint,
     executor: &Arc<Executor>,
 ) -> std::result::Result<(), Session> {
-    let channel: Channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
-        .await
-        .map_err(|_| {
-            lost(
-                false,
-                format!("no connection within {CONNECT_TIMEOUT:?} (name lookup, TCP or TLS)"),
-            )
-        })?
-        .map_err(|e| lost(false, error_chain(&e)))?;
+    let channel: Channel = match &config.channel {
+        Some(shared) => shared.clone(),
+        None => tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
+            .await
+            .map_err(|_| {
+                lost(
+                    false,
+                    format!("no connection within {CONNECT_TIMEOUT:?} (name lookup, TCP or TLS)"),
+                )
+            })?
+            .map_err(|e| lost(false, error_chain(&e)))?,
+    };
     let mut client = FederationClient::new(channel)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);

@@ -60,6 +60,10 @@ impl SimulateOptions {
     }
 }
 
+/// Simulated clients that share one HTTP/2 connection (each has its own stream on it; hyper's
+/// server takes 200 concurrent streams per connection by default).
+pub const CLIENTS_PER_CONNECTION: usize = 64;
+
 /// The simulated job's end state.
 #[derive(Debug, Clone)]
 pub struct SimOutcome {
@@ -141,8 +145,15 @@ pub async fn simulate(mut o: SimulateOptions) -> anyhow::Result<SimOutcome> {
         stop.clone().cancelled_owned(),
     ));
     let mut clients = Vec::with_capacity(o.clients);
+    let mut shared = None;
     for (i, catalog) in catalogs.into_iter().enumerate() {
         let mut config = ClientConfig::new(url.clone(), format!("client-{i:03}"), catalog);
+        // A few connections for many clients: one TCP connection (two file descriptors in this
+        // process) per client would run out of descriptors at about 10,000 clients.
+        if i % CLIENTS_PER_CONNECTION == 0 {
+            shared = Some(shoal_client::endpoint(&url)?.connect_lazy());
+        }
+        config.channel = shared.clone();
         config.max_message_bytes = o.max_message_bytes;
         config.max_transfer_bytes = o.max_transfer_bytes;
         if i < o.attackers {

@@ -712,3 +712,23 @@ async fn a_model_over_a_transfer_limit_is_refused_naming_the_flag() {
         info.error
     );
 }
+
+/// `simulate` runs its clients over a few shared HTTP/2 connections (64 streams each), so
+/// thousands of clients fit in one process's file descriptors; 150 clients use three
+/// connections, and every one of them trains and evaluates every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_runs_many_clients_over_a_few_shared_connections() {
+    use shoal_coordinator::simulate::SimulateOptions;
+    let toml = "kind = \"train\"\ndataset = \"seed-fl\"\nrounds = 2\n[model]\nkind = \"logreg\"\n\
+                [evaluation]\ncentralized_baseline = false\n";
+    let spec = shoal_coordinator::spec::CheckedSpec::from_toml(toml)
+        .unwrap()
+        .into_spec();
+    let mut o = SimulateOptions::new(spec, Builtin::SeedFl);
+    o.clients = 150;
+    let run = crate::util::simulate_finished(o, toml).await;
+    assert_eq!(run.outcome.rounds.len(), 2);
+    for r in &run.outcome.rounds {
+        assert_eq!(r.clients, 150, "{r:?}");
+    }
+}

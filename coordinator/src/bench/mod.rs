@@ -1,6 +1,6 @@
 //! Benchmarks that print figures, each against a baseline measured in the same run:
-//! `bench aggregate` ([`aggregate::aggregate`]), `bench transfer` ([`transfer::transfer`]) and
-//! `bench gbdt` ([`gbdt`]), below.
+//! `bench aggregate` ([`aggregate::aggregate`]), `bench transfer` ([`transfer::transfer`]),
+//! `bench scale` ([`scale::scale`]) and `bench gbdt` ([`gbdt`]), below.
 //!
 //! 1. Histogram building on one client's rows: rows × features per second, as a ratio to a plain
 //!    pass that only reads the same binned matrix (the memory-bound floor).
@@ -9,6 +9,8 @@
 
 /// `bench aggregate`: aggregation against memcpy, and the checkpoint beside it.
 pub mod aggregate;
+/// `bench scale`: seconds per round and peak memory against the number of clients.
+pub mod scale;
 /// The non-IID and seed-forest studies.
 pub mod study;
 /// `bench transfer`: a large model's gRPC round trip against raw TCP.

@@ -162,6 +162,23 @@ pub async fn run_cli(cli: Cli) -> anyhow::Result<i32> {
         Command::Partition(a) => partition_cmd(&a).map(|_| 0),
         Command::Job(j) => job_cmd(j).await,
         Command::Study(s) => study_cmd(s).await.map(|_| 0),
+        Command::Bench(BenchCommand::Scale { clients, rounds }) => {
+            let sizes: Vec<usize> = clients
+                .split(',')
+                .map(|c| c.trim().parse::<usize>())
+                .collect::<Result<_, _>>()
+                .ok()
+                .filter(|s: &Vec<usize>| !s.is_empty() && s.iter().all(|&n| n >= 2))
+                .with_context(|| {
+                    format!("--clients {clients}: give client counts of at least 2, comma-separated (e.g. 100,1000,10000)")
+                })?;
+            if rounds == 0 {
+                bail!("--rounds must be at least 1");
+            }
+            tokio::task::spawn_blocking(move || crate::bench::scale::scale(&sizes, rounds))
+                .await?
+                .map(|_| 0)
+        }
         Command::Bench(BenchCommand::Transfer { params, repeats }) => {
             if params == 0 || repeats == 0 || params > 1 << 30 {
                 bail!("--params must be 1 to 1073741824 and --repeats at least 1");

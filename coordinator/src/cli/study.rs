@@ -115,6 +115,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         repeats: u32,
     },
+    /// Seconds per round and peak memory against the number of clients (seed-fl, logreg; each
+    /// size a `simulate` child process).
+    Scale {
+        /// Client counts, smallest first (the baseline).
+        #[arg(long, default_value = "100,1000,10000")]
+        clients: String,
+        /// Rounds of each run.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+    },
     /// Histogram building throughput, and a federated boosting job's time per round and per tree.
     Gbdt {
         /// Rounds of the federated job.
