@@ -480,6 +480,105 @@ fn bench_transfer_prints_its_figures() {
     );
 }
 
+/// `shoal-client --sessions N`: one process serves a federation of N real sessions over a few
+/// shared connections (a load test); a job that needs all 200 of them trains with all of them.
+#[test]
+fn one_client_process_runs_two_hundred_sessions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let job = tmp.path().join("job.toml");
+    std::fs::write(
+        &job,
+        "kind = \"train\"\ndataset = \"digits\"\nrounds = 2\n[clients]\nmin_available_clients = 200\n\
+         min_fit_clients = 200\nmin_evaluate_clients = 200\nwait_for_clients_secs = 120\n\
+         [evaluation]\ncentralized_baseline = false\n",
+    )
+    .unwrap();
+    let mut server = Proc(
+        Command::new(bin("shoal-coordinator"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--exit-when-done",
+            ])
+            .arg("--state-dir")
+            .arg(tmp.path().join("state"))
+            .arg("--job")
+            .arg(&job)
+            .arg("--out")
+            .arg(tmp.path().join("runs"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let _client = Proc(
+        Command::new(bin("shoal-client"))
+            .args([
+                "--coordinator",
+                &format!("127.0.0.1:{port}"),
+                "--name",
+                "load",
+                "--builtin",
+                "digits",
+                "--shard",
+                "0/1",
+                "--sessions",
+                "200",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = server.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "the job did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "serve exited with {status}");
+    let run = std::fs::read_dir(tmp.path().join("runs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    for r in rows {
+        assert!(
+            r.starts_with(&format!("{},200,", r.split(',').next().unwrap())),
+            "{csv}"
+        );
+    }
+    let out = run_cmd_fails(&["--sessions", "0"]);
+    assert!(out.contains("--sessions 0: expected 1 to 100000"), "{out}");
+}
+
+/// Runs `shoal-client` with `args` (and a built-in dataset), expects it to fail, returns stderr.
+fn run_cmd_fails(args: &[&str]) -> String {
+    let out = run(Command::new(bin("shoal-client"))
+        .args([
+            "--coordinator",
+            "127.0.0.1:9",
+            "--builtin",
+            "digits",
+            "--shard",
+            "0/1",
+        ])
+        .args(args));
+    assert!(!out.status.success());
+    text(&out.stderr)
+}
+
 #[test]
 fn bench_scale_prints_its_figures() {
     let out = run(Command::new(bin("shoal-coordinator")).args([

@@ -129,6 +129,10 @@ impl ClientConfig {
 /// (`--max-transfer-bytes`): a model of a billion parameters in f32.
 pub const DEFAULT_MAX_TRANSFER_BYTES: u64 = 4 << 30;
 
+/// Clients that share one HTTP/2 connection (`ClientConfig::channel`): each has its own stream
+/// on it, and hyper's server takes 200 concurrent streams per connection by default.
+pub const SESSIONS_PER_CONNECTION: usize = 64;
+
 /// Longest a connection attempt may take, name lookup and TLS included. A lookup begun while the
 /// network is down can otherwise hang for the resolver's whole retry schedule (10 s with glibc's
 /// defaults) after the network is back.

@@ -71,6 +71,11 @@ struct Args {
     /// chunks up to this size (the Hello says it); 0 takes no chunks.
     #[arg(long, env = "SHOAL_MAX_TRANSFER_BYTES", default_value_t = shoal_client::connection::DEFAULT_MAX_TRANSFER_BYTES)]
     max_transfer_bytes: u64,
+    /// Run this many client sessions from one process, named NAME-00000, NAME-00001, ..., all
+    /// holding the same data, over shared connections (64 sessions each): a load test of a
+    /// coordinator with thousands of real sessions. Each session is a whole client.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    sessions: usize,
     #[command(flatten)]
     tls: shoal_client::TlsFiles,
     /// A file holding this client's token (for a coordinator started with --client-tokens).
@@ -168,6 +173,9 @@ fn build(args: &Args) -> anyhow::Result<ClientConfig> {
                 args.max_backoff_secs
             )
         })?;
+    if args.sessions == 0 || args.sessions > 100_000 {
+        anyhow::bail!("--sessions {}: expected 1 to 100000", args.sessions);
+    }
     if args.max_message_bytes < 1024 * 1024 {
         anyhow::bail!(
             "--max-message-bytes {}: expected at least 1048576 (1 MiB)",
@@ -220,7 +228,45 @@ async fn run() -> anyhow::Result<()> {
             "serving"
         );
     }
+    if args.sessions > 1 {
+        return run_sessions(config, args.sessions).await;
+    }
     shoal_client::run(config, shoal_client::shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `--sessions N`: N clients over shared connections until a signal; the first error ends the
+/// process.
+async fn run_sessions(config: shoal_client::ClientConfig, n: usize) -> anyhow::Result<()> {
+    use shoal_client::connection::SESSIONS_PER_CONNECTION;
+    let endpoint = shoal_client::endpoint_with(&config.coordinator, config.tls.as_ref())?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shoal_client::shutdown_signal().await;
+            stop.cancel();
+        }
+    });
+    let mut sessions = tokio::task::JoinSet::new();
+    let mut shared = None;
+    for i in 0..n {
+        if i % SESSIONS_PER_CONNECTION == 0 {
+            shared = Some(endpoint.connect_lazy());
+        }
+        let mut c = config.clone();
+        c.name = format!("{}-{i:05}", config.name);
+        c.channel = shared.clone();
+        sessions.spawn(shoal_client::run(c, stop.clone().cancelled_owned()));
+    }
+    tracing::info!(sessions = n, "sessions started");
+    while let Some(ended) = sessions.join_next().await {
+        if let Err(e) = ended? {
+            stop.cancel();
+            return Err(e.into());
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

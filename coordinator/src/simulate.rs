@@ -60,10 +60,6 @@ impl SimulateOptions {
     }
 }
 
-/// Simulated clients that share one HTTP/2 connection (each has its own stream on it; hyper's
-/// server takes 200 concurrent streams per connection by default).
-pub const CLIENTS_PER_CONNECTION: usize = 64;
-
 /// The simulated job's end state.
 #[derive(Debug, Clone)]
 pub struct SimOutcome {
@@ -150,7 +146,7 @@ pub async fn simulate(mut o: SimulateOptions) -> anyhow::Result<SimOutcome> {
         let mut config = ClientConfig::new(url.clone(), format!("client-{i:03}"), catalog);
         // A few connections for many clients: one TCP connection (two file descriptors in this
         // process) per client would run out of descriptors at about 10,000 clients.
-        if i % CLIENTS_PER_CONNECTION == 0 {
+        if i % shoal_client::connection::SESSIONS_PER_CONNECTION == 0 {
             shared = Some(shoal_client::endpoint(&url)?.connect_lazy());
         }
         config.channel = shared.clone();
