@@ -322,6 +322,7 @@ fn fit_result(t: &v1::Task, corrupt: impl Fn(&mut v1::Tensor)) -> task_result::O
                 train_loss: 0.5,
                 control_delta: None,
                 trees: None,
+                delta: false,
             })
         }
         _ => task_result::Outcome::Error("this peer does not evaluate".into()),
@@ -962,6 +963,7 @@ fn fit_with(t: &v1::Task, update: fn(&mut [f32]), examples: u64) -> task_result:
         train_loss: 0.5,
         control_delta: None,
         trees: None,
+        delta: false,
     })
 }
 

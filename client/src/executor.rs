@@ -8,11 +8,17 @@ use std::sync::Mutex;
 
 use shoal_proto::tasks;
 use shoal_proto::v1::{self, task, task_result};
+use shoal_shared::compress::{encode_update, Compression, EncodedTensor, ErrorFeedback};
 use shoal_shared::fusion::FeatureView;
 use shoal_shared::models::phase::{
     Answer, ClientState, ClientTask, Payload, Reply, TaskData, Work,
 };
 use shoal_shared::models::ModelSpec;
+use shoal_shared::tensor::Weights;
+
+/// Jobs whose top-k residuals a client keeps (a model's size each); beyond, the job used longest
+/// ago loses its held-back values.
+pub const FEEDBACK_JOBS: usize = 4;
 
 use crate::attack::Attack;
 use crate::catalog::Catalog;
@@ -27,6 +33,8 @@ pub struct Executor {
     trainer: Option<std::sync::Arc<dyn Trainer>>,
     /// job id -> (its client state, when it was last stored: a counter)
     states: Mutex<HashMap<String, (ClientState, u64)>>,
+    /// job id -> (top-k's held-back values, when last used: the same counter)
+    feedback: Mutex<HashMap<String, (ErrorFeedback, u64)>>,
     clock: std::sync::atomic::AtomicU64,
 }
 
@@ -41,6 +49,7 @@ impl Executor {
             attack,
             trainer,
             states: Mutex::new(HashMap::new()),
+            feedback: Mutex::new(HashMap::new()),
             clock: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -90,9 +99,10 @@ impl Executor {
             Some(kind) => Work::try_from(kind).map_err(|e| e.to_string())?,
             None => return Err("task without a kind".into()),
         };
-        // The attack (TEST ONLY) corrupts an update relative to the model it started from.
-        let started_from = match (&self.attack, &payload) {
-            (Some(_), Payload::Weights(w)) => Some(w.clone()),
+        // A compressed update and the attack (TEST ONLY) are relative to the model the task
+        // started from.
+        let started_from = match &payload {
+            Payload::Weights(w) => Some(w.clone()),
             _ => None,
         };
         let data = TaskData {
@@ -122,7 +132,69 @@ impl Executor {
                 attack.apply(global, w, task.seed);
             }
         }
-        Ok(task_result::Outcome::from(answer))
+        self.outcome(task, started_from.as_deref(), answer)
+    }
+
+    /// The answer on the wire; a fit answer as the task's compression asks (the change from
+    /// `base`, encoded), or full f32 parameters when it asks none.
+    fn outcome(
+        &self,
+        task: &v1::Task,
+        base: Option<&Weights>,
+        mut answer: Answer,
+    ) -> Result<task_result::Outcome, String> {
+        let compression = match &task.kind {
+            Some(task::Kind::Fit(fit)) => {
+                shoal_proto::compression_from_wire(fit).map_err(|e| e.to_string())?
+            }
+            _ => Compression::None,
+        };
+        let local = match (&mut answer, base) {
+            (Answer::Reply(Reply::Fit(fit)), Some(_)) if compression != Compression::None => {
+                fit.parameters.take()
+            }
+            _ => None,
+        };
+        let mut outcome = task_result::Outcome::from(answer);
+        if let (Some(local), Some(base), task_result::Outcome::Fit(fit)) =
+            (local, base, &mut outcome)
+        {
+            let update = self.compress(&task.job_id, base, &local, compression, task.seed)?;
+            fit.parameters = Some(shoal_proto::update_to_wire(update));
+            fit.delta = true;
+        }
+        Ok(outcome)
+    }
+
+    /// Encodes an update, carrying top-k's held-back values per job (the jobs used longest ago
+    /// are forgotten beyond [`FEEDBACK_JOBS`]).
+    fn compress(
+        &self,
+        job: &str,
+        base: &Weights,
+        local: &Weights,
+        compression: Compression,
+        seed: u64,
+    ) -> Result<Vec<EncodedTensor>, String> {
+        let used = self
+            .clock
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut all = self.feedback.lock().unwrap_or_else(|p| p.into_inner());
+        let (feedback, at) = all.entry(job.to_string()).or_default();
+        *at = used;
+        let update = encode_update(base, local, compression, seed, feedback)
+            .map_err(|e| format!("compressing the update: {e}"))?;
+        while all.len() > FEEDBACK_JOBS {
+            let Some(oldest) = all
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            all.remove(&oldest);
+        }
+        Ok(update)
     }
 
     /// An external model's task, through the trainer.
@@ -220,7 +292,7 @@ impl Executor {
                 return Err("sketch and histogram tasks are for gbdt jobs".into())
             }
         };
-        Ok(task_result::Outcome::from(answer))
+        self.outcome(task, Some(&global), answer)
     }
 
     fn state_of(&self, job: &str) -> ClientState {

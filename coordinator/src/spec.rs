@@ -15,6 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 use shoal_shared::automl::{Config, Domain, SearchAlgorithm, SearchSpace, Tpe, Value};
+use shoal_shared::compress::Compression;
 use shoal_shared::data::builtin::Builtin;
 use shoal_shared::models::sgd::LocalConfig;
 use shoal_shared::models::ModelSpec;
@@ -260,6 +261,12 @@ pub struct UpdatePolicy {
     /// A client with this many refused results in the job is left out of it for the rest of
     /// the job (quarantined); 0 = never.
     pub quarantine_after: u32,
+    /// How clients send their updates (weights models): "none" (f32), "f16", "bf16", "int8"
+    /// (unbiased stochastic, blocks of 256) or "topk" (the largest `topk_fraction` of each
+    /// tensor's changes, the rest kept by the client for its next update).
+    pub compression: String,
+    /// With `compression = "topk"`: the share of each tensor's values sent, in (0, 1].
+    pub topk_fraction: f64,
 }
 
 impl Default for UpdatePolicy {
@@ -271,9 +278,15 @@ impl Default for UpdatePolicy {
             adaptive_norm: DEFAULT_ADAPTIVE_NORM,
             adaptive_refuse: DEFAULT_ADAPTIVE_REFUSE,
             quarantine_after: 3,
+            compression: "none".into(),
+            topk_fraction: DEFAULT_TOPK_FRACTION,
         }
     }
 }
+
+/// Default `updates.topk_fraction`: 1% of each tensor's values (with error feedback, digits'
+/// MLP loses under a point of accuracy at this share; docs/guide/scale.md).
+pub const DEFAULT_TOPK_FRACTION: f64 = 0.01;
 
 /// Default `updates.weight_cap`: Dirichlet(0.5) shards of the built-in datasets over 3 to 10
 /// clients stay under it (largest ratio to the median measured: 3.0), while a client that claims
@@ -358,6 +371,20 @@ impl JobSpec {
                     format!("= {m}: give a positive number (or leave it out for no bound)"),
                 );
             }
+        }
+        let compression = Compression::parse(&self.updates.compression, self.updates.topk_fraction)
+            .map_err(|e| Error::InvalidSpec(e.to_string()))?;
+        if compression != Compression::None
+            && (self.model.forest().is_some() || self.model.gbdt().is_some())
+        {
+            return bad(
+                "updates.compression",
+                format!(
+                    "= \"{}\" compresses weight updates; a {} model sends trees (leave it out)",
+                    compression.name(),
+                    self.model.name()
+                ),
+            );
         }
         if let Some(classes) = &self.classes {
             if self.dataset.parse::<Builtin>().is_ok() {
@@ -759,6 +786,12 @@ impl JobSpec {
         } else {
             self.strategy.name()
         }
+    }
+
+    /// How the job's clients send updates (`updates.compression`, checked by [`JobSpec::check`]).
+    pub fn compression(&self) -> Compression {
+        Compression::parse(&self.updates.compression, self.updates.topk_fraction)
+            .unwrap_or_default()
     }
 
     /// FedProx's mu for this job's clients: the strategy's with `fedprox`, else `[local]`'s.

@@ -412,6 +412,7 @@ mod tests {
                         ..Default::default()
                     }),
                     control: control.then(|| params(9)),
+                    ..Default::default()
                 })),
                 ..Default::default()
             })),
@@ -430,6 +431,7 @@ mod tests {
                     train_loss: 0.5,
                     control_delta: delta.then(|| params(5)),
                     trees: None,
+                    delta: false,
                 })),
             })),
         }

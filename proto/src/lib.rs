@@ -4,7 +4,8 @@
 //! (clients' long-lived `Connect` stream) and [`v1::jobs_server::Jobs`] (operators' job API).
 //! Conversions between wire and domain types live here, next to the wire types:
 //! [`weights_to_wire`] / [`weights_from_wire`] for tensors, [`model_to_wire`] / [`model_from_wire`],
-//! [`local_to_wire`] / [`local_from_wire`], and in [`tasks`] the tasks and results of the
+//! [`local_to_wire`] / [`local_from_wire`], compressed updates ([`update_to_wire`] /
+//! [`update_from_wire`]), and in [`tasks`] the tasks and results of the
 //! algorithm boundary. A malformed message becomes a [`WireError`] naming the field, never a
 //! panic.
 //!
@@ -17,6 +18,7 @@
 //! assert_eq!(shoal_proto::weights_from_wire(&wire, usize::MAX).unwrap(), w);
 //! ```
 
+use shoal_shared::compress::{decode_add, Compression, EncodedTensor, Encoding};
 use shoal_shared::models::diffusion::{DenoiserSpec, Schedule};
 use shoal_shared::models::sgd::LocalConfig;
 use shoal_shared::models::ModelSpec;
@@ -129,6 +131,112 @@ pub fn weights_from_wire(p: &v1::Parameters, max_elements: usize) -> Result<Weig
         });
     }
     Ok(Weights::new(tensors))
+}
+
+/// A job's update compression as a fit task asks for it: the enum and top-k's fraction.
+pub fn compression_to_wire(c: Compression) -> (v1::Compression, f64) {
+    match c {
+        Compression::None => (v1::Compression::None, 0.0),
+        Compression::F16 => (v1::Compression::F16, 0.0),
+        Compression::Bf16 => (v1::Compression::Bf16, 0.0),
+        Compression::Int8 => (v1::Compression::Int8, 0.0),
+        Compression::TopK { fraction } => (v1::Compression::Topk, fraction),
+    }
+}
+
+/// The compression a fit task asks for.
+pub fn compression_from_wire(fit: &v1::FitTask) -> Result<Compression, WireError> {
+    Ok(match v1::Compression::try_from(fit.compression) {
+        Ok(v1::Compression::None) => Compression::None,
+        Ok(v1::Compression::F16) => Compression::F16,
+        Ok(v1::Compression::Bf16) => Compression::Bf16,
+        Ok(v1::Compression::Int8) => Compression::Int8,
+        Ok(v1::Compression::Topk) => Compression::parse("topk", fit.topk_fraction)
+            .map_err(|e| invalid("fit.topk_fraction", e.to_string()))?,
+        Err(_) => {
+            return Err(invalid(
+                "fit.compression",
+                format!("{} is not a compression this client knows", fit.compression),
+            ))
+        }
+    })
+}
+
+/// A compressed update's tensors on the wire (`FitResult.parameters` with `delta` set).
+pub fn update_to_wire(update: Vec<EncodedTensor>) -> v1::Parameters {
+    v1::Parameters {
+        tensors: update
+            .into_iter()
+            .map(|t| v1::Tensor {
+                name: t.name,
+                dtype: dtype_of(t.value.encoding) as i32,
+                shape: t.shape.iter().map(|&d| d as u64).collect(),
+                data: t.value.data.into(),
+            })
+            .collect(),
+    }
+}
+
+fn dtype_of(e: Encoding) -> v1::Dtype {
+    match e {
+        Encoding::F32 => v1::Dtype::F32,
+        Encoding::F16 => v1::Dtype::F16,
+        Encoding::Bf16 => v1::Dtype::Bf16,
+        Encoding::Q8 => v1::Dtype::Q8,
+        Encoding::TopK => v1::Dtype::Topk,
+    }
+}
+
+/// Decodes a compressed update: each tensor's change, in any encoding, added to the same tensor
+/// of `base` (the model the task sent), which the update must match name for name and shape for
+/// shape. The result is the client's new parameters, as [`weights_from_wire`] would give them.
+pub fn update_from_wire(p: &v1::Parameters, base: &Weights) -> Result<Weights, WireError> {
+    if p.tensors.len() != base.tensors.len() {
+        return Err(invalid(
+            "parameters",
+            format!(
+                "a compressed update has {} tensors; the task's model has {}",
+                p.tensors.len(),
+                base.tensors.len()
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(base.tensors.len());
+    for (i, (t, b)) in p.tensors.iter().zip(&base.tensors).enumerate() {
+        let field = || format!("parameters.tensors[{i}] (`{}`)", t.name);
+        let same_shape = t.shape.len() == b.shape.len()
+            && t.shape.iter().zip(&b.shape).all(|(&w, &d)| w == d as u64);
+        if t.name != b.name || !same_shape {
+            return Err(invalid(
+                field(),
+                format!(
+                    "shape {:?} does not match the task's tensor `{}` {:?}",
+                    t.shape, b.name, b.shape
+                ),
+            ));
+        }
+        let encoding = match v1::Dtype::try_from(t.dtype) {
+            Ok(v1::Dtype::F32) => Encoding::F32,
+            Ok(v1::Dtype::F16) => Encoding::F16,
+            Ok(v1::Dtype::Bf16) => Encoding::Bf16,
+            Ok(v1::Dtype::Q8) => Encoding::Q8,
+            Ok(v1::Dtype::Topk) => Encoding::TopK,
+            Ok(v1::Dtype::Unspecified) | Err(_) => {
+                return Err(invalid(
+                    field(),
+                    format!("dtype {} is not supported", t.dtype),
+                ))
+            }
+        };
+        let mut data = b.data.clone();
+        decode_add(encoding, &t.data, &mut data).map_err(|e| invalid(field(), e.to_string()))?;
+        out.push(Tensor {
+            name: b.name.clone(),
+            shape: b.shape.clone(),
+            data,
+        });
+    }
+    Ok(Weights::new(out))
 }
 
 pub fn model_to_wire(m: &ModelSpec) -> v1::ModelSpec {
@@ -440,5 +548,88 @@ mod tests {
             .to_string()
             .contains("epochs"));
         assert!(model_from_wire(None).is_err());
+    }
+
+    #[test]
+    fn a_compressed_update_adds_back_to_the_tasks_model_and_must_match_it() {
+        use shoal_shared::compress::{encode_update, ErrorFeedback};
+        let base = sample_finite();
+        let mut local = base.clone();
+        for v in local.values_mut() {
+            *v += 0.25;
+        }
+        for c in [Compression::F16, Compression::Bf16] {
+            let update = encode_update(&base, &local, c, 1, &mut ErrorFeedback::default()).unwrap();
+            let wire = update_to_wire(update);
+            assert_eq!(wire.tensors[0].data.len(), 12, "{c:?}: 2 bytes a value");
+            // 0.25 is exact in both half types, so the sum is the local model.
+            assert_eq!(update_from_wire(&wire, &base).unwrap(), local);
+        }
+        let wire = update_to_wire(
+            encode_update(
+                &base,
+                &local,
+                Compression::Int8,
+                1,
+                &mut ErrorFeedback::default(),
+            )
+            .unwrap(),
+        );
+        let mut renamed = wire.clone();
+        renamed.tensors[1].name = "other".into();
+        assert!(update_from_wire(&renamed, &base)
+            .unwrap_err()
+            .to_string()
+            .contains("does not match the task's tensor `bias`"));
+        let mut reshaped = wire.clone();
+        reshaped.tensors[0].shape = vec![3, 2];
+        assert!(update_from_wire(&reshaped, &base).is_err());
+        let mut short = wire.clone();
+        short.tensors.pop();
+        assert!(update_from_wire(&short, &base)
+            .unwrap_err()
+            .to_string()
+            .contains("has 1 tensors; the task's model has 2"));
+        let mut unknown = wire.clone();
+        unknown.tensors[0].dtype = 99;
+        assert!(update_from_wire(&unknown, &base)
+            .unwrap_err()
+            .to_string()
+            .contains("dtype 99"));
+        let mut cut = wire;
+        cut.tensors[0].data.truncate(5);
+        assert!(update_from_wire(&cut, &base)
+            .unwrap_err()
+            .to_string()
+            .contains("parameters.tensors[0] (`weight`)"));
+        // A task's compression crosses the wire; an unknown one is named.
+        for c in [
+            Compression::None,
+            Compression::Int8,
+            Compression::TopK { fraction: 0.25 },
+        ] {
+            let (kind, fraction) = compression_to_wire(c);
+            let fit = v1::FitTask {
+                compression: kind as i32,
+                topk_fraction: fraction,
+                ..Default::default()
+            };
+            assert_eq!(compression_from_wire(&fit).unwrap(), c);
+        }
+        let fit = v1::FitTask {
+            compression: 42,
+            ..Default::default()
+        };
+        assert!(compression_from_wire(&fit)
+            .unwrap_err()
+            .to_string()
+            .contains("fit.compression"));
+    }
+
+    fn sample_finite() -> Weights {
+        Weights::new(vec![
+            Tensor::new("weight", vec![2, 3], vec![1.0, -2.5, 3.25, 0.0, 0.5, 8.0]).unwrap(),
+            Tensor::new("bias", vec![3], vec![0.5, 0.25, 0.75]).unwrap(),
+        ])
     }
 }

@@ -13,7 +13,10 @@ use shoal_shared::models::gbdt::{Ensemble, QuantileSketch};
 
 use crate::trees::boost_tree_from_wire;
 use crate::v1::{self, task, task_result};
-use crate::{invalid, local_from_wire, weights_from_wire, weights_to_wire, WireError};
+use crate::{
+    invalid, local_from_wire, update_from_wire, weights_from_wire, weights_to_wire, WireError,
+};
+use shoal_shared::tensor::Weights;
 
 /// What a task carries of the global model: tensors, a forest or a boosted ensemble.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -73,6 +76,7 @@ pub fn request_to_wire(request: Request, local: v1::LocalTraining) -> task::Kind
         Request::Fit { control } => task::Kind::Fit(v1::FitTask {
             local: Some(local),
             control: control.as_ref().map(weights_to_wire),
+            ..Default::default()
         }),
         Request::Sketch => task::Kind::Sketch(v1::SketchTask {}),
         Request::Histogram(h) => task::Kind::Histogram(v1::HistogramTask {
@@ -127,11 +131,13 @@ pub fn expected_reply(request: &Request) -> ReplyKind {
 /// A task result as the server half reads it: a client's error or a reply of another kind than
 /// `expected` is refused before anything is decoded; then tensors are decoded within `bounds`
 /// (those it does not want are ignored), and trees, sketches and histograms as they are, for the
-/// server half to check against the job.
+/// server half to check against the job. A compressed update (`delta`) is added to `base`, the
+/// weights the task sent; without them it is refused.
 pub fn reply_from_wire(
     outcome: Option<task_result::Outcome>,
     bounds: DecodeBounds,
     expected: ReplyKind,
+    base: Option<&Weights>,
 ) -> Result<Reply, Rejection> {
     let kind = match &outcome {
         Some(task_result::Outcome::Error(e)) => return Err(Rejection::ClientError(e.clone())),
@@ -149,12 +155,20 @@ pub fn reply_from_wire(
         Some(task_result::Outcome::Fit(f)) => {
             let (parameters, control_delta) = match bounds.max_elements {
                 Some(max) => {
-                    let parameters = f
-                        .parameters
-                        .as_ref()
-                        .map(|p| weights_from_wire(p, max))
-                        .transpose()
-                        .map_err(Rejection::invalid)?;
+                    let parameters = match (&f.parameters, f.delta, base) {
+                        (None, _, _) => None,
+                        (Some(p), false, _) => Some(weights_from_wire(p, max)),
+                        // The base is the coordinator's own model, within the bound already.
+                        (Some(p), true, Some(base)) => Some(update_from_wire(p, base)),
+                        (Some(_), true, None) => {
+                            return Err(Rejection::invalid(invalid(
+                                "delta",
+                                "a compressed update answers a task that sent no parameters",
+                            )))
+                        }
+                    }
+                    .transpose()
+                    .map_err(Rejection::invalid)?;
                     let control_delta = match (&f.control_delta, bounds.control) {
                         (Some(c), true) => Some(
                             weights_from_wire(c, max)
@@ -256,6 +270,7 @@ impl From<Answer> for task_result::Outcome {
                 train_loss: fit.train_loss,
                 control_delta: fit.control_delta.as_ref().map(weights_to_wire),
                 trees: fit.trees.as_ref().map(v1::Forest::from),
+                delta: false,
             }),
             Answer::Reply(Reply::Sketch(s)) => task_result::Outcome::Sketch(v1::SketchResult {
                 sketch: Some(v1::QuantileSketch::from(&s.sketch)),
@@ -326,7 +341,7 @@ mod tests {
             control: true,
         };
         assert_eq!(
-            reply_from_wire(Some(outcome.clone()), bounds, ReplyKind::Fit).unwrap(),
+            reply_from_wire(Some(outcome.clone()), bounds, ReplyKind::Fit, None).unwrap(),
             Reply::Fit(fit.clone())
         );
         // Tensors a server half does not want are ignored; tensors beyond its bound are refused.
@@ -335,7 +350,7 @@ mod tests {
             control: false,
         };
         let Reply::Fit(f) =
-            reply_from_wire(Some(outcome.clone()), unwanted, ReplyKind::Fit).unwrap()
+            reply_from_wire(Some(outcome.clone()), unwanted, ReplyKind::Fit, None).unwrap()
         else {
             panic!("a fit result is a fit reply")
         };
@@ -348,11 +363,11 @@ mod tests {
             control: false,
         };
         assert!(matches!(
-            reply_from_wire(Some(outcome), small, ReplyKind::Fit),
+            reply_from_wire(Some(outcome), small, ReplyKind::Fit, None),
             Err(Rejection::Invalid { .. })
         ));
         assert_eq!(
-            reply_from_wire(None, bounds, ReplyKind::Sketch)
+            reply_from_wire(None, bounds, ReplyKind::Sketch, None)
                 .unwrap_err()
                 .to_string(),
             "expected a sketch"
@@ -361,7 +376,8 @@ mod tests {
             reply_from_wire(
                 Some(task_result::Outcome::Error("disk full".into())),
                 bounds,
-                ReplyKind::Fit
+                ReplyKind::Fit,
+                None
             )
             .unwrap_err()
             .to_string(),
@@ -412,13 +428,18 @@ mod tests {
             num_examples: 3,
         });
         assert!(matches!(
-            reply_from_wire(Some(outcome.clone()), DecodeBounds::NONE, ReplyKind::Sketch),
+            reply_from_wire(
+                Some(outcome.clone()),
+                DecodeBounds::NONE,
+                ReplyKind::Sketch,
+                None
+            ),
             Err(Rejection::Missing(_))
         ));
         // Sent to a phase that waits for another kind, it is refused as the wrong kind before
         // its content is looked at.
         assert_eq!(
-            reply_from_wire(Some(outcome), DecodeBounds::NONE, ReplyKind::Fit)
+            reply_from_wire(Some(outcome), DecodeBounds::NONE, ReplyKind::Fit, None)
                 .unwrap_err()
                 .to_string(),
             "expected a fit result"

@@ -228,9 +228,68 @@ def parameters_to_wire(params: Parameters, like: Optional[Parameters] = None) ->
     return common_pb2.Parameters(tensors=tensors)
 
 
+Q8_BLOCK = 256
+"""Values per int8 block (one f32 scale each), as PROTOCOL §4.1 fixes it."""
+
+
+def compress_update(
+    new: Parameters,
+    base: Parameters,
+    compression: int,
+    topk_fraction: float,
+    seed: int,
+    held_back: Optional[Dict[str, np.ndarray]] = None,
+) -> common_pb2.Parameters:
+    """Encodes the change ``new - base`` as a compressed update (``FitResult.delta``), PROTOCOL
+    §4.1: f16, bf16, unbiased stochastic int8 in blocks of 256, or top-k. For top-k, ``held_back``
+    keeps the changes left out, per tensor, and adds them to the next update (error feedback)."""
+    rng = np.random.default_rng(seed)
+    tensors = []
+    for name, a in new.items():
+        change = (np.asarray(a, dtype="<f4") - base[name]).astype("<f4").ravel()
+        if compression == federation_pb2.COMPRESSION_F16:
+            dtype, data = common_pb2.DTYPE_F16, change.astype("<f2").tobytes()
+        elif compression == federation_pb2.COMPRESSION_BF16:
+            bits = change.view("<u4").astype(np.uint64)
+            # Round to nearest, ties to even, on the top 16 bits.
+            rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+            dtype, data = common_pb2.DTYPE_BF16, rounded.astype("<u2").tobytes()
+        elif compression == federation_pb2.COMPRESSION_INT8:
+            n = change.size
+            padded = np.zeros(-(-n // Q8_BLOCK) * Q8_BLOCK, dtype="<f4")
+            padded[:n] = change
+            blocks = padded.reshape(-1, Q8_BLOCK)
+            scales = np.abs(blocks).max(axis=1).astype("<f4")
+            safe = np.where(scales > 0, scales, 1.0)[:, None]
+            x = blocks / safe * 127.0
+            low = np.floor(x)
+            q = low + (rng.random(x.shape) < (x - low))
+            q = np.clip(q, -127, 127).astype("i1").ravel()[:n]
+            dtype, data = common_pb2.DTYPE_Q8, scales.tobytes() + q.tobytes()
+        elif compression == federation_pb2.COMPRESSION_TOPK:
+            if not 0.0 < topk_fraction <= 1.0:
+                raise ShoalError(f"the task's topk_fraction {topk_fraction} is not in (0, 1]")
+            held = held_back if held_back is not None else {}
+            if name in held and held[name].shape == change.shape:
+                change = change + held[name]
+            k = min(change.size, max(1, math.ceil(topk_fraction * change.size)))
+            idx = np.sort(np.argpartition(-np.abs(change), k - 1)[:k]) if change.size else np.zeros(0, int)
+            values = change[idx].astype("<f4")
+            rest = change.copy()
+            rest[idx] = 0.0
+            held[name] = rest
+            dtype, data = common_pb2.DTYPE_TOPK, idx.astype("<u4").tobytes() + values.tobytes()
+        else:
+            raise ShoalError(f"the task asks compression {compression}, which this SDK does not know")
+        tensors.append(common_pb2.Tensor(name=name, dtype=dtype, shape=list(np.shape(a)), data=data))
+    return common_pb2.Parameters(tensors=tensors)
+
+
 def _run_task(client: Client, task: federation_pb2.Task,
-              model_kinds: Sequence[str] = ("external",)) -> federation_pb2.TaskResult:
-    """One task through the client; any failure becomes an error result naming the reason."""
+              model_kinds: Sequence[str] = ("external",),
+              held_back: Optional[Dict[str, Dict[str, np.ndarray]]] = None) -> federation_pb2.TaskResult:
+    """One task through the client; any failure becomes an error result naming the reason.
+    ``held_back`` keeps top-k's left-out changes per job."""
     result = federation_pb2.TaskResult(task_id=task.task_id, job_id=task.job_id, round=task.round)
     try:
         if task.model.kind not in model_kinds:
@@ -273,11 +332,22 @@ def _run_task(client: Client, task: federation_pb2.Task,
                 raise ShoalError(f"fit reported train_loss {train_loss}: it must be finite")
             if int(n) < 1:
                 raise ShoalError(f"fit reported {n} examples: it must be at least 1")
+            wire = parameters_to_wire(new, like=params)
+            compression = task.fit.compression
+            if compression != federation_pb2.COMPRESSION_NONE:
+                jobs = held_back if held_back is not None else {}
+                if task.job_id not in jobs and len(jobs) >= 4:
+                    jobs.pop(next(iter(jobs)))  # the job seen longest ago
+                wire = compress_update(
+                    new, params, compression, task.fit.topk_fraction, task.seed,
+                    jobs.setdefault(task.job_id, {}),
+                )
             result.fit.CopyFrom(
                 federation_pb2.FitResult(
-                    parameters=parameters_to_wire(new, like=params),
+                    parameters=wire,
                     num_examples=int(n),
                     train_loss=train_loss,
+                    delta=compression != federation_pb2.COMPRESSION_NONE,
                 )
             )
         elif kind == "evaluate":
@@ -443,6 +513,8 @@ def _session(address: str, name: str, client: Client, datasets: Sequence[Dataset
     reason = ["the stream ended"]
     # Chunk size for results: 0 until a Welcome says the coordinator takes chunks.
     chunk = [0]
+    # Top-k's left-out changes, per job (compressed updates, PROTOCOL §4.1).
+    held_back: Dict[str, Dict[str, np.ndarray]] = {}
 
     def requests() -> Iterator[federation_pb2.ClientMessage]:
         while True:
@@ -456,7 +528,7 @@ def _session(address: str, name: str, client: Client, datasets: Sequence[Dataset
         # task's deadline has passed (nobody waits for the answer).
         if done.is_set() or (task.deadline_unix_ms and time.time() * 1000 > task.deadline_unix_ms):
             return
-        result = _run_task(client, task, model_kinds)
+        result = _run_task(client, task, model_kinds, held_back)
         if not done.is_set():
             msg = federation_pb2.ClientMessage(result=result)
             outbox.put(_split(msg, chunk[0]) if chunk[0] else [msg])

@@ -23,6 +23,8 @@
 //! - [`models::diffusion::NoiseSchedule`]: DDPM schedules and forward / reverse steps;
 //!   [`models::diffusion::DenoiserModel`]: the noise-prediction network as a federated model.
 //! - [`automl::SearchSpace`] and [`automl::Tpe`]: hyperparameter search.
+//! - [`compress::Compression`]: update compression (f16, bf16, unbiased int8, top-k with
+//!   [`compress::ErrorFeedback`]).
 //! - [`plot`]: SVG line and bar charts.
 //!
 //! # Layout
@@ -47,6 +49,7 @@
 //! ```
 
 pub mod automl;
+pub mod compress;
 pub mod data;
 pub mod error;
 pub mod fusion;

@@ -648,6 +648,10 @@ async fn drive(s: &mut Session, hello: &v1::Hello, spec: &ModelSpec) -> Result<S
         let expected = expected_reply(&ask.request);
         let kind = request_to_wire(ask.request, local());
         phases.push(kind_name(&kind));
+        let base = match &ask.payload {
+            Payload::Weights(w) => Some(w.clone()),
+            _ => None,
+        };
         let t = tasks.make(ask.round, kind, TaskPayload::from(ask.payload), deadline);
         s.send(coordinator_message::Msg::Task(t.clone())).await?;
         let mut open = vec![t.clone()];
@@ -664,8 +668,11 @@ async fn drive(s: &mut Session, hello: &v1::Hello, spec: &ModelSpec) -> Result<S
         }
         for (id, outcome) in results(s, &open.iter().collect::<Vec<_>>()).await? {
             if id == t.task_id {
-                let reply = reply_from_wire(outcome, server.decode_bounds(), expected)
-                    .map_err(|r| anyhow!("{} refused: {r}", kind_name(t.kind.as_ref().unwrap())))?;
+                let reply =
+                    reply_from_wire(outcome, server.decode_bounds(), expected, base.as_deref())
+                        .map_err(|r| {
+                            anyhow!("{} refused: {r}", kind_name(t.kind.as_ref().unwrap()))
+                        })?;
                 server
                     .accept(&name, reply, Some(d.train_examples))
                     .map_err(|r| anyhow!("{} refused: {r}", kind_name(t.kind.as_ref().unwrap())))?;

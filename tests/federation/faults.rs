@@ -265,6 +265,7 @@ async fn echo_peer(url: String, drop_at: Option<u32>) {
                     train_loss: 1.0,
                     control_delta: None,
                     trees: None,
+                    delta: false,
                 }),
                 _ => task_result::Outcome::Evaluate(v1::EvaluateResult {
                     num_examples: 20,

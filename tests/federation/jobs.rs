@@ -732,3 +732,59 @@ async fn simulate_runs_many_clients_over_a_few_shared_connections() {
         assert_eq!(r.clients, 150, "{r:?}");
     }
 }
+
+/// Digits, MLP(64), 4 Dirichlet(0.5) clients, 6 rounds, updates sent as `compression` asks.
+async fn digits_compressed(compression: &str) -> Vec<v1::RoundReport> {
+    use shoal_coordinator::simulate::SimulateOptions;
+    let toml = format!(
+        "kind = \"train\"\ndataset = \"digits\"\nrounds = 6\nseed = 3\n[model]\nkind = \"mlp\"\n\
+         hidden = [64]\n[updates]\ncompression = \"{compression}\"\ntopk_fraction = 0.1\n\
+         [evaluation]\ncentralized_baseline = false\n"
+    );
+    let spec = shoal_coordinator::spec::CheckedSpec::from_toml(&toml)
+        .unwrap()
+        .into_spec();
+    let mut o = SimulateOptions::new(spec, Builtin::Digits);
+    o.clients = 4;
+    o.scheme = "dirichlet:0.5".parse().unwrap();
+    crate::util::simulate_finished(o, &toml)
+        .await
+        .outcome
+        .rounds
+}
+
+/// `updates.compression`: clients send the change they made, encoded, and the coordinator adds
+/// it back to the model it sent. Fewer bytes go up by each codec's factor, the model still
+/// trains, and int8's stochastic rounding draws from the task seed so runs reproduce.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_updates_send_fewer_bytes_and_still_train() {
+    let up = |r: &[v1::RoundReport]| r.iter().map(|r| r.bytes_up).sum::<u64>() as f64;
+    let acc = |r: &[v1::RoundReport]| r.last().unwrap().test_accuracy.unwrap();
+    let plain = digits_compressed("none").await;
+    assert!(acc(&plain) > 0.8, "{}", acc(&plain));
+    for (name, fewer, within) in [("f16", 1.9, 0.01), ("bf16", 1.9, 0.02), ("int8", 3.5, 0.03)] {
+        let run = digits_compressed(name).await;
+        let ratio = up(&plain) / up(&run);
+        assert!(ratio >= fewer, "{name}: {ratio:.2}x fewer bytes up");
+        assert!(
+            acc(&run) >= acc(&plain) - within,
+            "{name}: accuracy {} against {}",
+            acc(&run),
+            acc(&plain)
+        );
+        // Bytes down are the model, uncompressed (tasks name the compression: a few bytes).
+        assert!(run[0].bytes_down.abs_diff(plain[0].bytes_down) < 100);
+        eprintln!("{name}: {ratio:.2}x fewer bytes up, accuracy {}", acc(&run));
+    }
+    // Top-k (10% of each tensor, 8 bytes a kept value) with error feedback.
+    let topk = digits_compressed("topk").await;
+    let ratio = up(&plain) / up(&topk);
+    eprintln!("topk: {ratio:.2}x fewer bytes up, accuracy {}", acc(&topk));
+    assert!(ratio >= 4.0, "topk: {ratio:.2}x fewer bytes up");
+    assert!(acc(&topk) > 0.7, "topk: accuracy {}", acc(&topk));
+    // Reproducible: the same seed gives the same int8 draws, hence the same models.
+    assert_eq!(
+        figures(&digits_compressed("int8").await),
+        figures(&digits_compressed("int8").await)
+    );
+}

@@ -29,6 +29,7 @@ async fn corrupt_peer(
                         train_loss: 0.5,
                         control_delta: None,
                         trees: None,
+                        delta: false,
                     })
                 }
                 _ => task_result::Outcome::Error("this peer does not evaluate".into()),

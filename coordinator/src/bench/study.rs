@@ -1,11 +1,13 @@
 //! `study noniid`: every strategy against every degree of non-IID-ness, one simulation each, with
-//! a markdown table and a chart of test accuracy per round.
+//! a markdown table and a chart of test accuracy per round; `study compression`: bytes up and
+//! accuracy per update codec; `study seed-forest`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
+use shoal_shared::compress::Compression;
 use shoal_shared::data::builtin::Builtin;
 use shoal_shared::data::partition::Partitioner;
 use shoal_shared::models::ModelSpec;
@@ -219,6 +221,148 @@ fn chart(study: &NonIidStudy, cells: &[Cell]) -> anyhow::Result<String> {
         })
         .collect();
     Ok(line_charts_svg(&panels, 2, (560, 380))?)
+}
+
+/// What the compression study runs: one simulation per codec, the rest of the job the same.
+#[derive(Debug, Clone)]
+pub struct CompressionStudy {
+    pub codecs: Vec<Compression>,
+    /// Hidden layer widths of the MLP.
+    pub hidden: Vec<usize>,
+    pub rounds: u32,
+    pub clients: usize,
+    pub scheme: Partitioner,
+    pub seed: u64,
+    pub out: PathBuf,
+}
+
+/// One line of the compression table.
+#[derive(Debug, Clone)]
+pub struct CompressionRow {
+    pub codec: String,
+    /// Bytes clients sent over the job (updates and evaluation results).
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub accuracy: Option<f64>,
+    pub seconds: f64,
+    pub error: Option<String>,
+}
+
+fn codec_label(c: Compression) -> String {
+    match c {
+        Compression::TopK { fraction } => format!("topk {fraction}"),
+        other => other.name().to_string(),
+    }
+}
+
+/// Runs one job per codec, printing a line each, and writes `compression.md` under `out`.
+pub async fn run_compression(study: &CompressionStudy) -> anyhow::Result<Vec<CompressionRow>> {
+    std::fs::create_dir_all(&study.out)
+        .with_context(|| format!("cannot create {}", study.out.display()))?;
+    let model = ModelSpec::from_parts("mlp", &study.hidden)?;
+    let mut rows = Vec::new();
+    for &codec in &study.codecs {
+        let mut spec = JobSpec::parse_toml("kind = \"train\"\ndataset = \"digits\"\n")?;
+        spec.rounds = study.rounds;
+        spec.seed = study.seed;
+        spec.model = model.clone();
+        spec.evaluation.centralized_baseline = false;
+        spec.updates.compression = codec.name().into();
+        if let Compression::TopK { fraction } = codec {
+            spec.updates.topk_fraction = fraction;
+        }
+        let mut o = SimulateOptions::new(spec, Builtin::Digits);
+        o.clients = study.clients;
+        o.scheme = study.scheme;
+        o.out = study.out.join("runs");
+        o.quiet = true;
+        let started = Instant::now();
+        let row = match simulate(o).await {
+            Ok(outcome) => CompressionRow {
+                codec: codec_label(codec),
+                bytes_up: outcome.rounds.iter().map(|r| r.bytes_up).sum(),
+                bytes_down: outcome.rounds.iter().map(|r| r.bytes_down).sum(),
+                accuracy: outcome.rounds.last().and_then(|r| r.test_accuracy),
+                seconds: started.elapsed().as_secs_f64(),
+                error: (!outcome.job.error.is_empty()).then_some(outcome.job.error),
+            },
+            Err(e) => CompressionRow {
+                codec: codec_label(codec),
+                bytes_up: 0,
+                bytes_down: 0,
+                accuracy: None,
+                seconds: started.elapsed().as_secs_f64(),
+                error: Some(format!("{e:#}")),
+            },
+        };
+        crate::report::print_lines(&[format!(
+            "{:<10} up {:>10}  final {}  {:.1} s{}",
+            row.codec,
+            crate::report::human_bytes(row.bytes_up),
+            fmt3(row.accuracy),
+            row.seconds,
+            row.error
+                .as_deref()
+                .map(|e| format!("  failed: {e}"))
+                .unwrap_or_default()
+        )]);
+        rows.push(row);
+    }
+    let md = compression_markdown(study, &model, &rows);
+    std::fs::write(study.out.join("compression.md"), &md)?;
+    crate::report::print_lines(&[
+        String::new(),
+        md,
+        format!("wrote compression.md to {}", study.out.display()),
+    ]);
+    Ok(rows)
+}
+
+/// Bytes up and final accuracy per codec, each against the first row (f32).
+pub fn compression_markdown(
+    study: &CompressionStudy,
+    model: &ModelSpec,
+    rows: &[CompressionRow],
+) -> String {
+    let mut out = format!(
+        "Digits, {}, {} clients, {}, {} rounds, seed {}: bytes clients sent over the job (updates and evaluation results), and final test accuracy.\n\n| compression | bytes up | fewer than f32 | final accuracy | change (points) | seconds |\n|---|---|---|---|---|---|\n",
+        model.label(),
+        study.clients,
+        study.scheme,
+        study.rounds,
+        study.seed
+    );
+    let base = rows.first().filter(|r| r.error.is_none());
+    for r in rows {
+        if let Some(e) = &r.error {
+            let _ = writeln!(
+                out,
+                "| {} | failed: {} | | | | |",
+                r.codec,
+                shoal_shared::text::clip(&e.replace(['\n', '|'], " "), 200)
+            );
+            continue;
+        }
+        let (ratio, change) = match base {
+            Some(b) => (
+                format!("{:.2}×", b.bytes_up as f64 / r.bytes_up.max(1) as f64),
+                match (r.accuracy, b.accuracy) {
+                    (Some(a), Some(b)) => format!("{:+.1}", (a - b) * 100.0),
+                    _ => "-".into(),
+                },
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {ratio} | {} | {change} | {:.1} |",
+            r.codec,
+            crate::report::human_bytes(r.bytes_up),
+            fmt3(r.accuracy),
+            r.seconds
+        );
+    }
+    out
 }
 
 /// The original tutorial's federated-learning demo, done right: three `seed-fl` clients with

@@ -1,6 +1,7 @@
 //! `study ...` and `bench ...`: many simulations or measurements, one table.
 
 use super::*;
+use shoal_shared::compress::Compression;
 
 #[derive(Debug, Subcommand)]
 pub enum StudyCommand {
@@ -23,6 +24,28 @@ pub enum StudyCommand {
         #[arg(long, default_value_t = 42)]
         seed: u64,
         /// Where noniid.md, noniid.csv, noniid.svg and the run folders go.
+        #[arg(long, default_value = "study")]
+        out: PathBuf,
+    },
+    /// Update compression on digits: bytes up and final accuracy of each codec (none, f16, bf16,
+    /// int8, top-k) as a markdown table, one simulation each.
+    Compression {
+        #[arg(long, default_value_t = 30)]
+        rounds: u32,
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        /// Hidden layer widths of the MLP.
+        #[arg(long, default_value = "64")]
+        hidden: String,
+        /// Partition scheme.
+        #[arg(long, default_value = "dirichlet:0.5")]
+        partition: Partitioner,
+        /// Top-k shares to try (comma-separated, each in (0, 1]).
+        #[arg(long, default_value = "0.1,0.01")]
+        topk: String,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Where compression.md and the run folders go.
         #[arg(long, default_value = "study")]
         out: PathBuf,
     },
@@ -70,6 +93,43 @@ pub(super) async fn study_cmd(cmd: StudyCommand) -> anyhow::Result<()> {
                 bail!("--rounds and --clients must be at least 1");
             }
             crate::bench::study::run_noniid(&study).await?;
+            Ok(())
+        }
+        StudyCommand::Compression {
+            rounds,
+            clients,
+            hidden,
+            partition,
+            topk,
+            seed,
+            out,
+        } => {
+            if rounds == 0 || clients == 0 {
+                bail!("--rounds and --clients must be at least 1");
+            }
+            let mut codecs = vec![
+                Compression::None,
+                Compression::F16,
+                Compression::Bf16,
+                Compression::Int8,
+            ];
+            for share in topk.split(',').filter(|s| !s.trim().is_empty()) {
+                let fraction: f64 = share
+                    .trim()
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--topk: `{share}` is not a number"))?;
+                codecs.push(Compression::parse("topk", fraction).context("--topk")?);
+            }
+            let study = crate::bench::study::CompressionStudy {
+                codecs,
+                hidden: shoal_shared::models::ModelSpec::parse_hidden(&hidden)?,
+                rounds,
+                clients,
+                scheme: partition,
+                seed,
+                out,
+            };
+            crate::bench::study::run_compression(&study).await?;
             Ok(())
         }
         StudyCommand::SeedForest {

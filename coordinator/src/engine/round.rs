@@ -906,7 +906,17 @@ impl JobCtx {
             };
             let clients: Vec<&str> = ask.clients.iter().map(String::as_str).collect();
             let expected = tasks::expected_reply(&ask.request);
-            let kind = tasks::request_to_wire(ask.request, self.local_training(round));
+            let mut kind = tasks::request_to_wire(ask.request, self.local_training(round));
+            if let task::Kind::Fit(fit) = &mut kind {
+                let (c, fraction) = shoal_proto::compression_to_wire(self.spec.compression());
+                fit.compression = c as i32;
+                fit.topk_fraction = fraction;
+            }
+            // A compressed update is the change from the model its task sent.
+            let base = match &ask.payload {
+                shoal_shared::models::phase::Payload::Weights(w) => Some(Arc::clone(w)),
+                _ => None,
+            };
             let payload = encoded.payload(ask.payload);
             let bounds = global.decode_bounds();
             let phase = self
@@ -919,8 +929,12 @@ impl JobCtx {
                     ask.quorum,
                     ask.target,
                     |client, arrived| {
-                        let reply =
-                            tasks::reply_from_wire(arrived.result.outcome, bounds, expected)?;
+                        let reply = tasks::reply_from_wire(
+                            arrived.result.outcome,
+                            bounds,
+                            expected,
+                            base.as_deref(),
+                        )?;
                         global.accept(client, reply, announced.get(client).copied())
                     },
                 )

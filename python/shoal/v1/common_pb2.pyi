@@ -11,8 +11,16 @@ class Dtype(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DTYPE_UNSPECIFIED: _ClassVar[Dtype]
     DTYPE_F32: _ClassVar[Dtype]
+    DTYPE_F16: _ClassVar[Dtype]
+    DTYPE_BF16: _ClassVar[Dtype]
+    DTYPE_Q8: _ClassVar[Dtype]
+    DTYPE_TOPK: _ClassVar[Dtype]
 DTYPE_UNSPECIFIED: Dtype
 DTYPE_F32: Dtype
+DTYPE_F16: Dtype
+DTYPE_BF16: Dtype
+DTYPE_Q8: Dtype
+DTYPE_TOPK: Dtype
 
 class Tensor(_message.Message):
     __slots__ = ("name", "dtype", "shape", "data")

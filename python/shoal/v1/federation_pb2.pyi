@@ -1,12 +1,26 @@
 from shoal.v1 import common_pb2 as _common_pb2
 from shoal.v1 import trees_pb2 as _trees_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Compression(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COMPRESSION_NONE: _ClassVar[Compression]
+    COMPRESSION_F16: _ClassVar[Compression]
+    COMPRESSION_BF16: _ClassVar[Compression]
+    COMPRESSION_INT8: _ClassVar[Compression]
+    COMPRESSION_TOPK: _ClassVar[Compression]
+COMPRESSION_NONE: Compression
+COMPRESSION_F16: Compression
+COMPRESSION_BF16: Compression
+COMPRESSION_INT8: Compression
+COMPRESSION_TOPK: Compression
 
 class ClientMessage(_message.Message):
     __slots__ = ("hello", "result", "heartbeat", "chunk")
@@ -157,12 +171,16 @@ class Task(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., dataset: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., model: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., parameters: _Optional[_Union[_common_pb2.Parameters, _Mapping]] = ..., deadline_unix_ms: _Optional[int] = ..., seed: _Optional[int] = ..., fit: _Optional[_Union[FitTask, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateTask, _Mapping]] = ..., sketch: _Optional[_Union[SketchTask, _Mapping]] = ..., histogram: _Optional[_Union[HistogramTask, _Mapping]] = ..., get_parameters: _Optional[_Union[ParametersTask, _Mapping]] = ..., forest: _Optional[_Union[_trees_pb2.Forest, _Mapping]] = ..., ensemble: _Optional[_Union[_trees_pb2.Ensemble, _Mapping]] = ..., feature_view: _Optional[bytes] = ..., validation: _Optional[bool] = ...) -> None: ...
 
 class FitTask(_message.Message):
-    __slots__ = ("local", "control")
+    __slots__ = ("local", "control", "compression", "topk_fraction")
     LOCAL_FIELD_NUMBER: _ClassVar[int]
     CONTROL_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    TOPK_FRACTION_FIELD_NUMBER: _ClassVar[int]
     local: _common_pb2.LocalTraining
     control: _common_pb2.Parameters
-    def __init__(self, local: _Optional[_Union[_common_pb2.LocalTraining, _Mapping]] = ..., control: _Optional[_Union[_common_pb2.Parameters, _Mapping]] = ...) -> None: ...
+    compression: Compression
+    topk_fraction: float
+    def __init__(self, local: _Optional[_Union[_common_pb2.LocalTraining, _Mapping]] = ..., control: _Optional[_Union[_common_pb2.Parameters, _Mapping]] = ..., compression: _Optional[_Union[Compression, str]] = ..., topk_fraction: _Optional[float] = ...) -> None: ...
 
 class EvaluateTask(_message.Message):
     __slots__ = ("personalize_epochs", "local")
@@ -239,18 +257,20 @@ class HistogramResult(_message.Message):
     def __init__(self, histograms: _Optional[_Iterable[_Union[_trees_pb2.NodeHistogram, _Mapping]]] = ..., num_examples: _Optional[int] = ..., train_loss: _Optional[float] = ...) -> None: ...
 
 class FitResult(_message.Message):
-    __slots__ = ("parameters", "num_examples", "train_loss", "control_delta", "trees")
+    __slots__ = ("parameters", "num_examples", "train_loss", "control_delta", "trees", "delta")
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
     CONTROL_DELTA_FIELD_NUMBER: _ClassVar[int]
     TREES_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
     parameters: _common_pb2.Parameters
     num_examples: int
     train_loss: float
     control_delta: _common_pb2.Parameters
     trees: _trees_pb2.Forest
-    def __init__(self, parameters: _Optional[_Union[_common_pb2.Parameters, _Mapping]] = ..., num_examples: _Optional[int] = ..., train_loss: _Optional[float] = ..., control_delta: _Optional[_Union[_common_pb2.Parameters, _Mapping]] = ..., trees: _Optional[_Union[_trees_pb2.Forest, _Mapping]] = ...) -> None: ...
+    delta: bool
+    def __init__(self, parameters: _Optional[_Union[_common_pb2.Parameters, _Mapping]] = ..., num_examples: _Optional[int] = ..., train_loss: _Optional[float] = ..., control_delta: _Optional[_Union[_common_pb2.Parameters, _Mapping]] = ..., trees: _Optional[_Union[_trees_pb2.Forest, _Mapping]] = ..., delta: _Optional[bool] = ...) -> None: ...
 
 class EvaluateResult(_message.Message):
     __slots__ = ("num_examples", "loss", "accuracy", "classes_present", "personalized_accuracy")
