@@ -912,9 +912,18 @@ async fn peer_strings_cannot_forge_or_flood_the_log_or_a_status() {
         "{} bytes",
         status.message().len()
     );
-    // Every result reached the coordinator once the stream is closed and the peer is gone.
+    // Every result reached the coordinator once the stream is closed and the peer is gone; the
+    // session's end writes the summary. Wait for it (a loaded machine takes more than a second
+    // to work through 8 MB of results), up to a bound, then stop the server either way.
     drop(peer);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let waited = std::time::Instant::now();
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("refused=")
+        && waited.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     std::process::Command::new("kill")
         .args(["-TERM", &serve.id().to_string()])
         .status()
