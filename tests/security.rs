@@ -943,9 +943,18 @@ async fn peer_strings_cannot_forge_or_flood_the_log_or_a_status() {
         refused <= 10,
         "{refused} log lines about refused results (of 2000)"
     );
+    // One summary line counts the rest of the flood: 1995 when every result got through before
+    // the peer dropped its stream; the last few (the peer's queue of 16 and what was in flight)
+    // may be cut off with it, which is the peer's loss, not the coordinator's.
+    let summarised: u64 = text
+        .split("refused=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     assert!(
-        text.contains("refused=1995"),
-        "the flood is summarised:\n{}",
+        (1995 - 64..=1995).contains(&summarised),
+        "the flood is summarised ({summarised}):\n{}",
         lines[lines.len().saturating_sub(10)..].join("\n")
     );
 }
