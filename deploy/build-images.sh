@@ -18,13 +18,21 @@ if [[ "${1:-}" == "--registry" ]]; then
     exit 0
 fi
 
-cargo build --release --locked -p shoal-coordinator -p shoal-client
+# SHOAL_IMAGE_PROFILE=dev packs the debug build instead (CI: the tests built it already, and a
+# release build from scratch would cost CI minutes for the same code; images for use are release).
+profile="${SHOAL_IMAGE_PROFILE:-release}"
+case "$profile" in
+    release) out=release ;;
+    dev) out=debug ;;
+    *) echo "SHOAL_IMAGE_PROFILE must be release or dev, not '$profile'" >&2; exit 2 ;;
+esac
+cargo build --profile "$profile" --locked -p shoal-coordinator -p shoal-client
 ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
 root="$ctx/rootfs"
 mkdir -p "$root/usr/local/bin" "$root/etc" "$root/tmp" "$ctx/state" "$ctx/pki"
-cp target/release/shoal-coordinator target/release/shoal-client "$root/usr/local/bin/"
-for bin in target/release/shoal-coordinator target/release/shoal-client; do
+cp "target/$out/shoal-coordinator" "target/$out/shoal-client" "$root/usr/local/bin/"
+for bin in "target/$out/shoal-coordinator" "target/$out/shoal-client"; do
     # Lines look like `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or
     # `/lib64/ld-linux-x86-64.so.2 (0x...)`; vdso has no file.
     ldd "$bin" | grep -o '/[^ ]*' | while read -r lib; do

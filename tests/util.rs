@@ -284,22 +284,21 @@ pub fn bin(name: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "--bins",
-            "-p",
-            "shoal-coordinator",
-            "-p",
-            "shoal-client",
-        ]);
+        // The workspace's binaries and examples (`client/examples/custom_trainer` for the
+        // conformance test): the same packages, so the same dependency features, as `cargo test
+        // --workspace`, whose build this one then reuses. Two packages alone would resolve other
+        // features and compile much of the dependency graph a second time.
+        cmd.args(["build", "--quiet", "--workspace", "--bins", "--examples"]);
         if dir.ends_with("release") {
             cmd.arg("--release");
         }
         let status = cmd
             .status()
             .expect("cannot run cargo to build the binaries");
-        assert!(status.success(), "building the binaries failed");
+        assert!(
+            status.success(),
+            "building the binaries and examples failed"
+        );
     });
     let path = dir.join(name);
     assert!(path.exists(), "{} not found", path.display());
