@@ -32,6 +32,9 @@ pub struct ClientConfig {
     pub catalog: Arc<Catalog>,
     /// Test-only: corrupt every update (see [`crate::attack`]).
     pub attack: Option<crate::Attack>,
+    /// Tests and studies: hold each training result this long before sending it, as a slower
+    /// machine would (stragglers for `study async`). `None`: answer at once.
+    pub fit_delay: Option<Duration>,
     /// First reconnect delay; doubles up to `max_backoff`.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
@@ -64,6 +67,7 @@ impl ClientConfig {
             name: name.into(),
             catalog: Arc::new(catalog),
             attack: None,
+            fit_delay: None,
             initial_backoff: Duration::from_millis(200),
             // Rounds last seconds: a client back on the network should not sleep through several
             // of them. Full jitter still spreads a restarted coordinator's reconnect storm.
@@ -396,7 +400,7 @@ async fn session(
                         match m.msg {
                         Some(coordinator_message::Msg::Task(task)) => {
                             debug!(task = %task.task_id, "task received");
-                            tokio::spawn(serve_task(task, executor.clone(), tx.clone(), slots.clone()));
+                            tokio::spawn(serve_task(task, executor.clone(), tx.clone(), slots.clone(), config.fit_delay));
                         }
                         Some(coordinator_message::Msg::Reject(r)) => return Err(Session::Rejected(r.reason)),
                         Some(coordinator_message::Msg::Notice(n)) => {
@@ -422,10 +426,12 @@ async fn serve_task(
     executor: Arc<Executor>,
     tx: mpsc::Sender<ClientMessage>,
     slots: Arc<tokio::sync::Semaphore>,
+    fit_delay: Option<Duration>,
 ) {
     let Ok(_permit) = slots.acquire_owned().await else {
         return;
     };
+    let fits = matches!(task.kind, Some(shoal_proto::v1::task::Kind::Fit(_)));
     if task.deadline_unix_ms != 0 && unix_ms() > task.deadline_unix_ms {
         warn!(task = %task.task_id, "task expired while queued; skipped");
         return;
@@ -447,6 +453,9 @@ async fn serve_task(
             }
         }
     };
+    if let (true, Some(delay)) = (fits, fit_delay) {
+        tokio::time::sleep(delay).await;
+    }
     let _ = tx
         .send(ClientMessage {
             msg: Some(client_message::Msg::Result(result)),

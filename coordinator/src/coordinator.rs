@@ -226,12 +226,14 @@ pub(crate) fn round_to_wire(job: &str, r: &RoundRecord) -> v1::RoundReport {
         rejected_by: r.rejected_by.clone().into_iter().collect(),
         late_by: r.late_by.clone().into_iter().collect(),
         quarantined: r.quarantined.clone(),
+        staleness: r.staleness,
     }
 }
 
 /// The inverse of `round_to_wire`, for clients of the Jobs API that print round lines.
 pub fn round_from_wire(r: &v1::RoundReport) -> RoundRecord {
     RoundRecord {
+        staleness: r.staleness,
         round: r.round,
         rounds_total: r.rounds_total,
         clients: r.clients,

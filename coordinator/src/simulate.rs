@@ -37,6 +37,40 @@ pub struct SimulateOptions {
     pub max_transfer_bytes: u64,
     /// Largest model the job may train, in parameters (`--max-tensor-elements`).
     pub max_tensor_elements: usize,
+    /// Injected slowness (`--fit-delay-ms`, `--stragglers`; `study async`).
+    pub delays: Delays,
+}
+
+/// How long simulated clients hold each training result before sending it, as slower machines
+/// would: every client `fit_delay`, and the first `stragglers` clients `slowdown` times that.
+/// The default adds nothing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Delays {
+    pub fit_delay: std::time::Duration,
+    pub stragglers: usize,
+    pub slowdown: f64,
+}
+
+impl Default for Delays {
+    fn default() -> Self {
+        Delays {
+            fit_delay: std::time::Duration::ZERO,
+            stragglers: 0,
+            slowdown: 5.0,
+        }
+    }
+}
+
+impl Delays {
+    /// Client `i`'s delay, `None` for none.
+    pub fn of(&self, i: usize) -> Option<std::time::Duration> {
+        let d = if i < self.stragglers {
+            self.fit_delay.mul_f64(self.slowdown)
+        } else {
+            self.fit_delay
+        };
+        (!d.is_zero()).then_some(d)
+    }
 }
 
 impl SimulateOptions {
@@ -56,6 +90,7 @@ impl SimulateOptions {
             max_message_bytes: CoordinatorConfig::default().max_message_bytes,
             max_transfer_bytes: CoordinatorConfig::default().max_transfer_bytes,
             max_tensor_elements: CoordinatorConfig::default().max_tensor_elements,
+            delays: Delays::default(),
         }
     }
 }
@@ -155,6 +190,7 @@ pub async fn simulate(mut o: SimulateOptions) -> anyhow::Result<SimOutcome> {
         if i < o.attackers {
             config.attack = o.attack;
         }
+        config.fit_delay = o.delays.of(i);
         let stop = stop.clone();
         clients.push(tokio::spawn(async move {
             shoal_client::run(config, stop.cancelled_owned()).await

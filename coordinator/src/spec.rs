@@ -115,6 +115,43 @@ pub struct JobSpec {
     /// AutoML jobs: the search over overrides of this spec (`[automl]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub automl: Option<AutomlOptions>,
+    /// Train jobs of weights models: buffered asynchronous aggregation instead of rounds
+    /// (`[async]`, FedBuff).
+    #[serde(rename = "async", default, skip_serializing_if = "Option::is_none")]
+    pub asynchronous: Option<AsyncOptions>,
+}
+
+/// The `[async]` section: buffered asynchronous aggregation (FedBuff, Nguyen et al. 2022). The
+/// coordinator keeps `concurrency` clients training, each from the global model of the moment,
+/// and steps the model every `buffer_size` updates; the job's `rounds` count these steps. No step
+/// waits for the slowest client, so which updates share a step depends on arrival times and a
+/// run is not reproducible bit for bit (a synchronous run is).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AsyncOptions {
+    /// Clients training at once (K); at most the clients available.
+    pub concurrency: u32,
+    /// Updates per server step (B), at most `concurrency`: a client has at most one update in
+    /// a step, and is sent its next task after the step it contributed to.
+    pub buffer_size: u32,
+    /// How an update counts by the steps since the model it started from: "polynomial"
+    /// (`(1 + τ)^-staleness_exponent`) or "constant".
+    pub staleness: String,
+    pub staleness_exponent: f64,
+    /// An update from a model more than this many steps old is refused as late (not a strike).
+    pub max_staleness: u32,
+}
+
+impl Default for AsyncOptions {
+    fn default() -> Self {
+        AsyncOptions {
+            concurrency: 10,
+            buffer_size: 5,
+            staleness: "polynomial".into(),
+            staleness_exponent: 0.5,
+            max_staleness: 20,
+        }
+    }
 }
 
 /// The `[automl]` section: how to search, and over what. Every other section of the job is the
@@ -283,6 +320,9 @@ impl Default for UpdatePolicy {
         }
     }
 }
+
+/// Most clients an `[async]` job keeps training at once.
+pub const MAX_ASYNC_CONCURRENCY: u32 = 100_000;
 
 /// Default `updates.topk_fraction`: 1% of each tensor's values (with error feedback, digits'
 /// MLP loses under a point of accuracy at this share; docs/guide/scale.md).
@@ -610,6 +650,9 @@ impl JobSpec {
                 ),
             );
         }
+        if let Some(a) = &self.asynchronous {
+            self.check_async(a)?;
+        }
         if self.evaluation.personalize_epochs > 1000 {
             return bad(
                 "evaluation.personalize_epochs",
@@ -620,6 +663,69 @@ impl JobSpec {
             spec: self,
             job_kind: kind,
         })
+    }
+
+    /// Checks an `[async]` section: FedBuff steps a weights model that every client trains from
+    /// the global model, one update per client per step.
+    fn check_async(&self, a: &AsyncOptions) -> Result<()> {
+        let bad = |field: &str, msg: String| Err(Error::InvalidSpec(format!("`{field}` {msg}")));
+        if self.kind != "train" {
+            return bad(
+                "async",
+                format!(
+                    "is for train jobs, not for kind = \"{}\" (leave the section out)",
+                    self.kind
+                ),
+            );
+        }
+        if self.model.forest().is_some() || self.model.gbdt().is_some() {
+            return bad(
+                "async",
+                format!(
+                    "steps a weights model from buffered updates; a {} model's rounds grow trees (leave the section out)",
+                    self.model.name()
+                ),
+            );
+        }
+        if self.strategy.uses_control_variates() {
+            return bad(
+                "async",
+                "does not work with strategy = \"scaffold\": its control variates assume every client trains from the same round (choose another strategy)".into(),
+            );
+        }
+        if self.clients.over_selection > 1.0 {
+            return bad(
+                "clients.over_selection",
+                "does not apply with [async], which never waits for the slowest client anyway (leave it at 1)".into(),
+            );
+        }
+        if !(1..=MAX_ASYNC_CONCURRENCY).contains(&a.concurrency) {
+            return bad(
+                "async.concurrency",
+                format!(
+                    "= {}: give the clients training at once, 1 to {MAX_ASYNC_CONCURRENCY}",
+                    a.concurrency
+                ),
+            );
+        }
+        if a.buffer_size == 0 || a.buffer_size > a.concurrency {
+            return bad(
+                "async.buffer_size",
+                format!(
+                    "= {}: give the updates per step, 1 to async.concurrency ({})",
+                    a.buffer_size, a.concurrency
+                ),
+            );
+        }
+        shoal_shared::strategy::buffered::Staleness::parse(&a.staleness, a.staleness_exponent)
+            .map_err(|e| Error::InvalidSpec(e.to_string()))?;
+        Ok(())
+    }
+
+    /// The job's staleness weighting, for a checked `[async]` section.
+    pub fn staleness(&self) -> Option<shoal_shared::strategy::buffered::Staleness> {
+        let a = self.asynchronous.as_ref()?;
+        shoal_shared::strategy::buffered::Staleness::parse(&a.staleness, a.staleness_exponent).ok()
     }
 
     /// Checks an automl job's search: its settings, and that every value of every parameter makes
@@ -1021,6 +1127,39 @@ mod tests {
                 "kind = \"train\"\n[model]\nkind = \"external\"\ninit = \"client\"\ninit_file = \"w.safetensors\"",
                 "only with init = \"file\"",
             ),
+            (
+                "kind = \"fusion\"\n[async]\nconcurrency = 4",
+                "is for train jobs",
+            ),
+            (
+                "kind = \"train\"\n[model]\nkind = \"forest\"\n[async]\nconcurrency = 4",
+                "a forest model's rounds grow trees",
+            ),
+            (
+                "kind = \"train\"\n[strategy]\nname = \"scaffold\"\n[async]\nconcurrency = 4",
+                "does not work with strategy = \"scaffold\"",
+            ),
+            (
+                "kind = \"train\"\n[clients]\nover_selection = 2\n[async]\nconcurrency = 4",
+                "clients.over_selection",
+            ),
+            (
+                "kind = \"train\"\n[async]\nconcurrency = 0",
+                "async.concurrency",
+            ),
+            (
+                "kind = \"train\"\n[async]\nconcurrency = 4\nbuffer_size = 5",
+                "1 to async.concurrency (4)",
+            ),
+            (
+                "kind = \"train\"\n[async]\nstaleness = \"hinge\"",
+                "async.staleness",
+            ),
+            (
+                "kind = \"train\"\n[async]\nstaleness_exponent = -1",
+                "async.staleness_exponent",
+            ),
+            ("kind = \"train\"\n[async]\nbuffer = 3", "unknown field `buffer`"),
         ];
         for (text, needle) in cases {
             let err = CheckedSpec::from_toml(text).unwrap_err().to_string();

@@ -1,5 +1,6 @@
 //! Coordinator and clients in one process over loopback gRPC, by concern.
 
+mod asynchronous;
 mod external;
 mod faults;
 mod jobs;

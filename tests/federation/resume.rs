@@ -34,9 +34,11 @@ async fn a_diffusion_job_resumes_after_a_coordinator_restart() {
 
 /// What [`run_with_restart`] saw: the round numbers recorded, each round's metrics but its
 /// seconds, and the text of the run-folder files asked for.
-struct Restarted {
-    rounds: Vec<u32>,
-    metrics: Vec<v1::RoundReport>,
+pub(super) struct Restarted {
+    pub(super) rounds: Vec<u32>,
+    pub(super) metrics: Vec<v1::RoundReport>,
+    /// Rounds done when the first coordinator was told to stop (with a restart).
+    pub(super) stopped_at: Option<u32>,
     files: Vec<String>,
     /// `model.safetensors`: a weights model's final tensors.
     tensors: Option<Vec<u8>>,
@@ -45,7 +47,7 @@ struct Restarted {
 /// Runs `spec` on a persistent coordinator with `n` clients of `dataset`; with `restart_after`
 /// = Some(k), stops the coordinator once k rounds are recorded and starts a new one on the same
 /// state dir, which must finish the job.
-async fn run_with_restart(
+pub(super) async fn run_with_restart(
     spec: &str,
     dataset: Builtin,
     n: usize,
@@ -61,10 +63,12 @@ async fn run_with_restart(
     tc.wait_clients(n).await;
     let mut jobs = tc.jobs().await;
     let id = submit(&mut jobs, spec).await;
+    let mut stopped_at = None;
     if let Some(k) = restart_after {
         while tc.coord.job_info(&id).unwrap().rounds_done < k {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+        stopped_at = Some(tc.coord.job_info(&id).unwrap().rounds_done);
         tc.stop().await;
         tc = TestCoordinator::start_persistent(&addr, state.path(), runs.path()).await;
         jobs = tc.jobs().await;
@@ -87,6 +91,7 @@ async fn run_with_restart(
     }
     tc.stop().await;
     Restarted {
+        stopped_at,
         tensors,
         rounds: rounds.iter().map(|r| r.round).collect(),
         metrics: rounds

@@ -111,6 +111,7 @@ pub fn aggregate(
         let started = Instant::now();
         let c = server.checkpoint()?;
         let rec = crate::engine::round::RoundRecord {
+            staleness: None,
             round,
             ..record.clone()
         };

@@ -1,6 +1,7 @@
 //! `study noniid`: every strategy against every degree of non-IID-ness, one simulation each, with
 //! a markdown table and a chart of test accuracy per round; `study compression`: bytes up and
-//! accuracy per update codec; `study seed-forest`.
+//! accuracy per update codec; `study async`: synchronous rounds against buffered asynchronous
+//! steps (FedBuff) with stragglers; `study seed-forest`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -365,6 +366,191 @@ pub fn compression_markdown(
     out
 }
 
+/// Synchronous FedAvg rounds against `[async]` steps (FedBuff) on digits, with injected
+/// stragglers: how long each takes to reach the synchronous run's final test accuracy.
+#[derive(Debug, Clone)]
+pub struct AsyncStudy {
+    /// Rounds of the synchronous run.
+    pub rounds: u32,
+    /// Most steps of the asynchronous run (it reports when it first reached the target).
+    pub steps: u32,
+    pub clients: usize,
+    /// Every client's delay per training task, and the stragglers among them.
+    pub delays: crate::simulate::Delays,
+    pub concurrency: u32,
+    pub buffer_size: u32,
+    /// Hidden layer widths of the MLP.
+    pub hidden: Vec<usize>,
+    pub scheme: Partitioner,
+    pub seed: u64,
+    pub out: PathBuf,
+}
+
+/// One run of the async study.
+#[derive(Debug, Clone)]
+pub struct AsyncRow {
+    pub mode: String,
+    pub rounds: usize,
+    pub final_accuracy: Option<f64>,
+    /// The rounds' (or steps') seconds, summed: the job's time without its start and end.
+    pub seconds: f64,
+    /// Rounds (or steps) and seconds until test accuracy first reached the target.
+    pub to_target: Option<(u32, f64)>,
+    pub error: Option<String>,
+}
+
+/// The first round whose test accuracy reaches `target`, and the seconds summed up to it.
+fn time_to(rounds: &[shoal_proto::v1::RoundReport], target: f64) -> Option<(u32, f64)> {
+    let mut elapsed = 0.0;
+    for r in rounds {
+        elapsed += r.seconds;
+        if r.test_accuracy.is_some_and(|a| a >= target) {
+            return Some((r.round, elapsed));
+        }
+    }
+    None
+}
+
+/// Runs the synchronous job, then the asynchronous one, and writes `async.md` under `out`.
+pub async fn run_async(study: &AsyncStudy) -> anyhow::Result<Vec<AsyncRow>> {
+    std::fs::create_dir_all(&study.out)
+        .with_context(|| format!("cannot create {}", study.out.display()))?;
+    let model = ModelSpec::from_parts("mlp", &study.hidden)?;
+    let mut rows: Vec<AsyncRow> = Vec::new();
+    let mut target = None;
+    for asynchronous in [false, true] {
+        let mut spec = JobSpec::parse_toml("kind = \"train\"\ndataset = \"digits\"\n")?;
+        spec.seed = study.seed;
+        spec.model = model.clone();
+        spec.evaluation.centralized_baseline = false;
+        spec.rounds = if asynchronous {
+            study.steps
+        } else {
+            study.rounds
+        };
+        if asynchronous {
+            spec.asynchronous = Some(crate::spec::AsyncOptions {
+                concurrency: study.concurrency,
+                buffer_size: study.buffer_size,
+                ..Default::default()
+            });
+        }
+        let mode = if asynchronous {
+            format!(
+                "async (concurrency {}, buffer {})",
+                study.concurrency, study.buffer_size
+            )
+        } else {
+            "sync (every client, every round)".to_string()
+        };
+        let mut o = SimulateOptions::new(spec, Builtin::Digits);
+        o.clients = study.clients;
+        o.scheme = study.scheme;
+        o.out = study.out.join("runs");
+        o.quiet = true;
+        o.delays = study.delays;
+        let row = match simulate(o).await {
+            Ok(outcome) => {
+                let final_accuracy = outcome.rounds.last().and_then(|r| r.test_accuracy);
+                if !asynchronous {
+                    target = final_accuracy;
+                }
+                AsyncRow {
+                    mode,
+                    rounds: outcome.rounds.len(),
+                    final_accuracy,
+                    seconds: outcome.rounds.iter().map(|r| r.seconds).sum(),
+                    to_target: target.and_then(|t| time_to(&outcome.rounds, t)),
+                    error: (!outcome.job.error.is_empty()).then_some(outcome.job.error),
+                }
+            }
+            Err(e) => AsyncRow {
+                mode,
+                rounds: 0,
+                final_accuracy: None,
+                seconds: 0.0,
+                to_target: None,
+                error: Some(format!("{e:#}")),
+            },
+        };
+        crate::report::print_lines(&[format!(
+            "{:<34} {} rounds  final {}  {:.1} s{}",
+            row.mode,
+            row.rounds,
+            fmt3(row.final_accuracy),
+            row.seconds,
+            row.error
+                .as_deref()
+                .map(|e| format!("  failed: {e}"))
+                .unwrap_or_default()
+        )]);
+        rows.push(row);
+    }
+    let md = async_markdown(study, &model, target, &rows);
+    std::fs::write(study.out.join("async.md"), &md)?;
+    crate::report::print_lines(&[
+        String::new(),
+        md,
+        format!("wrote async.md to {}", study.out.display()),
+    ]);
+    Ok(rows)
+}
+
+/// The study's table: each run's rounds, final accuracy, and time to the synchronous run's
+/// final accuracy, against the synchronous run's time.
+pub fn async_markdown(
+    study: &AsyncStudy,
+    model: &ModelSpec,
+    target: Option<f64>,
+    rows: &[AsyncRow],
+) -> String {
+    let d = &study.delays;
+    let mut out = format!(
+        "Digits, {}, {} clients, {}, seed {}; every client holds each training result {} ms, the first {} of them {}× as long. Target: the synchronous run's final test accuracy ({}). Seconds are the rounds' (steps') own, summed; the last column divides the seconds to the target by the synchronous run's seconds in all.\n\n| run | rounds or steps | seconds in all | final accuracy | reached the target at | seconds to the target | against sync's whole run |\n|---|---|---|---|---|---|---|\n",
+        model.label(),
+        study.clients,
+        study.scheme,
+        study.seed,
+        d.fit_delay.as_millis(),
+        d.stragglers,
+        d.slowdown,
+        fmt3(target),
+    );
+    let sync_seconds = rows
+        .first()
+        .filter(|r| r.error.is_none())
+        .map(|r| r.seconds);
+    for r in rows {
+        if let Some(e) = &r.error {
+            let _ = writeln!(
+                out,
+                "| {} | failed: {} | | | | | |",
+                r.mode,
+                shoal_shared::text::clip(&e.replace(['\n', '|'], " "), 200)
+            );
+            continue;
+        }
+        let (at, secs, ratio) = match (r.to_target, sync_seconds) {
+            (Some((round, t)), Some(s)) => (
+                round.to_string(),
+                format!("{t:.1}"),
+                format!("{:.2}×", t / s.max(1e-9)),
+            ),
+            (Some((round, t)), None) => (round.to_string(), format!("{t:.1}"), "-".into()),
+            (None, _) => ("not reached".into(), "-".into(), "-".into()),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.1} | {} | {at} | {secs} | {ratio} |",
+            r.mode,
+            r.rounds,
+            r.seconds,
+            fmt3(r.final_accuracy),
+        );
+    }
+    out
+}
+
 /// The original tutorial's federated-learning demo, done right: three `seed-fl` clients with
 /// different concepts, each client's local-only forest, the federated forest (trees pooled over
 /// rounds), and a centralized forest on the pooled rows, all scored on one held-out set drawn from
@@ -525,4 +711,27 @@ fn concat(parts: &[shoal_shared::data::Dataset]) -> anyhow::Result<shoal_shared:
         first.feature_names.clone(),
         first.class_names.clone(),
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_to_a_target_sums_the_seconds_up_to_the_first_round_that_reaches_it() {
+        let round = |round, seconds, acc| shoal_proto::v1::RoundReport {
+            round,
+            seconds,
+            test_accuracy: acc,
+            ..Default::default()
+        };
+        let rounds = [
+            round(1, 0.5, Some(0.7)),
+            round(2, 0.25, None),
+            round(3, 0.25, Some(0.91)),
+            round(4, 1.0, Some(0.95)),
+        ];
+        assert_eq!(time_to(&rounds, 0.9), Some((3, 1.0)));
+        assert_eq!(time_to(&rounds, 0.99), None);
+    }
 }

@@ -59,6 +59,16 @@ pub struct SimulateArgs {
     /// Largest model the job may train, in parameters (tensor elements).
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub max_tensor_elements: usize,
+    /// Every client holds each training result this many milliseconds before sending it, as a
+    /// slower machine would (to try an `[async]` job against stragglers).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub fit_delay_ms: u64,
+    /// The first N clients are stragglers: they hold their results --slowdown times as long.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub stragglers: usize,
+    /// How many times slower the stragglers are.
+    #[arg(long, default_value_t = 5.0, value_name = "X")]
+    pub slowdown: f64,
 }
 
 pub(super) async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {
@@ -108,6 +118,24 @@ pub(super) async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {
     } else {
         None
     };
+    if a.stragglers > a.clients {
+        bail!(
+            "--stragglers {} exceeds --clients {}",
+            a.stragglers,
+            a.clients
+        );
+    }
+    if !(a.slowdown.is_finite() && (1.0..=1000.0).contains(&a.slowdown)) {
+        bail!("--slowdown {}: give a factor from 1 to 1000", a.slowdown);
+    }
+    if a.fit_delay_ms > 3_600_000 {
+        bail!("--fit-delay-ms {}: give at most an hour", a.fit_delay_ms);
+    }
+    let delays = crate::simulate::Delays {
+        fit_delay: std::time::Duration::from_millis(a.fit_delay_ms),
+        stragglers: a.stragglers,
+        slowdown: a.slowdown,
+    };
     let dataset: Builtin = spec.dataset.parse().map_err(|e| {
         anyhow::anyhow!(
             "{e}; simulate runs built-in datasets (for your own CSV use `partition`, `serve` and `shoal-client`)"
@@ -127,6 +155,7 @@ pub(super) async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {
         attackers: a.attackers,
         attack,
         quiet: false,
+        delays,
     })
     .await?;
     Ok(if outcome.status == v1::JobStatus::Finished {

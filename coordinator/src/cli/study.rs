@@ -49,6 +49,44 @@ pub enum StudyCommand {
         #[arg(long, default_value = "study")]
         out: PathBuf,
     },
+    /// Synchronous rounds against asynchronous steps (`[async]`, FedBuff) on digits with
+    /// stragglers: the time each takes to reach the synchronous run's final accuracy.
+    Async {
+        /// Rounds of the synchronous run.
+        #[arg(long, default_value_t = 30)]
+        rounds: u32,
+        /// Most steps of the asynchronous run.
+        #[arg(long, default_value_t = 90)]
+        steps: u32,
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        /// Every client holds each training result this long (milliseconds).
+        #[arg(long, default_value_t = 100)]
+        fit_delay_ms: u64,
+        /// The first N clients are stragglers.
+        #[arg(long, default_value_t = 2)]
+        stragglers: usize,
+        /// How many times slower the stragglers are.
+        #[arg(long, default_value_t = 5.0)]
+        slowdown: f64,
+        /// async.concurrency of the asynchronous run.
+        #[arg(long, default_value_t = 10)]
+        concurrency: u32,
+        /// async.buffer_size of the asynchronous run.
+        #[arg(long, default_value_t = 5)]
+        buffer_size: u32,
+        /// Hidden layer widths of the MLP.
+        #[arg(long, default_value = "64")]
+        hidden: String,
+        /// Partition scheme.
+        #[arg(long, default_value = "dirichlet:0.5")]
+        partition: Partitioner,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Where async.md and the run folders go.
+        #[arg(long, default_value = "study")]
+        out: PathBuf,
+    },
     /// The original demo done right: 3 seed-fl clients with different concepts; each one's
     /// local-only forest vs the federated forest vs a centralized forest, on one held-out set.
     SeedForest {
@@ -130,6 +168,48 @@ pub(super) async fn study_cmd(cmd: StudyCommand) -> anyhow::Result<()> {
                 out,
             };
             crate::bench::study::run_compression(&study).await?;
+            Ok(())
+        }
+        StudyCommand::Async {
+            rounds,
+            steps,
+            clients,
+            fit_delay_ms,
+            stragglers,
+            slowdown,
+            concurrency,
+            buffer_size,
+            hidden,
+            partition,
+            seed,
+            out,
+        } => {
+            if rounds == 0 || steps == 0 || clients == 0 {
+                bail!("--rounds, --steps and --clients must be at least 1");
+            }
+            if stragglers > clients {
+                bail!("--stragglers {stragglers} exceeds --clients {clients}");
+            }
+            if !(slowdown.is_finite() && (1.0..=1000.0).contains(&slowdown)) {
+                bail!("--slowdown {slowdown}: give a factor from 1 to 1000");
+            }
+            let study = crate::bench::study::AsyncStudy {
+                rounds,
+                steps,
+                clients,
+                delays: crate::simulate::Delays {
+                    fit_delay: std::time::Duration::from_millis(fit_delay_ms.min(3_600_000)),
+                    stragglers,
+                    slowdown,
+                },
+                concurrency,
+                buffer_size,
+                hidden: shoal_shared::models::ModelSpec::parse_hidden(&hidden)?,
+                scheme: partition,
+                seed,
+                out,
+            };
+            crate::bench::study::run_async(&study).await?;
             Ok(())
         }
         StudyCommand::SeedForest {

@@ -83,6 +83,10 @@ pub struct RoundRecord {
     /// without any answer), kept so that a resumed job leaves them out too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub silenced: Vec<String>,
+    /// An asynchronous step (`[async]`): the mean age, in steps, of the models its updates
+    /// started from (0: all from the model of the moment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staleness: Option<f64>,
 }
 
 impl RoundRecord {
@@ -109,7 +113,7 @@ fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f6
 const SEED_INIT: u64 = 1;
 const SEED_SAMPLE_FIT: u64 = 2;
 const SEED_SAMPLE_EVAL: u64 = 3;
-const SEED_TASK: u64 = 4;
+pub(crate) const SEED_TASK: u64 = 4;
 
 /// What a job knows about its data once clients have shown up.
 #[derive(Debug, Clone)]
@@ -257,12 +261,37 @@ pub struct ClientRow {
     pub personalized_accuracy: Option<f64>,
 }
 
+/// A round's training, done: what its record needs besides the phases.
+#[derive(Debug)]
+pub(crate) struct RoundDone {
+    pub(crate) round: u32,
+    /// Updates that entered the aggregate.
+    pub(crate) accepted: usize,
+    /// Clients asked to train.
+    pub(crate) selected: usize,
+    pub(crate) train_loss: f64,
+    pub(crate) started: Instant,
+}
+
+/// What a round's new global model scored.
+#[derive(Debug, Default)]
+pub(crate) struct RoundScores {
+    pub(crate) fed_loss: Option<f64>,
+    pub(crate) fed_accuracy: Option<f64>,
+    pub(crate) test_loss: Option<f64>,
+    pub(crate) test_accuracy: Option<f64>,
+    /// The federated evaluation's traffic and refusals.
+    pub(crate) phase: Phase,
+}
+
 /// Outcome of pushing one kind of task to a set of clients.
 #[derive(Debug, Default)]
 pub(crate) struct Phase {
     pub(crate) accepted: usize,
     pub(crate) rejected: usize,
     pub(crate) rejected_by: BTreeMap<String, u32>,
+    /// Answers set aside as late by the phase itself (not in `rejected_by`; no strike).
+    pub(crate) late_by: BTreeMap<String, u32>,
     pub(crate) failed: usize,
     pub(crate) timed_out: usize,
     pub(crate) bytes_up: u64,
@@ -293,7 +322,7 @@ impl Phase {
 impl JobCtx {
     /// The most examples each client may report for its train (or test) split: what its Hello
     /// announced, or, for AutoML trials that re-split all rows, its train and test rows together.
-    fn announced(
+    pub(crate) fn announced(
         &self,
         clients: &[ClientView],
         test: bool,
@@ -336,7 +365,7 @@ impl JobCtx {
 
     /// Whether `c` fits the job's schema; one that does not is told why it is left out, once
     /// per job, on its stream and in the log.
-    fn fits(&self, c: &ClientView, facts: &DataFacts) -> bool {
+    pub(crate) fn fits(&self, c: &ClientView, facts: &DataFacts) -> bool {
         let Some(why) = misfit(c, &self.spec.dataset, facts) else {
             return true;
         };
@@ -350,7 +379,7 @@ impl JobCtx {
     }
 
     /// A refused result: counted against its sender, logged, and told to it.
-    fn refuse(&self, phase: &mut Phase, client: &str, round: u32, why: &str) {
+    pub(crate) fn refuse(&self, phase: &mut Phase, client: &str, round: u32, why: &str) {
         phase.rejected += 1;
         *phase.rejected_by.entry(client.to_string()).or_default() += 1;
         warn!(client, round, "result rejected: {why}");
@@ -681,11 +710,91 @@ impl JobCtx {
             );
         }
 
+        let last = round == self.spec.rounds;
+        let federated = round.is_multiple_of(self.spec.evaluation.every) || last;
+        let scores = self.score_round(round, state, federated).await?;
+
+        // A stop (SIGTERM, cancel) between the phases empties the registry before the evaluation
+        // picks its clients, and an evaluation of nobody is not an error: without this check
+        // the round would be recorded without its evaluation, and a resumed job would never run
+        // it again (a CI run of the SIGTERM restart test saw round 9 lose its fed metrics).
+        if self.cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+
+        let done = RoundDone {
+            round,
+            accepted,
+            selected: fit_clients.len(),
+            train_loss,
+            started,
+        };
+        Ok(self.round_record(done, &fit_phase, scores))
+    }
+
+    /// A finished round's record: its figures, its refusals (the phases' own and results the
+    /// registry refused for this job: duplicates, late answers, other clients' tasks), and the
+    /// clients its refusals and silences quarantine.
+    pub(crate) fn round_record(
+        &self,
+        done: RoundDone,
+        fit_phase: &Phase,
+        scores: RoundScores,
+    ) -> RoundRecord {
+        let eval_phase = &scores.phase;
+        let mut rejected_by = fit_phase.rejected_by.clone();
+        let (registry_refused, mut late) = self.registry.take_refused(&self.id);
+        for (client, n) in eval_phase.rejected_by.iter().chain(&registry_refused) {
+            *rejected_by.entry(client.clone()).or_default() += n;
+        }
+        // Late answers the round itself set aside (an asynchronous step's too-stale updates).
+        for (client, n) in &fit_phase.late_by {
+            *rejected_by.entry(client.clone()).or_default() += n;
+            *late.entry(client.clone()).or_default() += n;
+        }
+        let mut rec = RoundRecord {
+            staleness: None,
+            round: done.round,
+            rounds_total: self.spec.rounds,
+            clients: done.accepted as u32,
+            clients_selected: done.selected as u32,
+            train_loss: done.train_loss,
+            fed_loss: scores.fed_loss,
+            fed_accuracy: scores.fed_accuracy,
+            test_accuracy: scores.test_accuracy,
+            test_loss: scores.test_loss,
+            bytes_up: fit_phase.bytes_up + eval_phase.bytes_up,
+            bytes_down: fit_phase.bytes_down + eval_phase.bytes_down,
+            seconds: done.started.elapsed().as_secs_f64(),
+            rejected: rejected_by.values().sum(),
+            rejected_by,
+            late_by: late,
+            quarantined: Vec::new(),
+            silenced: Vec::new(),
+        };
+        rec.quarantined = self.strike(&rec.strikes());
+        let mut answered = fit_phase.answered.clone();
+        answered.extend(eval_phase.answered.iter().cloned());
+        answered.extend(rec.rejected_by.keys().cloned());
+        let mut silent = fit_phase.silent.clone();
+        silent.extend(eval_phase.silent.iter().cloned());
+        rec.silenced = self.count_silence(&silent, &answered);
+        rec.quarantined.extend(rec.silenced.iter().cloned());
+        rec
+    }
+
+    /// Scores the new global model at the end of round `round`: on the clients' test splits
+    /// when `federated` (a phase of evaluate tasks), and on the coordinator's test set.
+    pub(crate) async fn score_round(
+        &self,
+        round: u32,
+        state: &TrainState,
+        federated: bool,
+    ) -> Result<RoundScores> {
         // Federated evaluation of the new global model.
         let (mut fed_loss, mut fed_accuracy) = (None, None);
         let mut eval_phase = Phase::default();
-        let last = round == self.spec.rounds;
-        if round.is_multiple_of(self.spec.evaluation.every) || last {
+        if federated {
             // Evaluate with whoever is here now: a shortfall is reported, not fatal.
             let avail: Vec<ClientView> = self
                 .candidates(&[TaskKind::Evaluate])
@@ -693,6 +802,7 @@ impl JobCtx {
                 .filter(|c| compatible(c, &self.spec.dataset, &state.facts))
                 .filter(|c| !self.is_quarantined(&c.name))
                 .collect();
+            let policy = self.policy();
             let eval_clients = sample(
                 &avail,
                 policy.fraction_evaluate,
@@ -749,49 +859,13 @@ impl JobCtx {
             }
         }
 
-        // A stop (SIGTERM, cancel) between the phases empties the registry before the evaluation
-        // picks its clients, and an evaluation of nobody is not an error: without this check
-        // the round would be recorded without its evaluation, and a resumed job would never run
-        // it again (a CI run of the SIGTERM restart test saw round 9 lose its fed metrics).
-        if self.cancel.is_cancelled() {
-            return Err(Error::Cancelled);
-        }
-
-        // Refusals: the phases' own, and results the registry refused for this job (duplicates,
-        // late answers, other clients' tasks).
-        let mut rejected_by = fit_phase.rejected_by.clone();
-        let (registry_refused, late) = self.registry.take_refused(&self.id);
-        for (client, n) in eval_phase.rejected_by.iter().chain(&registry_refused) {
-            *rejected_by.entry(client.clone()).or_default() += n;
-        }
-        let mut rec = RoundRecord {
-            round,
-            rounds_total: self.spec.rounds,
-            clients: accepted as u32,
-            clients_selected: fit_clients.len() as u32,
-            train_loss,
+        Ok(RoundScores {
             fed_loss,
             fed_accuracy,
-            test_accuracy,
             test_loss,
-            bytes_up: fit_phase.bytes_up + eval_phase.bytes_up,
-            bytes_down: fit_phase.bytes_down + eval_phase.bytes_down,
-            seconds: started.elapsed().as_secs_f64(),
-            rejected: rejected_by.values().sum(),
-            rejected_by,
-            late_by: late,
-            quarantined: Vec::new(),
-            silenced: Vec::new(),
-        };
-        rec.quarantined = self.strike(&rec.strikes());
-        let mut answered = fit_phase.answered.clone();
-        answered.extend(eval_phase.answered.iter().cloned());
-        answered.extend(rec.rejected_by.keys().cloned());
-        let mut silent = fit_phase.silent.clone();
-        silent.extend(eval_phase.silent.iter().cloned());
-        rec.silenced = self.count_silence(&silent, &answered);
-        rec.quarantined.extend(rec.silenced.iter().cloned());
-        Ok(rec)
+            test_accuracy,
+            phase: eval_phase,
+        })
     }
 
     /// Counts a round's silences: a client selected for a task that neither answered by the
@@ -950,7 +1024,7 @@ impl JobCtx {
     }
 
     /// Local training settings for round `round`'s Fit tasks.
-    fn local_training(&self, round: u32) -> v1::LocalTraining {
+    pub(crate) fn local_training(&self, round: u32) -> v1::LocalTraining {
         shoal_proto::local_to_wire(
             &self.spec.local,
             self.spec.local_lr(round),
@@ -1006,6 +1080,52 @@ impl JobCtx {
         Ok(rows)
     }
 
+    /// The task `name` is sent for `kind` in round `round`: the job's fields, the payload, a
+    /// task id unique to this dispatch, and `seed` for the client's randomness.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn task(
+        &self,
+        round: u32,
+        name: &str,
+        kind: &task::Kind,
+        payload: &TaskPayload,
+        facts: &DataFacts,
+        deadline_unix_ms: u64,
+        seed: u64,
+    ) -> v1::Task {
+        // Unique per dispatch: a boosting round sends several histogram tasks to each client,
+        // and a late answer to an earlier one must never pass for a later one.
+        let seq = self
+            .task_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Fixed width: message sizes (and so the bytes in the metrics) do not depend on how
+        // many tasks this process sent before, e.g. before a restart.
+        let task_id = format!(
+            "{}/{}/{}/{:010}/{}",
+            self.id,
+            round,
+            kind_name(kind),
+            seq,
+            name
+        );
+        v1::Task {
+            task_id,
+            job_id: self.id.clone(),
+            round,
+            dataset: self.spec.dataset.clone(),
+            class_names: facts.class_names.clone(),
+            model: Some(shoal_proto::model_to_wire(&self.spec.model)),
+            parameters: payload.parameters.clone(),
+            forest: payload.forest.clone(),
+            ensemble: payload.ensemble.clone(),
+            feature_view: self.view.clone(),
+            validation: self.validation,
+            deadline_unix_ms,
+            seed,
+            kind: Some(kind.clone()),
+        }
+    }
+
     /// Pushes one task per client and feeds each arriving result to `on_result` (which validates and
     /// absorbs it, or says why not). Stops when every client has answered or left, when the quorum
     /// has answered and `wait_after_quorum_secs` has passed, or at the round deadline.
@@ -1052,40 +1172,12 @@ impl JobCtx {
         // room when the phase closes), and the task's size.
         let mut sent = BTreeMap::new();
         for &name in clients {
-            // Unique per dispatch: a boosting round sends several histogram tasks to each client,
-            // and a late answer to an earlier one must never pass for a later one.
-            let seq = self
-                .task_seq
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // Fixed width: message sizes (and so the bytes in the metrics) do not depend on
-            // how many tasks this process sent before, e.g. before a restart.
-            let task_id = format!(
-                "{}/{}/{}/{:010}/{}",
-                self.id,
-                round,
-                kind_name(&kind),
-                seq,
-                name
+            let seed = seed::derive(
+                self.spec.seed,
+                &[round.into(), seed::stable_hash(name), SEED_TASK],
             );
-            let task = v1::Task {
-                task_id: task_id.clone(),
-                job_id: self.id.clone(),
-                round,
-                dataset: self.spec.dataset.clone(),
-                class_names: facts.class_names.clone(),
-                model: Some(shoal_proto::model_to_wire(&self.spec.model)),
-                parameters: payload.parameters.clone(),
-                forest: payload.forest.clone(),
-                ensemble: payload.ensemble.clone(),
-                feature_view: self.view.clone(),
-                validation: self.validation,
-                deadline_unix_ms,
-                seed: seed::derive(
-                    self.spec.seed,
-                    &[round.into(), seed::stable_hash(name), SEED_TASK],
-                ),
-                kind: Some(kind.clone()),
-            };
+            let task = self.task(round, name, &kind, payload, facts, deadline_unix_ms, seed);
+            let task_id = task.task_id.clone();
             let size = prost::Message::encoded_len(&task);
             let max = self.max_transfer_bytes.max(self.max_message_bytes as u64);
             if size as u64 > max {
@@ -1348,6 +1440,7 @@ mod tests {
     #[test]
     fn a_nan_loss_survives_the_store_round_trip() {
         let rec = RoundRecord {
+            staleness: None,
             round: 1,
             rounds_total: 1,
             clients: 1,

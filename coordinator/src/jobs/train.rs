@@ -110,7 +110,17 @@ impl Coordinator {
         // What the round restarts from when its clients leave mid-round (none: round 1 starts
         // from the model the job's seed makes).
         let mut last = resume_checkpoint;
+        // An `[async]` job's steps share the tasks in flight; a resumed one sends new tasks.
+        let mut flight = crate::engine::buffered::Flight::default();
         for round in first..=ctx.spec.rounds {
+            if ctx.spec.asynchronous.is_some() {
+                let rec = ctx.buffered_step(round, state, &mut flight).await?;
+                let checkpoint = state.global.checkpoint()?;
+                self.record(ctx, run, events, &rec, &checkpoint, true)
+                    .await?;
+                records.push(rec);
+                continue;
+            }
             let mut tries = 0;
             let rec = loop {
                 match ctx.run_round(round, state).await {

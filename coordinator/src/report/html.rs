@@ -312,6 +312,7 @@ mod tests {
 
     fn rec(round: u32) -> RoundRecord {
         RoundRecord {
+            staleness: None,
             round,
             rounds_total: 3,
             clients: 2,

@@ -75,6 +75,9 @@ pub fn round_line(r: &RoundRecord) -> String {
         human_bytes(r.bytes_down),
         r.seconds
     );
+    if let Some(age) = r.staleness {
+        line.push_str(&format!("  staleness {age:.1}"));
+    }
     if r.rejected > 0 {
         line.push_str(&format!("  rejected {}", r.rejected));
         if !r.rejected_by.is_empty() {
@@ -650,6 +653,7 @@ mod tests {
 
     fn rec(round: u32, test: Option<f64>) -> RoundRecord {
         RoundRecord {
+            staleness: None,
             round,
             rounds_total: 3,
             clients: 10,

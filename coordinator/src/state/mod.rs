@@ -598,6 +598,7 @@ mod tests {
             s.insert_job(&job("a")).unwrap();
             s.set_status("a", JobStatus::Running, None).unwrap();
             let rec = RoundRecord {
+                staleness: None,
                 round: 1,
                 rounds_total: 3,
                 clients: 2,

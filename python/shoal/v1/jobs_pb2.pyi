@@ -92,7 +92,7 @@ class JobInfo(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., rounds_total: _Optional[int] = ..., rounds_done: _Optional[int] = ..., error: _Optional[str] = ..., spec: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., last_round: _Optional[_Union[RoundReport, _Mapping]] = ..., run_dir: _Optional[str] = ...) -> None: ...
 
 class RoundReport(_message.Message):
-    __slots__ = ("job_id", "round", "rounds_total", "clients", "clients_selected", "train_loss", "fed_loss", "fed_accuracy", "test_accuracy", "bytes_up", "bytes_down", "seconds", "rejected", "test_loss", "rejected_by", "quarantined", "late_by")
+    __slots__ = ("job_id", "round", "rounds_total", "clients", "clients_selected", "train_loss", "fed_loss", "fed_accuracy", "test_accuracy", "bytes_up", "bytes_down", "seconds", "rejected", "test_loss", "rejected_by", "quarantined", "late_by", "staleness")
     class RejectedByEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,7 @@ class RoundReport(_message.Message):
     REJECTED_BY_FIELD_NUMBER: _ClassVar[int]
     QUARANTINED_FIELD_NUMBER: _ClassVar[int]
     LATE_BY_FIELD_NUMBER: _ClassVar[int]
+    STALENESS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     round: int
     rounds_total: int
@@ -141,7 +142,8 @@ class RoundReport(_message.Message):
     rejected_by: _containers.ScalarMap[str, int]
     quarantined: _containers.RepeatedScalarFieldContainer[str]
     late_by: _containers.ScalarMap[str, int]
-    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., rounds_total: _Optional[int] = ..., clients: _Optional[int] = ..., clients_selected: _Optional[int] = ..., train_loss: _Optional[float] = ..., fed_loss: _Optional[float] = ..., fed_accuracy: _Optional[float] = ..., test_accuracy: _Optional[float] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., seconds: _Optional[float] = ..., rejected: _Optional[int] = ..., test_loss: _Optional[float] = ..., rejected_by: _Optional[_Mapping[str, int]] = ..., quarantined: _Optional[_Iterable[str]] = ..., late_by: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    staleness: float
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., rounds_total: _Optional[int] = ..., clients: _Optional[int] = ..., clients_selected: _Optional[int] = ..., train_loss: _Optional[float] = ..., fed_loss: _Optional[float] = ..., fed_accuracy: _Optional[float] = ..., test_accuracy: _Optional[float] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., seconds: _Optional[float] = ..., rejected: _Optional[int] = ..., test_loss: _Optional[float] = ..., rejected_by: _Optional[_Mapping[str, int]] = ..., quarantined: _Optional[_Iterable[str]] = ..., late_by: _Optional[_Mapping[str, int]] = ..., staleness: _Optional[float] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
     __slots__ = ("round", "finished")

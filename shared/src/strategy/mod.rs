@@ -35,6 +35,8 @@
 //! - `mean.rs`: the streaming weighted mean
 //! - `robust.rs`: the buffer, median, trimmed mean, Krum
 //! - `opt.rs`: FedAvgM, FedAdagrad/FedAdam/FedYogi and SCAFFOLD server steps
+//! - `buffered.rs`: buffered asynchronous aggregation (FedBuff): staleness weights and rebasing
+//!   a stale update onto the current model
 //!
 //! # Example
 //! ```
@@ -52,6 +54,7 @@
 //! assert_eq!(next.values().collect::<Vec<_>>(), vec![2.5, 2.0]);
 //! ```
 
+pub mod buffered;
 mod mean;
 mod opt;
 mod robust;
