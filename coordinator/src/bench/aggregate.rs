@@ -15,6 +15,10 @@ pub struct AggregateFigures {
     pub clients: usize,
     /// Seconds to copy every update's bytes once (best of the repeats).
     pub memcpy_secs: f64,
+    /// Seconds for the mean's memory traffic alone: each update's value bits added to one `i64`
+    /// per parameter, no arithmetic beyond that (best of the repeats). What a streaming
+    /// integer sum of this kind could at best take on this machine.
+    pub traffic_secs: f64,
     /// Seconds to aggregate every update and make the next model (best of the repeats).
     pub aggregate_secs: f64,
     /// Seconds for the round's checkpoint: encoded and written with its round in the state
@@ -49,6 +53,8 @@ pub fn aggregate(
     let mut dst = global.zeros_like();
     let mut memcpy_secs = f64::INFINITY;
     let mut aggregate_secs = f64::INFINITY;
+    let mut traffic_secs = f64::INFINITY;
+    let mut floor = vec![0i64; params];
     let mut checksum = 0f32;
     for _ in 0..repeats {
         let started = Instant::now();
@@ -59,6 +65,20 @@ pub fn aggregate(
             checksum += std::hint::black_box(&dst).tensors[0].data[0];
         }
         memcpy_secs = memcpy_secs.min(started.elapsed().as_secs_f64());
+
+        let started = Instant::now();
+        for (u, _) in &updates {
+            let mut off = 0;
+            for t in &u.tensors {
+                let sums = &mut floor[off..off + t.data.len()];
+                for (s, v) in sums.iter_mut().zip(&t.data) {
+                    *s = s.wrapping_add(i64::from(v.to_bits() as i32));
+                }
+                off += t.data.len();
+            }
+        }
+        traffic_secs = traffic_secs.min(started.elapsed().as_secs_f64());
+        checksum += std::hint::black_box(&floor)[0] as f32;
 
         let started = Instant::now();
         let mut s = strategy.clone();
@@ -139,10 +159,17 @@ pub fn aggregate(
         memcpy_secs * 1e3
     );
     println!(
-        "  exact fixed-point mean      {:>7.2} GB/s  {:>8.1} ms  ({:.0}% of memcpy bandwidth)",
+        "  the same traffic, no math   {:>7.2} GB/s  {:>8.1} ms  ({:.0}% of memcpy bandwidth: an i64 read and written per f32 read)",
+        bytes / traffic_secs / 1e9,
+        traffic_secs * 1e3,
+        100.0 * memcpy_secs / traffic_secs
+    );
+    println!(
+        "  exact fixed-point mean      {:>7.2} GB/s  {:>8.1} ms  ({:.0}% of memcpy bandwidth, {:.0}% of the traffic alone)",
         bytes / aggregate_secs / 1e9,
         aggregate_secs * 1e3,
-        100.0 * memcpy_secs / aggregate_secs
+        100.0 * memcpy_secs / aggregate_secs,
+        100.0 * traffic_secs / aggregate_secs
     );
     println!(
         "  checkpoint, into the store  {:>7} {:>10.1} ms  ({:.1}x the aggregation)",
@@ -154,6 +181,7 @@ pub fn aggregate(
         params,
         clients,
         memcpy_secs,
+        traffic_secs,
         aggregate_secs,
         checkpoint_secs,
         checkpoint_bytes,
