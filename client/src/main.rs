@@ -67,7 +67,7 @@ struct Args {
     /// not fit is not sent here, and this client is told why.
     #[arg(long, env = "SHOAL_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     max_message_bytes: usize,
-    /// Largest task taken in chunks, in bytes: a model over the message limit travels in 4 MiB
+    /// Largest task taken in chunks, in bytes: a model over the message limit travels in 1 MiB
     /// chunks up to this size (the Hello says it); 0 takes no chunks.
     #[arg(long, env = "SHOAL_MAX_TRANSFER_BYTES", default_value_t = shoal_client::connection::DEFAULT_MAX_TRANSFER_BYTES)]
     max_transfer_bytes: u64,

@@ -33,7 +33,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: client's default is the same.
 MAX_TRANSFER_BYTES = 4 << 30
 #: Data per chunk of a large result.
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 1 << 20
 #: What a chunk message adds around its data, with room to spare.
 _CHUNK_OVERHEAD = 64
 #: How long a connection may take to be answered with Welcome or Reject.
@@ -645,7 +645,7 @@ def run_client(
     ``--client-tokens``. Broken streams are re-opened with exponential backoff and jitter;
     a Reject raises :class:`Rejected`.
 
-    A task or result larger than 4 MiB (or than ``max_message_bytes``) travels in chunks, up to
+    A task or result larger than 1 MiB (or than ``max_message_bytes``) travels in chunks, up to
     ``max_transfer_bytes`` (0: this client takes no chunks, so a job whose model is over
     ``max_message_bytes`` leaves it out, saying why).
 

@@ -595,7 +595,7 @@ fn figures(rounds: &[v1::RoundReport]) -> Vec<(u64, u64, Option<u64>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_model_over_the_message_limit_travels_in_chunks_and_trains_the_same() {
     use shoal_coordinator::CoordinatorConfig;
-    // Whole messages: 615 kB is under the 4 MiB chunk.
+    // Whole messages: 615 kB is under the 1 MiB chunk.
     let (info, whole) = run_mlp_2048(CoordinatorConfig::default(), |_| {}).await;
     assert_eq!(
         info.status,

@@ -1,5 +1,5 @@
 //! `bench transfer`: a large model's round trip over loopback gRPC, as a task goes down and an
-//! update comes back (the `Federation` stream, in 4 MiB chunks, tensors decoded to `f32` at
+//! update comes back (the `Federation` stream, in 1 MiB chunks, tensors decoded to `f32` at
 //! each end), against raw loopback TCP moving the same bytes both ways, in the same run.
 
 use std::pin::Pin;
@@ -226,7 +226,7 @@ pub async fn transfer(params: usize, repeats: u32) -> anyhow::Result<TransferFig
         mb(f.tcp_secs)
     );
     println!(
-        "  gRPC stream, 4 MiB chunks, decoded {:>8.1} ms  {:>7.0} MB/s  ({:.0}% of raw TCP)",
+        "  gRPC stream, 1 MiB chunks, decoded {:>8.1} ms  {:>7.0} MB/s  ({:.0}% of raw TCP)",
         f.grpc_secs * 1e3,
         mb(f.grpc_secs),
         100.0 * f.tcp_secs / f.grpc_secs

@@ -63,7 +63,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SHOAL_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: usize,
     /// Largest task or result that travels in chunks, in bytes: a model over the message limit
-    /// is cut into 4 MiB chunks, up to this size.
+    /// is cut into 1 MiB chunks, up to this size.
     #[arg(long, env = "SHOAL_MAX_TRANSFER_BYTES", default_value_t = crate::coordinator::DEFAULT_MAX_TRANSFER_BYTES)]
     pub max_transfer_bytes: u64,
     /// Largest model a job may train, in parameters (tensor elements).

@@ -52,7 +52,7 @@ pub struct SimulateArgs {
     /// Largest gRPC message between the coordinator and its simulated clients, in bytes.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: usize,
-    /// Largest task or update that travels in 4 MiB chunks (a model over the message limit), in
+    /// Largest task or update that travels in 1 MiB chunks (a model over the message limit), in
     /// bytes.
     #[arg(long, default_value_t = crate::coordinator::DEFAULT_MAX_TRANSFER_BYTES)]
     pub max_transfer_bytes: u64,

@@ -245,7 +245,7 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         repeats: u32,
     },
-    /// A large model's round trip over loopback gRPC (a task down and an update back, in 4 MiB
+    /// A large model's round trip over loopback gRPC (a task down and an update back, in 1 MiB
     /// chunks, decoded at each end) against raw loopback TCP moving the same bytes.
     Transfer {
         /// The model's size, in f32 parameters (25,000,000: 100 MB a message).
