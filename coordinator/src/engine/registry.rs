@@ -114,9 +114,10 @@ pub enum ResultRejected {
     UnknownTask(String),
     #[error("task `{}` was sent to another client, not to `{client}`", clip(.task, ID_CHARS))]
     WrongClient { task: String, client: String },
-    /// An answer after its round phase closed: refused, but no sign of bad faith (a slow or
-    /// partitioned client sends these), so it does not count towards quarantine.
-    #[error("task `{}` is past its deadline", clip(.0, ID_CHARS))]
+    /// An answer after its round phase closed (or after an asynchronous job stopped waiting for
+    /// it, at its end): refused, but no sign of bad faith (a slow or partitioned client sends
+    /// these), so it does not count towards quarantine.
+    #[error("task `{}` came late: its phase had closed, or its job no longer waited for it", clip(.0, ID_CHARS))]
     Late(String),
 }
 

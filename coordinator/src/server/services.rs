@@ -419,7 +419,13 @@ impl RefusalLog {
     fn note(&mut self, e: &crate::engine::registry::ResultRejected) {
         if self.logged < Self::EACH {
             self.logged += 1;
-            warn!("result refused: {e}");
+            // A late answer is a slow client, not a fault (an asynchronous job's last tasks
+            // all come back late).
+            if matches!(e, crate::engine::registry::ResultRejected::Late(_)) {
+                tracing::info!("result refused: {e}");
+            } else {
+                warn!("result refused: {e}");
+            }
             if self.logged == Self::EACH {
                 warn!("further refused results from this client are summarised");
             }
