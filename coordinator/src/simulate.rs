@@ -62,6 +62,26 @@ impl Default for Delays {
 }
 
 impl Delays {
+    /// Refuses delays that make no sense for `clients` clients, naming the flag.
+    pub fn check(&self, clients: usize) -> anyhow::Result<()> {
+        if self.stragglers > clients {
+            anyhow::bail!(
+                "--stragglers {} exceeds --clients {clients}",
+                self.stragglers
+            );
+        }
+        if !(self.slowdown.is_finite() && (1.0..=1000.0).contains(&self.slowdown)) {
+            anyhow::bail!("--slowdown {}: give a factor from 1 to 1000", self.slowdown);
+        }
+        if self.fit_delay > std::time::Duration::from_secs(3600) {
+            anyhow::bail!(
+                "--fit-delay-ms {}: give at most an hour",
+                self.fit_delay.as_millis()
+            );
+        }
+        Ok(())
+    }
+
     /// Client `i`'s delay, `None` for none.
     pub fn of(&self, i: usize) -> Option<std::time::Duration> {
         let d = if i < self.stragglers {

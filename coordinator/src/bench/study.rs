@@ -302,20 +302,12 @@ pub async fn run_compression(study: &CompressionStudy) -> anyhow::Result<Vec<Com
             crate::report::human_bytes(row.bytes_up),
             fmt3(row.accuracy),
             row.seconds,
-            row.error
-                .as_deref()
-                .map(|e| format!("  failed: {e}"))
-                .unwrap_or_default()
+            failed(&row.error)
         )]);
         rows.push(row);
     }
     let md = compression_markdown(study, &model, &rows);
-    std::fs::write(study.out.join("compression.md"), &md)?;
-    crate::report::print_lines(&[
-        String::new(),
-        md,
-        format!("wrote compression.md to {}", study.out.display()),
-    ]);
+    write_table(&study.out, "compression.md", md)?;
     Ok(rows)
 }
 
@@ -479,20 +471,12 @@ pub async fn run_async(study: &AsyncStudy) -> anyhow::Result<Vec<AsyncRow>> {
             row.rounds,
             fmt3(row.final_accuracy),
             row.seconds,
-            row.error
-                .as_deref()
-                .map(|e| format!("  failed: {e}"))
-                .unwrap_or_default()
+            failed(&row.error)
         )]);
         rows.push(row);
     }
     let md = async_markdown(study, &model, target, &rows);
-    std::fs::write(study.out.join("async.md"), &md)?;
-    crate::report::print_lines(&[
-        String::new(),
-        md,
-        format!("wrote async.md to {}", study.out.display()),
-    ]);
+    write_table(&study.out, "async.md", md)?;
     Ok(rows)
 }
 
@@ -549,6 +533,26 @@ pub fn async_markdown(
         );
     }
     out
+}
+
+/// A study run's failure, for its printed line ("" when it did not fail).
+fn failed(error: &Option<String>) -> String {
+    error
+        .as_deref()
+        .map(|e| format!("  failed: {e}"))
+        .unwrap_or_default()
+}
+
+/// Writes a study's markdown table as `file` under `out` and prints it.
+fn write_table(out: &std::path::Path, file: &str, md: String) -> anyhow::Result<()> {
+    std::fs::write(out.join(file), &md)
+        .with_context(|| format!("cannot write {}", out.join(file).display()))?;
+    crate::report::print_lines(&[
+        String::new(),
+        md,
+        format!("wrote {file} to {}", out.display()),
+    ]);
+    Ok(())
 }
 
 /// The original tutorial's federated-learning demo, done right: three `seed-fl` clients with

@@ -118,24 +118,12 @@ pub(super) async fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<i32> {
     } else {
         None
     };
-    if a.stragglers > a.clients {
-        bail!(
-            "--stragglers {} exceeds --clients {}",
-            a.stragglers,
-            a.clients
-        );
-    }
-    if !(a.slowdown.is_finite() && (1.0..=1000.0).contains(&a.slowdown)) {
-        bail!("--slowdown {}: give a factor from 1 to 1000", a.slowdown);
-    }
-    if a.fit_delay_ms > 3_600_000 {
-        bail!("--fit-delay-ms {}: give at most an hour", a.fit_delay_ms);
-    }
     let delays = crate::simulate::Delays {
         fit_delay: std::time::Duration::from_millis(a.fit_delay_ms),
         stragglers: a.stragglers,
         slowdown: a.slowdown,
     };
+    delays.check(a.clients)?;
     let dataset: Builtin = spec.dataset.parse().map_err(|e| {
         anyhow::anyhow!(
             "{e}; simulate runs built-in datasets (for your own CSV use `partition`, `serve` and `shoal-client`)"

@@ -187,21 +187,17 @@ pub(super) async fn study_cmd(cmd: StudyCommand) -> anyhow::Result<()> {
             if rounds == 0 || steps == 0 || clients == 0 {
                 bail!("--rounds, --steps and --clients must be at least 1");
             }
-            if stragglers > clients {
-                bail!("--stragglers {stragglers} exceeds --clients {clients}");
-            }
-            if !(slowdown.is_finite() && (1.0..=1000.0).contains(&slowdown)) {
-                bail!("--slowdown {slowdown}: give a factor from 1 to 1000");
-            }
+            let delays = crate::simulate::Delays {
+                fit_delay: std::time::Duration::from_millis(fit_delay_ms),
+                stragglers,
+                slowdown,
+            };
+            delays.check(clients)?;
             let study = crate::bench::study::AsyncStudy {
                 rounds,
                 steps,
                 clients,
-                delays: crate::simulate::Delays {
-                    fit_delay: std::time::Duration::from_millis(fit_delay_ms.min(3_600_000)),
-                    stragglers,
-                    slowdown,
-                },
+                delays,
                 concurrency,
                 buffer_size,
                 hidden: shoal_shared::models::ModelSpec::parse_hidden(&hidden)?,

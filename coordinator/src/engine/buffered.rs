@@ -22,7 +22,7 @@ use shoal_shared::models::phase::{Payload, PhaseTally, Rejection, Reply, RoundPl
 use shoal_shared::seed;
 use shoal_shared::strategy::buffered::{rebase, Staleness};
 use shoal_shared::tensor::Weights;
-use shoal_shared::text::{clip, ID_CHARS, TEXT_CHARS};
+use shoal_shared::text::{clip, TEXT_CHARS};
 use tokio::time::Instant;
 use tracing::{info, info_span, warn, Instrument};
 
@@ -157,12 +157,7 @@ impl JobCtx {
         };
         let current = Arc::clone(current);
         let expected = tasks::expected_reply(&ask.request);
-        let mut kind = tasks::request_to_wire(ask.request, self.local_training(step));
-        if let shoal_proto::v1::task::Kind::Fit(fit) = &mut kind {
-            let (c, fraction) = shoal_proto::compression_to_wire(self.spec.compression());
-            fit.compression = c as i32;
-            fit.topk_fraction = fraction;
-        }
+        let kind = self.request_kind(ask.request, step);
         let payload = encoded.payload(ask.payload);
         let bounds = global.decode_bounds();
         let timeout = std::time::Duration::from_secs_f64(self.spec.clients.round_timeout_secs);
@@ -284,12 +279,7 @@ impl JobCtx {
                             phase.answered.insert(client.clone());
                             phase.bytes_up += arrived.bytes;
                             let age = step.saturating_sub(sent.step);
-                            let r = &arrived.result;
-                            if r.job_id != self.id || r.round != sent.step {
-                                let why = Rejection::Misaddressed(format!(
-                                    "result names job `{}` round {}, expected `{}` round {}",
-                                    clip(&r.job_id, ID_CHARS), r.round, self.id, sent.step
-                                ));
+                            if let Some(why) = self.misaddressed(&arrived.result, sent.step) {
                                 self.refuse(&mut phase, &client, step, &why.to_string());
                             } else if age > opts.max_staleness {
                                 info!(client = %client, age, "update set aside: its model is older than async.max_staleness steps");

@@ -980,12 +980,7 @@ impl JobCtx {
             };
             let clients: Vec<&str> = ask.clients.iter().map(String::as_str).collect();
             let expected = tasks::expected_reply(&ask.request);
-            let mut kind = tasks::request_to_wire(ask.request, self.local_training(round));
-            if let task::Kind::Fit(fit) = &mut kind {
-                let (c, fraction) = shoal_proto::compression_to_wire(self.spec.compression());
-                fit.compression = c as i32;
-                fit.topk_fraction = fraction;
-            }
+            let kind = self.request_kind(ask.request, round);
             // A compressed update is the change from the model its task sent.
             let base = match &ask.payload {
                 shoal_shared::models::phase::Payload::Weights(w) => Some(Arc::clone(w)),
@@ -1021,6 +1016,34 @@ impl JobCtx {
                 timed_out: phase.timed_out,
             })?;
         }
+    }
+
+    /// A phase's request as its tasks carry it: with round `round`'s local training settings
+    /// and, for Fit tasks, the job's update compression.
+    pub(crate) fn request_kind(
+        &self,
+        request: shoal_shared::models::phase::Request,
+        round: u32,
+    ) -> task::Kind {
+        let mut kind = tasks::request_to_wire(request, self.local_training(round));
+        if let task::Kind::Fit(fit) = &mut kind {
+            let (c, fraction) = shoal_proto::compression_to_wire(self.spec.compression());
+            fit.compression = c as i32;
+            fit.topk_fraction = fraction;
+        }
+        kind
+    }
+
+    /// Why a result that names another job or round than its task's (`round`) is refused.
+    pub(crate) fn misaddressed(&self, result: &v1::TaskResult, round: u32) -> Option<Rejection> {
+        (result.job_id != self.id || result.round != round).then(|| {
+            Rejection::Misaddressed(format!(
+                "result names job `{}` round {}, expected `{}` round {round}",
+                clip(&result.job_id, ID_CHARS),
+                result.round,
+                self.id
+            ))
+        })
     }
 
     /// Local training settings for round `round`'s Fit tasks.
@@ -1218,11 +1241,9 @@ impl JobCtx {
                         Some(arrived) => {
                             phase.answered.insert(client.clone());
                             phase.bytes_up += arrived.bytes;
-                            let mismatch = arrived.result.job_id != self.id || arrived.result.round != round;
-                            let verdict = if mismatch {
-                                Err(Rejection::Misaddressed(format!("result names job `{}` round {}, expected `{}` round {round}", clip(&arrived.result.job_id, ID_CHARS), arrived.result.round, self.id)))
-                            } else {
-                                on_result(&client, arrived)
+                            let verdict = match self.misaddressed(&arrived.result, round) {
+                                Some(why) => Err(why),
+                                None => on_result(&client, arrived),
                             };
                             match verdict {
                                 Ok(()) => phase.accepted += 1,
